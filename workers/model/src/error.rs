@@ -1,0 +1,115 @@
+//! Typed errors of the model runtime, each classified for the pipeline.
+
+use std::path::PathBuf;
+
+/// How the pipeline should treat an error (see `docs/architecture.md`, delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The input itself is bad: retrying cannot help; degrade or dead-letter the event.
+    Poison,
+    /// The runtime cannot work (missing weights, bad config, device failure): stop the worker.
+    Fatal,
+}
+
+/// Why an image was refused. Every variant has a stable reason code used in degradation
+/// flags and dead-letter records.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Zero bytes.
+    #[error("image is empty")]
+    Empty,
+    /// More encoded bytes than the configured limit (checked before decoding).
+    #[error("image has {bytes} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// Encoded size.
+        bytes: usize,
+        /// Configured `max_encoded_bytes`.
+        limit: usize,
+    },
+    /// More pixels than the configured limit (checked from the header, before allocating).
+    #[error("image is {width}x{height} pixels, more than the limit of {limit} pixels")]
+    TooManyPixels {
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+        /// Configured `max_pixels`.
+        limit: u64,
+    },
+    /// Not a format the runtime decodes.
+    #[error("unsupported or unrecognised image format")]
+    UnsupportedFormat,
+    /// The bytes claim a format but do not decode.
+    #[error("corrupt image: {0}")]
+    Corrupt(String),
+}
+
+impl ImageError {
+    /// Stable, machine-readable reason code.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            ImageError::Empty => "image_empty",
+            ImageError::TooLarge { .. } => "image_too_large",
+            ImageError::TooManyPixels { .. } => "image_too_many_pixels",
+            ImageError::UnsupportedFormat => "image_unsupported_format",
+            ImageError::Corrupt(_) => "image_corrupt",
+        }
+    }
+}
+
+/// Errors of the model runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file of a model directory could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A config file is missing a key, has a wrong value, or is not JSON/TOML.
+    #[error("invalid config {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tensor operation failed; a missing or mis-shaped weight also lands here.
+    #[error("tensor: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// The tokenizer could not be loaded or failed on an input.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// An image was refused.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The input is not usable by the model (too long text, wrong shape).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// The checkpoint asks for something this runtime does not implement.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl ModelError {
+    /// Poison (the input) or fatal (the runtime).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ModelError::Image(_) | ModelError::Input(_) => ErrorClass::Poison,
+            _ => ErrorClass::Fatal,
+        }
+    }
+
+    pub(crate) fn config(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
+        ModelError::Config { path: path.into(), reason: reason.to_string() }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io { path: path.into(), source }
+    }
+}
+
+/// Result alias of the crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

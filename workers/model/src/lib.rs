@@ -1,0 +1,68 @@
+//! # fusionstream-model — the model runtime
+//!
+//! Loads the fusion model bundle (Hugging Face checkpoints: CLIP, BLIP captioning, BLIP VQA,
+//! plus the gated fusion head) and runs it in batches on candle, on CPU or (feature `cuda`)
+//! on GPU, with outputs that match transformers.
+//!
+//! ## Layout
+//! - [`preprocess`]: untrusted image bytes → limits → decode → model pixels (HF-equivalent).
+//! - [`tokenize`]: `tokenizer.json` → token ids (truncated, unpadded).
+//! - [`models`]: the architectures, one file each (`clip`, `blip`, `fusion`).
+//! - [`generate`]: greedy and beam search over any [`generate::StepDecoder`].
+//! - [`bundle`]: `bundle.toml`, the manifest that groups model directories.
+//! - [`runtime`]: the inference API — [`FusionModel::prepare_image`] and friends (CPU work,
+//!   any thread), then [`FusionModel::infer_batch`] (the model thread).
+//! - [`backend`]: the model on its own OS thread behind a bounded queue.
+//! - [`error`]: typed errors with reason codes, classified poison / fatal.
+//!
+//! ## Flow of one batch
+//! ```text
+//! bytes ──prepare_image──► PreparedImage ─┐
+//! text  ──prepare_text───► token ids ─────┼─► Prepared ─► infer_batch ─► InferOutput
+//! question ─prepare_question─► ids ───────┘     (routed to CLIP image / CLIP text / fusion /
+//!                                                caption / VQA sub-batches by what it has)
+//! ```
+
+pub mod backend;
+pub mod bundle;
+pub mod error;
+pub mod generate;
+pub mod models;
+pub mod nn;
+pub mod preprocess;
+pub mod runtime;
+pub mod tokenize;
+
+pub use backend::{Backend, ModelThread};
+pub use error::{ErrorClass, ImageError, ModelError};
+pub use runtime::{
+    FusionModel, InferOutput, Prepared, PreparedImage, RuntimeOptions, SkipReason, Skipped, Tag, Task,
+    TaskSet,
+};
+
+/// Re-exported so callers name devices and dtypes without depending on candle directly.
+pub use candle_core::{DType, Device};
+
+/// Pick a device: `cpu`, `cuda` or `cuda:N`.
+pub fn device(spec: &str) -> Result<Device, ModelError> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s.strip_prefix("cuda:").map(str::parse::<usize>).transpose().map_err(|e| {
+                ModelError::Unsupported(format!("device {s:?}: {e}"))
+            })?;
+            Ok(Device::new_cuda(ordinal.unwrap_or(0))?)
+        }
+        other => Err(ModelError::Unsupported(format!("device {other:?} (expected cpu, cuda or cuda:N)"))),
+    }
+}
+
+/// Parse a dtype name: `f32`, `f16` or `bf16`.
+pub fn dtype(spec: &str) -> Result<DType, ModelError> {
+    match spec {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(ModelError::Unsupported(format!("dtype {other:?} (expected f32, f16 or bf16)"))),
+    }
+}

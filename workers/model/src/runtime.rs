@@ -1,0 +1,687 @@
+//! The inference API: prepare inputs on any thread (decode, resize, tokenise), then run a
+//! batch of prepared items through the bundle on the model thread.
+//!
+//! Items are routed to sub-batches by what they carry: images go to the vision towers,
+//! texts to the text tower, questions to VQA, and a missing modality never pads or blocks
+//! the others. Each item gets the outputs its modalities allow plus the list of requested
+//! tasks that were skipped, with the reason.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::bundle::{BundleManifest, GenerationSpec, TagSpec};
+use crate::error::{ImageError, ModelError, Result};
+use crate::generate::{self, GenerationParams};
+use crate::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
+use crate::models::clip::{ClipConfig, ClipModel};
+use crate::models::fusion::{FusionConfig, FusionHead};
+use crate::nn;
+use crate::preprocess::{self, ImageLimits, ImageProcessorConfig, Pixels, Preprocessor};
+use crate::tokenize::TextTokenizer;
+
+/// A task an event can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Image, text and fused embeddings.
+    Embed,
+    /// Image–text match score.
+    Match,
+    /// Caption of the image.
+    Caption,
+    /// Answer to the question about the image.
+    Answer,
+    /// Zero-shot tags.
+    Tag,
+}
+
+impl Task {
+    /// Every task, in output order.
+    pub const ALL: [Task; 5] = [Task::Embed, Task::Match, Task::Caption, Task::Answer, Task::Tag];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Embed => "embed",
+            Task::Match => "match",
+            Task::Caption => "caption",
+            Task::Answer => "answer",
+            Task::Tag => "tag",
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Task::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown task {s:?} (expected one of embed, match, caption, answer, tag)"))
+    }
+}
+
+/// A set of tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct TaskSet(u8);
+
+impl TaskSet {
+    /// Every task.
+    pub fn all() -> Self {
+        Task::ALL.into_iter().collect()
+    }
+    /// Whether `t` is in the set.
+    pub fn contains(self, t: Task) -> bool {
+        self.0 & (1 << t as u8) != 0
+    }
+    /// Add `t`.
+    pub fn insert(&mut self, t: Task) {
+        self.0 |= 1 << t as u8;
+    }
+    /// Whether empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The tasks, in `Task::ALL` order.
+    pub fn iter(self) -> impl Iterator<Item = Task> {
+        Task::ALL.into_iter().filter(move |t| self.contains(*t))
+    }
+    /// Parse `embed,caption,...`.
+    pub fn parse_list(s: &str) -> std::result::Result<Self, String> {
+        s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Task::from_str).collect()
+    }
+}
+
+impl FromIterator<Task> for TaskSet {
+    fn from_iter<I: IntoIterator<Item = Task>>(iter: I) -> Self {
+        let mut s = TaskSet::default();
+        for t in iter {
+            s.insert(t);
+        }
+        s
+    }
+}
+
+/// Why a requested task produced no output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The task needs an image and the item has none (or it was unusable).
+    ImageAbsent,
+    /// The task needs text and the item has none.
+    TextAbsent,
+    /// The task needs a question and the item has none.
+    QuestionAbsent,
+    /// The bundle has no model for this task.
+    ModelAbsent,
+}
+
+impl SkipReason {
+    /// Stable reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            SkipReason::ImageAbsent => "image_absent",
+            SkipReason::TextAbsent => "text_absent",
+            SkipReason::QuestionAbsent => "question_absent",
+            SkipReason::ModelAbsent => "model_absent",
+        }
+    }
+}
+
+/// A skipped task and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// The task.
+    pub task: Task,
+    /// The reason.
+    pub reason: SkipReason,
+}
+
+/// Which modality a tag was scored from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TagSource {
+    /// From the image embedding.
+    Image,
+    /// From the text embedding (text-only items).
+    Text,
+}
+
+/// A zero-shot tag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tag {
+    /// Label from the bundle.
+    pub label: String,
+    /// Softmax probability over the bundle's labels.
+    pub score: f32,
+    /// Modality it was scored from.
+    pub source: TagSource,
+}
+
+/// Outputs for one item; fields that do not apply are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct InferOutput {
+    /// L2-normalised CLIP image embedding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_embedding: Option<Vec<f32>>,
+    /// L2-normalised CLIP text embedding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_embedding: Option<Vec<f32>>,
+    /// Gated fusion of the two (defined when either is present).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fused_embedding: Option<Vec<f32>>,
+    /// Cosine similarity of image and text embeddings, in [-1, 1].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub match_score: Option<f32>,
+    /// Generated caption.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+    /// Generated answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Tags at or above the bundle's threshold, best first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<Tag>>,
+    /// Requested tasks that produced nothing, with reasons.
+    pub skipped: Vec<Skipped>,
+}
+
+/// An image decoded once and preprocessed for every vision model of the bundle.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    /// One entry per distinct preprocessor of the bundle.
+    pixels: Vec<Arc<Pixels>>,
+}
+
+/// An item ready for the model thread: CPU work done.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// The image, if the item has a usable one.
+    pub image: Option<PreparedImage>,
+    /// CLIP token ids of the text.
+    pub text: Option<Vec<u32>>,
+    /// VQA token ids of the question.
+    pub question: Option<Vec<u32>>,
+    /// Requested tasks.
+    pub tasks: TaskSet,
+}
+
+/// How to load a bundle.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where the model runs.
+    pub device: Device,
+    /// Weight and activation dtype (f32 on CPU; f16/bf16 on GPU).
+    pub dtype: DType,
+    /// Image refusal limits.
+    pub limits: ImageLimits,
+    /// Overrides the bundle's generation settings.
+    pub generation: Option<GenerationSpec>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32, limits: ImageLimits::default(), generation: None }
+    }
+}
+
+#[derive(Debug)]
+struct ClipPart {
+    model: ClipModel,
+    tokenizer: TextTokenizer,
+    slot: usize,
+}
+
+#[derive(Debug)]
+struct CaptionPart {
+    model: BlipCaptioner,
+    tokenizer: TextTokenizer,
+    slot: usize,
+}
+
+#[derive(Debug)]
+struct VqaPart {
+    model: BlipVqa,
+    tokenizer: TextTokenizer,
+    slot: usize,
+}
+
+#[derive(Debug)]
+struct TagTable {
+    labels: Vec<String>,
+    /// (L, P) normalised label-prompt embeddings, computed once at load.
+    embeddings: Vec<Vec<f32>>,
+    threshold: f32,
+}
+
+/// A loaded bundle: the fusion model.
+#[derive(Debug)]
+pub struct FusionModel {
+    manifest: BundleManifest,
+    device: Device,
+    dtype: DType,
+    limits: ImageLimits,
+    preprocessors: Vec<Preprocessor>,
+    clip: Option<ClipPart>,
+    caption: Option<CaptionPart>,
+    vqa: Option<VqaPart>,
+    fusion: Option<FusionHead>,
+    tags: Option<TagTable>,
+    generation: GenerationParams,
+}
+
+fn slot_for(preprocessors: &mut Vec<Preprocessor>, cfg: ImageProcessorConfig) -> usize {
+    if let Some(i) = preprocessors.iter().position(|p| *p.config() == cfg) {
+        return i;
+    }
+    preprocessors.push(Preprocessor::new(cfg));
+    preprocessors.len() - 1
+}
+
+impl FusionModel {
+    /// Load a bundle directory (with `bundle.toml`) or a single HF model directory.
+    pub fn load(dir: &Path, opts: &RuntimeOptions) -> Result<Self> {
+        let manifest = BundleManifest::load(dir)?;
+        let (device, dtype) = (opts.device.clone(), opts.dtype);
+        let mut preprocessors = Vec::new();
+
+        let clip = match &manifest.clip {
+            Some(part) => {
+                let cfg = ClipConfig::from_file(&part.path.join("config.json"))?;
+                let vb = nn::load_weights(&part.path.join("model.safetensors"), dtype, &device)?;
+                let model = ClipModel::new(vb, &cfg)?;
+                let tokenizer = TextTokenizer::from_file(
+                    &part.path.join("tokenizer.json"),
+                    cfg.text_config.max_position_embeddings,
+                )?;
+                let pcfg = ImageProcessorConfig::from_file(&part.path.join("preprocessor_config.json"))?;
+                check_image_size(&pcfg, cfg.vision_config.image_size, &part.path)?;
+                Some(ClipPart { model, tokenizer, slot: slot_for(&mut preprocessors, pcfg) })
+            }
+            None => None,
+        };
+        let load_blip = |path: &Path, pre: &mut Vec<Preprocessor>| -> Result<(BlipConfig, _, TextTokenizer, usize)> {
+            let cfg = BlipConfig::from_file(&path.join("config.json"))?;
+            let vb = nn::load_weights(&path.join("model.safetensors"), dtype, &device)?;
+            let tokenizer =
+                TextTokenizer::from_file(&path.join("tokenizer.json"), cfg.text_config.max_position_embeddings)?;
+            let pcfg = ImageProcessorConfig::from_file(&path.join("preprocessor_config.json"))?;
+            check_image_size(&pcfg, cfg.vision_config.image_size, path)?;
+            let slot = slot_for(pre, pcfg);
+            Ok((cfg, vb, tokenizer, slot))
+        };
+        let caption = match &manifest.caption {
+            Some(part) => {
+                let (cfg, vb, tokenizer, slot) = load_blip(&part.path, &mut preprocessors)?;
+                Some(CaptionPart { model: BlipCaptioner::new(vb, &cfg)?, tokenizer, slot })
+            }
+            None => None,
+        };
+        let vqa = match &manifest.vqa {
+            Some(part) => {
+                let (cfg, vb, tokenizer, slot) = load_blip(&part.path, &mut preprocessors)?;
+                Some(VqaPart { model: BlipVqa::new(vb, &cfg)?, tokenizer, slot })
+            }
+            None => None,
+        };
+        let fusion = match &manifest.fusion {
+            Some(part) => {
+                let cfg = FusionConfig::from_file(&part.path.join("config.json"))?;
+                let vb = nn::load_weights(&part.path.join("model.safetensors"), dtype, &device)?;
+                Some(FusionHead::new(vb, &cfg)?)
+            }
+            None => None,
+        };
+        let gen = opts.generation.clone().unwrap_or_else(|| manifest.generation.clone());
+        let eos = caption
+            .as_ref()
+            .map(|c| c.model.text_config.sep_token_id)
+            .or(vqa.as_ref().map(|v| v.model.text_config.sep_token_id))
+            .unwrap_or(0);
+        let mut model = Self {
+            generation: GenerationParams {
+                max_new_tokens: gen.max_new_tokens,
+                num_beams: gen.num_beams.max(1),
+                length_penalty: 1.0,
+                eos_token_id: eos,
+            },
+            manifest,
+            device,
+            dtype,
+            limits: opts.limits,
+            preprocessors,
+            clip,
+            caption,
+            vqa,
+            fusion,
+            tags: None,
+        };
+        if let (Some(spec), Some(fusion)) = (&model.manifest.fusion, &model.fusion) {
+            let want = model.clip.as_ref().map(|c| c.model.projection_dim());
+            if want.is_some_and(|d| d != fusion.embed_dim()) {
+                return Err(ModelError::config(
+                    spec.path.join("config.json"),
+                    "fusion embed_dim differs from the CLIP projection_dim",
+                ));
+            }
+        }
+        if let Some(spec) = model.manifest.tags.clone() {
+            model.tags = Some(model.build_tags(&spec)?);
+        }
+        Ok(model)
+    }
+
+    /// The manifest the bundle was loaded from.
+    pub fn manifest(&self) -> &BundleManifest {
+        &self.manifest
+    }
+
+    /// Device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Generation settings in force.
+    pub fn generation(&self) -> &GenerationParams {
+        &self.generation
+    }
+
+    /// Change generation settings (e.g. beam width from the CLI).
+    pub fn set_generation(&mut self, max_new_tokens: usize, num_beams: usize) {
+        self.generation.max_new_tokens = max_new_tokens;
+        self.generation.num_beams = num_beams.max(1);
+    }
+
+    fn build_tags(&self, spec: &TagSpec) -> Result<TagTable> {
+        let clip = self.clip.as_ref().ok_or_else(|| ModelError::Unsupported("tags need CLIP".into()))?;
+        if spec.labels.is_empty() {
+            return Err(ModelError::Unsupported("tags.labels is empty".into()));
+        }
+        let ids = spec
+            .labels
+            .iter()
+            .map(|l| clip.tokenizer.encode(&spec.template.replace("{}", l)))
+            .collect::<Result<Vec<_>>>()?;
+        let emb = clip.model.text_embeddings(&ids, &self.device)?.to_dtype(DType::F32)?.to_vec2()?;
+        Ok(TagTable { labels: spec.labels.clone(), embeddings: emb, threshold: spec.threshold })
+    }
+
+    /// Decode an image once and preprocess it for every vision model of the bundle.
+    pub fn prepare_image(&self, bytes: &[u8]) -> Result<PreparedImage, ImageError> {
+        let rgb = preprocess::decode(bytes, &self.limits)?;
+        let pixels =
+            self.preprocessors.iter().map(|p| p.apply(&rgb).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+        Ok(PreparedImage { pixels })
+    }
+
+    /// CLIP token ids of a text (`None` when the bundle has no text encoder).
+    pub fn prepare_text(&self, text: &str) -> Result<Option<Vec<u32>>> {
+        self.clip.as_ref().map(|c| c.tokenizer.encode(text)).transpose()
+    }
+
+    /// VQA token ids of a question (`None` when the bundle has no VQA model).
+    pub fn prepare_question(&self, question: &str) -> Result<Option<Vec<u32>>> {
+        self.vqa.as_ref().map(|v| v.tokenizer.encode(question)).transpose()
+    }
+
+    /// Prepare a whole item; an unusable image is an error here (the pipeline degrades
+    /// instead by preparing without it).
+    pub fn prepare(
+        &self,
+        image: Option<&[u8]>,
+        text: Option<&str>,
+        question: Option<&str>,
+        tasks: TaskSet,
+    ) -> Result<Prepared> {
+        Ok(Prepared {
+            image: image.map(|b| self.prepare_image(b)).transpose()?,
+            text: match text {
+                Some(t) => self.prepare_text(t)?,
+                None => None,
+            },
+            question: match question {
+                Some(q) => self.prepare_question(q)?,
+                None => None,
+            },
+            tasks,
+        })
+    }
+
+    fn stack(&self, items: &[&Prepared], slot: usize) -> Result<Tensor> {
+        let mut data = Vec::new();
+        let (mut h, mut w) = (0, 0);
+        for it in items {
+            let img = it.image.as_ref().ok_or_else(|| ModelError::Input("item has no image".into()))?;
+            let px = &img.pixels[slot];
+            h = px.height;
+            w = px.width;
+            data.extend_from_slice(&px.data);
+        }
+        Ok(Tensor::from_vec(data, (items.len(), 3, h, w), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+        Ok(t.to_dtype(DType::F32)?.to_vec2()?)
+    }
+
+    /// Run a batch. The output has one entry per item, in order.
+    pub fn infer_batch(&self, items: &[Prepared]) -> Result<Vec<InferOutput>> {
+        let n = items.len();
+        let mut out = vec![InferOutput::default(); n];
+        let wants = |it: &Prepared, ts: &[Task]| ts.iter().any(|t| it.tasks.contains(*t));
+        let encoder_tasks = [Task::Embed, Task::Match, Task::Tag];
+
+        // CLIP image and text embeddings: two independent sub-batches.
+        let mut img_emb: Vec<Option<Vec<f32>>> = vec![None; n];
+        let mut txt_emb: Vec<Option<Vec<f32>>> = vec![None; n];
+        if let Some(clip) = &self.clip {
+            let rows: Vec<usize> =
+                (0..n).filter(|&i| items[i].image.is_some() && wants(&items[i], &encoder_tasks)).collect();
+            if !rows.is_empty() {
+                let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
+                let px = self.stack(&batch, clip.slot)?;
+                for (i, e) in rows.iter().zip(Self::rows(&clip.model.image_embeddings(&px)?)?) {
+                    img_emb[*i] = Some(e);
+                }
+            }
+            let rows: Vec<usize> =
+                (0..n).filter(|&i| items[i].text.is_some() && wants(&items[i], &encoder_tasks)).collect();
+            if !rows.is_empty() {
+                let ids: Vec<Vec<u32>> = rows.iter().filter_map(|&i| items[i].text.clone()).collect();
+                for (i, e) in rows.iter().zip(Self::rows(&clip.model.text_embeddings(&ids, &self.device)?)?) {
+                    txt_emb[*i] = Some(e);
+                }
+            }
+        }
+
+        // Fusion: one sub-batch over every item that has either embedding.
+        let mut fused: Vec<Option<Vec<f32>>> = vec![None; n];
+        if let Some(head) = &self.fusion {
+            let rows: Vec<usize> = (0..n)
+                .filter(|&i| items[i].tasks.contains(Task::Embed) && (img_emb[i].is_some() || txt_emb[i].is_some()))
+                .collect();
+            if !rows.is_empty() {
+                let d = head.embed_dim();
+                let (mut im, mut tx, mut imm, mut txm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for &i in &rows {
+                    let zeros = vec![0f32; d];
+                    im.extend_from_slice(img_emb[i].as_deref().unwrap_or(&zeros));
+                    tx.extend_from_slice(txt_emb[i].as_deref().unwrap_or(&zeros));
+                    imm.push(if img_emb[i].is_some() { 1f32 } else { 0.0 });
+                    txm.push(if txt_emb[i].is_some() { 1f32 } else { 0.0 });
+                }
+                let r = rows.len();
+                let t = |v: Vec<f32>, shape: &[usize]| -> Result<Tensor> {
+                    Ok(Tensor::from_vec(v, shape, &self.device)?.to_dtype(self.dtype)?)
+                };
+                let f = head.forward(&t(im, &[r, d])?, &t(tx, &[r, d])?, &t(imm, &[r])?, &t(txm, &[r])?)?;
+                for (i, e) in rows.iter().zip(Self::rows(&f)?) {
+                    fused[*i] = Some(e);
+                }
+            }
+        }
+
+        // Captions: one sub-batch of images.
+        let mut captions: Vec<Option<String>> = vec![None; n];
+        if let Some(cap) = &self.caption {
+            let rows: Vec<usize> =
+                (0..n).filter(|&i| items[i].image.is_some() && items[i].tasks.contains(Task::Caption)).collect();
+            if !rows.is_empty() {
+                let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
+                let states = cap.model.vision.forward(&self.stack(&batch, cap.slot)?)?;
+                let cache = cap.model.decoder.start(&states, None)?;
+                let prompt = [cap.model.text_config.bos_token_id];
+                let params = GenerationParams { eos_token_id: cap.model.text_config.sep_token_id, ..self.generation.clone() };
+                let seqs = generate::generate(&cap.model.decoder, cache, &prompt, rows.len(), &params, &self.device)?;
+                for (i, s) in rows.iter().zip(seqs) {
+                    captions[*i] = Some(cap.tokenizer.decode(&s[prompt.len()..])?);
+                }
+            }
+        }
+
+        // Answers: one sub-batch of (image, question) pairs.
+        let mut answers: Vec<Option<String>> = vec![None; n];
+        if let Some(vqa) = &self.vqa {
+            let rows: Vec<usize> = (0..n)
+                .filter(|&i| {
+                    items[i].image.is_some() && items[i].question.is_some() && items[i].tasks.contains(Task::Answer)
+                })
+                .collect();
+            if !rows.is_empty() {
+                let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
+                let states = vqa.model.vision.forward(&self.stack(&batch, vqa.slot)?)?;
+                let qs: Vec<Vec<u32>> = rows.iter().filter_map(|&i| items[i].question.clone()).collect();
+                let q_states = vqa.model.encode_questions(&states, &qs, &self.device)?;
+                let lens: Vec<usize> = qs.iter().map(Vec::len).collect();
+                let cache = vqa.model.decoder.start(&q_states, Some(&lens))?;
+                let prompt = [vqa.model.text_config.bos_token_id];
+                let params = GenerationParams { eos_token_id: vqa.model.text_config.sep_token_id, ..self.generation.clone() };
+                let seqs = generate::generate(&vqa.model.decoder, cache, &prompt, rows.len(), &params, &self.device)?;
+                for (i, s) in rows.iter().zip(seqs) {
+                    answers[*i] = Some(vqa.tokenizer.decode(&s[prompt.len()..])?);
+                }
+            }
+        }
+
+        for (i, (item, o)) in items.iter().zip(out.iter_mut()).enumerate() {
+            let has_img = item.image.is_some();
+            let has_txt = item.text.is_some();
+            let mut skip = |task, reason| o.skipped.push(Skipped { task, reason });
+            for task in item.tasks.iter() {
+                match task {
+                    Task::Embed => {
+                        if self.clip.is_none() {
+                            skip(task, SkipReason::ModelAbsent);
+                        } else if !has_img && !has_txt {
+                            skip(task, SkipReason::ImageAbsent);
+                        }
+                    }
+                    Task::Match => {
+                        if self.clip.is_none() {
+                            skip(task, SkipReason::ModelAbsent);
+                        } else if !has_img {
+                            skip(task, SkipReason::ImageAbsent);
+                        } else if !has_txt {
+                            skip(task, SkipReason::TextAbsent);
+                        }
+                    }
+                    Task::Caption => {
+                        if self.caption.is_none() {
+                            skip(task, SkipReason::ModelAbsent);
+                        } else if !has_img {
+                            skip(task, SkipReason::ImageAbsent);
+                        }
+                    }
+                    Task::Answer => {
+                        if self.vqa.is_none() {
+                            skip(task, SkipReason::ModelAbsent);
+                        } else if !has_img {
+                            skip(task, SkipReason::ImageAbsent);
+                        } else if item.question.is_none() {
+                            skip(task, SkipReason::QuestionAbsent);
+                        }
+                    }
+                    Task::Tag => {
+                        if self.tags.is_none() {
+                            skip(task, SkipReason::ModelAbsent);
+                        } else if !has_img && !has_txt {
+                            skip(task, SkipReason::ImageAbsent);
+                        }
+                    }
+                }
+            }
+            if item.tasks.contains(Task::Match) {
+                if let (Some(a), Some(b)) = (&img_emb[i], &txt_emb[i]) {
+                    o.match_score = Some(dot(a, b));
+                }
+            }
+            if item.tasks.contains(Task::Tag) {
+                if let (Some(table), Some(clip)) = (&self.tags, &self.clip) {
+                    let src = match (&img_emb[i], &txt_emb[i]) {
+                        (Some(e), _) => Some((e, TagSource::Image)),
+                        (None, Some(e)) => Some((e, TagSource::Text)),
+                        _ => None,
+                    };
+                    if let Some((e, source)) = src {
+                        o.tags = Some(table.score(e, clip.model.logit_scale, source));
+                    }
+                }
+            }
+            if item.tasks.contains(Task::Embed) {
+                o.image_embedding = img_emb[i].take();
+                o.text_embedding = txt_emb[i].take();
+                o.fused_embedding = fused[i].take();
+                if self.fusion.is_none() && (o.image_embedding.is_some() || o.text_embedding.is_some()) {
+                    o.skipped.push(Skipped { task: Task::Embed, reason: SkipReason::ModelAbsent });
+                }
+            }
+            o.caption = captions[i].take();
+            o.answer = answers[i].take();
+        }
+        Ok(out)
+    }
+}
+
+impl TagTable {
+    fn score(&self, e: &[f32], logit_scale: f32, source: TagSource) -> Vec<Tag> {
+        let logits: Vec<f32> = self.embeddings.iter().map(|l| logit_scale * dot(e, l)).collect();
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+        let sum: f32 = exps.iter().sum();
+        let mut tags: Vec<Tag> = self
+            .labels
+            .iter()
+            .zip(exps)
+            .map(|(label, x)| Tag { label: label.clone(), score: x / sum, source })
+            .filter(|t| t.score >= self.threshold)
+            .collect();
+        tags.sort_by(|a, b| b.score.total_cmp(&a.score));
+        tags
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn check_image_size(p: &ImageProcessorConfig, size: usize, dir: &Path) -> Result<()> {
+    let (h, w) = p.output_size(size as u32, size as u32);
+    if (h as usize, w as usize) != (size, size) {
+        return Err(ModelError::config(
+            dir.join("preprocessor_config.json"),
+            format!("produces {h}x{w} pixels but the model expects {size}x{size}"),
+        ));
+    }
+    Ok(())
+}
