@@ -304,8 +304,30 @@ def fusion_fixture(out: Path, seed: int, dim: int, gate: str) -> None:
     )
 
 
+def _png16(path: Path, rgb16: np.ndarray) -> None:
+    """Write a 16-bit RGB PNG (PIL cannot): raw rows, filter 0, zlib."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb16.shape
+    raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
 def preprocess_fixture(out: Path) -> None:
-    """Images in several formats and the HF (PIL backend) processor outputs for them."""
+    """Images in every accepted format and the HF (PIL backend) processor outputs for them.
+
+    The reference applies EXIF orientation first, as transformers' `load_image` does."""
+    from PIL import ImageOps
+
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     yy, xx = np.mgrid[0:151, 0:97]
@@ -313,23 +335,52 @@ def preprocess_fixture(out: Path) -> None:
     base = np.clip(base.astype(int) + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
     rgb = Image.fromarray(base)  # 97 wide, 151 high: odd sizes, portrait
     wide = Image.fromarray(np.ascontiguousarray(np.transpose(base, (1, 0, 2))))  # 151 x 97
-    files = {
-        "portrait.png": rgb,
-        "landscape.png": wide,
-        "small.png": rgb.resize((40, 30), Image.NEAREST),  # upscaling path
-    }
-    for name, im in files.items():
-        im.save(out / name)
+    # A larger smooth "photo" so that downscaling is strong (antialiasing matters).
+    py, px = np.mgrid[0:240, 0:320]
+    photo = np.stack(
+        [
+            128 + 100 * np.sin(px / 23.0) * np.cos(py / 31.0),
+            128 + 90 * np.cos(px / 41.0 + py / 17.0),
+            (px * 255 // 319 + py * 255 // 239) // 2,
+        ],
+        axis=-1,
+    ).clip(0, 255).astype(np.uint8)
+    photo = Image.fromarray(photo)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    alpha = rgb.copy()
+    alpha.putalpha(Image.fromarray((yy * 255 // 150).astype(np.uint8)))
+    frames = [rgb.convert("P", palette=Image.ADAPTIVE, colors=64), wide.resize((97, 151)).convert("P")]
+
+    rgb.save(out / "portrait.png")
+    wide.save(out / "landscape.png")
+    rgb.resize((40, 30), Image.NEAREST).save(out / "small.png")  # upscaling path
+    alpha.save(out / "rgba.png")
+    rgb.convert("P", palette=Image.ADAPTIVE, colors=32).save(out / "palette.png")
+    _png16(out / "rgb16.png", base.astype(np.uint16) * 256 + rng.integers(0, 256, base.shape).astype(np.uint16))
+    photo.save(out / "photo.jpg", quality=92, subsampling=0)
+    photo.save(out / "photo_420.jpg", quality=85, subsampling=2)
+    photo.save(out / "progressive.jpg", quality=90, progressive=True, subsampling=0)
+    photo.convert("L").save(out / "gray.jpg", quality=90)
+    photo.convert("CMYK").save(out / "cmyk.jpg", quality=95)
+    photo.save(out / "exif_rotated.jpg", quality=92, subsampling=0, exif=exif)
+    photo.save(out / "lossless.webp", lossless=True)
+    photo.save(out / "lossy.webp", quality=80)
+    frames[0].save(out / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    rgb.save(out / "image.bmp")
+
     clip = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
     blip = BlipImageProcessorPil(size={"height": 48, "width": 48})
     clip.save_pretrained(str(out / "clip"))
     blip.save_pretrained(str(out / "blip"))
     tensors = {}
-    for name in files:
-        im = Image.open(out / name)
-        stem = name.split(".")[0]
-        tensors[f"clip_{stem}"] = torch.tensor(clip(im, return_tensors="np")["pixel_values"][0])
-        tensors[f"blip_{stem}"] = torch.tensor(blip(im, return_tensors="np")["pixel_values"][0])
+    names = sorted(p.name for p in out.iterdir() if p.is_file() and p.suffix != ".safetensors")
+    for name in names:
+        im = ImageOps.exif_transpose(Image.open(out / name))
+        stem = name.replace(".", "_")
+        tensors[f"clip/{stem}"] = torch.tensor(clip(im, return_tensors="np")["pixel_values"][0])
+        tensors[f"blip/{stem}"] = torch.tensor(blip(im, return_tensors="np")["pixel_values"][0])
     save_file(tensors, str(out / "reference.safetensors"))
 
 
@@ -389,6 +440,15 @@ def main() -> None:
     fusion_fixture(out / "fusion-vector", 41, 24, "vector")
     fusion_fixture(out / "fusion-scalar", 42, 16, "scalar")
     preprocess_fixture(out / "preprocess")
+    # A bundle of tiny parts, for the runtime API tests.
+    (out / "bundle.toml").write_text(
+        'id = "tiny"\nversion = "0.0.1"\n'
+        '[clip]\npath = "clip-a"\n[caption]\npath = "blip-caption-a"\n'
+        '[vqa]\npath = "blip-vqa-a"\n[fusion]\npath = "fusion-vector"\n'
+        '[tags]\ntemplate = "a {} ."\nlabels = ["circle", "square", "triangle", "star"]\n'
+        "threshold = 0.0\n"
+        "[generation]\nmax_new_tokens = 6\nnum_beams = 1\n"
+    )
     (out / "versions.json").write_text(
         json.dumps({"torch": torch.__version__, "transformers": transformers.__version__}, indent=1)
     )

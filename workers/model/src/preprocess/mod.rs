@@ -77,6 +77,12 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
     if !FORMATS.contains(&format) {
         return Err(ImageError::UnsupportedFormat);
     }
+    // zune-jpeg fills a truncated scan with grey instead of failing: refuse a JPEG without an
+    // end-of-image marker. (FF D9 cannot occur inside entropy-coded data, where every FF is
+    // stuffed or a restart marker; an embedded EXIF thumbnail can still hide truncation.)
+    if format == ImageFormat::Jpeg && !bytes.windows(2).rev().any(|w| w == [0xFF, 0xD9]) {
+        return Err(ImageError::Corrupt("truncated JPEG: no end-of-image marker".into()));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     // Defence in depth: the decoder itself also refuses oversized allocations.
     let mut lim = image::Limits::default();
@@ -175,18 +181,29 @@ impl Preprocessor {
     }
 }
 
+/// Resize like PIL: horizontal pass first (to an 8-bit intermediate, clipped), then vertical.
+/// fast_image_resize does the vertical pass first for 8-bit images when both axes change,
+/// which clips overshoot at different places and differs from PIL by up to 15 levels on
+/// hard 0/255 edges; two single-axis passes in PIL's order stay within 1–2 levels.
 fn resize(img: &RgbImage, width: u32, height: u32, resample: Resample) -> Result<Vec<u8>, ImageError> {
-    let src = ImageRef::new(img.width, img.height, &img.data, PixelType::U8x3)
-        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
-    let mut dst = fr::images::Image::new(width, height, PixelType::U8x3);
     let alg = match resample {
         Resample::Nearest => ResizeAlg::Nearest,
         Resample::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
         Resample::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
         Resample::Lanczos => ResizeAlg::Convolution(FilterType::Lanczos3),
     };
-    Resizer::new()
-        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(alg))
-        .map_err(|e| ImageError::Corrupt(format!("resize: {e}")))?;
-    Ok(dst.into_vec())
+    let opts = ResizeOptions::new().resize_alg(alg);
+    let mut resizer = Resizer::new();
+    let mut pass = |data: &[u8], sw: u32, sh: u32, dw: u32, dh: u32| -> Result<Vec<u8>, ImageError> {
+        let src = ImageRef::new(sw, sh, data, PixelType::U8x3).map_err(|e| ImageError::Corrupt(e.to_string()))?;
+        let mut dst = fr::images::Image::new(dw, dh, PixelType::U8x3);
+        resizer.resize(&src, &mut dst, &opts).map_err(|e| ImageError::Corrupt(format!("resize: {e}")))?;
+        Ok(dst.into_vec())
+    };
+    if width != img.width && height != img.height && resample != Resample::Nearest {
+        let tmp = pass(&img.data, img.width, img.height, width, img.height)?;
+        pass(&tmp, width, img.height, width, height)
+    } else {
+        pass(&img.data, img.width, img.height, width, height)
+    }
 }
