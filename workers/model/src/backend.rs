@@ -52,23 +52,37 @@ impl ModelThread {
     /// Start `backend` on a new thread with room for `queue` waiting batches.
     pub fn spawn<B: Backend>(mut backend: B, queue: usize) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<Job>(queue);
-        let handle = std::thread::Builder::new().name("fusionstream-model".into()).spawn(move || {
-            while let Ok(job) = rx.recv() {
-                let result = backend.infer_batch(&job.items);
-                (job.reply)(result);
-            }
-        })?;
-        Ok(Self { tx: Some(tx), handle: Some(handle) })
+        let handle = std::thread::Builder::new()
+            .name("fusionstream-model".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let result = backend.infer_batch(&job.items);
+                    (job.reply)(result);
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
     }
 
     /// Queue a batch, waiting while the queue is full.
-    pub fn submit(&self, items: Vec<Prepared>, reply: Reply) -> std::result::Result<(), SubmitError> {
+    pub fn submit(
+        &self,
+        items: Vec<Prepared>,
+        reply: Reply,
+    ) -> std::result::Result<(), SubmitError> {
         let tx = self.tx.as_ref().ok_or(SubmitError::Closed)?;
-        tx.send(Job { items, reply }).map_err(|_| SubmitError::Closed)
+        tx.send(Job { items, reply })
+            .map_err(|_| SubmitError::Closed)
     }
 
     /// Queue a batch if there is room now.
-    pub fn try_submit(&self, items: Vec<Prepared>, reply: Reply) -> std::result::Result<(), SubmitError> {
+    pub fn try_submit(
+        &self,
+        items: Vec<Prepared>,
+        reply: Reply,
+    ) -> std::result::Result<(), SubmitError> {
         let tx = self.tx.as_ref().ok_or(SubmitError::Closed)?;
         tx.try_send(Job { items, reply }).map_err(|e| match e {
             TrySendError::Full(job) => SubmitError::Full(job.items),
@@ -81,7 +95,8 @@ impl ModelThread {
         let (tx, rx) = std::sync::mpsc::channel();
         self.submit(items, Box::new(move |r| drop(tx.send(r))))
             .map_err(|e| ModelError::Unsupported(e.to_string()))?;
-        rx.recv().map_err(|_| ModelError::Unsupported("model thread stopped".into()))?
+        rx.recv()
+            .map_err(|_| ModelError::Unsupported("model thread stopped".into()))?
     }
 }
 

@@ -74,7 +74,10 @@ pub struct GenerationSpec {
 
 impl Default for GenerationSpec {
     fn default() -> Self {
-        Self { max_new_tokens: default_max_new(), num_beams: default_beams() }
+        Self {
+            max_new_tokens: default_max_new(),
+            num_beams: default_beams(),
+        }
     }
 }
 
@@ -121,22 +124,32 @@ impl BundleManifest {
     pub fn load(dir: &Path) -> Result<Self> {
         let manifest = dir.join("bundle.toml");
         let mut m = if manifest.exists() {
-            let text = std::fs::read_to_string(&manifest).map_err(|e| ModelError::io(&manifest, e))?;
+            let text =
+                std::fs::read_to_string(&manifest).map_err(|e| ModelError::io(&manifest, e))?;
             toml::from_str::<BundleManifest>(&text).map_err(|e| ModelError::config(&manifest, e))?
         } else {
             Self::single(dir)?
         };
-        for part in [&mut m.clip, &mut m.caption, &mut m.vqa, &mut m.fusion].into_iter().flatten() {
+        for part in [&mut m.clip, &mut m.caption, &mut m.vqa, &mut m.fusion]
+            .into_iter()
+            .flatten()
+        {
             part.path = dir.join(&part.path);
         }
         if m.clip.is_none() && m.caption.is_none() && m.vqa.is_none() {
-            return Err(ModelError::config(dir, "the bundle has no clip, caption or vqa part"));
+            return Err(ModelError::config(
+                dir,
+                "the bundle has no clip, caption or vqa part",
+            ));
         }
         if m.tags.is_some() && m.clip.is_none() {
             return Err(ModelError::config(dir, "tags need a clip part"));
         }
         if m.generation.num_beams == 0 {
-            return Err(ModelError::config(dir, "generation.num_beams must be at least 1"));
+            return Err(ModelError::config(
+                dir,
+                "generation.num_beams must be at least 1",
+            ));
         }
         Ok(m)
     }
@@ -144,9 +157,14 @@ impl BundleManifest {
     fn single(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let head: HfConfigHead = nn::read_json(&cfg_path)?;
-        let here = Some(PartSpec { path: PathBuf::from(".") });
+        let here = Some(PartSpec {
+            path: PathBuf::from("."),
+        });
         let mut m = BundleManifest {
-            id: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            id: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             version: "unversioned".into(),
             clip: None,
             caption: None,
@@ -161,10 +179,16 @@ impl BundleManifest {
             ("blip", "BlipForQuestionAnswering") => m.vqa = here,
             ("blip", _) => m.caption = here,
             ("fusionstream_gated_fusion", _) => {
-                return Err(ModelError::config(&cfg_path, "a fusion head alone is not a model; use a bundle"))
+                return Err(ModelError::config(
+                    &cfg_path,
+                    "a fusion head alone is not a model; use a bundle",
+                ))
             }
             (other, _) => {
-                return Err(ModelError::Unsupported(format!("model_type {other:?} in {}", cfg_path.display())))
+                return Err(ModelError::Unsupported(format!(
+                    "model_type {other:?} in {}",
+                    cfg_path.display()
+                )))
             }
         }
         Ok(m)

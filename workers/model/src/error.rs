@@ -103,11 +103,17 @@ impl ModelError {
     }
 
     pub(crate) fn config(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
-        ModelError::Config { path: path.into(), reason: reason.to_string() }
+        ModelError::Config {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.into(), source }
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

@@ -36,7 +36,12 @@ pub struct GenerationParams {
 
 impl Default for GenerationParams {
     fn default() -> Self {
-        Self { max_new_tokens: 20, num_beams: 1, length_penalty: 1.0, eos_token_id: 102 }
+        Self {
+            max_new_tokens: 20,
+            num_beams: 1,
+            length_penalty: 1.0,
+            eos_token_id: 102,
+        }
     }
 }
 
@@ -51,7 +56,9 @@ pub fn generate<M: StepDecoder>(
     device: &Device,
 ) -> Result<Vec<Vec<u32>>> {
     if prompt.is_empty() {
-        return Err(ModelError::Input("generation needs a non-empty prompt".into()));
+        return Err(ModelError::Input(
+            "generation needs a non-empty prompt".into(),
+        ));
     }
     if params.num_beams <= 1 {
         greedy(model, state, prompt, batch, params, device)
@@ -153,7 +160,11 @@ fn beam_search<M: StepDecoder>(
 
     let init = |first: f32| -> Vec<Hyp> {
         (0..k)
-            .map(|i| Hyp { tokens: prompt.to_vec(), score: if i == 0 { first } else { NEG }, finished: false })
+            .map(|i| Hyp {
+                tokens: prompt.to_vec(),
+                score: if i == 0 { first } else { NEG },
+                finished: false,
+            })
             .collect()
     };
     let mut running: Vec<Vec<Hyp>> = (0..batch).map(|_| init(0.0)).collect();
@@ -199,7 +210,14 @@ fn beam_search<M: StepDecoder>(
                 .into_iter()
                 .map(|j| {
                     let c = cands[j];
-                    (c / vocab, Hyp { tokens: cand_seq(c), score: run_scores[j], finished: false })
+                    (
+                        c / vocab,
+                        Hyp {
+                            tokens: cand_seq(c),
+                            score: run_scores[j],
+                            finished: false,
+                        },
+                    )
                 })
                 .collect();
             // Finished hypotheses: merge the old ones with candidates that just stopped.
@@ -214,10 +232,17 @@ fn beam_search<M: StepDecoder>(
                 if !just_finished {
                     s += NEG;
                 }
-                merged.push(Hyp { tokens: cand_seq(c), score: s, finished: just_finished });
+                merged.push(Hyp {
+                    tokens: cand_seq(c),
+                    score: s,
+                    finished: just_finished,
+                });
             }
             let scores: Vec<f32> = merged.iter().map(|h| h.score).collect();
-            finished[b] = top_k(&scores, k).into_iter().map(|i| merged[i].clone()).collect();
+            finished[b] = top_k(&scores, k)
+                .into_iter()
+                .map(|i| merged[i].clone())
+                .collect();
 
             for (beam, hyp) in &next_running {
                 reorder.push(b * k + beam);
@@ -229,8 +254,13 @@ fn beam_search<M: StepDecoder>(
         // Early-stop heuristic, per row.
         for b in 0..batch {
             let best = running[b][0].score / ((cur_len - p) as f32).powf(params.length_penalty);
-            let min_fin = finished[b].iter().map(|h| h.score).fold(f32::INFINITY, f32::min);
-            let improvable = finished[b].iter().any(|h| best > if h.finished { min_fin } else { NEG });
+            let min_fin = finished[b]
+                .iter()
+                .map(|h| h.score)
+                .fold(f32::INFINITY, f32::min);
+            let improvable = finished[b]
+                .iter()
+                .any(|h| best > if h.finished { min_fin } else { NEG });
             unsatisfied[b] &= improvable;
         }
         if !unsatisfied.iter().any(|&u| u) || all_hit {
@@ -239,7 +269,10 @@ fn beam_search<M: StepDecoder>(
         model.select_rows(&mut state, &rows_tensor(&reorder, device)?)?;
         ids = Tensor::from_vec(next_tokens, (batch * k, 1), device)?;
     }
-    Ok(finished.into_iter().map(|mut f| f.swap_remove(0).tokens).collect())
+    Ok(finished
+        .into_iter()
+        .map(|mut f| f.swap_remove(0).tokens)
+        .collect())
 }
 
 #[cfg(test)]

@@ -36,8 +36,8 @@ pub mod tokenize;
 pub use backend::{Backend, ModelThread};
 pub use error::{ErrorClass, ImageError, ModelError};
 pub use runtime::{
-    FusionModel, InferOutput, Prepared, PreparedImage, RuntimeOptions, SkipReason, Skipped, Tag, Task,
-    TaskSet,
+    FusionModel, InferOutput, Prepared, PreparedImage, RuntimeOptions, SkipReason, Skipped, Tag,
+    Task, TaskSet,
 };
 
 /// Re-exported so callers name devices and dtypes without depending on candle directly.
@@ -48,12 +48,16 @@ pub fn device(spec: &str) -> Result<Device, ModelError> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s.strip_prefix("cuda:").map(str::parse::<usize>).transpose().map_err(|e| {
-                ModelError::Unsupported(format!("device {s:?}: {e}"))
-            })?;
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .map(str::parse::<usize>)
+                .transpose()
+                .map_err(|e| ModelError::Unsupported(format!("device {s:?}: {e}")))?;
             Ok(Device::new_cuda(ordinal.unwrap_or(0))?)
         }
-        other => Err(ModelError::Unsupported(format!("device {other:?} (expected cpu, cuda or cuda:N)"))),
+        other => Err(ModelError::Unsupported(format!(
+            "device {other:?} (expected cpu, cuda or cuda:N)"
+        ))),
     }
 }
 
@@ -63,6 +67,8 @@ pub fn dtype(spec: &str) -> Result<DType, ModelError> {
         "f32" => Ok(DType::F32),
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
-        other => Err(ModelError::Unsupported(format!("dtype {other:?} (expected f32, f16 or bf16)"))),
+        other => Err(ModelError::Unsupported(format!(
+            "dtype {other:?} (expected f32, f16 or bf16)"
+        ))),
     }
 }

@@ -75,7 +75,12 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// Several linear layers with the same input fused into one matmul (q, k, v projections).
-pub(crate) fn fused_linear(vb: &VarBuilder<'_>, names: &[&str], d_in: usize, d_out: usize) -> Result<Linear> {
+pub(crate) fn fused_linear(
+    vb: &VarBuilder<'_>,
+    names: &[&str],
+    d_in: usize,
+    d_out: usize,
+) -> Result<Linear> {
     let mut ws = Vec::with_capacity(names.len());
     let mut bs = Vec::with_capacity(names.len());
     for name in names {
@@ -83,13 +88,18 @@ pub(crate) fn fused_linear(vb: &VarBuilder<'_>, names: &[&str], d_in: usize, d_o
         ws.push(sub.get((d_out, d_in), "weight")?);
         bs.push(sub.get(d_out, "bias")?);
     }
-    Ok(Linear::new(Tensor::cat(&ws, 0)?, Some(Tensor::cat(&bs, 0)?)))
+    Ok(Linear::new(
+        Tensor::cat(&ws, 0)?,
+        Some(Tensor::cat(&bs, 0)?),
+    ))
 }
 
 /// (B, T, H*Dh) -> (B, H, T, Dh), contiguous.
 pub(crate) fn split_heads(x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (b, t, c) = x.dims3()?;
-    x.reshape((b, t, heads, c / heads))?.transpose(1, 2)?.contiguous()
+    x.reshape((b, t, heads, c / heads))?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// (B, H, T, Dh) -> (B, T, H*Dh).
@@ -188,7 +198,9 @@ impl PreNormBlock {
         let a = merge_heads(&attention(&q, &k, &v, mask, self.scale)?)?;
         let x = (x + self.out.forward(&a)?)?;
         let h = self.ln2.forward(&x)?;
-        let h = self.fc2.forward(&self.act.forward(&self.fc1.forward(&h)?)?)?;
+        let h = self
+            .fc2
+            .forward(&self.act.forward(&self.fc1.forward(&h)?)?)?;
         x + h
     }
 }

@@ -25,7 +25,9 @@ use crate::preprocess::{self, ImageLimits, ImageProcessorConfig, Pixels, Preproc
 use crate::tokenize::TextTokenizer;
 
 /// A task an event can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     /// Image, text and fused embeddings.
@@ -42,7 +44,13 @@ pub enum Task {
 
 impl Task {
     /// Every task, in output order.
-    pub const ALL: [Task; 5] = [Task::Embed, Task::Match, Task::Caption, Task::Answer, Task::Tag];
+    pub const ALL: [Task; 5] = [
+        Task::Embed,
+        Task::Match,
+        Task::Caption,
+        Task::Answer,
+        Task::Tag,
+    ];
 
     /// Lower-case name.
     pub fn name(self) -> &'static str {
@@ -68,7 +76,9 @@ impl FromStr for Task {
         Task::ALL
             .into_iter()
             .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown task {s:?} (expected one of embed, match, caption, answer, tag)"))
+            .ok_or_else(|| {
+                format!("unknown task {s:?} (expected one of embed, match, caption, answer, tag)")
+            })
     }
 }
 
@@ -99,7 +109,11 @@ impl TaskSet {
     }
     /// Parse `embed,caption,...`.
     pub fn parse_list(s: &str) -> std::result::Result<Self, String> {
-        s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Task::from_str).collect()
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(Task::from_str)
+            .collect()
     }
 }
 
@@ -232,7 +246,12 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, limits: ImageLimits::default(), generation: None }
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            limits: ImageLimits::default(),
+            generation: None,
+        }
     }
 }
 
@@ -305,17 +324,26 @@ impl FusionModel {
                     &part.path.join("tokenizer.json"),
                     cfg.text_config.max_position_embeddings,
                 )?;
-                let pcfg = ImageProcessorConfig::from_file(&part.path.join("preprocessor_config.json"))?;
+                let pcfg =
+                    ImageProcessorConfig::from_file(&part.path.join("preprocessor_config.json"))?;
                 check_image_size(&pcfg, cfg.vision_config.image_size, &part.path)?;
-                Some(ClipPart { model, tokenizer, slot: slot_for(&mut preprocessors, pcfg) })
+                Some(ClipPart {
+                    model,
+                    tokenizer,
+                    slot: slot_for(&mut preprocessors, pcfg),
+                })
             }
             None => None,
         };
-        let load_blip = |path: &Path, pre: &mut Vec<Preprocessor>| -> Result<(BlipConfig, _, TextTokenizer, usize)> {
+        let load_blip = |path: &Path,
+                         pre: &mut Vec<Preprocessor>|
+         -> Result<(BlipConfig, _, TextTokenizer, usize)> {
             let cfg = BlipConfig::from_file(&path.join("config.json"))?;
             let vb = nn::load_weights(&path.join("model.safetensors"), dtype, &device)?;
-            let tokenizer =
-                TextTokenizer::from_file(&path.join("tokenizer.json"), cfg.text_config.max_position_embeddings)?;
+            let tokenizer = TextTokenizer::from_file(
+                &path.join("tokenizer.json"),
+                cfg.text_config.max_position_embeddings,
+            )?;
             let pcfg = ImageProcessorConfig::from_file(&path.join("preprocessor_config.json"))?;
             check_image_size(&pcfg, cfg.vision_config.image_size, path)?;
             let slot = slot_for(pre, pcfg);
@@ -324,14 +352,22 @@ impl FusionModel {
         let caption = match &manifest.caption {
             Some(part) => {
                 let (cfg, vb, tokenizer, slot) = load_blip(&part.path, &mut preprocessors)?;
-                Some(CaptionPart { model: BlipCaptioner::new(vb, &cfg)?, tokenizer, slot })
+                Some(CaptionPart {
+                    model: BlipCaptioner::new(vb, &cfg)?,
+                    tokenizer,
+                    slot,
+                })
             }
             None => None,
         };
         let vqa = match &manifest.vqa {
             Some(part) => {
                 let (cfg, vb, tokenizer, slot) = load_blip(&part.path, &mut preprocessors)?;
-                Some(VqaPart { model: BlipVqa::new(vb, &cfg)?, tokenizer, slot })
+                Some(VqaPart {
+                    model: BlipVqa::new(vb, &cfg)?,
+                    tokenizer,
+                    slot,
+                })
             }
             None => None,
         };
@@ -343,7 +379,10 @@ impl FusionModel {
             }
             None => None,
         };
-        let gen = opts.generation.clone().unwrap_or_else(|| manifest.generation.clone());
+        let gen = opts
+            .generation
+            .clone()
+            .unwrap_or_else(|| manifest.generation.clone());
         let eos = caption
             .as_ref()
             .map(|c| c.model.text_config.sep_token_id)
@@ -404,7 +443,10 @@ impl FusionModel {
     }
 
     fn build_tags(&self, spec: &TagSpec) -> Result<TagTable> {
-        let clip = self.clip.as_ref().ok_or_else(|| ModelError::Unsupported("tags need CLIP".into()))?;
+        let clip = self
+            .clip
+            .as_ref()
+            .ok_or_else(|| ModelError::Unsupported("tags need CLIP".into()))?;
         if spec.labels.is_empty() {
             return Err(ModelError::Unsupported("tags.labels is empty".into()));
         }
@@ -413,26 +455,43 @@ impl FusionModel {
             .iter()
             .map(|l| clip.tokenizer.encode(&spec.template.replace("{}", l)))
             .collect::<Result<Vec<_>>>()?;
-        let emb = clip.model.text_embeddings(&ids, &self.device)?.to_dtype(DType::F32)?.to_vec2()?;
-        Ok(TagTable { labels: spec.labels.clone(), embeddings: emb, threshold: spec.threshold })
+        let emb = clip
+            .model
+            .text_embeddings(&ids, &self.device)?
+            .to_dtype(DType::F32)?
+            .to_vec2()?;
+        Ok(TagTable {
+            labels: spec.labels.clone(),
+            embeddings: emb,
+            threshold: spec.threshold,
+        })
     }
 
     /// Decode an image once and preprocess it for every vision model of the bundle.
     pub fn prepare_image(&self, bytes: &[u8]) -> Result<PreparedImage, ImageError> {
         let rgb = preprocess::decode(bytes, &self.limits)?;
-        let pixels =
-            self.preprocessors.iter().map(|p| p.apply(&rgb).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+        let pixels = self
+            .preprocessors
+            .iter()
+            .map(|p| p.apply(&rgb).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(PreparedImage { pixels })
     }
 
     /// CLIP token ids of a text (`None` when the bundle has no text encoder).
     pub fn prepare_text(&self, text: &str) -> Result<Option<Vec<u32>>> {
-        self.clip.as_ref().map(|c| c.tokenizer.encode(text)).transpose()
+        self.clip
+            .as_ref()
+            .map(|c| c.tokenizer.encode(text))
+            .transpose()
     }
 
     /// VQA token ids of a question (`None` when the bundle has no VQA model).
     pub fn prepare_question(&self, question: &str) -> Result<Option<Vec<u32>>> {
-        self.vqa.as_ref().map(|v| v.tokenizer.encode(question)).transpose()
+        self.vqa
+            .as_ref()
+            .map(|v| v.tokenizer.encode(question))
+            .transpose()
     }
 
     /// Prepare a whole item; an unusable image is an error here (the pipeline degrades
@@ -462,7 +521,10 @@ impl FusionModel {
         let mut data = Vec::new();
         let (mut h, mut w) = (0, 0);
         for it in items {
-            let img = it.image.as_ref().ok_or_else(|| ModelError::Input("item has no image".into()))?;
+            let img = it
+                .image
+                .as_ref()
+                .ok_or_else(|| ModelError::Input("item has no image".into()))?;
             let px = &img.pixels[slot];
             h = px.height;
             w = px.width;
@@ -486,20 +548,28 @@ impl FusionModel {
         let mut img_emb: Vec<Option<Vec<f32>>> = vec![None; n];
         let mut txt_emb: Vec<Option<Vec<f32>>> = vec![None; n];
         if let Some(clip) = &self.clip {
-            let rows: Vec<usize> =
-                (0..n).filter(|&i| items[i].image.is_some() && wants(&items[i], &encoder_tasks)).collect();
+            let rows: Vec<usize> = (0..n)
+                .filter(|&i| items[i].image.is_some() && wants(&items[i], &encoder_tasks))
+                .collect();
             if !rows.is_empty() {
                 let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
                 let px = self.stack(&batch, clip.slot)?;
-                for (i, e) in rows.iter().zip(Self::rows(&clip.model.image_embeddings(&px)?)?) {
+                for (i, e) in rows
+                    .iter()
+                    .zip(Self::rows(&clip.model.image_embeddings(&px)?)?)
+                {
                     img_emb[*i] = Some(e);
                 }
             }
-            let rows: Vec<usize> =
-                (0..n).filter(|&i| items[i].text.is_some() && wants(&items[i], &encoder_tasks)).collect();
+            let rows: Vec<usize> = (0..n)
+                .filter(|&i| items[i].text.is_some() && wants(&items[i], &encoder_tasks))
+                .collect();
             if !rows.is_empty() {
-                let ids: Vec<Vec<u32>> = rows.iter().filter_map(|&i| items[i].text.clone()).collect();
-                for (i, e) in rows.iter().zip(Self::rows(&clip.model.text_embeddings(&ids, &self.device)?)?) {
+                let ids: Vec<Vec<u32>> =
+                    rows.iter().filter_map(|&i| items[i].text.clone()).collect();
+                for (i, e) in rows.iter().zip(Self::rows(
+                    &clip.model.text_embeddings(&ids, &self.device)?,
+                )?) {
                     txt_emb[*i] = Some(e);
                 }
             }
@@ -509,11 +579,15 @@ impl FusionModel {
         let mut fused: Vec<Option<Vec<f32>>> = vec![None; n];
         if let Some(head) = &self.fusion {
             let rows: Vec<usize> = (0..n)
-                .filter(|&i| items[i].tasks.contains(Task::Embed) && (img_emb[i].is_some() || txt_emb[i].is_some()))
+                .filter(|&i| {
+                    items[i].tasks.contains(Task::Embed)
+                        && (img_emb[i].is_some() || txt_emb[i].is_some())
+                })
                 .collect();
             if !rows.is_empty() {
                 let d = head.embed_dim();
-                let (mut im, mut tx, mut imm, mut txm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                let (mut im, mut tx, mut imm, mut txm) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for &i in &rows {
                     let zeros = vec![0f32; d];
                     im.extend_from_slice(img_emb[i].as_deref().unwrap_or(&zeros));
@@ -525,7 +599,12 @@ impl FusionModel {
                 let t = |v: Vec<f32>, shape: &[usize]| -> Result<Tensor> {
                     Ok(Tensor::from_vec(v, shape, &self.device)?.to_dtype(self.dtype)?)
                 };
-                let f = head.forward(&t(im, &[r, d])?, &t(tx, &[r, d])?, &t(imm, &[r])?, &t(txm, &[r])?)?;
+                let f = head.forward(
+                    &t(im, &[r, d])?,
+                    &t(tx, &[r, d])?,
+                    &t(imm, &[r])?,
+                    &t(txm, &[r])?,
+                )?;
                 for (i, e) in rows.iter().zip(Self::rows(&f)?) {
                     fused[*i] = Some(e);
                 }
@@ -535,15 +614,26 @@ impl FusionModel {
         // Captions: one sub-batch of images.
         let mut captions: Vec<Option<String>> = vec![None; n];
         if let Some(cap) = &self.caption {
-            let rows: Vec<usize> =
-                (0..n).filter(|&i| items[i].image.is_some() && items[i].tasks.contains(Task::Caption)).collect();
+            let rows: Vec<usize> = (0..n)
+                .filter(|&i| items[i].image.is_some() && items[i].tasks.contains(Task::Caption))
+                .collect();
             if !rows.is_empty() {
                 let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
                 let states = cap.model.vision.forward(&self.stack(&batch, cap.slot)?)?;
                 let cache = cap.model.decoder.start(&states, None)?;
                 let prompt = [cap.model.text_config.bos_token_id];
-                let params = GenerationParams { eos_token_id: cap.model.text_config.sep_token_id, ..self.generation.clone() };
-                let seqs = generate::generate(&cap.model.decoder, cache, &prompt, rows.len(), &params, &self.device)?;
+                let params = GenerationParams {
+                    eos_token_id: cap.model.text_config.sep_token_id,
+                    ..self.generation.clone()
+                };
+                let seqs = generate::generate(
+                    &cap.model.decoder,
+                    cache,
+                    &prompt,
+                    rows.len(),
+                    &params,
+                    &self.device,
+                )?;
                 for (i, s) in rows.iter().zip(seqs) {
                     captions[*i] = Some(cap.tokenizer.decode(&s[prompt.len()..])?);
                 }
@@ -555,19 +645,34 @@ impl FusionModel {
         if let Some(vqa) = &self.vqa {
             let rows: Vec<usize> = (0..n)
                 .filter(|&i| {
-                    items[i].image.is_some() && items[i].question.is_some() && items[i].tasks.contains(Task::Answer)
+                    items[i].image.is_some()
+                        && items[i].question.is_some()
+                        && items[i].tasks.contains(Task::Answer)
                 })
                 .collect();
             if !rows.is_empty() {
                 let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
                 let states = vqa.model.vision.forward(&self.stack(&batch, vqa.slot)?)?;
-                let qs: Vec<Vec<u32>> = rows.iter().filter_map(|&i| items[i].question.clone()).collect();
+                let qs: Vec<Vec<u32>> = rows
+                    .iter()
+                    .filter_map(|&i| items[i].question.clone())
+                    .collect();
                 let q_states = vqa.model.encode_questions(&states, &qs, &self.device)?;
                 let lens: Vec<usize> = qs.iter().map(Vec::len).collect();
                 let cache = vqa.model.decoder.start(&q_states, Some(&lens))?;
                 let prompt = [vqa.model.text_config.bos_token_id];
-                let params = GenerationParams { eos_token_id: vqa.model.text_config.sep_token_id, ..self.generation.clone() };
-                let seqs = generate::generate(&vqa.model.decoder, cache, &prompt, rows.len(), &params, &self.device)?;
+                let params = GenerationParams {
+                    eos_token_id: vqa.model.text_config.sep_token_id,
+                    ..self.generation.clone()
+                };
+                let seqs = generate::generate(
+                    &vqa.model.decoder,
+                    cache,
+                    &prompt,
+                    rows.len(),
+                    &params,
+                    &self.device,
+                )?;
                 for (i, s) in rows.iter().zip(seqs) {
                     answers[*i] = Some(vqa.tokenizer.decode(&s[prompt.len()..])?);
                 }
@@ -642,8 +747,13 @@ impl FusionModel {
                 o.image_embedding = img_emb[i].take();
                 o.text_embedding = txt_emb[i].take();
                 o.fused_embedding = fused[i].take();
-                if self.fusion.is_none() && (o.image_embedding.is_some() || o.text_embedding.is_some()) {
-                    o.skipped.push(Skipped { task: Task::Embed, reason: SkipReason::ModelAbsent });
+                if self.fusion.is_none()
+                    && (o.image_embedding.is_some() || o.text_embedding.is_some())
+                {
+                    o.skipped.push(Skipped {
+                        task: Task::Embed,
+                        reason: SkipReason::ModelAbsent,
+                    });
                 }
             }
             o.caption = captions[i].take();
@@ -655,7 +765,11 @@ impl FusionModel {
 
 impl TagTable {
     fn score(&self, e: &[f32], logit_scale: f32, source: TagSource) -> Vec<Tag> {
-        let logits: Vec<f32> = self.embeddings.iter().map(|l| logit_scale * dot(e, l)).collect();
+        let logits: Vec<f32> = self
+            .embeddings
+            .iter()
+            .map(|l| logit_scale * dot(e, l))
+            .collect();
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
         let sum: f32 = exps.iter().sum();
@@ -663,7 +777,11 @@ impl TagTable {
             .labels
             .iter()
             .zip(exps)
-            .map(|(label, x)| Tag { label: label.clone(), score: x / sum, source })
+            .map(|(label, x)| Tag {
+                label: label.clone(),
+                score: x / sum,
+                source,
+            })
             .filter(|t| t.score >= self.threshold)
             .collect();
         tags.sort_by(|a, b| b.score.total_cmp(&a.score));

@@ -13,7 +13,9 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn processor(kind: &str) -> Preprocessor {
-    let path = tiny("preprocess").join(kind).join("preprocessor_config.json");
+    let path = tiny("preprocess")
+        .join(kind)
+        .join("preprocessor_config.json");
     Preprocessor::new(ImageProcessorConfig::from_file(&path).unwrap())
 }
 
@@ -23,10 +25,20 @@ fn diff(name: &str, kind: &str) -> (f32, f32) {
     let want = &r[&format!("{kind}/{}", name.replace('.', "_"))];
     let img = decode(&fixture(name), &ImageLimits::default()).unwrap();
     let px = processor(kind).apply(&img).unwrap();
-    assert_eq!(want.dims(), &[3, px.height, px.width], "{name} {kind} shape");
+    assert_eq!(
+        want.dims(),
+        &[3, px.height, px.width],
+        "{name} {kind} shape"
+    );
     let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let max = max_abs_diff_vec(&px.data, &want);
-    let mean = px.data.iter().zip(&want).map(|(a, b)| (a - b).abs()).sum::<f32>() / want.len() as f32;
+    let mean = px
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f32>()
+        / want.len() as f32;
     (max, mean)
 }
 
@@ -36,17 +48,36 @@ const LEVEL: f32 = 1.0 / 255.0 / 0.26;
 fn check(name: &str, max_levels: f32, mean_levels: f32) {
     for kind in ["clip", "blip"] {
         let (max, mean) = diff(name, kind);
-        eprintln!("{name:>18} {kind}: max {:.2} levels, mean {:.3} levels", max / LEVEL, mean / LEVEL);
-        assert!(max <= max_levels * LEVEL, "{name} {kind}: max diff {} levels", max / LEVEL);
-        assert!(mean <= mean_levels * LEVEL, "{name} {kind}: mean diff {} levels", mean / LEVEL);
+        eprintln!(
+            "{name:>18} {kind}: max {:.2} levels, mean {:.3} levels",
+            max / LEVEL,
+            mean / LEVEL
+        );
+        assert!(
+            max <= max_levels * LEVEL,
+            "{name} {kind}: max diff {} levels",
+            max / LEVEL
+        );
+        assert!(
+            mean <= mean_levels * LEVEL,
+            "{name} {kind}: mean diff {} levels",
+            mean / LEVEL
+        );
     }
 }
 
 #[test]
 fn lossless_formats_match_pil_within_one_level() {
-    for name in
-        ["portrait.png", "landscape.png", "small.png", "rgba.png", "palette.png", "lossless.webp", "anim.gif", "image.bmp"]
-    {
+    for name in [
+        "portrait.png",
+        "landscape.png",
+        "small.png",
+        "rgba.png",
+        "palette.png",
+        "lossless.webp",
+        "anim.gif",
+        "image.bmp",
+    ] {
         check(name, 1.0, 0.25);
     }
 }
@@ -59,7 +90,12 @@ fn sixteen_bit_png_matches_pil() {
 
 #[test]
 fn jpeg_variants_match_libjpeg() {
-    for name in ["photo.jpg", "progressive.jpg", "gray.jpg", "exif_rotated.jpg"] {
+    for name in [
+        "photo.jpg",
+        "progressive.jpg",
+        "gray.jpg",
+        "exif_rotated.jpg",
+    ] {
         check(name, 1.0, 0.05);
     }
     // 4:2:0 chroma: zune-jpeg and libjpeg-turbo upsample chroma differently.
@@ -89,9 +125,15 @@ fn output_size_follows_transformers() {
     assert_eq!(cfg.resized_size(640, 480), (298, 224));
     assert_eq!(cfg.output_size(480, 640), (224, 224));
     // Legacy integer sizes: CLIP reads a shortest edge, others a square.
-    let clip = ImageProcessorConfig::from_json(r#"{"image_processor_type":"CLIPImageProcessor","size":224}"#).unwrap();
+    let clip = ImageProcessorConfig::from_json(
+        r#"{"image_processor_type":"CLIPImageProcessor","size":224}"#,
+    )
+    .unwrap();
     assert_eq!(clip.resized_size(100, 200), (224, 448));
-    let blip = ImageProcessorConfig::from_json(r#"{"image_processor_type":"BlipImageProcessor","size":384}"#).unwrap();
+    let blip = ImageProcessorConfig::from_json(
+        r#"{"image_processor_type":"BlipImageProcessor","size":384}"#,
+    )
+    .unwrap();
     assert_eq!(blip.resized_size(100, 200), (384, 384));
 }
 
@@ -118,7 +160,13 @@ fn png_header(width: u32, height: u32) -> Vec<u8> {
 /// compressed zeros (zlib of 1,000 zero bytes; a real bomb would just be longer).
 fn png_bomb(width: u32, height: u32) -> Vec<u8> {
     let mut out = png_header(width, height);
-    chunk(&mut out, b"IDAT", &[120, 156, 99, 96, 24, 5, 163, 96, 20, 12, 119, 0, 0, 3, 232, 0, 1]);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[
+            120, 156, 99, 96, 24, 5, 163, 96, 20, 12, 119, 0, 0, 3, 232, 0, 1,
+        ],
+    );
     chunk(&mut out, b"IEND", b"");
     out
 }
@@ -128,7 +176,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -136,19 +188,29 @@ fn crc32(data: &[u8]) -> u32 {
 
 #[test]
 fn bad_images_get_typed_errors() {
-    let limits = ImageLimits { max_encoded_bytes: 100_000, max_pixels: 10_000_000 };
+    let limits = ImageLimits {
+        max_encoded_bytes: 100_000,
+        max_pixels: 10_000_000,
+    };
     let code = |bytes: &[u8]| match decode(bytes, &limits) {
         Ok(img) => format!("decoded {}x{}", img.width, img.height),
         Err(e) => e.reason_code().to_string(),
     };
     assert_eq!(code(b""), "image_empty");
     assert_eq!(code(&vec![0u8; 100_001]), "image_too_large");
-    assert_eq!(code(b"this is not an image at all"), "image_unsupported_format");
+    assert_eq!(
+        code(b"this is not an image at all"),
+        "image_unsupported_format"
+    );
     // Decompression bomb: a 50,000 x 50,000 PNG is refused from its header.
     let bomb = png_bomb(50_000, 50_000);
     assert!(bomb.len() < 200);
     match decode(&bomb, &limits) {
-        Err(ImageError::TooManyPixels { width: 50_000, height: 50_000, .. }) => {}
+        Err(ImageError::TooManyPixels {
+            width: 50_000,
+            height: 50_000,
+            ..
+        }) => {}
         Err(other) => panic!("expected too_many_pixels, got {other:?}"),
         Ok(_) => panic!("a 50,000 x 50,000 PNG was decoded"),
     }
@@ -159,5 +221,8 @@ fn bad_images_get_typed_errors() {
     assert_eq!(code(&png[..png.len() / 2]), "image_corrupt");
     assert_eq!(code(&png_header(64, 64)), "image_corrupt");
     // A format we do not accept (TIFF magic).
-    assert_eq!(code(b"II*\x00\x08\x00\x00\x00rest"), "image_unsupported_format");
+    assert_eq!(
+        code(b"II*\x00\x08\x00\x00\x00rest"),
+        "image_unsupported_format"
+    );
 }

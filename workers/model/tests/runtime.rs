@@ -7,7 +7,8 @@ mod common;
 use common::*;
 use fusionstream_model::runtime::TagSource;
 use fusionstream_model::{
-    FusionModel, InferOutput, ModelThread, Prepared, RuntimeOptions, SkipReason, Skipped, Task, TaskSet,
+    FusionModel, InferOutput, ModelThread, Prepared, RuntimeOptions, SkipReason, Skipped, Task,
+    TaskSet,
 };
 
 fn bundle() -> FusionModel {
@@ -24,19 +25,39 @@ fn items(m: &FusionModel) -> Vec<Prepared> {
     let png = image("portrait.png");
     vec![
         // image + text + question: everything
-        m.prepare(Some(&photo), Some("a small red circle"), Some("what colour is the circle ?"), all).unwrap(),
+        m.prepare(
+            Some(&photo),
+            Some("a small red circle"),
+            Some("what colour is the circle ?"),
+            all,
+        )
+        .unwrap(),
         // image only
         m.prepare(Some(&png), None, None, all).unwrap(),
         // text only
-        m.prepare(None, Some("two blue triangles to the left of a yellow star"), None, all).unwrap(),
+        m.prepare(
+            None,
+            Some("two blue triangles to the left of a yellow star"),
+            None,
+            all,
+        )
+        .unwrap(),
         // image + question, answer only
-        m.prepare(Some(&png), None, Some("how many shapes are there ?"), TaskSet::parse_list("answer").unwrap())
-            .unwrap(),
+        m.prepare(
+            Some(&png),
+            None,
+            Some("how many shapes are there ?"),
+            TaskSet::parse_list("answer").unwrap(),
+        )
+        .unwrap(),
     ]
 }
 
 fn skipped(o: &InferOutput) -> Vec<(Task, SkipReason)> {
-    o.skipped.iter().map(|Skipped { task, reason }| (*task, *reason)).collect()
+    o.skipped
+        .iter()
+        .map(|Skipped { task, reason }| (*task, *reason))
+        .collect()
 }
 
 #[test]
@@ -61,17 +82,38 @@ fn outputs_follow_the_modalities() {
 
     let image_only = &out[1];
     assert!(image_only.image_embedding.is_some() && image_only.text_embedding.is_none());
-    assert!(image_only.caption.is_some() && image_only.answer.is_none() && image_only.match_score.is_none());
+    assert!(
+        image_only.caption.is_some()
+            && image_only.answer.is_none()
+            && image_only.match_score.is_none()
+    );
     // The fused embedding of an image alone is its image embedding.
-    let d = max_abs_diff_vec(image_only.fused_embedding.as_ref().unwrap(), image_only.image_embedding.as_ref().unwrap());
+    let d = max_abs_diff_vec(
+        image_only.fused_embedding.as_ref().unwrap(),
+        image_only.image_embedding.as_ref().unwrap(),
+    );
     assert!(d < 1e-5, "fused != image embedding: {d}");
-    assert_eq!(skipped(image_only), vec![(Task::Match, SkipReason::TextAbsent), (Task::Answer, SkipReason::QuestionAbsent)]);
+    assert_eq!(
+        skipped(image_only),
+        vec![
+            (Task::Match, SkipReason::TextAbsent),
+            (Task::Answer, SkipReason::QuestionAbsent)
+        ]
+    );
 
     let text_only = &out[2];
     assert!(text_only.image_embedding.is_none() && text_only.text_embedding.is_some());
-    let d = max_abs_diff_vec(text_only.fused_embedding.as_ref().unwrap(), text_only.text_embedding.as_ref().unwrap());
+    let d = max_abs_diff_vec(
+        text_only.fused_embedding.as_ref().unwrap(),
+        text_only.text_embedding.as_ref().unwrap(),
+    );
     assert!(d < 1e-5, "fused != text embedding: {d}");
-    assert!(text_only.tags.as_ref().unwrap().iter().all(|t| t.source == TagSource::Text));
+    assert!(text_only
+        .tags
+        .as_ref()
+        .unwrap()
+        .iter()
+        .all(|t| t.source == TagSource::Text));
     assert_eq!(
         skipped(text_only),
         vec![
@@ -83,7 +125,11 @@ fn outputs_follow_the_modalities() {
 
     let answer_only = &out[3];
     assert!(answer_only.answer.is_some());
-    assert!(answer_only.image_embedding.is_none() && answer_only.caption.is_none() && answer_only.tags.is_none());
+    assert!(
+        answer_only.image_embedding.is_none()
+            && answer_only.caption.is_none()
+            && answer_only.tags.is_none()
+    );
     assert!(answer_only.skipped.is_empty());
 }
 
@@ -137,7 +183,14 @@ fn the_model_thread_serves_batches() {
 #[test]
 fn a_single_model_directory_is_a_bundle() {
     let m = FusionModel::load(&tiny("clip-a"), &RuntimeOptions::default()).unwrap();
-    let item = m.prepare(Some(&image("photo.jpg")), Some("a red circle"), None, TaskSet::all()).unwrap();
+    let item = m
+        .prepare(
+            Some(&image("photo.jpg")),
+            Some("a red circle"),
+            None,
+            TaskSet::all(),
+        )
+        .unwrap();
     let out = &m.infer_batch(&[item]).unwrap()[0];
     assert!(out.image_embedding.is_some() && out.match_score.is_some());
     assert_eq!(
@@ -156,18 +209,32 @@ fn a_single_model_directory_is_a_bundle() {
 fn task_lists_parse_and_reject_unknown_names() {
     let t = TaskSet::parse_list("embed, caption").unwrap();
     assert!(t.contains(Task::Embed) && t.contains(Task::Caption) && !t.contains(Task::Tag));
-    assert!(TaskSet::parse_list("embed,summarise").unwrap_err().contains("summarise"));
+    assert!(TaskSet::parse_list("embed,summarise")
+        .unwrap_err()
+        .contains("summarise"));
 }
 
 #[test]
 fn bad_bundles_are_refused_with_the_reason() {
     let dir = std::env::temp_dir().join(format!("fs-bad-bundle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("bundle.toml"), "id = \"x\"\nversion = \"1\"\nunknown_key = 1\n").unwrap();
-    let err = FusionModel::load(&dir, &RuntimeOptions::default()).unwrap_err().to_string();
+    std::fs::write(
+        dir.join("bundle.toml"),
+        "id = \"x\"\nversion = \"1\"\nunknown_key = 1\n",
+    )
+    .unwrap();
+    let err = FusionModel::load(&dir, &RuntimeOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown_key"), "{err}");
-    std::fs::write(dir.join("bundle.toml"), "id = \"x\"\nversion = \"1\"\n[clip]\npath = \"nowhere\"\n").unwrap();
-    let err = FusionModel::load(&dir, &RuntimeOptions::default()).unwrap_err().to_string();
+    std::fs::write(
+        dir.join("bundle.toml"),
+        "id = \"x\"\nversion = \"1\"\n[clip]\npath = \"nowhere\"\n",
+    )
+    .unwrap();
+    let err = FusionModel::load(&dir, &RuntimeOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nowhere"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -144,7 +144,10 @@ impl BlipVisionModel {
                 3,
                 d,
                 c.patch_size,
-                Conv2dConfig { stride: c.patch_size, ..Default::default() },
+                Conv2dConfig {
+                    stride: c.patch_size,
+                    ..Default::default()
+                },
                 emb.pp("patch_embedding"),
             )?,
             class_embedding: emb.get((1, 1, d), "class_embedding")?,
@@ -163,7 +166,11 @@ impl BlipVisionModel {
     /// Image token states (B, 1 + patches, D).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let b = pixels.dim(0)?;
-        let x = self.patch_embedding.forward(pixels)?.flatten_from(2)?.transpose(1, 2)?;
+        let x = self
+            .patch_embedding
+            .forward(pixels)?
+            .flatten_from(2)?
+            .transpose(1, 2)?;
         let d = x.dim(2)?;
         let cls = self.class_embedding.expand((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
@@ -240,11 +247,19 @@ impl TextLayer {
         Ok(Self {
             attention: TextAttention::new(vb.pp("attention"), c, d)?,
             crossattention: if cross {
-                Some(TextAttention::new(vb.pp("crossattention"), c, c.encoder_hidden_size)?)
+                Some(TextAttention::new(
+                    vb.pp("crossattention"),
+                    c,
+                    c.encoder_hidden_size,
+                )?)
             } else {
                 None
             },
-            intermediate: candle_nn::linear(d, c.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            intermediate: candle_nn::linear(
+                d,
+                c.intermediate_size,
+                vb.pp("intermediate").pp("dense"),
+            )?,
             output: candle_nn::linear(c.intermediate_size, d, vb.pp("output").pp("dense"))?,
             output_ln: candle_nn::layer_norm(d, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             act: Activation::parse(&c.hidden_act)?,
@@ -252,7 +267,9 @@ impl TextLayer {
     }
 
     fn feed_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.output.forward(&self.act.forward(&self.intermediate.forward(x)?)?)?;
+        let h = self
+            .output
+            .forward(&self.act.forward(&self.intermediate.forward(x)?)?)?;
         self.output_ln.forward(&(h + x)?)
     }
 }
@@ -273,7 +290,11 @@ impl CrossStates {
                 .iter()
                 .map(|(k, v)| Ok((k.index_select(rows, 0)?, v.index_select(rows, 0)?)))
                 .collect::<candle_core::Result<_>>()?,
-            mask: self.mask.as_ref().map(|m| m.index_select(rows, 0)).transpose()?,
+            mask: self
+                .mask
+                .as_ref()
+                .map(|m| m.index_select(rows, 0))
+                .transpose()?,
         })
     }
 }
@@ -297,7 +318,11 @@ impl BlipTextModel {
         // for BLIP's text config, also for the VQA question encoder): follow the weights.
         let cross = vb.contains_tensor("encoder.layer.0.crossattention.self.query.weight");
         Ok(Self {
-            word_embeddings: candle_nn::embedding(c.vocab_size, c.hidden_size, emb.pp("word_embeddings"))?,
+            word_embeddings: candle_nn::embedding(
+                c.vocab_size,
+                c.hidden_size,
+                emb.pp("word_embeddings"),
+            )?,
             position_embeddings: emb
                 .pp("position_embeddings")
                 .get((c.max_position_embeddings, c.hidden_size), "weight")?,
@@ -325,13 +350,16 @@ impl BlipTextModel {
 
     /// Cross-attention keys/values of every layer for `encoder_states` (B, S, De);
     /// `encoder_lens` masks padded encoder positions (None: all valid).
-    pub fn cross_states(&self, encoder_states: &Tensor, encoder_lens: Option<&[usize]>) -> Result<CrossStates> {
+    pub fn cross_states(
+        &self,
+        encoder_states: &Tensor,
+        encoder_lens: Option<&[usize]>,
+    ) -> Result<CrossStates> {
         let mut kv = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            let cross = layer
-                .crossattention
-                .as_ref()
-                .ok_or_else(|| ModelError::Unsupported("text model has no cross-attention".into()))?;
+            let cross = layer.crossattention.as_ref().ok_or_else(|| {
+                ModelError::Unsupported("text model has no cross-attention".into())
+            })?;
             kv.push(cross.keys_values(encoder_states)?);
         }
         let mask = match encoder_lens {
@@ -369,7 +397,13 @@ impl BlipTextModel {
         let past = cache.len;
         let mut x = self.embed(ids, past)?;
         let mask = if t > 1 {
-            Some(nn::causal_mask(&vec![past + t; b], past, t, x.dtype(), x.device())?)
+            Some(nn::causal_mask(
+                &vec![past + t; b],
+                past,
+                t,
+                x.dtype(),
+                x.device(),
+            )?)
         } else {
             None
         };
@@ -434,7 +468,11 @@ impl BlipTextDecoder {
         };
         Ok(Self {
             transform: candle_nn::linear(d, d, pred.pp("transform").pp("dense"))?,
-            transform_ln: candle_nn::layer_norm(d, c.layer_norm_eps, pred.pp("transform").pp("LayerNorm"))?,
+            transform_ln: candle_nn::layer_norm(
+                d,
+                c.layer_norm_eps,
+                pred.pp("transform").pp("LayerNorm"),
+            )?,
             act: Activation::parse(&c.hidden_act)?,
             decoder: Linear::new(weight, Some(bias)),
             bert,
@@ -442,7 +480,11 @@ impl BlipTextDecoder {
     }
 
     /// Start decoding a batch whose rows attend to `encoder_states` (B, S, De).
-    pub fn start(&self, encoder_states: &Tensor, encoder_lens: Option<&[usize]>) -> Result<DecoderCache> {
+    pub fn start(
+        &self,
+        encoder_states: &Tensor,
+        encoder_lens: Option<&[usize]>,
+    ) -> Result<DecoderCache> {
         Ok(DecoderCache {
             self_kv: Vec::new(),
             cross: self.bert.cross_states(encoder_states, encoder_lens)?,
@@ -451,7 +493,9 @@ impl BlipTextDecoder {
     }
 
     fn head(&self, h: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.transform_ln.forward(&self.act.forward(&self.transform.forward(h)?)?)?;
+        let h = self
+            .transform_ln
+            .forward(&self.act.forward(&self.transform.forward(h)?)?)?;
         self.decoder.forward(&h)
     }
 
@@ -468,7 +512,9 @@ impl StepDecoder for BlipTextDecoder {
     fn step(&self, ids: &Tensor, state: &mut DecoderCache) -> Result<Tensor> {
         let h = self.bert.decode(ids, state)?;
         let t = h.dim(1)?;
-        Ok(self.head(&h.narrow(1, t - 1, 1)?.squeeze(1)?)?.to_dtype(DType::F32)?)
+        Ok(self
+            .head(&h.narrow(1, t - 1, 1)?.squeeze(1)?)?
+            .to_dtype(DType::F32)?)
     }
 
     fn select_rows(&self, state: &mut DecoderCache, rows: &Tensor) -> Result<()> {
@@ -535,7 +581,12 @@ impl BlipVqa {
     }
 
     /// Encode right-padded questions against image states; returns (B, T, D).
-    pub fn encode_questions(&self, image_states: &Tensor, questions: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+    pub fn encode_questions(
+        &self,
+        image_states: &Tensor,
+        questions: &[Vec<u32>],
+        device: &Device,
+    ) -> Result<Tensor> {
         let (ids, lens) = pad_batch(questions, self.text_config.pad_token_id, device)?;
         let cross = self.text_encoder.cross_states(image_states, None)?;
         self.text_encoder.encode(&ids, &lens, &cross)
@@ -543,7 +594,11 @@ impl BlipVqa {
 }
 
 /// Right-pad token sequences into (B, T) and return the valid lengths.
-pub(crate) fn pad_batch(seqs: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Vec<usize>)> {
+pub(crate) fn pad_batch(
+    seqs: &[Vec<u32>],
+    pad: u32,
+    device: &Device,
+) -> Result<(Tensor, Vec<usize>)> {
     let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
     if seqs.is_empty() || t == 0 {
         return Err(ModelError::Input("empty token batch".into()));

@@ -205,7 +205,9 @@ impl ClipTextTransformer {
                 let max = seq.iter().copied().max().unwrap_or(0);
                 seq.iter().position(|&x| x == max).unwrap_or(0)
             } else {
-                seq.iter().position(|&x| x == self.eos_token_id).unwrap_or(0)
+                seq.iter()
+                    .position(|&x| x == self.eos_token_id)
+                    .unwrap_or(0)
             };
             pool.push((row * t + pos) as u32);
         }
@@ -243,7 +245,10 @@ impl ClipVisionTransformer {
         let act = Activation::parse(&c.hidden_act)?;
         let emb = vb.pp("embeddings");
         let n_pos = (c.image_size / c.patch_size).pow(2) + 1;
-        let conv = Conv2dConfig { stride: c.patch_size, ..Default::default() };
+        let conv = Conv2dConfig {
+            stride: c.patch_size,
+            ..Default::default()
+        };
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 clip_block(
@@ -265,8 +270,14 @@ impl ClipVisionTransformer {
                 emb.pp("patch_embedding"),
             )?,
             class_embedding: emb.get(c.hidden_size, "class_embedding")?,
-            position_embedding: emb.pp("position_embedding").get((n_pos, c.hidden_size), "weight")?,
-            pre_layrnorm: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("pre_layrnorm"))?,
+            position_embedding: emb
+                .pp("position_embedding")
+                .get((n_pos, c.hidden_size), "weight")?,
+            pre_layrnorm: candle_nn::layer_norm(
+                c.hidden_size,
+                c.layer_norm_eps,
+                vb.pp("pre_layrnorm"),
+            )?,
             layers,
             post_layernorm: candle_nn::layer_norm(
                 c.hidden_size,
@@ -285,7 +296,11 @@ impl ClipVisionTransformer {
     /// Pooled (pre-projection) states for pixels (B, 3, S, S).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let b = pixels.dim(0)?;
-        let x = self.patch_embedding.forward(pixels)?.flatten_from(2)?.transpose(1, 2)?;
+        let x = self
+            .patch_embedding
+            .forward(pixels)?
+            .flatten_from(2)?
+            .transpose(1, 2)?;
         let d = x.dim(2)?;
         let cls = self.class_embedding.reshape((1, 1, d))?.expand((b, 1, d))?;
         let x = Tensor::cat(&[&cls.to_dtype(x.dtype())?, &x], 1)?;
@@ -314,7 +329,11 @@ pub struct ClipModel {
 impl ClipModel {
     /// Load from the root of a `CLIPModel` checkpoint.
     pub fn new(vb: VarBuilder<'_>, c: &ClipConfig) -> Result<Self> {
-        let logit_scale = vb.get((), "logit_scale")?.to_dtype(DType::F32)?.to_scalar::<f32>()?.exp();
+        let logit_scale = vb
+            .get((), "logit_scale")?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?
+            .exp();
         Ok(Self {
             text: ClipTextTransformer::new(vb.pp("text_model"), &c.text_config)?,
             vision: ClipVisionTransformer::new(vb.pp("vision_model"), &c.vision_config)?,

@@ -38,10 +38,16 @@ impl FusionConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let c: Self = nn::read_json(path)?;
         if c.model_type != "fusionstream_gated_fusion" {
-            return Err(ModelError::config(path, format!("model_type {:?} is not a fusion head", c.model_type)));
+            return Err(ModelError::config(
+                path,
+                format!("model_type {:?} is not a fusion head", c.model_type),
+            ));
         }
         if c.gate != "vector" && c.gate != "scalar" {
-            return Err(ModelError::config(path, format!("gate must be vector or scalar, got {:?}", c.gate)));
+            return Err(ModelError::config(
+                path,
+                format!("gate must be vector or scalar, got {:?}", c.gate),
+            ));
         }
         Ok(c)
     }
@@ -58,7 +64,10 @@ impl FusionHead {
     /// Load `gate.weight` / `gate.bias` from `vb`.
     pub fn new(vb: VarBuilder<'_>, c: &FusionConfig) -> Result<Self> {
         let out = if c.gate == "vector" { c.embed_dim } else { 1 };
-        Ok(Self { gate: candle_nn::linear(2 * c.embed_dim, out, vb.pp("gate"))?, embed_dim: c.embed_dim })
+        Ok(Self {
+            gate: candle_nn::linear(2 * c.embed_dim, out, vb.pp("gate"))?,
+            embed_dim: c.embed_dim,
+        })
     }
 
     /// Width of the embeddings it fuses.
@@ -80,7 +89,9 @@ impl FusionHead {
         let text = text.broadcast_mul(&tm)?;
         let g = candle_nn::ops::sigmoid(&self.gate.forward(&Tensor::cat(&[&image, &text], 1)?)?)?;
         let both = (&im * &tm)?;
-        let g = g.broadcast_mul(&both)?.broadcast_add(&(1.0 - &both)?.broadcast_mul(&im)?)?;
+        let g = g
+            .broadcast_mul(&both)?
+            .broadcast_add(&(1.0 - &both)?.broadcast_mul(&im)?)?;
         let fused = (g.broadcast_mul(&image)? + (1.0 - &g)?.broadcast_mul(&text)?)?;
         Ok(nn::l2_normalize(&fused)?)
     }

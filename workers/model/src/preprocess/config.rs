@@ -94,7 +94,7 @@ pub struct ImageProcessorConfig {
 }
 
 const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 impl ImageProcessorConfig {
     /// Read `preprocessor_config.json`.
@@ -116,12 +116,22 @@ impl ImageProcessorConfig {
         let resize = if raw.do_resize {
             Some(match raw.size {
                 Some(RawSize::Int(s)) if keeps_aspect => ResizeTarget::ShortestEdge(s),
-                Some(RawSize::Int(s)) => ResizeTarget::Exact { height: s, width: s },
-                Some(RawSize::Dict { shortest_edge: Some(s), .. }) => ResizeTarget::ShortestEdge(s),
-                Some(RawSize::Dict { height: Some(height), width: Some(width), .. }) => {
-                    ResizeTarget::Exact { height, width }
+                Some(RawSize::Int(s)) => ResizeTarget::Exact {
+                    height: s,
+                    width: s,
+                },
+                Some(RawSize::Dict {
+                    shortest_edge: Some(s),
+                    ..
+                }) => ResizeTarget::ShortestEdge(s),
+                Some(RawSize::Dict {
+                    height: Some(height),
+                    width: Some(width),
+                    ..
+                }) => ResizeTarget::Exact { height, width },
+                Some(RawSize::Dict { .. }) => {
+                    return Err("size needs shortest_edge or height and width".into())
                 }
-                Some(RawSize::Dict { .. }) => return Err("size needs shortest_edge or height and width".into()),
                 None => return Err("do_resize is set but size is missing".into()),
             })
         } else {
@@ -137,8 +147,16 @@ impl ImageProcessorConfig {
         let crop = if raw.do_center_crop {
             Some(match raw.crop_size {
                 Some(RawSize::Int(s)) => (s, s),
-                Some(RawSize::Dict { height: Some(h), width: Some(w), .. }) => (h, w),
-                _ => return Err("do_center_crop is set but crop_size has no height and width".into()),
+                Some(RawSize::Dict {
+                    height: Some(h),
+                    width: Some(w),
+                    ..
+                }) => (h, w),
+                _ => {
+                    return Err(
+                        "do_center_crop is set but crop_size has no height and width".into(),
+                    )
+                }
             })
         } else {
             None
@@ -182,7 +200,11 @@ impl ImageProcessorConfig {
             Some(ResizeTarget::ShortestEdge(s)) => {
                 // transformers' get_resize_output_image_size(default_to_square=False):
                 // the long side is int(s * long / short), truncated.
-                let (short, long) = if height <= width { (height, width) } else { (width, height) };
+                let (short, long) = if height <= width {
+                    (height, width)
+                } else {
+                    (width, height)
+                };
                 let new_long = ((s as u64 * long as u64) / short.max(1) as u64) as u32;
                 if height <= width {
                     (s, new_long)

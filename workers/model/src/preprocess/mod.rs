@@ -16,7 +16,9 @@ pub use config::{ImageProcessorConfig, Resample, ResizeTarget};
 
 use std::io::Cursor;
 
-use fast_image_resize::{self as fr, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::{
+    self as fr, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
 use crate::error::ImageError;
@@ -32,7 +34,10 @@ pub struct ImageLimits {
 
 impl Default for ImageLimits {
     fn default() -> Self {
-        Self { max_encoded_bytes: 20 * 1024 * 1024, max_pixels: 40_000_000 }
+        Self {
+            max_encoded_bytes: 20 * 1024 * 1024,
+            max_pixels: 40_000_000,
+        }
     }
 }
 
@@ -59,8 +64,13 @@ pub struct Pixels {
 }
 
 /// Formats accepted; anything else is `image_unsupported_format`.
-const FORMATS: [ImageFormat; 5] =
-    [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif, ImageFormat::Bmp];
+const FORMATS: [ImageFormat; 5] = [
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::WebP,
+    ImageFormat::Gif,
+    ImageFormat::Bmp,
+];
 
 /// Decode untrusted bytes into RGB8, applying EXIF orientation, within `limits`.
 ///
@@ -71,7 +81,10 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
         return Err(ImageError::Empty);
     }
     if bytes.len() > limits.max_encoded_bytes {
-        return Err(ImageError::TooLarge { bytes: bytes.len(), limit: limits.max_encoded_bytes });
+        return Err(ImageError::TooLarge {
+            bytes: bytes.len(),
+            limit: limits.max_encoded_bytes,
+        });
     }
     let format = image::guess_format(bytes).map_err(|_| ImageError::UnsupportedFormat)?;
     if !FORMATS.contains(&format) {
@@ -81,24 +94,38 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
     // end-of-image marker. (FF D9 cannot occur inside entropy-coded data, where every FF is
     // stuffed or a restart marker; an embedded EXIF thumbnail can still hide truncation.)
     if format == ImageFormat::Jpeg && !bytes.windows(2).rev().any(|w| w == [0xFF, 0xD9]) {
-        return Err(ImageError::Corrupt("truncated JPEG: no end-of-image marker".into()));
+        return Err(ImageError::Corrupt(
+            "truncated JPEG: no end-of-image marker".into(),
+        ));
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     // Defence in depth: the decoder itself also refuses oversized allocations.
     let mut lim = image::Limits::default();
     lim.max_alloc = Some(limits.max_pixels.saturating_mul(8));
     reader.limits(lim);
-    let mut decoder = reader.into_decoder().map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
-        return Err(ImageError::Corrupt(format!("zero-sized image {width}x{height}")));
+        return Err(ImageError::Corrupt(format!(
+            "zero-sized image {width}x{height}"
+        )));
     }
     if width as u64 * height as u64 > limits.max_pixels {
-        return Err(ImageError::TooManyPixels { width, height, limit: limits.max_pixels });
+        return Err(ImageError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
     }
     let orientation = decoder.orientation().ok();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| match e {
-        image::ImageError::Limits(_) => ImageError::TooManyPixels { width, height, limit: limits.max_pixels },
+        image::ImageError::Limits(_) => ImageError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        },
         other => ImageError::Corrupt(other.to_string()),
     })?;
     if let Some(o) = orientation {
@@ -108,7 +135,11 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
         DynamicImage::ImageRgb8(buf) => buf,
         other => other.to_rgb8(),
     };
-    Ok(RgbImage { width: rgb.width(), height: rgb.height(), data: rgb.into_raw() })
+    Ok(RgbImage {
+        width: rgb.width(),
+        height: rgb.height(),
+        data: rgb.into_raw(),
+    })
 }
 
 /// Preprocessor of one model input: a processor config plus a reusable resizer.
@@ -153,7 +184,11 @@ impl Preprocessor {
                     Some(s) => (v as f64 * s) as f32,
                     None => v as f32,
                 };
-                *out = if c.normalize.is_some() { (x - mean[ch]) / std[ch] } else { x };
+                *out = if c.normalize.is_some() {
+                    (x - mean[ch]) / std[ch]
+                } else {
+                    x
+                };
             }
         }
         let (oh, ow) = (oh as usize, ow as usize);
@@ -177,7 +212,11 @@ impl Preprocessor {
                 }
             }
         }
-        Ok(Pixels { height: oh, width: ow, data })
+        Ok(Pixels {
+            height: oh,
+            width: ow,
+            data,
+        })
     }
 }
 
@@ -185,7 +224,12 @@ impl Preprocessor {
 /// fast_image_resize does the vertical pass first for 8-bit images when both axes change,
 /// which clips overshoot at different places and differs from PIL by up to 15 levels on
 /// hard 0/255 edges; two single-axis passes in PIL's order stay within 1–2 levels.
-fn resize(img: &RgbImage, width: u32, height: u32, resample: Resample) -> Result<Vec<u8>, ImageError> {
+fn resize(
+    img: &RgbImage,
+    width: u32,
+    height: u32,
+    resample: Resample,
+) -> Result<Vec<u8>, ImageError> {
     let alg = match resample {
         Resample::Nearest => ResizeAlg::Nearest,
         Resample::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
@@ -194,12 +238,16 @@ fn resize(img: &RgbImage, width: u32, height: u32, resample: Resample) -> Result
     };
     let opts = ResizeOptions::new().resize_alg(alg);
     let mut resizer = Resizer::new();
-    let mut pass = |data: &[u8], sw: u32, sh: u32, dw: u32, dh: u32| -> Result<Vec<u8>, ImageError> {
-        let src = ImageRef::new(sw, sh, data, PixelType::U8x3).map_err(|e| ImageError::Corrupt(e.to_string()))?;
-        let mut dst = fr::images::Image::new(dw, dh, PixelType::U8x3);
-        resizer.resize(&src, &mut dst, &opts).map_err(|e| ImageError::Corrupt(format!("resize: {e}")))?;
-        Ok(dst.into_vec())
-    };
+    let mut pass =
+        |data: &[u8], sw: u32, sh: u32, dw: u32, dh: u32| -> Result<Vec<u8>, ImageError> {
+            let src = ImageRef::new(sw, sh, data, PixelType::U8x3)
+                .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+            let mut dst = fr::images::Image::new(dw, dh, PixelType::U8x3);
+            resizer
+                .resize(&src, &mut dst, &opts)
+                .map_err(|e| ImageError::Corrupt(format!("resize: {e}")))?;
+            Ok(dst.into_vec())
+        };
     if width != img.width && height != img.height && resample != Resample::Nearest {
         let tmp = pass(&img.data, img.width, img.height, width, img.height)?;
         pass(&tmp, width, img.height, width, height)

@@ -1,0 +1,88 @@
+//! `fusionstream infer`: one input through the model runtime, one JSON object out.
+//!
+//! The printed object has the fields that apply: `image_embedding`, `text_embedding`,
+//! `fused_embedding`, `match_score`, `caption`, `answer`, `tags`, and always `skipped`.
+//! Errors exit non-zero with a one-line reason on stderr. Other tools rely on this interface.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use fusionstream_model::bundle::GenerationSpec;
+use fusionstream_model::{FusionModel, RuntimeOptions, TaskSet};
+
+/// Arguments of `fusionstream infer`.
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    /// Bundle directory (with bundle.toml) or a Hugging Face model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Image file (JPEG, PNG, WebP, GIF, BMP).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Text to embed, match and tag.
+    #[arg(long)]
+    text: Option<String>,
+    /// Question about the image.
+    #[arg(long)]
+    question: Option<String>,
+    /// Comma-separated tasks: embed, match, caption, answer, tag (default: all).
+    #[arg(long, value_parser = TaskSet::parse_list)]
+    tasks: Option<TaskSet>,
+    /// Beam width for captions and answers (1: greedy; default: the bundle's).
+    #[arg(long)]
+    beam: Option<usize>,
+    /// Most generated tokens (default: the bundle's).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+/// Run `fusionstream infer`.
+pub fn run(args: InferArgs) -> anyhow::Result<()> {
+    if args.image.is_none() && args.text.is_none() && args.question.is_none() {
+        anyhow::bail!("nothing to infer: give --image, --text or --question");
+    }
+    if args.beam == Some(0) {
+        anyhow::bail!("--beam must be at least 1");
+    }
+    let opts = RuntimeOptions {
+        device: fusionstream_model::device(&args.device)?,
+        dtype: fusionstream_model::dtype(&args.dtype)?,
+        ..RuntimeOptions::default()
+    };
+    let mut model = FusionModel::load(&args.model, &opts)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let defaults = model.generation().clone();
+    let gen = GenerationSpec {
+        max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
+        num_beams: args.beam.unwrap_or(defaults.num_beams),
+    };
+    model.set_generation(gen.max_new_tokens, gen.num_beams);
+
+    let image = match &args.image {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let tasks = args.tasks.unwrap_or_else(TaskSet::all);
+    let item = model
+        .prepare(
+            image.as_deref(),
+            args.text.as_deref(),
+            args.question.as_deref(),
+            tasks,
+        )
+        .context("preparing the input")?;
+    let out = model
+        .infer_batch(&[item])?
+        .into_iter()
+        .next()
+        .context("no output")?;
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
