@@ -21,7 +21,7 @@ use crate::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
 use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::fusion::{FusionConfig, FusionHead};
 use crate::nn;
-use crate::preprocess::{self, ImageLimits, ImageProcessorConfig, Pixels, Preprocessor};
+use crate::preprocess::{self, DecodeOptions, ImageProcessorConfig, Pixels, Preprocessor};
 use crate::tokenize::TextTokenizer;
 
 /// A task an event can ask for.
@@ -238,8 +238,8 @@ pub struct RuntimeOptions {
     pub device: Device,
     /// Weight and activation dtype (f32 on CPU; f16/bf16 on GPU).
     pub dtype: DType,
-    /// Image refusal limits.
-    pub limits: ImageLimits,
+    /// Image limits and JPEG DCT scaling.
+    pub decode: DecodeOptions,
     /// Overrides the bundle's generation settings.
     pub generation: Option<GenerationSpec>,
 }
@@ -249,7 +249,7 @@ impl Default for RuntimeOptions {
         Self {
             device: Device::Cpu,
             dtype: DType::F32,
-            limits: ImageLimits::default(),
+            decode: DecodeOptions::default(),
             generation: None,
         }
     }
@@ -290,7 +290,7 @@ pub struct FusionModel {
     manifest: BundleManifest,
     device: Device,
     dtype: DType,
-    limits: ImageLimits,
+    decode: DecodeOptions,
     preprocessors: Vec<Preprocessor>,
     clip: Option<ClipPart>,
     caption: Option<CaptionPart>,
@@ -398,7 +398,7 @@ impl FusionModel {
             manifest,
             device,
             dtype,
-            limits: opts.limits,
+            decode: opts.decode,
             preprocessors,
             clip,
             caption,
@@ -469,7 +469,14 @@ impl FusionModel {
 
     /// Decode an image once and preprocess it for every vision model of the bundle.
     pub fn prepare_image(&self, bytes: &[u8]) -> Result<PreparedImage, ImageError> {
-        let rgb = preprocess::decode(bytes, &self.limits)?;
+        // The largest size any vision model needs after its resize, per axis.
+        let need = |h: u32, w: u32| {
+            self.preprocessors
+                .iter()
+                .map(|p| p.config().resized_size(h, w))
+                .fold((1, 1), |a, b| (a.0.max(b.0), a.1.max(b.1)))
+        };
+        let rgb = preprocess::decode_for(bytes, &self.decode, Some(&need))?;
         let pixels = self
             .preprocessors
             .iter()

@@ -226,3 +226,55 @@ fn bad_images_get_typed_errors() {
         "image_unsupported_format"
     );
 }
+
+/// JPEG decoded at a reduced DCT scale (what PIL's `draft()` does), then the normal resize:
+/// faster, and still close to the full-resolution PIL path.
+#[test]
+fn dct_scaled_jpeg_decode_stays_close_to_pil() {
+    use fusionstream_model::preprocess::{decode_for, DecodeOptions};
+    let r = reference("preprocess");
+    let opts = DecodeOptions::default();
+    for (name, stored, expect_scaled) in [
+        ("photo.jpg", (320, 240), (160, 120)),
+        ("gray.jpg", (320, 240), (160, 120)),
+        ("cmyk.jpg", (320, 240), (160, 120)),
+        ("exif_rotated.jpg", (320, 240), (120, 160)),
+    ] {
+        let clip = processor("clip");
+        let need = |h: u32, w: u32| clip.config().resized_size(h, w);
+        let img = decode_for(&fixture(name), &opts, Some(&need)).unwrap();
+        assert_eq!(
+            (img.width, img.height),
+            expect_scaled,
+            "{name} (stored {stored:?})"
+        );
+        let px = clip.apply(&img).unwrap();
+        let want = r[&format!("clip/{}", name.replace('.', "_"))]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let max = max_abs_diff_vec(&px.data, &want) / LEVEL;
+        let mean = px
+            .data
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / want.len() as f32
+            / LEVEL;
+        eprintln!("{name:>18} dct-scaled clip: max {max:.2} levels, mean {mean:.3} levels");
+        assert!(
+            max <= 3.0 && mean <= 0.5,
+            "{name}: max {max} mean {mean} levels"
+        );
+    }
+    // No scaling when the model needs more than half the source: identical to full decode.
+    let blip = processor("clip");
+    let need = |h: u32, w: u32| {
+        let (a, b) = blip.config().resized_size(h, w);
+        (a * 4, b * 4)
+    };
+    let img = decode_for(&fixture("photo.jpg"), &opts, Some(&need)).unwrap();
+    assert_eq!((img.width, img.height), (320, 240));
+}
