@@ -31,6 +31,8 @@ from transformers import (
     BlipForQuestionAnswering,
     CLIPConfig,
     CLIPModel,
+    SiglipConfig,
+    SiglipModel,
 )
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -140,6 +142,40 @@ def clip_fixture(out: Path, tok: Tokenizer, seed: int, vision: dict, text: dict,
             "image_embeds": img.contiguous(),
             "text_embeds": txt.contiguous(),
             "logits_per_image": logits_per_image.contiguous(),
+        },
+        str(out / "reference.safetensors"),
+    )
+    (out / "reference.json").write_text(
+        json.dumps({"texts": TEXTS, "input_ids": [encode(tok, t) for t in TEXTS]}, indent=1)
+    )
+
+
+def siglip_fixture(out: Path, tok: Tokenizer, seed: int, vision: dict, text: dict) -> None:
+    """SigLIP pads every text to max_position_embeddings and pools the last position."""
+    torch.manual_seed(seed)
+    cfg = SiglipConfig(
+        text_config=dict(vocab_size=tok.get_vocab_size(), pad_token_id=0, eos_token_id=3, bos_token_id=2, **text),
+        vision_config=vision,
+    )
+    model = SiglipModel(cfg).eval()
+    randomise(model, seed)
+    model.save_pretrained(str(out))
+    size = vision["image_size"]
+    save_common(out, tok, BlipImageProcessorPil(size={"height": size, "width": size}))
+    gen = torch.Generator().manual_seed(seed + 1)
+    pixels = torch.randn((3, 3, size, size), generator=gen)
+    max_len = text["max_position_embeddings"]
+    with torch.no_grad():
+        out_ = model(
+            pixel_values=pixels,
+            input_ids=torch.tensor([(encode(tok, t) + [0] * max_len)[:max_len] for t in TEXTS]),
+        )
+    save_file(
+        {
+            "pixel_values": pixels.contiguous(),
+            "image_embeds": out_.image_embeds.contiguous(),
+            "text_embeds": out_.text_embeds.contiguous(),
+            "logits_per_image": out_.logits_per_image.contiguous(),
         },
         str(out / "reference.safetensors"),
     )
@@ -346,6 +382,13 @@ def preprocess_fixture(out: Path) -> None:
         axis=-1,
     ).clip(0, 255).astype(np.uint8)
     photo = Image.fromarray(photo)
+    # 640x480: large enough for a 1/4 DCT-scaled decode towards a 64-pixel model input.
+    ly, lx = np.mgrid[0:480, 0:640]
+    large = np.stack(
+        [128 + 100 * np.sin(lx / 47.0) * np.cos(ly / 61.0), 128 + 90 * np.cos(lx / 83.0 + ly / 35.0),
+         (lx * 255 // 639 + ly * 255 // 479) // 2],
+        axis=-1,
+    ).clip(0, 255).astype(np.uint8)
 
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
@@ -360,6 +403,8 @@ def preprocess_fixture(out: Path) -> None:
     rgb.convert("P", palette=Image.ADAPTIVE, colors=32).save(out / "palette.png")
     _png16(out / "rgb16.png", base.astype(np.uint16) * 256 + rng.integers(0, 256, base.shape).astype(np.uint16))
     photo.save(out / "photo.jpg", quality=92, subsampling=0)
+    Image.fromarray(large).save(out / "large.jpg", quality=90, subsampling=0)
+    Image.fromarray(large).save(out / "large_rotated.jpg", quality=90, subsampling=0, exif=exif)
     photo.save(out / "photo_420.jpg", quality=85, subsampling=2)
     photo.save(out / "progressive.jpg", quality=90, progressive=True, subsampling=0)
     photo.convert("L").save(out / "gray.jpg", quality=90)
@@ -413,6 +458,24 @@ def main() -> None:
         text=dict(hidden_size=40, intermediate_size=56, num_hidden_layers=1, num_attention_heads=5,
                   max_position_embeddings=20, hidden_act="gelu"),
         proj=16,
+    )
+    siglip_fixture(
+        out / "siglip-a",
+        tok,
+        seed=51,
+        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    image_size=32, patch_size=8),
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=20),
+    )
+    siglip_fixture(
+        out / "siglip-b",
+        tok,
+        seed=52,
+        vision=dict(hidden_size=40, intermediate_size=48, num_hidden_layers=1, num_attention_heads=5,
+                    image_size=30, patch_size=6, hidden_act="gelu"),
+        text=dict(hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=3,
+                  max_position_embeddings=24, projection_size=40),
     )
     blip_shapes = [
         (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -4,7 +4,7 @@
 //! ```toml
 //! id = "shapes"
 //! version = "1.0.0"
-//! [clip]            # dual encoder: embeddings, match, tags (HF CLIPModel directory)
+//! [clip]            # dual encoder: embeddings, match, tags (HF CLIPModel or SiglipModel directory)
 //! path = "clip"
 //! [caption]         # BlipForConditionalGeneration directory
 //! path = "blip-caption"
@@ -175,7 +175,7 @@ impl BundleManifest {
         };
         let arch = head.architectures.first().map(String::as_str).unwrap_or("");
         match (head.model_type.as_str(), arch) {
-            ("clip", _) => m.clip = here,
+            ("clip" | "siglip", _) => m.clip = here,
             ("blip", "BlipForQuestionAnswering") => m.vqa = here,
             ("blip", _) => m.caption = here,
             ("fusionstream_gated_fusion", _) => {

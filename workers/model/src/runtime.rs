@@ -20,6 +20,7 @@ use crate::generate::{self, GenerationParams};
 use crate::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
 use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::fusion::{FusionConfig, FusionHead};
+use crate::models::siglip::{SiglipConfig, SiglipModel};
 use crate::nn;
 use crate::preprocess::{self, DecodeOptions, ImageProcessorConfig, Pixels, Preprocessor};
 use crate::tokenize::TextTokenizer;
@@ -177,7 +178,7 @@ pub enum TagSource {
 pub struct Tag {
     /// Label from the bundle.
     pub label: String,
-    /// Softmax probability over the bundle's labels.
+    /// Probability: softmax over the bundle's labels (CLIP) or a sigmoid per label (SigLIP).
     pub score: f32,
     /// Modality it was scored from.
     pub source: TagSource,
@@ -255,9 +256,93 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// The dual encoder of a bundle: CLIP or SigLIP.
+#[derive(Debug)]
+enum DualEncoder {
+    Clip(ClipModel),
+    Siglip(SiglipModel),
+}
+
+impl DualEncoder {
+    fn load(dir: &Path, dtype: DType, device: &Device) -> Result<(Self, usize, usize)> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(default)]
+            model_type: String,
+        }
+        let cfg_path = dir.join("config.json");
+        let head: Head = nn::read_json(&cfg_path)?;
+        let vb = nn::load_weights(&dir.join("model.safetensors"), dtype, device)?;
+        Ok(match head.model_type.as_str() {
+            "siglip" => {
+                let cfg = SiglipConfig::from_file(&cfg_path)?;
+                let m = SiglipModel::new(vb, &cfg)?;
+                (
+                    Self::Siglip(m),
+                    cfg.vision_config.image_size,
+                    cfg.text_config.max_position_embeddings,
+                )
+            }
+            "clip" => {
+                let cfg = ClipConfig::from_file(&cfg_path)?;
+                let m = ClipModel::new(vb, &cfg)?;
+                (
+                    Self::Clip(m),
+                    cfg.vision_config.image_size,
+                    cfg.text_config.max_position_embeddings,
+                )
+            }
+            other => {
+                return Err(ModelError::config(
+                    cfg_path,
+                    format!("model_type {other:?} is not a dual encoder (clip, siglip)"),
+                ))
+            }
+        })
+    }
+
+    fn image_embeddings(&self, px: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Clip(m) => m.image_embeddings(px),
+            Self::Siglip(m) => m.image_embeddings(px),
+        }
+    }
+
+    fn text_embeddings(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        match self {
+            Self::Clip(m) => m.text_embeddings(ids, device),
+            Self::Siglip(m) => m.text_embeddings(ids, device),
+        }
+    }
+
+    fn projection_dim(&self) -> usize {
+        match self {
+            Self::Clip(m) => m.projection_dim(),
+            Self::Siglip(m) => m.projection_dim(),
+        }
+    }
+
+    /// Per-label probabilities: CLIP's softmax over labels, SigLIP's independent sigmoids.
+    fn label_probs(&self, e: &[f32], labels: &[Vec<f32>]) -> Vec<f32> {
+        match self {
+            Self::Clip(m) => {
+                let logits: Vec<f32> = labels.iter().map(|l| m.logit_scale * dot(e, l)).collect();
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+                let sum: f32 = exps.iter().sum();
+                exps.into_iter().map(|x| x / sum).collect()
+            }
+            Self::Siglip(m) => labels
+                .iter()
+                .map(|l| 1.0 / (1.0 + (-(m.logit_scale * dot(e, l) + m.logit_bias)).exp()))
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ClipPart {
-    model: ClipModel,
+    model: DualEncoder,
     tokenizer: TextTokenizer,
     slot: usize,
 }
@@ -317,16 +402,12 @@ impl FusionModel {
 
         let clip = match &manifest.clip {
             Some(part) => {
-                let cfg = ClipConfig::from_file(&part.path.join("config.json"))?;
-                let vb = nn::load_weights(&part.path.join("model.safetensors"), dtype, &device)?;
-                let model = ClipModel::new(vb, &cfg)?;
-                let tokenizer = TextTokenizer::from_file(
-                    &part.path.join("tokenizer.json"),
-                    cfg.text_config.max_position_embeddings,
-                )?;
+                let (model, image_size, max_len) = DualEncoder::load(&part.path, dtype, &device)?;
+                let tokenizer =
+                    TextTokenizer::from_file(&part.path.join("tokenizer.json"), max_len)?;
                 let pcfg =
                     ImageProcessorConfig::from_file(&part.path.join("preprocessor_config.json"))?;
-                check_image_size(&pcfg, cfg.vision_config.image_size, &part.path)?;
+                check_image_size(&pcfg, image_size, &part.path)?;
                 Some(ClipPart {
                     model,
                     tokenizer,
@@ -746,7 +827,9 @@ impl FusionModel {
                         _ => None,
                     };
                     if let Some((e, source)) = src {
-                        o.tags = Some(table.score(e, clip.model.logit_scale, source));
+                        o.tags = Some(
+                            table.score(&clip.model.label_probs(e, &table.embeddings), source),
+                        );
                     }
                 }
             }
@@ -771,22 +854,14 @@ impl FusionModel {
 }
 
 impl TagTable {
-    fn score(&self, e: &[f32], logit_scale: f32, source: TagSource) -> Vec<Tag> {
-        let logits: Vec<f32> = self
-            .embeddings
-            .iter()
-            .map(|l| logit_scale * dot(e, l))
-            .collect();
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
-        let sum: f32 = exps.iter().sum();
+    fn score(&self, probs: &[f32], source: TagSource) -> Vec<Tag> {
         let mut tags: Vec<Tag> = self
             .labels
             .iter()
-            .zip(exps)
-            .map(|(label, x)| Tag {
+            .zip(probs)
+            .map(|(label, &score)| Tag {
                 label: label.clone(),
-                score: x / sum,
+                score,
                 source,
             })
             .filter(|t| t.score >= self.threshold)

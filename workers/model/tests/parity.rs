@@ -12,6 +12,7 @@ use fusionstream_model::generate::{generate, GenerationParams};
 use fusionstream_model::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
 use fusionstream_model::models::clip::{ClipConfig, ClipModel};
 use fusionstream_model::models::fusion::{FusionConfig, FusionHead};
+use fusionstream_model::models::siglip::{SiglipConfig, SiglipModel};
 use fusionstream_model::nn::load_weights;
 
 const TOL: f32 = 1e-4;
@@ -78,6 +79,53 @@ fn clip_a_matches_transformers() {
 #[test]
 fn clip_b_matches_transformers() {
     check_clip("clip-b");
+}
+
+fn check_siglip(name: &str) {
+    let dir = tiny(name);
+    let cfg = SiglipConfig::from_file(&dir.join("config.json")).unwrap();
+    let model = SiglipModel::new(
+        load_weights(&dir.join("model.safetensors"), DType::F32, &Device::Cpu).unwrap(),
+        &cfg,
+    )
+    .unwrap();
+    let r = reference(name);
+    let j = reference_json(name);
+    let img = model.image_embeddings(&r["pixel_values"]).unwrap();
+    assert_close(
+        &format!("{name} image_embeds"),
+        &img,
+        &r["image_embeds"],
+        TOL,
+    );
+    let texts = ids(&j["input_ids"]);
+    let txt = model.text_embeddings(&texts, &Device::Cpu).unwrap();
+    assert_close(&format!("{name} text_embeds"), &txt, &r["text_embeds"], TOL);
+    let logits = ((img.matmul(&txt.t().unwrap()).unwrap() * model.logit_scale as f64).unwrap()
+        + model.logit_bias as f64)
+        .unwrap();
+    assert_close(
+        &format!("{name} logits_per_image"),
+        &logits,
+        &r["logits_per_image"],
+        1e-3,
+    );
+    for (i, t) in texts.iter().enumerate() {
+        let one = model
+            .text_embeddings(std::slice::from_ref(t), &Device::Cpu)
+            .unwrap();
+        assert_close("single text", &one.i(0).unwrap(), &txt.i(i).unwrap(), 1e-5);
+    }
+}
+
+#[test]
+fn siglip_a_matches_transformers() {
+    check_siglip("siglip-a");
+}
+
+#[test]
+fn siglip_b_matches_transformers() {
+    check_siglip("siglip-b");
 }
 
 fn blip_cfg(name: &str) -> (BlipConfig, candle_nn::VarBuilder<'static>) {

@@ -206,6 +206,23 @@ fn a_single_model_directory_is_a_bundle() {
 }
 
 #[test]
+fn a_siglip_directory_serves_as_the_dual_encoder() {
+    let m = FusionModel::load(&tiny("siglip-a"), &RuntimeOptions::default()).unwrap();
+    let item = m
+        .prepare(
+            Some(&image("photo.jpg")),
+            Some("a red circle"),
+            None,
+            TaskSet::all(),
+        )
+        .unwrap();
+    let out = &m.infer_batch(&[item.clone(), item]).unwrap();
+    assert_eq!(out[0].image_embedding.as_ref().unwrap().len(), 32);
+    assert!(out[0].match_score.is_some());
+    assert_eq!(out[0], out[1]);
+}
+
+#[test]
 fn task_lists_parse_and_reject_unknown_names() {
     let t = TaskSet::parse_list("embed, caption").unwrap();
     assert!(t.contains(Task::Embed) && t.contains(Task::Caption) && !t.contains(Task::Tag));

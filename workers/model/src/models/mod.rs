@@ -3,3 +3,4 @@
 pub mod blip;
 pub mod clip;
 pub mod fusion;
+pub mod siglip;
