@@ -255,3 +255,33 @@ fn bad_bundles_are_refused_with_the_reason() {
     assert!(err.contains("nowhere"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Reduced precision is selectable (the GPU path): the whole bundle runs in bf16 and f16 on
+/// CPU, masks included, and stays close to f32.
+#[test]
+fn half_precision_runs_and_stays_close_to_f32() {
+    use fusionstream_model::DType;
+    let f32_model = bundle();
+    let want = f32_model.infer_batch(&items(&f32_model)).unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let opts = RuntimeOptions {
+            dtype,
+            ..RuntimeOptions::default()
+        };
+        let m = FusionModel::load(&tiny(""), &opts).unwrap();
+        let got = m.infer_batch(&items(&m)).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            for (a, b) in [
+                (&g.image_embedding, &w.image_embedding),
+                (&g.text_embedding, &w.text_embedding),
+            ] {
+                if let (Some(a), Some(b)) = (a, b) {
+                    let cos: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                    assert!(cos > 0.99, "{dtype:?}: cosine to f32 {cos}");
+                }
+            }
+            assert_eq!(g.caption.is_some(), w.caption.is_some());
+            assert_eq!(g.skipped, w.skipped);
+        }
+    }
+}

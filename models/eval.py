@@ -1,0 +1,187 @@
+"""Evaluate a "shapes" bundle on a fresh test split generated from a seed.
+
+    python -m models.eval --bundle models/shapes --seed N --json
+
+Prints one JSON object. Metrics (pool of 1,000 scenes unless --scenes says otherwise):
+- clip_r1_i2t / clip_r1_t2i: image→caption and caption→image retrieval at rank 1, with the
+  canonical captions. A hit is the paired item or any item whose scene is identical in every
+  described attribute (same canonical caption): that ambiguity belongs to the data.
+- vqa_accuracy (and vqa_accuracy_by_type): exact-match answers to up to 3 questions per scene,
+  greedy decoding.
+- caption_bleu4: corpus BLEU-4 of greedy captions against all reference captions of each scene
+  (both split into words and punctuation as the tokenizer splits them).
+- caption_attribute_accuracy: share of (object, attribute) pairs named correctly, attributes
+  shape, colour, size, position; each true object is matched to the generated object phrase
+  that agrees with it on most attributes (each phrase used once).
+- fused_r1_both / fused_r1_image_only / fused_r1_text_only: the gallery is the fused
+  (image + caption) embedding of every scene; the queries are a second rendering of each
+  scene (new background, jitter) fused with its caption, that second image alone, and the
+  caption alone. Hits as for CLIP retrieval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import torch
+from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, CLIPModel
+
+from models.fusion import GatedFusionHead
+from models.scenes import POSITION_PHRASE, render, scenes
+from models.train import DEC, build_tokenizer, encode, pixels
+
+PHRASE_TO_POS = {v: k for k, v in POSITION_PHRASE.items()}
+OBJ_RE = re.compile(r"\b(small|large) (\w+) (\w+)(?: (on the left|on the right|at the top|at the bottom|in the centre))?")
+
+
+def words(text: str) -> str:
+    """Text as the tokenizer splits it (punctuation apart), so that "centre, a" in a reference
+    and "centre , a" decoded from token ids compare equal."""
+    return " ".join(re.findall(r"\w+|[^\w\s]", text.lower()))
+
+
+def ngrams(words: list[str], n: int) -> Counter:
+    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def corpus_bleu4(hyps: list[str], refs: list[list[str]]) -> float:
+    match, total = [0] * 4, [0] * 4
+    hyp_len = ref_len = 0
+    for h, rs in zip(hyps, refs):
+        hw, rws = h.split(), [r.split() for r in rs]
+        hyp_len += len(hw)
+        ref_len += min((abs(len(r) - len(hw)), len(r)) for r in rws)[1]
+        for n in range(1, 5):
+            hc = ngrams(hw, n)
+            maxref: Counter = Counter()
+            for r in rws:
+                maxref |= ngrams(r, n)
+            match[n - 1] += sum(min(c, maxref[g]) for g, c in hc.items())
+            total[n - 1] += max(len(hw) - n + 1, 0)
+    if min(match) == 0:
+        return 0.0
+    logp = sum(math.log(m / t) for m, t in zip(match, total)) / 4
+    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / max(hyp_len, 1))
+    return bp * math.exp(logp)
+
+
+def attribute_score(caption: str, objects) -> tuple[int, int]:
+    found = [
+        {"size": m[0], "colour": m[1], "shape": m[2], "position": PHRASE_TO_POS.get(m[3] or "", None)}
+        for m in OBJ_RE.findall(caption)
+    ]
+    correct = 0
+    for o in objects:
+        truth = {"size": o.size, "colour": o.colour, "shape": o.shape, "position": o.position}
+        best, best_i = 0, None
+        for i, f in enumerate(found):
+            k = sum(f[a] == truth[a] for a in truth)
+            if k > best:
+                best, best_i = k, i
+        if best_i is not None:
+            found.pop(best_i)
+        correct += best
+    return correct, 4 * len(objects)
+
+
+def hits(query_caps: list[str], gallery_caps: list[str], q: torch.Tensor, g: torch.Tensor) -> float:
+    top = (q @ g.T).argmax(dim=1).tolist()
+    return sum(gallery_caps[j] == query_caps[i] for i, j in enumerate(top)) / len(query_caps)
+
+
+@torch.no_grad()
+def evaluate(bundle: Path, seed: int, n: int) -> dict:
+    torch.set_num_threads(2)
+    tok = build_tokenizer()
+    test = scenes(seed, n)
+    px = pixels(test)
+    caps = [s.caption for s in test]
+    # A second view of every scene, for the fused retrieval queries.
+    rng = random.Random(seed * 7919 + 1)
+    view2 = pixels([type(s)(render(s.objects, rng), s.objects, s.captions, s.qa) for s in test])
+    out: dict = {"seed": seed, "scenes": n, "bundle": str(bundle)}
+
+    clip = CLIPModel.from_pretrained(str(bundle / "clip")).eval()
+
+    def img_emb(x):
+        e = clip.get_image_features(pixel_values=x)
+        return torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1)
+
+    def txt_emb(texts):
+        ids, mask = encode(tok, texts)
+        e = clip.get_text_features(input_ids=ids, attention_mask=mask)
+        return torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1)
+
+    chunks = range(0, n, 250)
+    img = torch.cat([img_emb(px[i : i + 250]) for i in chunks])
+    img2 = torch.cat([img_emb(view2[i : i + 250]) for i in chunks])
+    txt = torch.cat([txt_emb(caps[i : i + 250]) for i in chunks])
+    out["clip_r1_i2t"] = hits(caps, caps, img, txt)
+    out["clip_r1_t2i"] = hits(caps, caps, txt, img)
+
+    head = GatedFusionHead.load(bundle / "fusion").eval()
+    ones, zeros = torch.ones(n), torch.zeros(n)
+    gallery = head(img, txt, ones, ones)
+    out["fused_r1_both"] = hits(caps, caps, head(img2, txt, ones, ones), gallery)
+    out["fused_r1_image_only"] = hits(caps, caps, head(img2, txt, ones, zeros), gallery)
+    out["fused_r1_text_only"] = hits(caps, caps, head(img2, txt, zeros, ones), gallery)
+
+    cap_model = BlipForConditionalGeneration.from_pretrained(str(bundle / "blip-caption")).eval()
+    gen = []
+    for i in chunks:
+        ids = cap_model.generate(pixel_values=px[i : i + 250], max_new_tokens=32, do_sample=False)
+        gen += [tok.decode(r.tolist(), skip_special_tokens=True) for r in ids]
+    gen = [words(g) for g in gen]
+    out["caption_bleu4"] = corpus_bleu4(gen, [[words(c) for c in s.captions] for s in test])
+    c = t = 0
+    for g, s in zip(gen, test):
+        a, b = attribute_score(g, s.objects)
+        c, t = c + a, t + b
+    out["caption_attribute_accuracy"] = c / t
+    out["caption_exact_match"] = sum(g == words(s.caption) for g, s in zip(gen, test)) / n
+    out["caption_examples"] = [{"reference": s.caption, "generated": g} for s, g in list(zip(test, gen))[:5]]
+
+    vqa = BlipForQuestionAnswering.from_pretrained(str(bundle / "blip-vqa")).eval()
+    qrng = random.Random(seed + 17)
+    items = [(i, qa) for i, s in enumerate(test) for qa in qrng.sample(s.qa, min(3, len(s.qa)))]
+    correct: dict = defaultdict(int)
+    count: dict = defaultdict(int)
+    for k in range(0, len(items), 256):
+        part = items[k : k + 256]
+        q, mask = encode(tok, [qa[1] for _, qa in part])
+        ids = vqa.generate(input_ids=q, attention_mask=mask, pixel_values=px[[i for i, _ in part]],
+                           max_new_tokens=4, do_sample=False)
+        for (_, (kind, _, ans)), row in zip(part, ids):
+            pred = tok.decode([x for x in row.tolist() if x != DEC], skip_special_tokens=True).strip()
+            count[kind] += 1
+            correct[kind] += pred == ans
+    out["vqa_accuracy"] = sum(correct.values()) / sum(count.values())
+    out["vqa_accuracy_by_type"] = {k: correct[k] / count[k] for k in sorted(count)}
+    out["vqa_questions"] = sum(count.values())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=Path("models/shapes"))
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--scenes", type=int, default=1000)
+    ap.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    args = ap.parse_args()
+    t0 = time.time()
+    res = evaluate(args.bundle, args.seed, args.scenes)
+    res["seconds"] = round(time.time() - t0, 1)
+    print(json.dumps(res, indent=None if args.json else 1))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Parity fixtures of the trained "shapes" bundle: for 8 test scenes (seed 7), the images as
+PNG files and the transformers outputs of every part, for the Rust runtime's tests
+(`workers/model/tests/bundle.rs`).
+
+    python -m models.tools.make_bundle_fixtures --bundle models/shapes --out models/fixtures/shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, CLIPModel
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from models.fusion import GatedFusionHead
+from models.scenes import scenes
+from models.train import build_tokenizer
+
+N = 8
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=Path("models/shapes"))
+    ap.add_argument("--out", type=Path, default=Path("models/fixtures/shapes"))
+    args = ap.parse_args()
+    out: Path = args.out
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "images").mkdir(parents=True)
+    tok = build_tokenizer()
+    test = scenes(7, N)
+    names = []
+    for i, s in enumerate(test):
+        name = f"scene{i}.png"
+        s.image.save(out / "images" / name)
+        names.append(name)
+    proc = CLIPImageProcessorPil.from_pretrained(str(args.bundle / "clip"))
+    images = [Image.open(out / "images" / n).convert("RGB") for n in names]
+    px = torch.tensor(np.stack(proc(images, return_tensors="np")["pixel_values"]))
+    captions = [s.caption for s in test]
+    questions = [s.qa[i % len(s.qa)] for i, s in enumerate(test)]
+    t: dict[str, torch.Tensor] = {"pixel_values": px}
+    j: dict = {"images": names, "texts": captions, "questions": [q for _, q, _ in questions],
+               "expected_answers": [a for _, _, a in questions]}
+    with torch.no_grad():
+        clip = CLIPModel.from_pretrained(str(args.bundle / "clip")).eval()
+        img = clip.get_image_features(pixel_values=px)
+        img = torch.nn.functional.normalize(getattr(img, "pooler_output", img), dim=-1)
+        txt = []
+        for c in captions:
+            e = clip.get_text_features(input_ids=torch.tensor([tok.encode(c).ids]))
+            txt.append(torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1)[0])
+        txt = torch.stack(txt)
+        t["image_embeds"], t["text_embeds"] = img, txt
+        t["logits_per_image"] = clip.logit_scale.exp() * img @ txt.T
+        j["text_ids"] = [tok.encode(c).ids for c in captions]
+        head = GatedFusionHead.load(args.bundle / "fusion").eval()
+        ones, zeros = torch.ones(N), torch.zeros(N)
+        t["fused_both"] = head(img, txt, ones, ones)
+        t["fused_image_only"] = head(img, txt, ones, zeros)
+        t["fused_text_only"] = head(img, txt, zeros, ones)
+
+        cap = BlipForConditionalGeneration.from_pretrained(str(args.bundle / "blip-caption")).eval()
+        for key, beams in [("caption_greedy", 1), ("caption_beam3", 3)]:
+            rows = [cap.generate(pixel_values=px[i : i + 1], max_new_tokens=32, num_beams=beams, do_sample=False)[0]
+                    for i in range(N)]
+            j[f"{key}_ids"] = [r.tolist() for r in rows]
+            j[key] = [tok.decode(r.tolist(), skip_special_tokens=True) for r in rows]
+        vqa = BlipForQuestionAnswering.from_pretrained(str(args.bundle / "blip-vqa")).eval()
+        j["question_ids"] = [tok.encode(q).ids for _, q, _ in questions]
+        for key, beams in [("answer_greedy", 1), ("answer_beam3", 3)]:
+            rows = [vqa.generate(input_ids=torch.tensor([ids]), pixel_values=px[i : i + 1], max_new_tokens=8,
+                                 num_beams=beams, do_sample=False)[0] for i, ids in enumerate(j["question_ids"])]
+            j[f"{key}_ids"] = [r.tolist() for r in rows]
+            j[key] = [tok.decode(r.tolist(), skip_special_tokens=True) for r in rows]
+    save_file({k: v.contiguous() for k, v in t.items()}, str(out / "reference.safetensors"))
+    j["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
+    (out / "reference.json").write_text(json.dumps(j, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

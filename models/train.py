@@ -1,0 +1,287 @@
+"""Train the default "shapes" bundle from scratch: CLIP, BLIP captioning, BLIP VQA and the
+gated fusion head, on procedurally generated scenes (`models/scenes.py`), with transformers
+classes so that the checkpoints are standard Hugging Face ones.
+
+    python -m models.train --out models/shapes            # about 40 minutes on 2 CPU cores
+
+Each part trains for a fixed wall-clock budget (so retraining fits in 45 minutes on a 2-core
+CPU); the learning rate decays over that budget. Seeds: training scenes 1000, validation 2000
+(the evaluation, `python -m models.eval`, generates its own split from the seed it is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering, CLIPConfig, CLIPModel
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from models.fusion import GatedFusionHead
+from models.scenes import COLOURS, SHAPES, Scene, scenes, vocabulary
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]", "[ENC]", "[MASK]"]
+PAD, CLS, SEP, DEC = 0, 2, 3, 4
+INPUT = 64  # model input resolution (scenes are drawn at 128)
+MEAN = [0.48145466, 0.4578275, 0.40821073]
+STD = [0.26862954, 0.26130258, 0.27577711]
+VERSION = "1.0.0"
+
+
+def build_tokenizer() -> Tokenizer:
+    vocab = {t: i for i, t in enumerate(SPECIALS + vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)]
+    )
+    tok.add_special_tokens(SPECIALS)
+    return tok
+
+
+def processors_() -> tuple[CLIPImageProcessorPil, BlipImageProcessorPil]:
+    clip = CLIPImageProcessorPil(size={"shortest_edge": INPUT}, crop_size={"height": INPUT, "width": INPUT})
+    blip = BlipImageProcessorPil(size={"height": INPUT, "width": INPUT}, image_mean=MEAN, image_std=STD)
+    return clip, blip
+
+
+def pixels(batch: list[Scene]) -> torch.Tensor:
+    """Exactly what the CLIP and BLIP processors of the bundle produce (both are a bicubic
+    resize of the 128x128 scene to 64x64 and CLIP normalisation)."""
+    clip, _ = processors_()
+    return torch.tensor(np.stack(clip([s.image for s in batch], return_tensors="np")["pixel_values"]))
+
+
+def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    n = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (n - len(s)) for s in seqs])
+
+
+def encode(tok: Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = [tok.encode(t).ids for t in texts]
+    return pad(ids, PAD), pad([[1] * len(i) for i in ids], 0)
+
+
+def clip_config(vocab: int) -> CLIPConfig:
+    return CLIPConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                         num_attention_heads=4, max_position_embeddings=48, bos_token_id=CLS, eos_token_id=SEP,
+                         pad_token_id=PAD),
+        vision_config=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                           image_size=INPUT, patch_size=8),
+        projection_dim=128,
+    )
+
+
+def blip_config(vocab: int) -> BlipConfig:
+    return BlipConfig(
+        vision_config=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                           image_size=INPUT, patch_size=8),
+        text_config=dict(vocab_size=vocab, hidden_size=128, encoder_hidden_size=128, intermediate_size=384,
+                         num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=48,
+                         bos_token_id=DEC, eos_token_id=SEP, sep_token_id=SEP, pad_token_id=PAD),
+    )
+
+
+class Budget:
+    """Time-boxed training with warm-up and cosine decay over the wall-clock budget."""
+
+    def __init__(self, opt: torch.optim.Optimizer, minutes: float, lr: float, warmup: int = 100):
+        self.opt, self.seconds, self.lr, self.warmup = opt, minutes * 60, lr, warmup
+        self.t0, self.step = time.time(), 0
+
+    def tick(self) -> bool:
+        frac = (time.time() - self.t0) / self.seconds
+        if frac >= 1.0:
+            return False
+        self.step += 1
+        scale = min(1.0, self.step / self.warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr * max(scale, 0.02)
+        return True
+
+
+def batches(data: list[Scene], px: torch.Tensor, size: int, rng: random.Random):
+    idx = list(range(len(data)))
+    while True:
+        rng.shuffle(idx)
+        for i in range(0, len(idx) - size + 1, size):
+            b = idx[i : i + size]
+            yield [data[j] for j in b], px[b]
+
+
+def train_clip(data, px, tok, minutes, log) -> CLIPModel:
+    model = CLIPModel(clip_config(tok.get_vocab_size())).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    sched, rng = Budget(opt, minutes, 1e-3), random.Random(1)
+    for scs, x in batches(data, px, 128, rng):
+        if not sched.tick():
+            break
+        ids, mask = encode(tok, [rng.choice(s.captions) for s in scs])
+        loss = model(input_ids=ids, attention_mask=mask, pixel_values=x, return_loss=True).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched.step % 50 == 0:
+            log(f"clip step {sched.step} loss {loss.item():.3f}")
+    return model.eval()
+
+
+def train_caption(data, px, tok, minutes, log) -> BlipForConditionalGeneration:
+    model = BlipForConditionalGeneration(blip_config(tok.get_vocab_size())).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    sched, rng = Budget(opt, minutes, 1e-3), random.Random(2)
+    for scs, x in batches(data, px, 64, rng):
+        if not sched.tick():
+            break
+        ids, mask = encode(tok, [s.caption for s in scs])
+        ids[:, 0] = DEC
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(pixel_values=x, input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched.step % 50 == 0:
+            log(f"caption step {sched.step} loss {loss.item():.3f}")
+    return model.eval()
+
+
+def train_vqa(data, px, tok, minutes, log) -> BlipForQuestionAnswering:
+    model = BlipForQuestionAnswering(blip_config(tok.get_vocab_size())).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    sched, rng = Budget(opt, minutes, 1e-3), random.Random(3)
+    for scs, x in batches(data, px, 64, rng):
+        if not sched.tick():
+            break
+        qa = [rng.choice(s.qa) for s in scs]
+        q, qmask = encode(tok, [q for _, q, _ in qa])
+        answers = torch.tensor([[DEC] + tok.encode(a, add_special_tokens=False).ids + [SEP] for _, _, a in qa])
+        loss = model(input_ids=q, attention_mask=qmask, pixel_values=x, labels=answers, decoder_input_ids=answers).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched.step % 50 == 0:
+            log(f"vqa step {sched.step} loss {loss.item():.3f}")
+    return model.eval()
+
+
+@torch.no_grad()
+def clip_embeddings(model: CLIPModel, tok, scs, px) -> tuple[torch.Tensor, torch.Tensor]:
+    imgs, txts = [], []
+    for i in range(0, len(scs), 256):
+        b = scs[i : i + 256]
+        e = model.get_image_features(pixel_values=px[i : i + 256])
+        e = getattr(e, "pooler_output", e)
+        imgs.append(torch.nn.functional.normalize(e, dim=-1))
+        ids, mask = encode(tok, [s.caption for s in b])
+        t = model.get_text_features(input_ids=ids, attention_mask=mask)
+        t = getattr(t, "pooler_output", t)
+        txts.append(torch.nn.functional.normalize(t, dim=-1))
+    return torch.cat(imgs), torch.cat(txts)
+
+
+def train_fusion(clip: CLIPModel, data, px, tok, minutes, log) -> GatedFusionHead:
+    """Gate trained so that fused(image+text), fused(image only) and fused(text only) of the
+    same scene are nearest to each other: InfoNCE between the three views."""
+    img, txt = clip_embeddings(clip, tok, data, px)
+    head = GatedFusionHead(img.shape[1], gate="vector").train()
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    sched, rng = Budget(opt, minutes, 3e-3, warmup=20), random.Random(4)
+    scale = clip.logit_scale.exp().detach()
+    ones, zeros = torch.ones(256), torch.zeros(256)
+    while sched.tick():
+        b = torch.tensor(rng.sample(range(len(data)), 256))
+        i, t = img[b], txt[b]
+        both = head(i, t, ones, ones)
+        views = [head(i, t, ones, zeros), head(i, t, zeros, ones)]
+        target = torch.arange(256)
+        loss = sum(torch.nn.functional.cross_entropy(scale * v @ both.T, target) for v in views)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched.step % 100 == 0:
+            log(f"fusion step {sched.step} loss {loss.item():.3f}")
+    return head.eval()
+
+
+def save_part(model, out: Path, tok: Tokenizer, processor) -> None:
+    model.save_pretrained(str(out))
+    tok.save(str(out / "tokenizer.json"))
+    processor.save_pretrained(str(out))
+
+
+def write_bundle_toml(out: Path) -> None:
+    labels = SHAPES + list(COLOURS)
+    (out / "bundle.toml").write_text(
+        f'id = "shapes"\nversion = "{VERSION}"\n\n'
+        '# Dual encoder: embeddings, image-text match, zero-shot tags.\n[clip]\npath = "clip"\n\n'
+        '# Captions.\n[caption]\npath = "blip-caption"\n\n'
+        '# Answers to questions about the image.\n[vqa]\npath = "blip-vqa"\n\n'
+        '# Gated fusion of the image and text embeddings.\n[fusion]\npath = "fusion"\n\n'
+        '[tags]\ntemplate = "a {}"\n'
+        f"labels = {json.dumps(labels)}\nthreshold = 0.1\n\n"
+        "[generation]\nmax_new_tokens = 32\nnum_beams = 1\n"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("models/shapes"))
+    ap.add_argument("--train-scenes", type=int, default=12000)
+    ap.add_argument("--minutes", type=float, nargs=4, default=[10.0, 11.0, 14.0, 1.5],
+                    metavar=("CLIP", "CAPTION", "VQA", "FUSION"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    t0 = time.time()
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        log_lines.append(line)
+
+    tok = build_tokenizer()
+    data = scenes(1000, args.train_scenes)
+    px = pixels(data)
+    log(f"{len(data)} training scenes, pixels {tuple(px.shape)}")
+    clip_proc, blip_proc = processors_()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    clip = train_clip(data, px, tok, args.minutes[0], log)
+    save_part(clip, out / "clip", tok, clip_proc)
+    head = train_fusion(clip, data, px, tok, args.minutes[3], log)
+    head.save(out / "fusion")
+    caption = train_caption(data, px, tok, args.minutes[1], log)
+    save_part(caption, out / "blip-caption", tok, blip_proc)
+    vqa = train_vqa(data, px, tok, args.minutes[2], log)
+    save_part(vqa, out / "blip-vqa", tok, blip_proc)
+    write_bundle_toml(out)
+    log("done")
+    (out / "training.json").write_text(json.dumps({
+        "command": "python -m models.train --out models/shapes",
+        "minutes_per_part": dict(zip(["clip", "caption", "vqa", "fusion"], args.minutes)),
+        "train_scenes": args.train_scenes,
+        "train_seed": 1000,
+        "threads": args.threads,
+        "wall_seconds": round(time.time() - t0, 1),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "log_tail": log_lines[-12:],
+    }, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

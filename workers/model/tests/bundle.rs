@@ -1,0 +1,175 @@
+//! The trained "shapes" bundle (`models/shapes`) against transformers on 8 test scenes
+//! (`models/tools/make_bundle_fixtures.py`): every part at the model level (same pixels), and
+//! the whole runtime from the PNG files (our decoding and preprocessing included).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use common::*;
+use fusionstream_model::generate::{generate, GenerationParams};
+use fusionstream_model::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
+use fusionstream_model::models::clip::{ClipConfig, ClipModel};
+use fusionstream_model::nn::load_weights;
+use fusionstream_model::{FusionModel, RuntimeOptions, TaskSet};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn bundle(part: &str) -> PathBuf {
+    root().join("models/shapes").join(part)
+}
+
+fn fixtures() -> PathBuf {
+    root().join("models/fixtures/shapes")
+}
+
+fn reference() -> (std::collections::HashMap<String, Tensor>, serde_json::Value) {
+    let t = candle_core::safetensors::load(fixtures().join("reference.safetensors"), &Device::Cpu)
+        .unwrap();
+    let j =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap())
+            .unwrap();
+    (t, j)
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn clip_and_fusion_match_transformers() {
+    let (r, j) = reference();
+    let cfg = ClipConfig::from_file(&bundle("clip/config.json")).unwrap();
+    let clip = ClipModel::new(
+        load_weights(&bundle("clip/model.safetensors"), DType::F32, &Device::Cpu).unwrap(),
+        &cfg,
+    )
+    .unwrap();
+    let img = clip.image_embeddings(&r["pixel_values"]).unwrap();
+    assert_close("image_embeds", &img, &r["image_embeds"], 1e-4);
+    let txt = clip
+        .text_embeddings(&ids(&j["text_ids"]), &Device::Cpu)
+        .unwrap();
+    assert_close("text_embeds (batched)", &txt, &r["text_embeds"], 1e-4);
+}
+
+#[test]
+fn captions_and_answers_match_transformers_token_for_token() {
+    let (r, j) = reference();
+    let dev = Device::Cpu;
+    let cfg = BlipConfig::from_file(&bundle("blip-caption/config.json")).unwrap();
+    let cap = BlipCaptioner::new(
+        load_weights(&bundle("blip-caption/model.safetensors"), DType::F32, &dev).unwrap(),
+        &cfg,
+    )
+    .unwrap();
+    let states = cap.vision.forward(&r["pixel_values"]).unwrap();
+    let eos = cfg.text_config.sep_token_id;
+    let bos = [cfg.text_config.bos_token_id];
+    for (beams, key) in [(1, "caption_greedy_ids"), (3, "caption_beam3_ids")] {
+        let p = GenerationParams {
+            max_new_tokens: 32,
+            num_beams: beams,
+            length_penalty: 1.0,
+            eos_token_id: eos,
+        };
+        let got = generate(
+            &cap.decoder,
+            cap.decoder.start(&states, None).unwrap(),
+            &bos,
+            8,
+            &p,
+            &dev,
+        )
+        .unwrap();
+        assert_eq!(got, ids(&j[key]), "{key}");
+    }
+    let cfg = BlipConfig::from_file(&bundle("blip-vqa/config.json")).unwrap();
+    let vqa = BlipVqa::new(
+        load_weights(&bundle("blip-vqa/model.safetensors"), DType::F32, &dev).unwrap(),
+        &cfg,
+    )
+    .unwrap();
+    let states = vqa.vision.forward(&r["pixel_values"]).unwrap();
+    let qs = ids(&j["question_ids"]);
+    let q_states = vqa.encode_questions(&states, &qs, &dev).unwrap();
+    let lens: Vec<usize> = qs.iter().map(Vec::len).collect();
+    for (beams, key) in [(1, "answer_greedy_ids"), (3, "answer_beam3_ids")] {
+        let p = GenerationParams {
+            max_new_tokens: 8,
+            num_beams: beams,
+            length_penalty: 1.0,
+            eos_token_id: eos,
+        };
+        let cache = vqa.decoder.start(&q_states, Some(&lens)).unwrap();
+        let got = generate(&vqa.decoder, cache, &bos, 8, &p, &dev).unwrap();
+        assert_eq!(got, ids(&j[key]), "{key}");
+    }
+}
+
+#[test]
+fn the_runtime_from_png_files_gives_the_reference_outputs() {
+    let (r, j) = reference();
+    let model = FusionModel::load(&bundle(""), &RuntimeOptions::default()).unwrap();
+    let texts = strings(&j["texts"]);
+    let questions = strings(&j["questions"]);
+    let items: Vec<_> = strings(&j["images"])
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let bytes = std::fs::read(fixtures().join("images").join(name)).unwrap();
+            model
+                .prepare(
+                    Some(&bytes),
+                    Some(&texts[i]),
+                    Some(&questions[i]),
+                    TaskSet::all(),
+                )
+                .unwrap()
+        })
+        .collect();
+    let out = model.infer_batch(&items).unwrap();
+    let captions = strings(&j["caption_greedy"]);
+    let answers = strings(&j["answer_greedy"]);
+    for (i, o) in out.iter().enumerate() {
+        let cos = |a: &[f32], b: &Tensor| -> f32 {
+            a.iter()
+                .zip(b.to_vec1::<f32>().unwrap())
+                .map(|(x, y)| x * y)
+                .sum()
+        };
+        assert!(
+            cos(
+                o.image_embedding.as_ref().unwrap(),
+                &r["image_embeds"].i(i).unwrap()
+            ) > 0.999
+        );
+        assert!(
+            cos(
+                o.text_embedding.as_ref().unwrap(),
+                &r["text_embeds"].i(i).unwrap()
+            ) > 0.99999
+        );
+        assert!(
+            cos(
+                o.fused_embedding.as_ref().unwrap(),
+                &r["fused_both"].i(i).unwrap()
+            ) > 0.999
+        );
+        assert_eq!(
+            o.caption.as_deref(),
+            Some(captions[i].as_str()),
+            "caption {i}"
+        );
+        assert_eq!(o.answer.as_deref(), Some(answers[i].as_str()), "answer {i}");
+        assert!(o.skipped.is_empty());
+    }
+}
