@@ -398,6 +398,11 @@ impl FusionModel {
     pub fn load(dir: &Path, opts: &RuntimeOptions) -> Result<Self> {
         let manifest = BundleManifest::load(dir)?;
         let (device, dtype) = (opts.device.clone(), opts.dtype);
+        if device.is_cpu() && dtype == DType::BF16 {
+            return Err(ModelError::Unsupported(
+                "bf16 on CPU (candle's CPU matmul has no bf16): use f32 or f16, or a GPU".into(),
+            ));
+        }
         let mut preprocessors = Vec::new();
 
         let clip = match &manifest.clip {
