@@ -188,6 +188,30 @@ pub(crate) struct PreNormBlock {
 }
 
 impl PreNormBlock {
+    /// Load a block laid out as CLIP and SigLIP store it: `self_attn.{q,k,v,out}_proj`,
+    /// `layer_norm1`, `layer_norm2`, `mlp.fc1`, `mlp.fc2` (q/k/v fused at load).
+    pub fn load_separate_qkv(
+        vb: VarBuilder<'_>,
+        hidden: usize,
+        inter: usize,
+        heads: usize,
+        act: Activation,
+        eps: f64,
+    ) -> Result<Self> {
+        let attn = vb.pp("self_attn");
+        Ok(Self {
+            qkv: fused_linear(&attn, &["q_proj", "k_proj", "v_proj"], hidden, hidden)?,
+            out: candle_nn::linear(hidden, hidden, attn.pp("out_proj"))?,
+            ln1: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm1"))?,
+            ln2: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm2"))?,
+            fc1: candle_nn::linear(hidden, inter, vb.pp("mlp").pp("fc1"))?,
+            fc2: candle_nn::linear(inter, hidden, vb.pp("mlp").pp("fc2"))?,
+            act,
+            heads,
+            scale: ((hidden / heads) as f64).powf(-0.5),
+        })
+    }
+
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let h = self.ln1.forward(x)?;
         let qkv = self.qkv.forward(&h)?;

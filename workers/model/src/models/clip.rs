@@ -108,28 +108,6 @@ impl ClipConfig {
     }
 }
 
-fn clip_block(
-    vb: VarBuilder<'_>,
-    hidden: usize,
-    inter: usize,
-    heads: usize,
-    act: Activation,
-    eps: f64,
-) -> Result<PreNormBlock> {
-    let attn = vb.pp("self_attn");
-    Ok(PreNormBlock {
-        qkv: nn::fused_linear(&attn, &["q_proj", "k_proj", "v_proj"], hidden, hidden)?,
-        out: candle_nn::linear(hidden, hidden, attn.pp("out_proj"))?,
-        ln1: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm1"))?,
-        ln2: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm2"))?,
-        fc1: candle_nn::linear(hidden, inter, vb.pp("mlp").pp("fc1"))?,
-        fc2: candle_nn::linear(inter, hidden, vb.pp("mlp").pp("fc2"))?,
-        act,
-        heads,
-        scale: ((hidden / heads) as f64).powf(-0.5),
-    })
-}
-
 /// CLIP text tower (`text_model`).
 #[derive(Debug, Clone)]
 pub struct ClipTextTransformer {
@@ -148,7 +126,7 @@ impl ClipTextTransformer {
         let emb = vb.pp("embeddings");
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
-                clip_block(
+                PreNormBlock::load_separate_qkv(
                     vb.pp("encoder").pp("layers").pp(i),
                     c.hidden_size,
                     c.intermediate_size,
@@ -251,7 +229,7 @@ impl ClipVisionTransformer {
         };
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
-                clip_block(
+                PreNormBlock::load_separate_qkv(
                     vb.pp("encoder").pp("layers").pp(i),
                     c.hidden_size,
                     c.intermediate_size,
