@@ -17,7 +17,9 @@ use serde::Serialize;
 use crate::bundle::{BundleManifest, GenerationSpec, TagSpec};
 use crate::error::{ImageError, ModelError, Result};
 use crate::generate::{self, GenerationParams};
-use crate::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
+use crate::models::blip::{
+    BlipCaptioner, BlipConfig, BlipTextConfig, BlipTextDecoder, BlipVqa, DecoderCache,
+};
 use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::fusion::{FusionConfig, FusionHead};
 use crate::models::siglip::{SiglipConfig, SiglipModel};
@@ -626,6 +628,26 @@ impl FusionModel {
         Ok(Tensor::from_vec(data, (items.len(), 3, h, w), &self.device)?.to_dtype(self.dtype)?)
     }
 
+    /// Generate from the BLIP decoder's BOS for `batch` rows and decode the new tokens.
+    fn generate_texts(
+        &self,
+        decoder: &BlipTextDecoder,
+        cfg: &BlipTextConfig,
+        tokenizer: &TextTokenizer,
+        cache: DecoderCache,
+        batch: usize,
+    ) -> Result<Vec<String>> {
+        let prompt = [cfg.bos_token_id];
+        let params = GenerationParams {
+            eos_token_id: cfg.sep_token_id,
+            ..self.generation.clone()
+        };
+        let seqs = generate::generate(decoder, cache, &prompt, batch, &params, &self.device)?;
+        seqs.iter()
+            .map(|s| tokenizer.decode(&s[prompt.len()..]))
+            .collect()
+    }
+
     fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
         Ok(t.to_dtype(DType::F32)?.to_vec2()?)
     }
@@ -714,21 +736,15 @@ impl FusionModel {
                 let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
                 let states = cap.model.vision.forward(&self.stack(&batch, cap.slot)?)?;
                 let cache = cap.model.decoder.start(&states, None)?;
-                let prompt = [cap.model.text_config.bos_token_id];
-                let params = GenerationParams {
-                    eos_token_id: cap.model.text_config.sep_token_id,
-                    ..self.generation.clone()
-                };
-                let seqs = generate::generate(
+                let texts = self.generate_texts(
                     &cap.model.decoder,
+                    &cap.model.text_config,
+                    &cap.tokenizer,
                     cache,
-                    &prompt,
                     rows.len(),
-                    &params,
-                    &self.device,
                 )?;
-                for (i, s) in rows.iter().zip(seqs) {
-                    captions[*i] = Some(cap.tokenizer.decode(&s[prompt.len()..])?);
+                for (i, t) in rows.iter().zip(texts) {
+                    captions[*i] = Some(t);
                 }
             }
         }
@@ -753,21 +769,15 @@ impl FusionModel {
                 let q_states = vqa.model.encode_questions(&states, &qs, &self.device)?;
                 let lens: Vec<usize> = qs.iter().map(Vec::len).collect();
                 let cache = vqa.model.decoder.start(&q_states, Some(&lens))?;
-                let prompt = [vqa.model.text_config.bos_token_id];
-                let params = GenerationParams {
-                    eos_token_id: vqa.model.text_config.sep_token_id,
-                    ..self.generation.clone()
-                };
-                let seqs = generate::generate(
+                let texts = self.generate_texts(
                     &vqa.model.decoder,
+                    &vqa.model.text_config,
+                    &vqa.tokenizer,
                     cache,
-                    &prompt,
                     rows.len(),
-                    &params,
-                    &self.device,
                 )?;
-                for (i, s) in rows.iter().zip(seqs) {
-                    answers[*i] = Some(vqa.tokenizer.decode(&s[prompt.len()..])?);
+                for (i, t) in rows.iter().zip(texts) {
+                    answers[*i] = Some(t);
                 }
             }
         }
