@@ -2,14 +2,7 @@
 
 use std::path::PathBuf;
 
-/// How the pipeline should treat an error (see `docs/architecture.md`, delivery).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The input itself is bad: retrying cannot help; degrade or dead-letter the event.
-    Poison,
-    /// The runtime cannot work (missing weights, bad config, device failure): stop the worker.
-    Fatal,
-}
+pub use fusionstream_core::error::ErrorClass;
 
 /// Why an image was refused. Every variant has a stable reason code used in degradation
 /// flags and dead-letter records.

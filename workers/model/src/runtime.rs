@@ -6,9 +6,7 @@
 //! the others. Each item gets the outputs its modalities allow plus the list of requested
 //! tasks that were skipped, with the reason.
 
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -26,144 +24,7 @@ use crate::models::siglip::{SiglipConfig, SiglipModel};
 use crate::nn;
 use crate::preprocess::{self, DecodeOptions, ImageProcessorConfig, Pixels, Preprocessor};
 use crate::tokenize::TextTokenizer;
-
-/// A task an event can ask for.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    /// Image, text and fused embeddings.
-    Embed,
-    /// Image–text match score.
-    Match,
-    /// Caption of the image.
-    Caption,
-    /// Answer to the question about the image.
-    Answer,
-    /// Zero-shot tags.
-    Tag,
-}
-
-impl Task {
-    /// Every task, in output order.
-    pub const ALL: [Task; 5] = [
-        Task::Embed,
-        Task::Match,
-        Task::Caption,
-        Task::Answer,
-        Task::Tag,
-    ];
-
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Task::Embed => "embed",
-            Task::Match => "match",
-            Task::Caption => "caption",
-            Task::Answer => "answer",
-            Task::Tag => "tag",
-        }
-    }
-}
-
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Task::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| {
-                format!("unknown task {s:?} (expected one of embed, match, caption, answer, tag)")
-            })
-    }
-}
-
-/// A set of tasks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct TaskSet(u8);
-
-impl TaskSet {
-    /// Every task.
-    pub fn all() -> Self {
-        Task::ALL.into_iter().collect()
-    }
-    /// Whether `t` is in the set.
-    pub fn contains(self, t: Task) -> bool {
-        self.0 & (1 << t as u8) != 0
-    }
-    /// Add `t`.
-    pub fn insert(&mut self, t: Task) {
-        self.0 |= 1 << t as u8;
-    }
-    /// Whether empty.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-    /// The tasks, in `Task::ALL` order.
-    pub fn iter(self) -> impl Iterator<Item = Task> {
-        Task::ALL.into_iter().filter(move |t| self.contains(*t))
-    }
-    /// Parse `embed,caption,...`.
-    pub fn parse_list(s: &str) -> std::result::Result<Self, String> {
-        s.split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(Task::from_str)
-            .collect()
-    }
-}
-
-impl FromIterator<Task> for TaskSet {
-    fn from_iter<I: IntoIterator<Item = Task>>(iter: I) -> Self {
-        let mut s = TaskSet::default();
-        for t in iter {
-            s.insert(t);
-        }
-        s
-    }
-}
-
-/// Why a requested task produced no output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SkipReason {
-    /// The task needs an image and the item has none (or it was unusable).
-    ImageAbsent,
-    /// The task needs text and the item has none.
-    TextAbsent,
-    /// The task needs a question and the item has none.
-    QuestionAbsent,
-    /// The bundle has no model for this task.
-    ModelAbsent,
-}
-
-impl SkipReason {
-    /// Stable reason code.
-    pub fn code(self) -> &'static str {
-        match self {
-            SkipReason::ImageAbsent => "image_absent",
-            SkipReason::TextAbsent => "text_absent",
-            SkipReason::QuestionAbsent => "question_absent",
-            SkipReason::ModelAbsent => "model_absent",
-        }
-    }
-}
-
-/// A skipped task and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Skipped {
-    /// The task.
-    pub task: Task,
-    /// The reason.
-    pub reason: SkipReason,
-}
+pub use fusionstream_core::task::{SkipReason, Skipped, Task, TaskSet};
 
 /// Which modality a tag was scored from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -786,47 +647,18 @@ impl FusionModel {
             let has_img = item.image.is_some();
             let has_txt = item.text.is_some();
             let mut skip = |task, reason| o.skipped.push(Skipped { task, reason });
+            let has_q = item.question.is_some();
             for task in item.tasks.iter() {
-                match task {
-                    Task::Embed => {
-                        if self.clip.is_none() {
-                            skip(task, SkipReason::ModelAbsent);
-                        } else if !has_img && !has_txt {
-                            skip(task, SkipReason::ImageAbsent);
-                        }
-                    }
-                    Task::Match => {
-                        if self.clip.is_none() {
-                            skip(task, SkipReason::ModelAbsent);
-                        } else if !has_img {
-                            skip(task, SkipReason::ImageAbsent);
-                        } else if !has_txt {
-                            skip(task, SkipReason::TextAbsent);
-                        }
-                    }
-                    Task::Caption => {
-                        if self.caption.is_none() {
-                            skip(task, SkipReason::ModelAbsent);
-                        } else if !has_img {
-                            skip(task, SkipReason::ImageAbsent);
-                        }
-                    }
-                    Task::Answer => {
-                        if self.vqa.is_none() {
-                            skip(task, SkipReason::ModelAbsent);
-                        } else if !has_img {
-                            skip(task, SkipReason::ImageAbsent);
-                        } else if item.question.is_none() {
-                            skip(task, SkipReason::QuestionAbsent);
-                        }
-                    }
-                    Task::Tag => {
-                        if self.tags.is_none() {
-                            skip(task, SkipReason::ModelAbsent);
-                        } else if !has_img && !has_txt {
-                            skip(task, SkipReason::ImageAbsent);
-                        }
-                    }
+                let model_present = match task {
+                    Task::Embed | Task::Match => self.clip.is_some(),
+                    Task::Caption => self.caption.is_some(),
+                    Task::Answer => self.vqa.is_some(),
+                    Task::Tag => self.tags.is_some(),
+                };
+                if !model_present {
+                    skip(task, SkipReason::ModelAbsent);
+                } else if let Some(reason) = task.missing_input(has_img, has_txt, has_q) {
+                    skip(task, reason);
                 }
             }
             if item.tasks.contains(Task::Match) {

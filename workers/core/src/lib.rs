@@ -1,0 +1,26 @@
+//! Pure logic of fusionstream: what an event is, what it gets, how work is batched and
+//! when a source position may be acknowledged. No I/O, no async runtime, no model: every
+//! rule here is unit- and property-tested on its own.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`task`] | tasks, lanes, skip reasons |
+//! | [`event`] | input event v1: parsing, validation, limits, rejection codes |
+//! | [`degrade`] | the degradation matrix and its policy |
+//! | [`batch`] | the micro-batcher (lanes, max items, max wait, pixel/token budgets) |
+//! | [`position`] | per-partition tracker of the contiguous done prefix |
+//! | [`record`] | output records v1 and the output streams |
+//! | [`backoff`] | retry schedule with full jitter |
+//! | [`error`] | the retryable / poison / fatal taxonomy |
+
+pub mod backoff;
+pub mod batch;
+pub mod degrade;
+pub mod error;
+pub mod event;
+pub mod position;
+pub mod record;
+pub mod task;
+
+pub use error::{Classify, ErrorClass};
+pub use task::{Lane, SkipReason, Skipped, Task, TaskSet};

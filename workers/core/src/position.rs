@@ -1,0 +1,258 @@
+//! Which source positions may be acknowledged: per partition, the end of the contiguous
+//! prefix of completed work.
+//!
+//! Work completes out of order (a text-only event overtakes an image fetch; one micro-batch
+//! finishes before another). A position is acknowledged (a Kafka offset committed, a local
+//! checkpoint written) only when it and every tracked position before it are done, so a
+//! restart replays whatever was not finished and never skips anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A partition of a source: a Kafka partition, or one local file.
+pub type PartitionId = u32;
+
+/// Tracker misuse (a bug in the caller, reported rather than hidden).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrackError {
+    /// Positions of one partition must be tracked in increasing order.
+    #[error("position {offset} tracked after {last} on partition {partition}")]
+    OutOfOrder {
+        /// Partition.
+        partition: PartitionId,
+        /// Offending position.
+        offset: u64,
+        /// Last position tracked.
+        last: u64,
+    },
+    /// Completing a position that is not pending (never tracked, done twice, or revoked).
+    #[error("position {offset} of partition {partition} is not pending")]
+    NotPending {
+        /// Partition.
+        partition: PartitionId,
+        /// Position.
+        offset: u64,
+    },
+}
+
+/// One partition.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionPositions {
+    pending: BTreeSet<u64>,
+    /// One past the last tracked position, or the start position.
+    next: u64,
+    committed: u64,
+}
+
+impl PartitionPositions {
+    /// Start at `start` (the position that will be read next).
+    pub fn starting_at(start: u64) -> Self {
+        Self {
+            pending: BTreeSet::new(),
+            next: start,
+            committed: start,
+        }
+    }
+
+    /// The position to acknowledge: everything before it is done.
+    pub fn committable(&self) -> u64 {
+        self.pending.first().copied().unwrap_or(self.next)
+    }
+
+    /// Positions taken and not yet done.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Positions of every partition of a source.
+#[derive(Debug, Clone, Default)]
+pub struct PositionTracker {
+    partitions: BTreeMap<PartitionId, PartitionPositions>,
+}
+
+impl PositionTracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Begin tracking `partition` from `start` (after an assignment or from a checkpoint).
+    pub fn assign(&mut self, partition: PartitionId, start: u64) {
+        self.partitions
+            .insert(partition, PartitionPositions::starting_at(start));
+    }
+
+    /// Stop tracking `partition` (revoked); returns its last committable position.
+    pub fn revoke(&mut self, partition: PartitionId) -> Option<u64> {
+        self.partitions.remove(&partition).map(|p| p.committable())
+    }
+
+    /// A position was taken from the source. Positions may have gaps (Kafka offsets do).
+    pub fn track(&mut self, partition: PartitionId, offset: u64) -> Result<(), TrackError> {
+        let p = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionPositions::starting_at(offset));
+        if offset < p.next {
+            return Err(TrackError::OutOfOrder {
+                partition,
+                offset,
+                last: p.next.saturating_sub(1),
+            });
+        }
+        p.pending.insert(offset);
+        p.next = offset + 1;
+        Ok(())
+    }
+
+    /// All work of a position is done (outputs acknowledged, or its dead letter).
+    pub fn complete(&mut self, partition: PartitionId, offset: u64) -> Result<(), TrackError> {
+        let removed = self
+            .partitions
+            .get_mut(&partition)
+            .is_some_and(|p| p.pending.remove(&offset));
+        if removed {
+            Ok(())
+        } else {
+            Err(TrackError::NotPending { partition, offset })
+        }
+    }
+
+    /// The committable position of one partition.
+    pub fn committable(&self, partition: PartitionId) -> Option<u64> {
+        self.partitions.get(&partition).map(|p| p.committable())
+    }
+
+    /// Partitions whose committable position moved since the last call, with that position;
+    /// marks them committed.
+    pub fn take_commits(&mut self) -> Vec<(PartitionId, u64)> {
+        let mut out = Vec::new();
+        for (id, p) in &mut self.partitions {
+            let c = p.committable();
+            if c != p.committed {
+                p.committed = c;
+                out.push((*id, c));
+            }
+        }
+        out
+    }
+
+    /// Committable position of every partition.
+    pub fn snapshot(&self) -> BTreeMap<PartitionId, u64> {
+        self.partitions
+            .iter()
+            .map(|(id, p)| (*id, p.committable()))
+            .collect()
+    }
+
+    /// Positions taken and not yet done, over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.partitions.values().map(|p| p.in_flight()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn commits_the_contiguous_prefix_only() {
+        let mut t = PositionTracker::new();
+        t.assign(0, 10);
+        for o in [10, 11, 13, 14] {
+            t.track(0, o).expect("increasing");
+        }
+        assert_eq!(t.committable(0), Some(10));
+        t.complete(0, 11).expect("pending");
+        t.complete(0, 13).expect("pending");
+        assert_eq!(t.committable(0), Some(10), "10 is not done");
+        t.complete(0, 10).expect("pending");
+        assert_eq!(t.committable(0), Some(14), "gap 12 was never an event");
+        assert_eq!(t.take_commits(), vec![(0, 14)]);
+        assert_eq!(t.take_commits(), vec![]);
+        t.complete(0, 14).expect("pending");
+        assert_eq!(t.committable(0), Some(15));
+        assert_eq!(
+            t.complete(0, 14),
+            Err(TrackError::NotPending {
+                partition: 0,
+                offset: 14
+            })
+        );
+        assert!(matches!(t.track(0, 3), Err(TrackError::OutOfOrder { .. })));
+    }
+
+    #[test]
+    fn revoke_forgets_the_partition() {
+        let mut t = PositionTracker::new();
+        t.track(2, 5).expect("first");
+        t.track(2, 6).expect("next");
+        t.complete(2, 5).expect("pending");
+        assert_eq!(t.revoke(2), Some(6));
+        assert!(t.complete(2, 6).is_err());
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    proptest! {
+        /// Any completion order over several partitions, with gaps between positions:
+        /// the committable position never passes an unfinished position, never moves
+        /// back, and reaches the end once everything is done.
+        #[test]
+        fn never_skips_in_any_completion_order(
+            gaps in proptest::collection::vec((0u32..3, 1u64..4), 1..120),
+            seed in any::<u64>(),
+        ) {
+            let mut t = PositionTracker::new();
+            let mut next = [0u64; 3];
+            let mut all = Vec::new();
+            for (p, gap) in &gaps {
+                let o = next[*p as usize] + gap - 1;
+                t.track(*p, o).expect("increasing");
+                next[*p as usize] = o + 1;
+                all.push((*p, o));
+            }
+            // Deterministic shuffle from the seed.
+            let mut rng = seed | 1;
+            for i in (1..all.len()).rev() {
+                rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+                all.swap(i, (rng % (i as u64 + 1)) as usize);
+            }
+            let mut done = std::collections::BTreeSet::new();
+            let mut last = [0u64; 3];
+            for (p, o) in &all {
+                t.complete(*p, *o).expect("pending once");
+                done.insert((*p, *o));
+                for part in 0..3u32 {
+                    if let Some(c) = t.committable(part) {
+                        // Every tracked position below c is done.
+                        for (q, x) in gaps_positions(&gaps) {
+                            if q == part && x < c {
+                                prop_assert!(done.contains(&(q, x)), "committed past {x}");
+                            }
+                        }
+                        prop_assert!(c >= last[part as usize], "moved back");
+                        last[part as usize] = c;
+                    }
+                }
+            }
+            for part in 0..3u32 {
+                if let Some(c) = t.committable(part) {
+                    prop_assert_eq!(c, next[part as usize]);
+                }
+            }
+            prop_assert_eq!(t.in_flight(), 0);
+        }
+    }
+
+    fn gaps_positions(gaps: &[(u32, u64)]) -> Vec<(u32, u64)> {
+        let mut next = [0u64; 3];
+        gaps.iter()
+            .map(|(p, gap)| {
+                let o = next[*p as usize] + gap - 1;
+                next[*p as usize] = o + 1;
+                (*p, o)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,97 @@
+//! The local position checkpoint: stream name → next position to read, written atomically
+//! (temporary file, fsync, rename) so a crash leaves the old or the new one, never a mix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Checkpoint file format.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Format version.
+    pub version: u32,
+    /// Stream → next position.
+    pub positions: BTreeMap<String, u64>,
+}
+
+/// Checkpoint errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// I/O.
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Not a checkpoint.
+    #[error("checkpoint {path} is unreadable ({reason}); remove it or run with --fresh")]
+    Corrupt {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Checkpoint {
+    /// Load `path`; a missing file is an empty checkpoint.
+    pub fn load(path: &Path) -> Result<Self, CheckpointError> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| CheckpointError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
+                version: 1,
+                positions: BTreeMap::new(),
+            }),
+            Err(source) => Err(CheckpointError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Write atomically.
+    pub fn store(&self, path: &Path) -> Result<(), CheckpointError> {
+        use std::io::Write as _;
+        let io = |source| CheckpointError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        let body = serde_json::to_vec_pretty(self).map_err(|e| io(e.into()))?;
+        f.write_all(&body).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("sub/cp.json");
+        assert_eq!(Checkpoint::load(&p).expect("missing is empty").positions.len(), 0);
+        let mut c = Checkpoint {
+            version: 1,
+            ..Default::default()
+        };
+        c.positions.insert("a.jsonl".into(), 7);
+        c.store(&p).expect("store");
+        assert_eq!(Checkpoint::load(&p).expect("load"), c);
+        std::fs::write(&p, "{").expect("w");
+        assert!(matches!(Checkpoint::load(&p), Err(CheckpointError::Corrupt { .. })));
+    }
+}
