@@ -82,6 +82,13 @@ pub struct PreparedImage {
     pixels: Vec<Arc<Pixels>>,
 }
 
+impl PreparedImage {
+    /// Pixels over every preprocessed copy (what the image costs a batch).
+    pub fn pixel_count(&self) -> u64 {
+        self.pixels.iter().map(|p| (p.height * p.width) as u64).sum()
+    }
+}
+
 /// An item ready for the model thread: CPU work done.
 #[derive(Debug, Clone, Default)]
 pub struct Prepared {

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod infer;
+mod run;
 
 /// fusionstream: captions, answers, embeddings and tags for streams of image and text events.
 #[derive(Debug, Parser)]
@@ -14,6 +15,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the worker (with no configuration: the embedded default on local files).
+    Run(run::RunArgs),
+    /// Print the effective configuration (defaults, files, environment; secrets masked).
+    Config(run::ConfigArgs),
     /// Run the model on one input and print one JSON object.
     Infer(infer::InferArgs),
 }
@@ -21,6 +26,8 @@ enum Command {
 /// Dispatch a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Config(args) => run::print_config(args),
         Command::Infer(args) => infer::run(args),
     }
 }

@@ -1,0 +1,338 @@
+//! `fusionstream run`: the worker. With no configuration it runs the embedded default:
+//! events from `examples/events/*.jsonl`, media from `examples/`, the bundled model, one
+//! JSONL file per output stream under `out/`, a checkpoint so a re-run resumes.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use fusionstream::config::{Config, LogFormat, Progress};
+use fusionstream::pipeline::{
+    self, LocalCheckpoint, LocalJsonl, Media, Parts, RunEnd, Settings, Stats, StatsSnapshot,
+};
+use fusionstream_io::checkpoint::Checkpoint;
+use fusionstream_io::jsonl_sink::JsonlSink;
+use fusionstream_io::media::LocalMedia;
+use fusionstream_model::bundle::GenerationSpec;
+use fusionstream_model::preprocess::{DecodeOptions, ImageLimits};
+use fusionstream_model::{FusionModel, RuntimeOptions};
+use tokio_util::sync::CancellationToken;
+
+/// Arguments of `fusionstream run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file(s) layered over the defaults (TOML; later files win).
+    #[arg(long = "config", short = 'c')]
+    configs: Vec<PathBuf>,
+    /// Events: a JSONL file or a folder of them (overrides source.path).
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Output folder (overrides sink.dir; the checkpoint goes with it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Model bundle (overrides model.bundle).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Start over: remove the outputs and checkpoint of earlier runs first.
+    #[arg(long)]
+    fresh: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `fusionstream config`: print the effective configuration.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Configuration file(s) layered over the defaults.
+    #[arg(long = "config", short = 'c')]
+    configs: Vec<PathBuf>,
+}
+
+/// Run `fusionstream config`.
+pub fn print_config(args: ConfigArgs) -> anyhow::Result<()> {
+    let c = Config::load(&args.configs, std::env::vars())?;
+    print!("{}", c.to_toml());
+    Ok(())
+}
+
+fn init_logs(c: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&c.telemetry.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match c.telemetry.log_format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+/// Run `fusionstream run`.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut c = Config::load(&args.configs, std::env::vars())?;
+    if let Some(e) = args.events {
+        c.source.path = e;
+    }
+    if let Some(o) = args.out {
+        c.checkpoint.path = o.join("checkpoint.json");
+        c.sink.dir = o;
+    }
+    if let Some(m) = args.model {
+        c.model.bundle = m;
+    }
+    init_logs(&c);
+    if args.fresh {
+        fresh(&c)?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fusionstream-io")
+        .build()?;
+    let summary = rt.block_on(run_async(c))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+fn fresh(c: &Config) -> anyhow::Result<()> {
+    for s in fusionstream_core::record::Stream::ALL {
+        let p = JsonlSink::path_of(&c.sink.dir, s);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    if c.checkpoint.path.exists() {
+        std::fs::remove_file(&c.checkpoint.path)?;
+    }
+    Ok(())
+}
+
+/// The end-of-run summary.
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    /// How the run ended.
+    pub end: String,
+    /// Wall time.
+    pub seconds: f64,
+    /// Events per second (finished / wall time, model load excluded).
+    pub events_per_second: f64,
+    /// Counters.
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+}
+
+async fn run_async(c: Config) -> anyhow::Result<Summary> {
+    let settings = Settings::from_config(&c);
+    let opts = RuntimeOptions {
+        device: fusionstream_model::device(&c.model.device)?,
+        dtype: fusionstream_model::dtype(&c.model.dtype)?,
+        decode: DecodeOptions {
+            limits: ImageLimits {
+                max_encoded_bytes: usize::try_from(c.media.max_bytes).unwrap_or(usize::MAX),
+                max_pixels: c.image.max_pixels,
+            },
+            jpeg_dct_scaling: c.image.jpeg_dct_scaling,
+        },
+        generation: None,
+    };
+    let load_start = Instant::now();
+    let bundle = c.model.bundle.clone();
+    let mut model = tokio::task::spawn_blocking(move || FusionModel::load(&bundle, &opts))
+        .await?
+        .with_context(|| format!("loading model bundle {}", c.model.bundle.display()))?;
+    let g = model.generation().clone();
+    let gen = GenerationSpec {
+        max_new_tokens: if c.model.max_new_tokens == 0 {
+            g.max_new_tokens
+        } else {
+            c.model.max_new_tokens
+        },
+        num_beams: if c.model.num_beams == 0 {
+            g.num_beams
+        } else {
+            c.model.num_beams
+        },
+    };
+    model.set_generation(gen.max_new_tokens, gen.num_beams);
+    tracing::info!(
+        bundle = %c.model.bundle.display(),
+        id = %model.manifest().id,
+        version = %model.manifest().version,
+        seconds = load_start.elapsed().as_secs_f64(),
+        "model loaded"
+    );
+
+    let checkpoint = Checkpoint::load(&c.checkpoint.path)?;
+    let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint)
+        .with_context(|| format!("opening events {}", c.source.path.display()))?;
+    let committer = LocalCheckpoint::new(&c.checkpoint.path, source.streams(), checkpoint);
+    let sink = JsonlSink::open(&c.sink.dir).await?;
+    let media = Media {
+        local: LocalMedia::new(&c.media.root, c.media.max_bytes),
+    };
+
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+    let stats = Arc::new(Stats::default());
+    let show = match c.telemetry.progress {
+        Progress::Always => true,
+        Progress::Never => false,
+        Progress::Auto => std::io::stderr().is_terminal(),
+    };
+    let progress = show.then(|| tokio::spawn(progress(stats.clone())));
+    let start = Instant::now();
+    let end = pipeline::run(
+        Parts {
+            settings,
+            model: Arc::new(model),
+            media,
+            source,
+            sink,
+            committer,
+        },
+        stats.clone(),
+        cancel,
+    )
+    .await?;
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p.abort();
+        eprint!("\r\x1b[2K");
+    }
+    let snap = stats.snapshot();
+    let summary = Summary {
+        end: match &end {
+            RunEnd::Completed => "completed".into(),
+            RunEnd::Drained => "stopped (drained)".into(),
+            RunEnd::DrainTimedOut { abandoned } => {
+                format!("stopped (drain timed out; {abandoned} events will replay)")
+            }
+        },
+        seconds,
+        events_per_second: snap.finished as f64 / seconds.max(1e-9),
+        stats: snap,
+    };
+    print_summary(&summary, &c);
+    Ok(summary)
+}
+
+fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            wait_signal().await;
+            if first {
+                tracing::warn!("shutdown requested: draining in-flight events (again to force)");
+                cancel.cancel();
+                first = false;
+            } else {
+                tracing::error!("forced exit; unfinished events replay on the next run");
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+#[cfg(unix)]
+async fn wait_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn progress(stats: Arc<Stats>) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let s = stats.snapshot();
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        eprint!(
+            "\r\x1b[2K{} read, {} done ({} degraded, {} dead-lettered), {:.1} events/s, {:.0}s",
+            s.read,
+            s.finished,
+            s.degraded,
+            s.dead_lettered,
+            s.finished as f64 / secs,
+            secs
+        );
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn print_summary(s: &Summary, c: &Config) {
+    let st = &s.stats;
+    let mut out = String::new();
+    let mut line = |l: String| {
+        out.push_str(&l);
+        out.push('\n');
+    };
+    line(format!("fusionstream run: {}", s.end));
+    line(format!(
+        "  events      {} read, {} finished: {} with outputs ({} degraded), {} dead-lettered",
+        st.read, st.finished, st.processed, st.degraded, st.dead_lettered
+    ));
+    let outputs: Vec<String> = st
+        .outputs
+        .iter()
+        .map(|(k, n)| format!("{} {}", k.name(), n))
+        .collect();
+    line(format!("  outputs     {}", outputs.join(", ")));
+    if !st.degraded_reasons.is_empty() {
+        line(format!("  degraded    {}", fmt_counts(&st.degraded_reasons)));
+    }
+    if !st.dead_letter_reasons.is_empty() {
+        line(format!("  dead letter {}", fmt_counts(&st.dead_letter_reasons)));
+    }
+    if !st.skipped.is_empty() {
+        line(format!("  skipped     {}", fmt_counts(&st.skipped)));
+    }
+    let batches: Vec<String> = st
+        .batches
+        .iter()
+        .map(|(l, b, i)| {
+            let mean = if *b == 0 { 0.0 } else { *i as f64 / *b as f64 };
+            format!("{} {} (mean {:.1} items)", l.name(), b, mean)
+        })
+        .collect();
+    line(format!("  batches     {}", batches.join(", ")));
+    line(format!(
+        "  throughput  {:.1} events/s over {:.1}s; model busy {:.1}s; latency p50 {:.0} ms, p99 {:.0} ms",
+        s.events_per_second, s.seconds, st.model_seconds, st.latency_p50_ms, st.latency_p99_ms
+    ));
+    line(format!(
+        "  written to  {}/ (checkpoint {})",
+        c.sink.dir.display(),
+        c.checkpoint.path.display()
+    ));
+    if st.read == 0 {
+        line("  nothing new to read: the checkpoint covers every event (use --fresh to start over)".into());
+    }
+    eprint!("{out}");
+}
+
+fn fmt_counts(m: &std::collections::BTreeMap<String, u64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,493 @@
+//! Layered, validated configuration.
+//!
+//! Layers, later wins: `config/default.toml` (embedded in the binary, every key documented)
+//! → files given with `--config` → `FUSIONSTREAM__SECTION__KEY` environment variables.
+//! Unknown keys are errors; every error of every section is reported at once; durations
+//! are humantime strings (`"20ms"`); secrets print as `***`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::{Figment, Provider as _};
+use fusionstream_core::degrade::OnImageFailure;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The embedded defaults.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// Environment variable prefix (sections and keys are separated by `__`).
+pub const ENV_PREFIX: &str = "FUSIONSTREAM__";
+
+/// A secret value: never printed.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
+/// `[source]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `local`.
+    pub kind: SourceKind,
+    /// File or folder of JSONL events.
+    pub path: PathBuf,
+    /// Longest event line.
+    pub max_event_bytes: usize,
+}
+
+/// Source kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Local JSONL files.
+    Local,
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Longest usable text.
+    pub max_text_bytes: usize,
+    /// Longest usable question.
+    pub max_question_bytes: usize,
+    /// Largest inline image.
+    pub max_inline_image_bytes: usize,
+}
+
+/// `[media]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Root of relative image paths.
+    pub root: PathBuf,
+    /// Largest object.
+    pub max_bytes: u64,
+    /// Fetches in flight.
+    pub concurrency: usize,
+    /// Per-attempt timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// First backoff ceiling.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Largest backoff.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+/// `[image]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Largest decoded image, pixels.
+    pub max_pixels: u64,
+    /// Reduced-scale JPEG decoding.
+    pub jpeg_dct_scaling: bool,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Bundle folder.
+    pub bundle: PathBuf,
+    /// Device.
+    pub device: String,
+    /// Dtype.
+    pub dtype: String,
+    /// Most generated tokens (0 = bundle's).
+    pub max_new_tokens: usize,
+    /// Beam width (0 = bundle's).
+    pub num_beams: usize,
+    /// Batches waiting for the model thread.
+    pub queue: usize,
+}
+
+/// `[preprocess]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessConfig {
+    /// CPU threads (0 = cores).
+    pub threads: usize,
+}
+
+/// `[encode_lane]`, `[generate_lane]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneConfig {
+    /// Most items per batch.
+    pub max_items: usize,
+    /// Longest wait of a batch's first item.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Pixel budget.
+    pub max_pixels: u64,
+    /// Token budget.
+    pub max_tokens: u64,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Events in flight.
+    pub max_in_flight: usize,
+    /// Channel capacity between stages.
+    pub channel_capacity: usize,
+    /// Dead-letter events past their deadline.
+    pub enforce_deadlines: bool,
+}
+
+/// `[degradation]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DegradationConfig {
+    /// Default rule.
+    pub on_image_failure: OnImageFailure,
+    /// Per-tenant rules.
+    pub tenants: BTreeMap<String, OnImageFailure>,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `local`.
+    pub kind: SinkKind,
+    /// Output folder.
+    pub dir: PathBuf,
+    /// Largest payload kept in a dead letter.
+    pub max_dead_letter_payload_bytes: usize,
+}
+
+/// Sink kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// Local JSONL files.
+    Local,
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Checkpoint file.
+    pub path: PathBuf,
+    /// Write interval.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Drain budget.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Log filter.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Progress line.
+    pub progress: Progress,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// When to show the progress line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Progress {
+    /// When stderr is a terminal.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+macro_rules! sections {
+    ($($field:ident : $ty:ty),* $(,)?) => {
+        /// The whole configuration.
+        #[derive(Debug, Clone, Serialize)]
+        pub struct Config {
+            $(
+                #[allow(missing_docs)]
+                pub $field: $ty,
+            )*
+        }
+
+        /// Names of the sections.
+        pub const SECTIONS: &[&str] = &[$(stringify!($field)),*];
+
+        fn extract_all(fig: &Figment, errors: &mut Vec<String>) -> Option<Config> {
+            $( let $field = section::<$ty>(fig, stringify!($field), errors); )*
+            Some(Config { $( $field: $field?, )* })
+        }
+    };
+}
+
+sections! {
+    source: SourceConfig,
+    events: EventsConfig,
+    media: MediaConfig,
+    image: ImageConfig,
+    model: ModelConfig,
+    preprocess: PreprocessConfig,
+    encode_lane: LaneConfig,
+    generate_lane: LaneConfig,
+    pipeline: PipelineConfig,
+    degradation: DegradationConfig,
+    sink: SinkConfig,
+    checkpoint: CheckpointConfig,
+    shutdown: ShutdownConfig,
+    telemetry: TelemetryConfig,
+}
+
+fn section<T: DeserializeOwned>(fig: &Figment, name: &str, errors: &mut Vec<String>) -> Option<T> {
+    match fig.extract_inner::<T>(name) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            for e in e {
+                errors.push(format!("[{name}] {e}"));
+            }
+            None
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration ({} error(s)):\n  - {}", .0.len(), .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl Config {
+    /// Defaults → `files` → environment (`env`: name/value pairs, normally `std::env::vars()`).
+    pub fn load<I>(files: &[PathBuf], env: I) -> Result<Self, ConfigErrors>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut errors = Vec::new();
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        for f in files {
+            if !f.is_file() {
+                errors.push(format!("config file {} does not exist", f.display()));
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        // Environment: FUSIONSTREAM__SECTION__KEY=value, values parsed like TOML scalars.
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_lowercase().replace("__", ".");
+            let value: figment::value::Value = value.parse().unwrap_or_else(|_| value.into());
+            fig = fig.merge(Serialized::global(&key, value));
+        }
+        // Unknown top-level keys (sections).
+        match fig.data() {
+            Ok(data) => {
+                for dict in data.values() {
+                    for key in dict.keys() {
+                        if !SECTIONS.contains(&key.as_str()) {
+                            errors.push(format!(
+                                "unknown section or key `{key}` (sections: {})",
+                                SECTIONS.join(", ")
+                            ));
+                        }
+                    }
+                }
+            }
+            Err(e) => errors.extend(e.into_iter().map(|e| e.to_string())),
+        }
+        let cfg = extract_all(&fig, &mut errors);
+        if let Some(c) = &cfg {
+            c.validate(&mut errors);
+        }
+        match cfg {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    fn validate(&self, errors: &mut Vec<String>) {
+        let mut positive = |name: &str, v: u64| {
+            if v == 0 {
+                errors.push(format!("{name} must be at least 1"));
+            }
+        };
+        positive("source.max_event_bytes", self.source.max_event_bytes as u64);
+        positive("media.max_bytes", self.media.max_bytes);
+        positive("media.concurrency", self.media.concurrency as u64);
+        positive("image.max_pixels", self.image.max_pixels);
+        positive("model.queue", self.model.queue as u64);
+        positive("pipeline.max_in_flight", self.pipeline.max_in_flight as u64);
+        positive("pipeline.channel_capacity", self.pipeline.channel_capacity as u64);
+        for (name, lane) in [("encode_lane", &self.encode_lane), ("generate_lane", &self.generate_lane)] {
+            positive(&format!("{name}.max_items"), lane.max_items as u64);
+            positive(&format!("{name}.max_pixels"), lane.max_pixels);
+            positive(&format!("{name}.max_tokens"), lane.max_tokens);
+        }
+        if self.media.timeout.is_zero() {
+            errors.push("media.timeout must be more than 0".into());
+        }
+        if self.media.backoff_initial > self.media.backoff_max {
+            errors.push("media.backoff_initial must not exceed media.backoff_max".into());
+        }
+        if let Err(e) = fusionstream_model::device(&self.model.device) {
+            errors.push(format!("model.device: {e}"));
+        }
+        if let Err(e) = fusionstream_model::dtype(&self.model.dtype) {
+            errors.push(format!("model.dtype: {e}"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
+            errors.push(format!("telemetry.log_level: {e}"));
+        }
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+
+    /// Resolve a path of the configuration against `base` (when relative).
+    pub fn resolve(base: &Path, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load(&[], env(&[])).expect("defaults are valid");
+        assert_eq!(c.encode_lane.max_wait, Duration::from_millis(10));
+        assert_eq!(c.source.path, PathBuf::from("examples/events"));
+        assert_eq!(c.degradation.on_image_failure, OnImageFailure::Degrade);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("a.toml");
+        std::fs::write(&f, "[encode_lane]\nmax_items = 4\nmax_wait = \"2ms\"\n[degradation]\ntenants = { strict = \"dead_letter\" }\n").expect("w");
+        let c = Config::load(
+            &[f],
+            env(&[
+                ("FUSIONSTREAM__ENCODE_LANE__MAX_ITEMS", "7"),
+                ("FUSIONSTREAM__MEDIA__TIMEOUT", "250ms"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.encode_lane.max_items, 7, "env beats file");
+        assert_eq!(c.encode_lane.max_wait, Duration::from_millis(2), "file beats default");
+        assert_eq!(c.media.timeout, Duration::from_millis(250));
+        assert_eq!(c.degradation.tenants["strict"], OnImageFailure::DeadLetter);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("bad.toml");
+        std::fs::write(
+            &f,
+            "[media]\ntimeout = \"soon\"\n[encode_lane]\nmax_items = 0\n[sink]\ncolour = \"red\"\n[nonsense]\na = 1\n",
+        )
+        .expect("w");
+        let e = Config::load(
+            &[f, dir.path().join("missing.toml")],
+            env(&[("FUSIONSTREAM__MODEL__DTYPE", "f8")]),
+        )
+        .expect_err("invalid");
+        let text = e.to_string();
+        for needle in ["[media]", "soon", "colour", "nonsense", "missing.toml"] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        // Semantic checks need the sections to parse; they are reported together too.
+        let e = Config::load(
+            &[],
+            env(&[
+                ("FUSIONSTREAM__ENCODE_LANE__MAX_ITEMS", "0"),
+                ("FUSIONSTREAM__MODEL__DTYPE", "f8"),
+                ("FUSIONSTREAM__MEDIA__BACKOFF_INITIAL", "1h"),
+            ]),
+        )
+        .expect_err("invalid");
+        assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        #[derive(Debug, Serialize, Deserialize)]
+        struct WithSecret {
+            password: Secret,
+        }
+        let s: WithSecret = toml::from_str("password = \"hunter2\"").expect("parse");
+        assert_eq!(s.password.expose(), "hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!toml::to_string(&s).expect("toml").contains("hunter2"));
+        assert_eq!(s.password.to_string(), "***");
+    }
+}

@@ -1,0 +1,10 @@
+//! fusionstream worker: configuration, the pipeline and its wiring. The binary (`main.rs`,
+//! `cli/`) is a thin layer over this library; integration tests drive the library directly.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | layered, validated configuration (`config/default.toml` embedded) |
+//! | [`pipeline`] | source → fetch → preprocess → batcher → model thread → sink → acknowledge |
+
+pub mod config;
+pub mod pipeline;

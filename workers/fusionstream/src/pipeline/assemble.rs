@@ -1,0 +1,322 @@
+//! Joining the lane parts of an event back together and turning the model's outputs into
+//! output records.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use fusionstream_core::degrade::Plan;
+use fusionstream_core::event::Event;
+use fusionstream_core::record::{
+    AnswerRecord, BundleRef, CaptionRecord, DeadLetterRecord, EmbeddingRecord, RecordMeta,
+    SourcePosition, Stream, TagRecord, TagScore, Timings, OUTPUT_SCHEMA_VERSION,
+};
+use fusionstream_core::Lane;
+use fusionstream_model::runtime::TagSource;
+use fusionstream_model::{InferOutput, ModelError, Prepared};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+use super::intake::rfc3339;
+use super::stats::{Outcome, Stats};
+use super::{lock, Taken};
+
+/// An event on its way through the model, possibly in two lanes at once.
+pub(crate) struct EventCtx {
+    partition: u32,
+    offset: u64,
+    event_id: String,
+    question: Option<String>,
+    tenant: Option<String>,
+    attributes: Option<Map<String, Value>>,
+    position: SourcePosition,
+    bundle: BundleRef,
+    plan: Plan,
+    received_at: SystemTime,
+    started: Instant,
+    fetch_ms: f64,
+    preprocess_ms: f64,
+    /// The payload, cut to the dead-letter limit, for the rare event that ends with no
+    /// output; `(bytes, cut by the source)`.
+    payload: (Vec<u8>, bool),
+    dead_letter_limit: usize,
+    partial: Mutex<Partial>,
+}
+
+struct Partial {
+    remaining: usize,
+    out: InferOutput,
+    queue_ms: f64,
+    model_ms: f64,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl EventCtx {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        t: Taken,
+        event: &Event,
+        position: SourcePosition,
+        bundle: BundleRef,
+        plan: Plan,
+        fetch_ms: f64,
+        preprocess_ms: f64,
+        parts: usize,
+        dead_letter_limit: usize,
+    ) -> Self {
+        let mut payload = t.rec.payload;
+        // One byte over the limit keeps the "truncated" flag right.
+        payload.truncate(dead_letter_limit.saturating_add(1));
+        payload.shrink_to_fit();
+        Self {
+            partition: t.rec.partition,
+            offset: t.rec.offset,
+            event_id: event.id.clone(),
+            question: event.question.present().cloned(),
+            tenant: event.tenant.clone(),
+            attributes: event.attributes.clone(),
+            position,
+            bundle,
+            plan,
+            received_at: t.received_at,
+            started: t.started,
+            fetch_ms,
+            preprocess_ms,
+            payload: (payload, t.rec.oversized),
+            dead_letter_limit,
+            partial: Mutex::new(Partial {
+                remaining: parts,
+                out: InferOutput::default(),
+                queue_ms: 0.0,
+                model_ms: 0.0,
+                permit: Some(t.permit),
+            }),
+        }
+    }
+}
+
+/// One lane's share of an event.
+pub(crate) struct Part {
+    pub ctx: Arc<EventCtx>,
+    pub prepared: Prepared,
+    pub enqueued: Instant,
+}
+
+/// Results of one model batch.
+pub(crate) struct ModelDone {
+    pub lane: Lane,
+    pub parts: Vec<(Arc<EventCtx>, Instant)>,
+    pub started: Instant,
+    pub took: Duration,
+    pub result: Result<Vec<InferOutput>, ModelError>,
+}
+
+/// An event whose records are ready for the sink.
+pub(crate) struct Finished {
+    pub partition: u32,
+    pub offset: u64,
+    pub key: String,
+    pub records: Vec<(Stream, Vec<u8>)>,
+    pub outcome: Outcome,
+    pub latency: Duration,
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Merge batch results into their events; emit events whose last part is in.
+/// A model error is fatal: the worker stops and nothing unfinished is acknowledged.
+pub(crate) async fn run(
+    mut rx: mpsc::Receiver<ModelDone>,
+    to_sink: mpsc::Sender<Finished>,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    while let Some(done) = rx.recv().await {
+        let outputs = match done.result {
+            Ok(o) => o,
+            Err(e) => {
+                cancel.cancel();
+                return Err(anyhow::Error::new(e).context(format!(
+                    "model batch of {} items in lane {} failed",
+                    done.parts.len(),
+                    done.lane.name()
+                )));
+            }
+        };
+        stats.batch(done.lane, done.parts.len(), done.took);
+        for ((ctx, enqueued), out) in done.parts.into_iter().zip(outputs) {
+            let finished = {
+                let mut p = lock(&ctx.partial);
+                merge(&mut p.out, out);
+                let waited = done.started.saturating_duration_since(enqueued);
+                p.queue_ms = p.queue_ms.max(waited.as_secs_f64() * 1e3);
+                p.model_ms += done.took.as_secs_f64() * 1e3;
+                p.remaining -= 1;
+                (p.remaining == 0).then(|| finish(&ctx, &mut p))
+            };
+            if let Some(f) = finished {
+                if to_sink.send(f).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn merge(into: &mut InferOutput, from: InferOutput) {
+    macro_rules! take {
+        ($($f:ident),*) => { $( if from.$f.is_some() { into.$f = from.$f; } )* };
+    }
+    take!(
+        image_embedding,
+        text_embedding,
+        fused_embedding,
+        match_score,
+        caption,
+        answer,
+        tags
+    );
+    into.skipped.extend(from.skipped);
+}
+
+fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
+    let out = std::mem::take(&mut p.out);
+    let latency = ctx.started.elapsed();
+    let mut skipped = ctx.plan.skipped.clone();
+    skipped.extend(out.skipped.iter().copied());
+    skipped.sort_by_key(|s| s.task);
+    let meta = RecordMeta {
+        schema_version: OUTPUT_SCHEMA_VERSION,
+        event_id: ctx.event_id.clone(),
+        bundle: ctx.bundle.clone(),
+        source: ctx.position.clone(),
+        timings: Timings {
+            received_at: rfc3339(ctx.received_at),
+            fetch_ms: round(ctx.fetch_ms),
+            preprocess_ms: round(ctx.preprocess_ms),
+            queue_ms: round(p.queue_ms),
+            model_ms: round(p.model_ms),
+            total_ms: round(latency.as_secs_f64() * 1e3),
+        },
+        degraded: ctx.plan.degraded.clone(),
+        skipped: skipped.clone(),
+        tenant: ctx.tenant.clone(),
+        attributes: ctx.attributes.clone(),
+    };
+    let mut records = Vec::new();
+    let mut push = |stream: Stream, v: Result<Vec<u8>, serde_json::Error>| {
+        if let Ok(json) = v {
+            records.push((stream, json));
+        }
+    };
+    let dim = [&out.image_embedding, &out.text_embedding, &out.fused_embedding]
+        .iter()
+        .find_map(|e| e.as_ref().map(Vec::len));
+    if dim.is_some() || out.match_score.is_some() {
+        push(
+            Stream::Embeddings,
+            serde_json::to_vec(&EmbeddingRecord {
+                meta: meta.clone(),
+                dim: dim.unwrap_or(0),
+                image_embedding: out.image_embedding,
+                text_embedding: out.text_embedding,
+                fused_embedding: out.fused_embedding,
+                match_score: out.match_score,
+            }),
+        );
+    }
+    if let Some(caption) = out.caption {
+        push(
+            Stream::Captions,
+            serde_json::to_vec(&CaptionRecord {
+                meta: meta.clone(),
+                caption,
+            }),
+        );
+    }
+    if let Some(answer) = out.answer {
+        push(
+            Stream::Answers,
+            serde_json::to_vec(&AnswerRecord {
+                meta: meta.clone(),
+                question: ctx.question.clone().unwrap_or_default(),
+                answer,
+            }),
+        );
+    }
+    if let Some(tags) = out.tags {
+        let tags = tags
+            .into_iter()
+            .map(|t| TagScore {
+                label: t.label,
+                score: t.score,
+                source: match t.source {
+                    TagSource::Image => "image",
+                    TagSource::Text => "text",
+                }
+                .to_owned(),
+            })
+            .collect();
+        push(
+            Stream::Tags,
+            serde_json::to_vec(&TagRecord {
+                meta: meta.clone(),
+                tags,
+            }),
+        );
+    }
+    let permit = p.permit.take();
+    if records.is_empty() {
+        // Every runnable task was skipped by the model (e.g. the bundle lacks the part):
+        // nothing may vanish silently.
+        let reason = skipped
+            .first()
+            .map_or("no_output", |s| s.reason.code())
+            .to_owned();
+        let dl = DeadLetterRecord {
+            schema_version: OUTPUT_SCHEMA_VERSION,
+            event_id: Some(ctx.event_id.clone()),
+            reason: reason.clone(),
+            detail: "no requested output could be produced".into(),
+            payload: None,
+            payload_base64: None,
+            payload_truncated: false,
+            source: ctx.position.clone(),
+            bundle: ctx.bundle.clone(),
+            degraded: ctx.plan.degraded.clone(),
+            failed_at: rfc3339(SystemTime::now()),
+        }
+        .with_payload(&ctx.payload.0, ctx.dead_letter_limit);
+        return Finished {
+            partition: ctx.partition,
+            offset: ctx.offset,
+            key: ctx.event_id.clone(),
+            records: vec![(
+                Stream::DeadLetters,
+                serde_json::to_vec(&dl).unwrap_or_default(),
+            )],
+            outcome: Outcome::DeadLetter(reason),
+            latency,
+            permit,
+        };
+    }
+    Finished {
+        partition: ctx.partition,
+        offset: ctx.offset,
+        key: ctx.event_id.clone(),
+        records,
+        outcome: Outcome::Processed {
+            degraded: ctx.plan.degraded.iter().map(|d| d.reason.clone()).collect(),
+            skipped: skipped
+                .iter()
+                .map(|s| format!("{}:{}", s.task, s.reason.code()))
+                .collect(),
+        },
+        latency,
+        permit,
+    }
+}
+
+fn round(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,361 @@
+//! Per event: decode the payload, apply the degradation matrix, fetch and preprocess media,
+//! and hand lane parts to the batcher or a dead letter to the sink.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fusionstream_core::batch::Cost;
+use fusionstream_core::degrade::{decide, Availability, Decision, Degradation, Plan};
+use fusionstream_core::event::{parse_event, Event, ImageSource, Input};
+use fusionstream_core::record::{
+    BundleRef, DeadLetterRecord, SourcePosition, Stream, OUTPUT_SCHEMA_VERSION,
+};
+use fusionstream_core::{Classify, ErrorClass, Lane};
+use fusionstream_io::media::FetchError;
+use fusionstream_model::{FusionModel, Prepared, PreparedImage};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::assemble::{EventCtx, Finished, Part};
+use super::stats::Outcome;
+use super::{Media, Settings, Taken};
+
+/// What every event task shares.
+pub(crate) struct Shared {
+    pub source_kind: &'static str,
+    pub settings: Settings,
+    pub model: Arc<FusionModel>,
+    pub media: Media,
+    pub bundle: BundleRef,
+    pub fetch_slots: Arc<Semaphore>,
+    pub cpu_slots: Arc<Semaphore>,
+    pub to_batcher: mpsc::Sender<(Lane, Part, Cost)>,
+    pub to_sink: mpsc::Sender<Finished>,
+}
+
+/// Take records until the source closes; each event runs as its own task (their number is
+/// bounded by the in-flight permits).
+pub(crate) async fn run(mut rx: mpsc::Receiver<Taken>, shared: Arc<Shared>) {
+    while let Some(t) = rx.recv().await {
+        tokio::spawn(process(shared.clone(), t));
+    }
+}
+
+fn position(shared: &Shared, t: &Taken) -> SourcePosition {
+    SourcePosition {
+        kind: shared.source_kind.to_owned(),
+        stream: t.rec.stream.clone(),
+        partition: t.rec.partition,
+        offset: t.rec.offset,
+    }
+}
+
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A dead letter for `t`.
+fn dead_letter(
+    shared: &Shared,
+    t: Taken,
+    event_id: Option<String>,
+    reason: &str,
+    detail: String,
+    degraded: Vec<Degradation>,
+) -> Finished {
+    let rec = DeadLetterRecord {
+        schema_version: OUTPUT_SCHEMA_VERSION,
+        event_id: event_id.clone(),
+        reason: reason.to_owned(),
+        detail,
+        payload: None,
+        payload_base64: None,
+        payload_truncated: false,
+        source: position(shared, &t),
+        bundle: shared.bundle.clone(),
+        degraded,
+        failed_at: rfc3339(SystemTime::now()),
+    }
+    .with_payload(&t.rec.payload, shared.settings.max_dead_letter_payload);
+    let mut rec = rec;
+    // A payload cut by the source was already incomplete.
+    rec.payload_truncated |= t.rec.oversized;
+    let json = serde_json::to_vec(&rec).unwrap_or_default();
+    Finished {
+        partition: t.rec.partition,
+        offset: t.rec.offset,
+        key: event_id.unwrap_or_default(),
+        records: vec![(Stream::DeadLetters, json)],
+        outcome: Outcome::DeadLetter(reason.to_owned()),
+        latency: t.started.elapsed(),
+        permit: Some(t.permit),
+    }
+}
+
+async fn send_dead_letter(
+    shared: &Shared,
+    t: Taken,
+    event_id: Option<String>,
+    reason: &str,
+    detail: String,
+    degraded: Vec<Degradation>,
+) {
+    let f = dead_letter(shared, t, event_id, reason, detail, degraded);
+    // A closed sink means the worker is stopping; the event is not acknowledged and replays.
+    let _ = shared.to_sink.send(f).await;
+}
+
+fn availability<T>(i: &Input<T>) -> Availability {
+    match i {
+        Input::Absent => Availability::Absent,
+        Input::Present(_) => Availability::Usable,
+        Input::Unusable(r) => Availability::Unusable((*r).to_owned()),
+    }
+}
+
+async fn process(shared: Arc<Shared>, t: Taken) {
+    let s = &shared.settings;
+    if t.rec.oversized {
+        let detail = format!("event longer than {} bytes", s.limits.max_event_bytes);
+        return send_dead_letter(&shared, t, None, "event_too_large", detail, vec![]).await;
+    }
+    let event = match parse_event(&t.rec.payload, &s.limits) {
+        Ok(e) => e,
+        Err(r) => {
+            let code = r.reason.code();
+            return send_dead_letter(&shared, t, r.event_id, code, r.detail, vec![]).await;
+        }
+    };
+    if s.enforce_deadlines {
+        if let Some(d) = event.deadline {
+            if d < SystemTime::now() {
+                let detail = format!("deadline {} passed", rfc3339(d));
+                let id = Some(event.id.clone());
+                return send_dead_letter(&shared, t, id, "deadline_exceeded", detail, vec![])
+                    .await;
+            }
+        }
+    }
+    let rule = s.policy.for_tenant(event.tenant.as_deref());
+    let (text, question) = (availability(&event.text), availability(&event.question));
+    // Decide once before fetching: if the event cannot produce anything even with its
+    // image, do not fetch it.
+    if let Decision::DeadLetter { reason, detail } =
+        decide(event.tasks, &availability(&event.image), &text, &question, rule)
+    {
+        let degraded = degradations(&event);
+        let id = Some(event.id.clone());
+        return send_dead_letter(&shared, t, id, &reason, detail, degraded).await;
+    }
+
+    // Fetch.
+    let fetch_start = Instant::now();
+    let image_bytes = match &event.image {
+        Input::Present(src) => Some(fetch(&shared, src).await),
+        _ => None,
+    };
+    let fetch_ms = ms(fetch_start.elapsed());
+
+    // Preprocess on the CPU pool.
+    let pre_start = Instant::now();
+    let prepared = {
+        let Ok(_slot) = shared.cpu_slots.acquire().await else {
+            return;
+        };
+        let model = shared.model.clone();
+        let text = event.text.present().cloned();
+        let question = event.question.present().cloned();
+        tokio::task::spawn_blocking(move || prepare(&model, image_bytes, text, question)).await
+    };
+    let Ok(prep) = prepared else {
+        // The blocking task panicked: fatal for this event only; it is not acknowledged.
+        tracing::error!(event_id = %event.id, "preprocessing panicked");
+        return;
+    };
+    let preprocess_ms = ms(pre_start.elapsed());
+
+    let image = match (&event.image, &prep.image) {
+        (Input::Present(_), Ok(Some(_))) => Availability::Usable,
+        (Input::Present(_), Err(code)) => Availability::Unusable(code.clone()),
+        (other, _) => availability(other),
+    };
+    let text = match (&text, &prep.text) {
+        (Availability::Usable, Err(code)) => Availability::Unusable(code.clone()),
+        (a, _) => a.clone(),
+    };
+    let question = match (&question, &prep.question) {
+        (Availability::Usable, Err(code)) => Availability::Unusable(code.clone()),
+        (a, _) => a.clone(),
+    };
+    let plan = match decide(event.tasks, &image, &text, &question, rule) {
+        Decision::Process(p) => p,
+        Decision::DeadLetter { reason, detail } => {
+            let degraded = match decide(event.tasks, &image, &text, &question, Default::default()) {
+                Decision::Process(p) => p.degraded,
+                Decision::DeadLetter { .. } => degradations_of(&image, &text, &question),
+            };
+            let id = Some(event.id.clone());
+            return send_dead_letter(&shared, t, id, &reason, detail, degraded).await;
+        }
+    };
+    enqueue(&shared, t, event, plan, prep, fetch_ms, preprocess_ms).await;
+}
+
+fn degradations(e: &Event) -> Vec<Degradation> {
+    degradations_of(
+        &availability(&e.image),
+        &availability(&e.text),
+        &availability(&e.question),
+    )
+}
+
+fn degradations_of(i: &Availability, t: &Availability, q: &Availability) -> Vec<Degradation> {
+    use fusionstream_core::degrade::Modality;
+    [(Modality::Image, i), (Modality::Text, t), (Modality::Question, q)]
+        .into_iter()
+        .filter_map(|(m, a)| match a {
+            Availability::Unusable(r) => Some(Degradation {
+                modality: m,
+                reason: r.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Fetch with per-attempt timeout and jittered retries of retryable errors.
+async fn fetch(shared: &Shared, src: &ImageSource) -> Result<Vec<u8>, String> {
+    let s = &shared.settings;
+    let Ok(_slot) = shared.fetch_slots.acquire().await else {
+        return Err("image_fetch_failed".into());
+    };
+    let mut attempt = 0;
+    loop {
+        let r = match tokio::time::timeout(s.fetch_timeout, shared.media.fetch(src)).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout(s.fetch_timeout)),
+        };
+        match r {
+            Ok(b) => return Ok(b),
+            Err(e) if e.class() == ErrorClass::Retryable => {
+                match s.fetch_backoff.delay(attempt, jitter()) {
+                    Some(d) => {
+                        tracing::debug!(error = %e, attempt, "retrying fetch");
+                        tokio::time::sleep(d).await;
+                        attempt += 1;
+                    }
+                    None => return Err(e.reason_code().to_owned()),
+                }
+            }
+            Err(e) => return Err(e.reason_code().to_owned()),
+        }
+    }
+}
+
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh random hasher per call: enough randomness to spread retries.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// CPU results: each modality prepared, or the reason code it is unusable.
+pub(crate) struct Preprocessed {
+    image: Result<Option<PreparedImage>, String>,
+    text: Result<Option<Vec<u32>>, String>,
+    question: Result<Option<Vec<u32>>, String>,
+}
+
+fn prepare(
+    model: &FusionModel,
+    image: Option<Result<Vec<u8>, String>>,
+    text: Option<String>,
+    question: Option<String>,
+) -> Preprocessed {
+    Preprocessed {
+        image: match image {
+            None => Ok(None),
+            Some(Err(code)) => Err(code),
+            Some(Ok(bytes)) => model
+                .prepare_image(&bytes)
+                .map(Some)
+                .map_err(|e| e.reason_code().to_owned()),
+        },
+        text: match text {
+            None => Ok(None),
+            Some(t) => model
+                .prepare_text(&t)
+                .map_err(|_| "text_untokenizable".to_owned()),
+        },
+        question: match question {
+            None => Ok(None),
+            Some(q) => model
+                .prepare_question(&q)
+                .map_err(|_| "question_untokenizable".to_owned()),
+        },
+    }
+}
+
+async fn enqueue(
+    shared: &Shared,
+    t: Taken,
+    event: Event,
+    plan: Plan,
+    prep: Preprocessed,
+    fetch_ms: f64,
+    preprocess_ms: f64,
+) {
+    let image = if plan.image { prep.image.ok().flatten() } else { None };
+    let text = if plan.text { prep.text.ok().flatten() } else { None };
+    let question = if plan.question { prep.question.ok().flatten() } else { None };
+    let lanes: Vec<Lane> = Lane::ALL
+        .into_iter()
+        .filter(|l| !plan.tasks.in_lane(*l).is_empty())
+        .collect();
+    let position = position(shared, &t);
+    let ctx = Arc::new(EventCtx::new(
+        t,
+        &event,
+        position,
+        shared.bundle.clone(),
+        plan.clone(),
+        fetch_ms,
+        preprocess_ms,
+        lanes.len(),
+        shared.settings.max_dead_letter_payload,
+    ));
+    for lane in lanes {
+        let tasks = plan.tasks.in_lane(lane);
+        let prepared = match lane {
+            Lane::Encode => Prepared {
+                image: image.clone(),
+                text: text.clone(),
+                question: None,
+                tasks,
+            },
+            Lane::Generate => Prepared {
+                image: image.clone(),
+                text: None,
+                question: question.clone(),
+                tasks,
+            },
+        };
+        let cost = Cost {
+            pixels: prepared.image.as_ref().map_or(0, PreparedImage::pixel_count),
+            tokens: (prepared.text.as_ref().map_or(0, Vec::len)
+                + prepared.question.as_ref().map_or(0, Vec::len)) as u64,
+        };
+        let part = Part {
+            ctx: ctx.clone(),
+            prepared,
+            enqueued: Instant::now(),
+        };
+        if shared.to_batcher.send((lane, part, cost)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The worker pipeline: source → decode event → fetch media → preprocess → micro-batcher →
+//! model thread → assemble → sink → acknowledge.
+//!
+//! Every hop is a bounded channel or a semaphore, and a permit per in-flight event (at most
+//! `pipeline.max_in_flight`) is taken before the source reads the next event and returned
+//! only when that event's outputs are acknowledged: memory is bounded and back-pressure
+//! reaches the source. Image decoding runs on the blocking pool under a CPU semaphore, the
+//! model on its own OS thread; tokio worker threads only move data.
+//!
+//! Positions are acknowledged by the [`PositionTracker`]: the contiguous done prefix per
+//! partition, so completions in any order never skip an event. Shutdown (the cancel token):
+//! the source stops, in-flight events drain within `shutdown.drain_timeout`, what is done is
+//! committed.
+
+mod assemble;
+mod batching;
+mod intake;
+mod sink;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use fusionstream_core::backoff::Backoff;
+use fusionstream_core::batch::LanePolicy;
+use fusionstream_core::degrade::Policy;
+use fusionstream_core::event::{EventLimits, ImageSource};
+use fusionstream_core::position::{PartitionId, PositionTracker};
+use fusionstream_core::record::{BundleRef, Stream};
+use fusionstream_io::checkpoint::Checkpoint;
+use fusionstream_io::jsonl_sink::{JsonlSink, SinkError};
+use fusionstream_io::local_source::LocalSource;
+use fusionstream_io::media::{FetchError, LocalMedia};
+use fusionstream_io::SourceRecord;
+use fusionstream_model::FusionModel;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LaneConfig};
+pub use stats::{Stats, StatsSnapshot};
+
+/// Pipeline settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Event limits.
+    pub limits: EventLimits,
+    /// Largest payload kept in a dead letter.
+    pub max_dead_letter_payload: usize,
+    /// Fetches in flight.
+    pub fetch_concurrency: usize,
+    /// Per-attempt fetch timeout.
+    pub fetch_timeout: Duration,
+    /// Fetch retries.
+    pub fetch_backoff: Backoff,
+    /// Preprocessing threads.
+    pub preprocess_threads: usize,
+    /// `[encode, generate]` lane limits.
+    pub lanes: [LanePolicy; 2],
+    /// Events in flight.
+    pub max_in_flight: usize,
+    /// Channel capacity.
+    pub channel_capacity: usize,
+    /// Batches waiting for the model.
+    pub model_queue: usize,
+    /// Dead-letter events past their deadline.
+    pub enforce_deadlines: bool,
+    /// Degradation policy.
+    pub policy: Policy,
+    /// How often positions are committed.
+    pub commit_interval: Duration,
+    /// Drain budget at shutdown.
+    pub drain_timeout: Duration,
+}
+
+fn lane(c: &LaneConfig) -> LanePolicy {
+    LanePolicy {
+        max_items: c.max_items,
+        max_wait: c.max_wait,
+        max_pixels: c.max_pixels,
+        max_tokens: c.max_tokens,
+    }
+}
+
+impl Settings {
+    /// From a validated configuration.
+    pub fn from_config(c: &Config) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            limits: EventLimits {
+                max_event_bytes: c.source.max_event_bytes,
+                max_text_bytes: c.events.max_text_bytes,
+                max_question_bytes: c.events.max_question_bytes,
+                max_inline_image_bytes: c.events.max_inline_image_bytes,
+            },
+            max_dead_letter_payload: c.sink.max_dead_letter_payload_bytes,
+            fetch_concurrency: c.media.concurrency,
+            fetch_timeout: c.media.timeout,
+            fetch_backoff: Backoff {
+                initial: c.media.backoff_initial,
+                max: c.media.backoff_max,
+                retries: c.media.retries,
+            },
+            preprocess_threads: if c.preprocess.threads == 0 {
+                cores
+            } else {
+                c.preprocess.threads
+            },
+            lanes: [lane(&c.encode_lane), lane(&c.generate_lane)],
+            max_in_flight: c.pipeline.max_in_flight,
+            channel_capacity: c.pipeline.channel_capacity,
+            model_queue: c.model.queue,
+            enforce_deadlines: c.pipeline.enforce_deadlines,
+            policy: Policy {
+                on_image_failure: c.degradation.on_image_failure,
+                tenants: c.degradation.tenants.clone(),
+            },
+            commit_interval: c.checkpoint.interval,
+            drain_timeout: c.shutdown.drain_timeout,
+        }
+    }
+}
+
+/// Where media comes from.
+#[derive(Debug, Clone)]
+pub struct Media {
+    /// Local files.
+    pub local: LocalMedia,
+}
+
+impl Media {
+    /// Fetch the bytes of an image reference (inline images need no fetch).
+    pub async fn fetch(&self, src: &ImageSource) -> Result<Vec<u8>, FetchError> {
+        match src {
+            ImageSource::Local(p) => self.local.fetch(p).await,
+            ImageSource::Inline(b) => Ok(b.clone()),
+            ImageSource::S3 { bucket, .. } => Err(FetchError::Unconfigured(format!(
+                "s3://{bucket}/… (this worker has no S3 store configured)"
+            ))),
+        }
+    }
+}
+
+/// Anything that feeds events into the pipeline.
+pub trait Source: Send + 'static {
+    /// `kind` of the source positions (`local`, `kafka`).
+    fn kind(&self) -> &'static str;
+    /// Partitions and their start positions.
+    fn partitions(&self) -> Vec<(PartitionId, u64)>;
+    /// Read until the end (returns true) or until `emit` returns false (shutdown).
+    fn run(self, emit: Emitter) -> impl Future<Output = anyhow::Result<bool>> + Send;
+}
+
+/// Where outputs go. A record counts as acknowledged when `flush` returns.
+pub trait OutputSink: Send + 'static {
+    /// Queue one record keyed by its event id.
+    fn write(
+        &mut self,
+        stream: Stream,
+        key: &str,
+        json: &[u8],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Wait until everything written is acknowledged.
+    fn flush(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl OutputSink for JsonlSink {
+    async fn write(&mut self, stream: Stream, _key: &str, json: &[u8]) -> anyhow::Result<()> {
+        JsonlSink::write(self, stream, json)
+            .await
+            .map_err(|e: SinkError| e.into())
+    }
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        JsonlSink::flush(self).await.map_err(Into::into)
+    }
+}
+
+/// Where acknowledged positions are recorded.
+pub trait Committer: Send + 'static {
+    /// Record new committable positions.
+    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()>;
+}
+
+/// A local JSONL source with the start positions of its checkpoint.
+#[derive(Debug)]
+pub struct LocalJsonl {
+    source: LocalSource,
+    starts: BTreeMap<String, u64>,
+}
+
+impl LocalJsonl {
+    /// Open `path`, resuming from `checkpoint`.
+    pub fn open(path: &Path, max_line_bytes: usize, checkpoint: &Checkpoint) -> anyhow::Result<Self> {
+        Ok(Self {
+            source: LocalSource::open(path, max_line_bytes)?,
+            starts: checkpoint.positions.clone(),
+        })
+    }
+
+    /// Stream names in partition order.
+    pub fn streams(&self) -> Vec<String> {
+        self.source.streams()
+    }
+}
+
+impl Source for LocalJsonl {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+    fn partitions(&self) -> Vec<(PartitionId, u64)> {
+        self.source
+            .streams()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as PartitionId, self.starts.get(s).copied().unwrap_or(0)))
+            .collect()
+    }
+    async fn run(self, emit: Emitter) -> anyhow::Result<bool> {
+        let done = self
+            .source
+            .read(&self.starts, |rec| {
+                let emit = &emit;
+                async move { emit.emit(rec).await }
+            })
+            .await?;
+        Ok(done)
+    }
+}
+
+/// The local checkpoint as a committer.
+#[derive(Debug)]
+pub struct LocalCheckpoint {
+    path: std::path::PathBuf,
+    streams: Vec<String>,
+    state: Checkpoint,
+}
+
+impl LocalCheckpoint {
+    /// Commit positions of `streams` (partition order) into `state`, stored at `path`.
+    pub fn new(path: &Path, streams: Vec<String>, state: Checkpoint) -> Self {
+        Self {
+            path: path.to_owned(),
+            streams,
+            state,
+        }
+    }
+}
+
+impl Committer for LocalCheckpoint {
+    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()> {
+        for (p, o) in positions {
+            let s = self
+                .streams
+                .get(*p as usize)
+                .context("commit for an unknown partition")?;
+            self.state.positions.insert(s.clone(), *o);
+        }
+        self.state.version = 1;
+        self.state.store(&self.path)?;
+        Ok(())
+    }
+}
+
+/// A record handed from the source to the pipeline, with its in-flight permit.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    rec: SourceRecord,
+    permit: OwnedSemaphorePermit,
+    received_at: SystemTime,
+    started: Instant,
+}
+
+/// The source's handle into the pipeline.
+#[derive(Debug, Clone)]
+pub struct Emitter {
+    permits: Arc<Semaphore>,
+    tracker: Arc<Mutex<PositionTracker>>,
+    tx: mpsc::Sender<Taken>,
+    cancel: CancellationToken,
+    stats: Arc<Stats>,
+}
+
+impl Emitter {
+    /// Hand one record to the pipeline, waiting for room; false when shutting down.
+    pub async fn emit(&self, rec: SourceRecord) -> bool {
+        let permit = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return false,
+            p = self.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return false,
+            },
+        };
+        if let Err(e) = lock(&self.tracker).track(rec.partition, rec.offset) {
+            tracing::error!(error = %e, "source positions out of order; stopping");
+            self.cancel.cancel();
+            return false;
+        }
+        self.stats.read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let taken = Taken {
+            rec,
+            permit,
+            received_at: SystemTime::now(),
+            started: Instant::now(),
+        };
+        // The permit bounds what is in flight, so this send waits only briefly.
+        self.tx.send(taken).await.is_ok() && !self.cancel.is_cancelled()
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The source was read to its end and everything finished.
+    Completed,
+    /// Shutdown was requested; in-flight events drained.
+    Drained,
+    /// Shutdown was requested and the drain timed out; unfinished events were abandoned
+    /// (not acknowledged: they run again on the next start).
+    DrainTimedOut {
+        /// Events abandoned.
+        abandoned: usize,
+    },
+}
+
+/// Everything the pipeline needs.
+#[derive(Debug)]
+pub struct Parts<S, K, C> {
+    /// Settings.
+    pub settings: Settings,
+    /// The model.
+    pub model: Arc<FusionModel>,
+    /// Media stores.
+    pub media: Media,
+    /// Source.
+    pub source: S,
+    /// Sink.
+    pub sink: K,
+    /// Committer.
+    pub committer: C,
+}
+
+/// Run the pipeline until the source ends or `cancel` fires.
+pub async fn run<S: Source, K: OutputSink, C: Committer>(
+    parts: Parts<S, K, C>,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+) -> anyhow::Result<RunEnd> {
+    let Parts {
+        settings,
+        model,
+        media,
+        source,
+        sink,
+        committer,
+    } = parts;
+    let cap = settings.channel_capacity;
+    let tracker = Arc::new(Mutex::new(PositionTracker::new()));
+    for (p, start) in source.partitions() {
+        lock(&tracker).assign(p, start);
+    }
+    let committer = Arc::new(Mutex::new(committer));
+    let manifest = model.manifest();
+    let bundle = BundleRef {
+        id: manifest.id.clone(),
+        version: manifest.version.clone(),
+    };
+
+    let (taken_tx, taken_rx) = mpsc::channel::<Taken>(cap);
+    let (part_tx, part_rx) = mpsc::channel(cap);
+    let (job_tx, job_rx) = mpsc::channel(settings.model_queue);
+    let (done_tx, done_rx) = mpsc::channel(settings.model_queue + 1);
+    let (fin_tx, fin_rx) = mpsc::channel(cap);
+
+    let sink_task = tokio::spawn(sink::run(
+        fin_rx,
+        sink,
+        tracker.clone(),
+        committer.clone(),
+        stats.clone(),
+        settings.commit_interval,
+    ));
+    let assemble_task = tokio::spawn(assemble::run(
+        done_rx,
+        fin_tx.clone(),
+        stats.clone(),
+        cancel.clone(),
+    ));
+    let model_thread = batching::spawn_model_thread(model.clone(), job_rx, done_tx, stats.clone())?;
+    let batch_task = tokio::spawn(batching::run(part_rx, job_tx, settings.lanes, stats.clone()));
+    let shared = Arc::new(intake::Shared {
+        source_kind: source.kind(),
+        fetch_slots: Arc::new(Semaphore::new(settings.fetch_concurrency)),
+        cpu_slots: Arc::new(Semaphore::new(settings.preprocess_threads)),
+        settings: settings.clone(),
+        model,
+        media,
+        bundle,
+        to_batcher: part_tx,
+        to_sink: fin_tx,
+    });
+    let intake_task = tokio::spawn(intake::run(taken_rx, shared));
+    let emitter = Emitter {
+        permits: Arc::new(Semaphore::new(settings.max_in_flight)),
+        tracker: tracker.clone(),
+        tx: taken_tx,
+        cancel: cancel.clone(),
+        stats: stats.clone(),
+    };
+    let source_task = tokio::spawn(source.run(emitter));
+
+    // Wait for the sink to see every event through, or for shutdown and the drain.
+    let mut sink_task = sink_task;
+    let sink_result = tokio::select! {
+        r = &mut sink_task => Some(r),
+        _ = cancel.cancelled() => None,
+    };
+    let (sink_result, timed_out) = match sink_result {
+        Some(r) => (Some(r), false),
+        None => match tokio::time::timeout(settings.drain_timeout, &mut sink_task).await {
+            Ok(r) => (Some(r), false),
+            Err(_) => {
+                sink_task.abort();
+                (None, true)
+            }
+        },
+    };
+    let source_result = source_task.await;
+    intake_task.abort();
+    let batch_result = if timed_out {
+        batch_task.abort();
+        Ok(Ok(()))
+    } else {
+        batch_task.await
+    };
+    let assemble_result = if timed_out {
+        assemble_task.abort();
+        Ok(Ok(()))
+    } else {
+        assemble_task.await
+    };
+    if !timed_out {
+        // The model thread ends once its queue is closed and drained.
+        let _ = tokio::task::spawn_blocking(move || model_thread.join()).await;
+    }
+
+    // Errors in order of causality: the model, then the sink, then the source.
+    assemble_result.context("assembler task")??;
+    batch_result.context("batcher task")??;
+    if let Some(r) = sink_result {
+        r.context("sink task")??;
+    }
+    let finished_source = source_result.context("source task")??;
+    if timed_out {
+        // Commit the done prefix; the rest replays on the next start.
+        let commits = lock(&tracker).take_commits();
+        lock(&committer).commit(&commits)?;
+        let abandoned = lock(&tracker).in_flight();
+        return Ok(RunEnd::DrainTimedOut { abandoned });
+    }
+    Ok(if finished_source && !cancel.is_cancelled() {
+        RunEnd::Completed
+    } else {
+        RunEnd::Drained
+    })
+}
