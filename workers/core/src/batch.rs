@@ -155,7 +155,11 @@ impl<T> Batcher<T> {
     pub fn flush(&mut self) -> Vec<Batch<T>> {
         Lane::ALL
             .iter()
-            .filter_map(|l| self.open[l.index()].take().map(|o| close(*l, o, CloseReason::Flush)))
+            .filter_map(|l| {
+                self.open[l.index()]
+                    .take()
+                    .map(|o| close(*l, o, CloseReason::Flush))
+            })
             .collect()
     }
 
@@ -192,7 +196,10 @@ mod tests {
     #[test]
     fn lanes_fill_and_time_out_independently() {
         let t0 = Instant::now();
-        let mut b = Batcher::new([policy(2, 10, u64::MAX, u64::MAX), policy(8, 50, u64::MAX, u64::MAX)]);
+        let mut b = Batcher::new([
+            policy(2, 10, u64::MAX, u64::MAX),
+            policy(8, 50, u64::MAX, u64::MAX),
+        ]);
         let c = Cost::default();
         assert!(b.push(Lane::Generate, "g1", c, t0).is_empty());
         assert!(b.push(Lane::Encode, "e1", c, t0).is_empty());
@@ -205,7 +212,10 @@ mod tests {
         assert!(b.poll(t0 + Duration::from_millis(49)).is_empty());
         let due = b.poll(t0 + Duration::from_millis(50));
         assert_eq!(due.len(), 1);
-        assert_eq!((due[0].lane, due[0].reason), (Lane::Generate, CloseReason::Timeout));
+        assert_eq!(
+            (due[0].lane, due[0].reason),
+            (Lane::Generate, CloseReason::Timeout)
+        );
         assert_eq!(b.pending(), 0);
     }
 
@@ -213,11 +223,17 @@ mod tests {
     fn budget_closes_before_overflow_and_oversized_items_run_alone() {
         let t0 = Instant::now();
         let mut b = Batcher::new([policy(10, 10, 100, 1000), policy(1, 1, 1, 1)]);
-        let px = |p| Cost { pixels: p, tokens: 1 };
+        let px = |p| Cost {
+            pixels: p,
+            tokens: 1,
+        };
         assert!(b.push(Lane::Encode, 1, px(60), t0).is_empty());
         let out = b.push(Lane::Encode, 2, px(60), t0);
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].items.clone(), out[0].reason), (vec![1], CloseReason::Budget));
+        assert_eq!(
+            (out[0].items.clone(), out[0].reason),
+            (vec![1], CloseReason::Budget)
+        );
         let out = b.push(Lane::Encode, 3, px(500), t0);
         assert_eq!(out[0].items, vec![2]);
         let out = b.flush();

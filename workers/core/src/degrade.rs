@@ -157,7 +157,10 @@ pub fn decide(
         let (reason, detail) = match degraded.first() {
             Some(d) => (
                 d.reason.clone(),
-                format!("{:?} unusable and nothing else serves a requested task", d.modality),
+                format!(
+                    "{:?} unusable and nothing else serves a requested task",
+                    d.modality
+                ),
             ),
             None if !i && !t && !q => (
                 "no_usable_input".to_owned(),
@@ -167,7 +170,11 @@ pub fn decide(
                 "no_servable_task".to_owned(),
                 format!(
                     "no requested task ({}) can run on the modalities given",
-                    requested.iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
+                    requested
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
             ),
         };
@@ -214,15 +221,30 @@ mod tests {
 
     #[test]
     fn row_image_and_text() {
-        let p = plan(decide(all(), &Usable, &Usable, &Usable, OnImageFailure::Degrade));
+        let p = plan(decide(
+            all(),
+            &Usable,
+            &Usable,
+            &Usable,
+            OnImageFailure::Degrade,
+        ));
         assert_eq!(p.tasks, all());
         assert!(p.skipped.is_empty() && p.degraded.is_empty());
     }
 
     #[test]
     fn row_image_only() {
-        let p = plan(decide(all(), &Usable, &Absent, &Absent, OnImageFailure::Degrade));
-        assert_eq!(p.tasks, TaskSet::parse_list("embed,caption,tag").expect("ok"));
+        let p = plan(decide(
+            all(),
+            &Usable,
+            &Absent,
+            &Absent,
+            OnImageFailure::Degrade,
+        ));
+        assert_eq!(
+            p.tasks,
+            TaskSet::parse_list("embed,caption,tag").expect("ok")
+        );
         assert_eq!(
             skipped(&p),
             vec![
@@ -234,7 +256,13 @@ mod tests {
 
     #[test]
     fn row_text_only() {
-        let p = plan(decide(all(), &Absent, &Usable, &Absent, OnImageFailure::Degrade));
+        let p = plan(decide(
+            all(),
+            &Absent,
+            &Usable,
+            &Absent,
+            OnImageFailure::Degrade,
+        ));
         assert_eq!(p.tasks, TaskSet::parse_list("embed,tag").expect("ok"));
         assert_eq!(
             skipped(&p),
@@ -278,20 +306,44 @@ mod tests {
     #[test]
     fn row_nothing_usable() {
         assert_eq!(
-            dlq(decide(all(), &Absent, &Absent, &Absent, OnImageFailure::Degrade)),
+            dlq(decide(
+                all(),
+                &Absent,
+                &Absent,
+                &Absent,
+                OnImageFailure::Degrade
+            )),
             "no_usable_input"
         );
         assert_eq!(
-            dlq(decide(all(), &bad("image_corrupt"), &Absent, &Usable, OnImageFailure::Degrade)),
+            dlq(decide(
+                all(),
+                &bad("image_corrupt"),
+                &Absent,
+                &Usable,
+                OnImageFailure::Degrade
+            )),
             "image_corrupt"
         );
         assert_eq!(
-            dlq(decide(all(), &Absent, &Absent, &Usable, OnImageFailure::Degrade)),
+            dlq(decide(
+                all(),
+                &Absent,
+                &Absent,
+                &Usable,
+                OnImageFailure::Degrade
+            )),
             "no_servable_task"
         );
         let caption_only = TaskSet::parse_list("caption").expect("ok");
         assert_eq!(
-            dlq(decide(caption_only, &Absent, &Usable, &Absent, OnImageFailure::Degrade)),
+            dlq(decide(
+                caption_only,
+                &Absent,
+                &Usable,
+                &Absent,
+                OnImageFailure::Degrade
+            )),
             "no_servable_task"
         );
     }
@@ -299,7 +351,8 @@ mod tests {
     #[test]
     fn tenant_overrides() {
         let mut p = Policy::default();
-        p.tenants.insert("strict".into(), OnImageFailure::DeadLetter);
+        p.tenants
+            .insert("strict".into(), OnImageFailure::DeadLetter);
         assert_eq!(p.for_tenant(Some("strict")), OnImageFailure::DeadLetter);
         assert_eq!(p.for_tenant(Some("other")), OnImageFailure::Degrade);
         assert_eq!(p.for_tenant(None), OnImageFailure::Degrade);

@@ -179,11 +179,7 @@ pub fn parse_event(payload: &[u8], limits: &EventLimits) -> Result<Event, Reject
     if payload.len() > limits.max_event_bytes {
         return Err(reject(
             RejectReason::EventTooLarge,
-            format!(
-                "{} bytes, limit {}",
-                payload.len(),
-                limits.max_event_bytes
-            ),
+            format!("{} bytes, limit {}", payload.len(), limits.max_event_bytes),
             None,
         ));
     }
@@ -444,28 +440,41 @@ mod tests {
         assert_eq!(code(r#"{"text":"x"}"#), "missing_id");
         assert_eq!(code(r#"{"id":7}"#), "invalid_field");
         assert_eq!(code(r#"{"id":""}"#), "invalid_field");
-        assert_eq!(code(r#"{"id":"a","schema_version":2}"#), "unsupported_schema_version");
+        assert_eq!(
+            code(r#"{"id":"a","schema_version":2}"#),
+            "unsupported_schema_version"
+        );
         assert_eq!(code(r#"{"id":"a","schema_version":"1"}"#), "invalid_field");
         assert_eq!(code(r#"{"id":"a","text":5}"#), "invalid_field");
         assert_eq!(code(r#"{"id":"a","tasks":"embed"}"#), "invalid_field");
         assert_eq!(code(r#"{"id":"a","tasks":["paint"]}"#), "invalid_field");
         assert_eq!(code(r#"{"id":"a","tasks":[]}"#), "invalid_field");
-        assert_eq!(code(r#"{"id":"a","timestamp":"yesterday"}"#), "invalid_field");
-        assert_eq!(code(r#"{"id":"a","image":"x","image_base64":"AA=="}"#), "invalid_field");
+        assert_eq!(
+            code(r#"{"id":"a","timestamp":"yesterday"}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(r#"{"id":"a","image":"x","image_base64":"AA=="}"#),
+            "invalid_field"
+        );
         assert_eq!(code(r#"{"id":"a","qestion":"typo"}"#), "unknown_field");
         let big = format!(r#"{{"id":"a","text":"{}"}}"#, "x".repeat(5000));
         assert_eq!(code(&big), "event_too_large");
         // The id survives in rejections that come after it is read.
         assert_eq!(
-            parse(r#"{"id":"keep","text":5}"#).expect_err("bad").event_id.as_deref(),
+            parse(r#"{"id":"keep","text":5}"#)
+                .expect_err("bad")
+                .event_id
+                .as_deref(),
             Some("keep")
         );
     }
 
     #[test]
     fn unusable_fields_only_disable_their_modality() {
-        let e = parse(r#"{"id":"a","text":"this text is longer than twenty bytes","question":"ok?"}"#)
-            .expect("valid");
+        let e =
+            parse(r#"{"id":"a","text":"this text is longer than twenty bytes","question":"ok?"}"#)
+                .expect("valid");
         assert_eq!(e.text, Input::Unusable("text_too_long"));
         assert_eq!(e.question, Input::Present("ok?".into()));
         let e = parse(r#"{"id":"a","image_base64":"not base64!!"}"#).expect("valid");
@@ -479,7 +488,10 @@ mod tests {
         let e = parse(r#"{"id":"a","image":"s3://bucket-only"}"#).expect("valid");
         assert_eq!(e.image, Input::Unusable("image_ref_invalid"));
         let e = parse(r#"{"id":"a","image":"media/a.png","text":"  "}"#).expect("valid");
-        assert_eq!(e.image, Input::Present(ImageSource::Local("media/a.png".into())));
+        assert_eq!(
+            e.image,
+            Input::Present(ImageSource::Local("media/a.png".into()))
+        );
         assert_eq!(e.text, Input::Absent);
     }
 }

@@ -270,6 +270,9 @@ mod tests {
         let r = dl().with_payload(&[0xff, 0xfe, b'a'], 100);
         assert_eq!(r.payload_base64.as_deref(), Some("//5h"));
         let r = dl().with_payload("héllo".as_bytes(), 2);
-        assert_eq!((r.payload.as_deref(), r.payload_truncated), (Some("h"), true));
+        assert_eq!(
+            (r.payload.as_deref(), r.payload_truncated),
+            (Some("h"), true)
+        );
     }
 }

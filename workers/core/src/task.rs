@@ -6,9 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// A task an event can ask for.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     /// Image, text and fused embeddings.
@@ -143,7 +141,6 @@ pub struct Skipped {
     pub reason: SkipReason,
 }
 
-
 impl Task {
     /// Why this task cannot run on an item with these modalities, or `None` when it can:
     /// embed and tag need an image or text, match needs both, caption needs an image,
@@ -247,7 +244,10 @@ mod tests {
         );
         let back: TaskSet = serde_json::from_str(r#"["caption","embed","tag"]"#).expect("json");
         assert_eq!(back, s);
-        assert_eq!(s.in_lane(Lane::Generate), TaskSet::parse_list("caption").expect("ok"));
+        assert_eq!(
+            s.in_lane(Lane::Generate),
+            TaskSet::parse_list("caption").expect("ok")
+        );
         assert_eq!(s.in_lane(Lane::Encode).len(), 2);
     }
 }

@@ -370,8 +370,14 @@ impl Config {
         positive("image.max_pixels", self.image.max_pixels);
         positive("model.queue", self.model.queue as u64);
         positive("pipeline.max_in_flight", self.pipeline.max_in_flight as u64);
-        positive("pipeline.channel_capacity", self.pipeline.channel_capacity as u64);
-        for (name, lane) in [("encode_lane", &self.encode_lane), ("generate_lane", &self.generate_lane)] {
+        positive(
+            "pipeline.channel_capacity",
+            self.pipeline.channel_capacity as u64,
+        );
+        for (name, lane) in [
+            ("encode_lane", &self.encode_lane),
+            ("generate_lane", &self.generate_lane),
+        ] {
             positive(&format!("{name}.max_items"), lane.max_items as u64);
             positive(&format!("{name}.max_pixels"), lane.max_pixels);
             positive(&format!("{name}.max_tokens"), lane.max_tokens);
@@ -408,6 +414,54 @@ impl Config {
     }
 }
 
+/// The configuration reference (`docs/configuration.md`), generated from the comments of
+/// `config/default.toml`: a table per section with every key, its default and its meaning.
+pub fn markdown_reference() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from `config/default.toml` by `fusionstream config --markdown` (a test keeps \
+         the two identical). Layers, later wins: the embedded defaults, files given with \
+         `--config`, then environment variables `FUSIONSTREAM__SECTION__KEY` (for example \
+         `FUSIONSTREAM__ENCODE_LANE__MAX_WAIT=5ms`). Unknown keys are errors, every error is \
+         reported at once, durations are written like `\"20ms\"`, secrets print as `***`.\n",
+    );
+    let mut comment: Vec<String> = Vec::new();
+    let mut header_done = false;
+    let mut section = String::new();
+    for line in DEFAULT_TOML.lines() {
+        let t = line.trim();
+        if let Some(c) = t.strip_prefix('#') {
+            comment.push(c.trim().to_owned());
+        } else if t.is_empty() {
+            if !header_done {
+                // The file's own preamble is replaced by the text above.
+                comment.clear();
+                header_done = true;
+            }
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            header_done = true;
+            out.push_str(&format!("\n## `[{name}]`\n\n"));
+            if !comment.is_empty() {
+                out.push_str(&comment.join(" "));
+                out.push_str("\n\n");
+                comment.clear();
+            }
+            out.push_str("| key | default | meaning |\n|---|---|---|\n");
+            section = name.to_owned();
+        } else if let Some((key, value)) = t.split_once('=') {
+            out.push_str(&format!(
+                "| `{}.{}` | `{}` | {} |\n",
+                section,
+                key.trim(),
+                value.trim().replace('|', "\\|"),
+                comment.join(" ").replace('|', "\\|")
+            ));
+            comment.clear();
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,7 +496,11 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.encode_lane.max_items, 7, "env beats file");
-        assert_eq!(c.encode_lane.max_wait, Duration::from_millis(2), "file beats default");
+        assert_eq!(
+            c.encode_lane.max_wait,
+            Duration::from_millis(2),
+            "file beats default"
+        );
         assert_eq!(c.media.timeout, Duration::from_millis(250));
         assert_eq!(c.degradation.tenants["strict"], OnImageFailure::DeadLetter);
     }

@@ -83,7 +83,13 @@ mod tests {
     fn round_trip_and_corruption() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("sub/cp.json");
-        assert_eq!(Checkpoint::load(&p).expect("missing is empty").positions.len(), 0);
+        assert_eq!(
+            Checkpoint::load(&p)
+                .expect("missing is empty")
+                .positions
+                .len(),
+            0
+        );
         let mut c = Checkpoint {
             version: 1,
             ..Default::default()
@@ -92,6 +98,9 @@ mod tests {
         c.store(&p).expect("store");
         assert_eq!(Checkpoint::load(&p).expect("load"), c);
         std::fs::write(&p, "{").expect("w");
-        assert!(matches!(Checkpoint::load(&p), Err(CheckpointError::Corrupt { .. })));
+        assert!(matches!(
+            Checkpoint::load(&p),
+            Err(CheckpointError::Corrupt { .. })
+        ));
     }
 }

@@ -98,12 +98,16 @@ mod tests {
     #[tokio::test]
     async fn appends_per_stream() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut s = JsonlSink::open(&dir.path().join("out")).await.expect("open");
+        let mut s = JsonlSink::open(&dir.path().join("out"))
+            .await
+            .expect("open");
         s.write(Stream::Captions, b"{\"a\":1}").await.expect("w");
         s.write(Stream::DeadLetters, b"{\"b\":2}").await.expect("w");
         s.flush().await.expect("flush");
         drop(s);
-        let mut s = JsonlSink::open(&dir.path().join("out")).await.expect("reopen");
+        let mut s = JsonlSink::open(&dir.path().join("out"))
+            .await
+            .expect("reopen");
         s.write(Stream::Captions, b"{\"a\":3}").await.expect("w");
         s.flush().await.expect("flush");
         let out = dir.path().join("out");

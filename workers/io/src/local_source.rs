@@ -140,7 +140,11 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
             Some(i) => (i + 1, true),
             None => (chunk.len(), false),
         };
-        let body = if done { &chunk[..take - 1] } else { &chunk[..take] };
+        let body = if done {
+            &chunk[..take - 1]
+        } else {
+            &chunk[..take]
+        };
         let room = max.saturating_sub(buf.len());
         if body.len() > room {
             cut = true;
@@ -179,7 +183,10 @@ mod tests {
         std::fs::write(dir.path().join("b.jsonl"), "{\"id\":\"b0\"}\n").expect("w");
         std::fs::write(
             dir.path().join("a.jsonl"),
-            format!("{{\"id\":\"a0\"}}\r\n\n{}\n{{\"id\":\"a3\"}}", "x".repeat(100)),
+            format!(
+                "{{\"id\":\"a0\"}}\r\n\n{}\n{{\"id\":\"a3\"}}",
+                "x".repeat(100)
+            ),
         )
         .expect("w");
         std::fs::write(dir.path().join("notes.txt"), "ignored").expect("w");
@@ -191,7 +198,12 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![(0, 0, false, 11), (0, 2, true, 20), (0, 3, false, 11), (1, 0, false, 11)]
+            vec![
+                (0, 0, false, 11),
+                (0, 2, true, 20),
+                (0, 3, false, 11),
+                (1, 0, false, 11)
+            ]
         );
         assert_eq!(recs[0].payload, b"{\"id\":\"a0\"}");
 

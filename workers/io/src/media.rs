@@ -142,11 +142,26 @@ mod tests {
         assert_eq!(code(m.fetch(Path::new("a.png")).await), "image_too_large");
         assert_eq!(code(m.fetch(Path::new("b.png")).await), "image_not_found");
         assert_eq!(code(m.fetch(Path::new("sub")).await), "image_not_found");
-        assert_eq!(code(m.fetch(Path::new("../a.png")).await), "image_ref_forbidden");
-        assert_eq!(code(m.fetch(Path::new("/etc/passwd")).await), "image_ref_forbidden");
+        assert_eq!(
+            code(m.fetch(Path::new("../a.png")).await),
+            "image_ref_forbidden"
+        );
+        assert_eq!(
+            code(m.fetch(Path::new("/etc/passwd")).await),
+            "image_ref_forbidden"
+        );
         let m = LocalMedia::new(dir.path(), 100);
-        assert_eq!(m.fetch(Path::new("./a.png")).await.expect("ok"), vec![1u8; 10]);
-        assert_eq!(FetchError::Timeout(Default::default()).class(), ErrorClass::Retryable);
-        assert_eq!(FetchError::NotFound(String::new()).class(), ErrorClass::Poison);
+        assert_eq!(
+            m.fetch(Path::new("./a.png")).await.expect("ok"),
+            vec![1u8; 10]
+        );
+        assert_eq!(
+            FetchError::Timeout(Default::default()).class(),
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            FetchError::NotFound(String::new()).class(),
+            ErrorClass::Poison
+        );
     }
 }

@@ -85,7 +85,10 @@ pub struct PreparedImage {
 impl PreparedImage {
     /// Pixels over every preprocessed copy (what the image costs a batch).
     pub fn pixel_count(&self) -> u64 {
-        self.pixels.iter().map(|p| (p.height * p.width) as u64).sum()
+        self.pixels
+            .iter()
+            .map(|p| (p.height * p.width) as u64)
+            .sum()
     }
 }
 

@@ -50,10 +50,17 @@ pub struct ConfigArgs {
     /// Configuration file(s) layered over the defaults.
     #[arg(long = "config", short = 'c')]
     configs: Vec<PathBuf>,
+    /// Print the configuration reference (Markdown, from the embedded defaults) instead.
+    #[arg(long)]
+    markdown: bool,
 }
 
 /// Run `fusionstream config`.
 pub fn print_config(args: ConfigArgs) -> anyhow::Result<()> {
+    if args.markdown {
+        print!("{}", fusionstream::config::markdown_reference());
+        return Ok(());
+    }
     let c = Config::load(&args.configs, std::env::vars())?;
     print!("{}", c.to_toml());
     Ok(())
@@ -298,10 +305,16 @@ fn print_summary(s: &Summary, c: &Config) {
         .collect();
     line(format!("  outputs     {}", outputs.join(", ")));
     if !st.degraded_reasons.is_empty() {
-        line(format!("  degraded    {}", fmt_counts(&st.degraded_reasons)));
+        line(format!(
+            "  degraded    {}",
+            fmt_counts(&st.degraded_reasons)
+        ));
     }
     if !st.dead_letter_reasons.is_empty() {
-        line(format!("  dead letter {}", fmt_counts(&st.dead_letter_reasons)));
+        line(format!(
+            "  dead letter {}",
+            fmt_counts(&st.dead_letter_reasons)
+        ));
     }
     if !st.skipped.is_empty() {
         line(format!("  skipped     {}", fmt_counts(&st.skipped)));
@@ -325,7 +338,10 @@ fn print_summary(s: &Summary, c: &Config) {
         c.checkpoint.path.display()
     ));
     if st.read == 0 {
-        line("  nothing new to read: the checkpoint covers every event (use --fresh to start over)".into());
+        line(
+            "  nothing new to read: the checkpoint covers every event (use --fresh to start over)"
+                .into(),
+        );
     }
     eprint!("{out}");
 }

@@ -209,9 +209,13 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
             records.push((stream, json));
         }
     };
-    let dim = [&out.image_embedding, &out.text_embedding, &out.fused_embedding]
-        .iter()
-        .find_map(|e| e.as_ref().map(Vec::len));
+    let dim = [
+        &out.image_embedding,
+        &out.text_embedding,
+        &out.fused_embedding,
+    ]
+    .iter()
+    .find_map(|e| e.as_ref().map(Vec::len));
     if dim.is_some() || out.match_score.is_some() {
         push(
             Stream::Embeddings,

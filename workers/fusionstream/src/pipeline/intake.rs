@@ -130,8 +130,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
             if d < SystemTime::now() {
                 let detail = format!("deadline {} passed", rfc3339(d));
                 let id = Some(event.id.clone());
-                return send_dead_letter(&shared, t, id, "deadline_exceeded", detail, vec![])
-                    .await;
+                return send_dead_letter(&shared, t, id, "deadline_exceeded", detail, vec![]).await;
             }
         }
     }
@@ -139,9 +138,13 @@ async fn process(shared: Arc<Shared>, t: Taken) {
     let (text, question) = (availability(&event.text), availability(&event.question));
     // Decide once before fetching: if the event cannot produce anything even with its
     // image, do not fetch it.
-    if let Decision::DeadLetter { reason, detail } =
-        decide(event.tasks, &availability(&event.image), &text, &question, rule)
-    {
+    if let Decision::DeadLetter { reason, detail } = decide(
+        event.tasks,
+        &availability(&event.image),
+        &text,
+        &question,
+        rule,
+    ) {
         let degraded = degradations(&event);
         let id = Some(event.id.clone());
         return send_dead_letter(&shared, t, id, &reason, detail, degraded).await;
@@ -210,16 +213,20 @@ fn degradations(e: &Event) -> Vec<Degradation> {
 
 fn degradations_of(i: &Availability, t: &Availability, q: &Availability) -> Vec<Degradation> {
     use fusionstream_core::degrade::Modality;
-    [(Modality::Image, i), (Modality::Text, t), (Modality::Question, q)]
-        .into_iter()
-        .filter_map(|(m, a)| match a {
-            Availability::Unusable(r) => Some(Degradation {
-                modality: m,
-                reason: r.clone(),
-            }),
-            _ => None,
-        })
-        .collect()
+    [
+        (Modality::Image, i),
+        (Modality::Text, t),
+        (Modality::Question, q),
+    ]
+    .into_iter()
+    .filter_map(|(m, a)| match a {
+        Availability::Unusable(r) => Some(Degradation {
+            modality: m,
+            reason: r.clone(),
+        }),
+        _ => None,
+    })
+    .collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -309,9 +316,21 @@ async fn enqueue(
     fetch_ms: f64,
     preprocess_ms: f64,
 ) {
-    let image = if plan.image { prep.image.ok().flatten() } else { None };
-    let text = if plan.text { prep.text.ok().flatten() } else { None };
-    let question = if plan.question { prep.question.ok().flatten() } else { None };
+    let image = if plan.image {
+        prep.image.ok().flatten()
+    } else {
+        None
+    };
+    let text = if plan.text {
+        prep.text.ok().flatten()
+    } else {
+        None
+    };
+    let question = if plan.question {
+        prep.question.ok().flatten()
+    } else {
+        None
+    };
     let lanes: Vec<Lane> = Lane::ALL
         .into_iter()
         .filter(|l| !plan.tasks.in_lane(*l).is_empty())
@@ -345,7 +364,10 @@ async fn enqueue(
             },
         };
         let cost = Cost {
-            pixels: prepared.image.as_ref().map_or(0, PreparedImage::pixel_count),
+            pixels: prepared
+                .image
+                .as_ref()
+                .map_or(0, PreparedImage::pixel_count),
             tokens: (prepared.text.as_ref().map_or(0, Vec::len)
                 + prepared.question.as_ref().map_or(0, Vec::len)) as u64,
         };

@@ -193,7 +193,11 @@ pub struct LocalJsonl {
 
 impl LocalJsonl {
     /// Open `path`, resuming from `checkpoint`.
-    pub fn open(path: &Path, max_line_bytes: usize, checkpoint: &Checkpoint) -> anyhow::Result<Self> {
+    pub fn open(
+        path: &Path,
+        max_line_bytes: usize,
+        checkpoint: &Checkpoint,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             source: LocalSource::open(path, max_line_bytes)?,
             starts: checkpoint.positions.clone(),
@@ -299,7 +303,9 @@ impl Emitter {
             self.cancel.cancel();
             return false;
         }
-        self.stats.read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .read
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let taken = Taken {
             rec,
             permit,
@@ -394,7 +400,12 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         cancel.clone(),
     ));
     let model_thread = batching::spawn_model_thread(model.clone(), job_rx, done_tx, stats.clone())?;
-    let batch_task = tokio::spawn(batching::run(part_rx, job_tx, settings.lanes, stats.clone()));
+    let batch_task = tokio::spawn(batching::run(
+        part_rx,
+        job_tx,
+        settings.lanes,
+        stats.clone(),
+    ));
     let shared = Arc::new(intake::Shared {
         source_kind: source.kind(),
         fetch_slots: Arc::new(Semaphore::new(settings.fetch_concurrency)),

@@ -104,7 +104,11 @@ impl Stats {
             l.samples.push(ms);
         } else {
             // Reservoir sampling (xorshift; quality is not critical here).
-            l.rng = if l.rng == 0 { 0x9E37_79B9_7F4A_7C15 } else { l.rng };
+            l.rng = if l.rng == 0 {
+                0x9E37_79B9_7F4A_7C15
+            } else {
+                l.rng
+            };
             l.rng ^= l.rng << 13;
             l.rng ^= l.rng >> 7;
             l.rng ^= l.rng << 17;

@@ -1,0 +1,45 @@
+//! Shared helpers of the integration tests: repository paths and schema validators.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A schema of `schemas/v1` by file name, with `common.schema.json` registered.
+pub fn validator(file: &str) -> jsonschema::Validator {
+    let dir = root().join("schemas/v1");
+    let read = |f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+    };
+    let common = read("common.schema.json");
+    jsonschema::options()
+        .should_validate_formats(true)
+        .with_resource(
+            "https://fusionstream.invalid/schemas/v1/common.schema.json",
+            jsonschema::Resource::from_contents(common).unwrap(),
+        )
+        .build(&read(file))
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// Schema file of an output stream.
+pub fn schema_of_stream(stream: &str) -> &'static str {
+    match stream {
+        "captions" => "caption.schema.json",
+        "answers" => "answer.schema.json",
+        "embeddings" => "embedding.schema.json",
+        "tags" => "tags.schema.json",
+        "dead_letters" => "dead_letter.schema.json",
+        other => panic!("unknown stream {other}"),
+    }
+}
+
+/// Validation errors of `v`, as text.
+pub fn errors(validator: &jsonschema::Validator, v: &Value) -> Vec<String> {
+    validator.iter_errors(v).map(|e| e.to_string()).collect()
+}
