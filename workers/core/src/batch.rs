@@ -269,7 +269,7 @@ mod tests {
             let mut next_id = 0u64;
             let mut sent: [Vec<u64>; 2] = [vec![], vec![]];
             let mut got: [Vec<u64>; 2] = [vec![], vec![]];
-            let mut check = |batches: Vec<Batch<u64>>, now: Instant, got: &mut [Vec<u64>; 2]| -> Result<(), TestCaseError> {
+            let check = |batches: Vec<Batch<u64>>, now: Instant, got: &mut [Vec<u64>; 2]| -> Result<(), TestCaseError> {
                 for bt in batches {
                     prop_assert!(!bt.items.is_empty());
                     prop_assert!(bt.items.len() <= max_items);

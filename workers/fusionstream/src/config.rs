@@ -318,10 +318,14 @@ impl Config {
         let mut errors = Vec::new();
         let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
         for f in files {
-            if !f.is_file() {
-                errors.push(format!("config file {} does not exist", f.display()));
+            // A file that cannot be read or parsed is one error, not one per section.
+            match std::fs::read_to_string(f) {
+                Err(e) => errors.push(format!("config file {}: {e}", f.display())),
+                Ok(text) => match toml::from_str::<toml::Table>(&text) {
+                    Err(e) => errors.push(format!("config file {}: {e}", f.display())),
+                    Ok(_) => fig = fig.merge(Toml::file_exact(f)),
+                },
             }
-            fig = fig.merge(Toml::file_exact(f));
         }
         // Environment: FUSIONSTREAM__SECTION__KEY=value, values parsed like TOML scalars.
         for (name, value) in env {

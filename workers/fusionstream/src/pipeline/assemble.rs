@@ -10,7 +10,7 @@ use fusionstream_core::record::{
     AnswerRecord, BundleRef, CaptionRecord, DeadLetterRecord, EmbeddingRecord, RecordMeta,
     SourcePosition, Stream, TagRecord, TagScore, Timings, OUTPUT_SCHEMA_VERSION,
 };
-use fusionstream_core::Lane;
+use fusionstream_core::{Lane, SkipReason};
 use fusionstream_model::runtime::TagSource;
 use fusionstream_model::{InferOutput, ModelError, Prepared};
 use serde_json::{Map, Value};
@@ -274,7 +274,9 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
         // Every runnable task was skipped by the model (e.g. the bundle lacks the part):
         // nothing may vanish silently.
         let reason = skipped
-            .first()
+            .iter()
+            .find(|s| s.reason == SkipReason::ModelAbsent)
+            .or(skipped.first())
             .map_or("no_output", |s| s.reason.code())
             .to_owned();
         let dl = DeadLetterRecord {

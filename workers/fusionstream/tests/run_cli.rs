@@ -1,0 +1,183 @@
+//! `fusionstream run` as a user runs it: the embedded default from the repository root,
+//! SIGTERM in the middle of a stream (exit 0, drained, resumed with nothing lost), and
+//! invalid configuration refused with every error listed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fusionstream"));
+    c.current_dir(common::root());
+    c.env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never");
+    c
+}
+
+fn ids_in(out: &Path) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for s in ["captions", "answers", "embeddings", "tags", "dead_letters"] {
+        let text = std::fs::read_to_string(out.join(format!("{s}.jsonl"))).unwrap_or_default();
+        for l in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if let Some(id) = v["event_id"].as_str() {
+                ids.insert(id.to_owned());
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn embedded_default_runs_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = bin()
+        .args(["run", "--out"])
+        .arg(&out)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("fusionstream run: completed"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(summary["finished"], 36);
+    assert_eq!(summary["read"], 36);
+    assert_eq!(summary["dead_lettered"], 13);
+    assert_eq!(summary["degraded"], 9);
+    for s in ["captions", "answers", "embeddings", "tags", "dead_letters"] {
+        assert!(out.join(format!("{s}.jsonl")).is_file(), "{s} missing");
+    }
+    assert!(out.join("checkpoint.json").is_file());
+    // Again: nothing new. With --fresh: everything again.
+    let again = bin()
+        .args(["run", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(s["read"], 0);
+    let fresh = bin()
+        .args(["run", "--fresh", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&fresh.stdout).unwrap();
+    assert_eq!(s["read"], 36);
+    let captions = std::fs::read_to_string(out.join("captions.jsonl")).unwrap();
+    assert_eq!(
+        captions.lines().count(),
+        10,
+        "--fresh starts the outputs over"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_drains_exits_zero_and_the_rerun_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events.jsonl");
+    let out = tmp.path().join("out");
+    let n = 400;
+    let mut body = String::new();
+    for i in 0..n {
+        let line = serde_json::json!({
+            "id": format!("ev-{i:04}"),
+            "image": format!("media/scene{}.png", i % 6),
+            "text": "a small red circle at the top",
+            "tasks": ["caption", "embed"],
+        });
+        body.push_str(&format!("{line}\n"));
+    }
+    std::fs::write(&events, body).unwrap();
+    let child = bin()
+        .args(["run", "--events"])
+        .arg(&events)
+        .arg("--out")
+        .arg(&out)
+        .env("FUSIONSTREAM__GENERATE_LANE__MAX_ITEMS", "1")
+        .env("FUSIONSTREAM__PIPELINE__MAX_IN_FLIGHT", "8")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first outputs, then ask it to stop.
+    let start = Instant::now();
+    while std::fs::read_to_string(out.join("captions.jsonl"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 10
+    {
+        assert!(start.elapsed() < Duration::from_secs(120), "no output");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let result = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        result.status.success(),
+        "exit {:?}: {stderr}",
+        result.status
+    );
+    assert!(stderr.contains("stopped (drained)"), "{stderr}");
+    let first = ids_in(&out);
+    assert!(
+        first.len() < n,
+        "the stream was stopped in the middle ({} done)",
+        first.len()
+    );
+    let cp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint.json")).unwrap())
+            .unwrap();
+    let committed = cp["positions"][events.display().to_string()]
+        .as_u64()
+        .unwrap();
+    assert!(committed as usize <= first.len());
+
+    let rerun = bin()
+        .args(["run", "--json", "--events"])
+        .arg(&events)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(rerun.status.success());
+    let s: serde_json::Value = serde_json::from_slice(&rerun.stdout).unwrap();
+    assert_eq!(s["read"].as_u64().unwrap(), n as u64 - committed);
+    let all = ids_in(&out);
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("ev-{i:04}"))
+        .filter(|id| !all.contains(id))
+        .collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_every_error() {
+    let r = bin()
+        .args(["run"])
+        .env("FUSIONSTREAM__ENCODE_LANE__MAX_ITEMS", "0")
+        .env("FUSIONSTREAM__MODEL__DTYPE", "f8")
+        .env("FUSIONSTREAM__MEDIA__TIMEOUT", "whenever")
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("invalid configuration"), "{stderr}");
+    // The type error of [media] and the value errors are reported together.
+    assert!(stderr.contains("whenever"), "{stderr}");
+    let c = bin().args(["config"]).output().unwrap();
+    assert!(c.status.success());
+    let text = String::from_utf8_lossy(&c.stdout);
+    assert!(
+        text.contains("[encode_lane]") && text.contains("max_wait = \"10ms\""),
+        "{text}"
+    );
+}
