@@ -8,6 +8,7 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
+    pin_cpu_threads();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -17,5 +18,16 @@ fn main() -> ExitCode {
             eprintln!("error: {}", chain.join(": "));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// candle 0.11 sizes its CPU matmul parallelism with `num_cpus::get_physical()` on every
+/// matmul unless `RAYON_NUM_THREADS` is set, and that reads `/proc/cpuinfo` each time (~12%
+/// of the end-to-end time of `fusionstream run` on a 2-core machine, found with perf). Set it
+/// once, before any thread starts, to the cores this process may use.
+fn pin_cpu_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
 }
