@@ -239,24 +239,39 @@ async fn fetch(shared: &Shared, src: &ImageSource) -> Result<Vec<u8>, String> {
     let Ok(_slot) = shared.fetch_slots.acquire().await else {
         return Err("image_fetch_failed".into());
     };
-    let mut attempt = 0;
+    with_retries(s.fetch_timeout, &s.fetch_backoff, || {
+        shared.media.fetch(src)
+    })
+    .await
+}
+
+/// Run `attempt` with a timeout per try; retry retryable errors with jittered backoff until
+/// the retries are used up; return the reason code of the last error.
+pub(crate) async fn with_retries<F, Fut>(
+    timeout: Duration,
+    backoff: &fusionstream_core::backoff::Backoff,
+    mut attempt: F,
+) -> Result<Vec<u8>, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>, FetchError>>,
+{
+    let mut n = 0;
     loop {
-        let r = match tokio::time::timeout(s.fetch_timeout, shared.media.fetch(src)).await {
+        let r = match tokio::time::timeout(timeout, attempt()).await {
             Ok(r) => r,
-            Err(_) => Err(FetchError::Timeout(s.fetch_timeout)),
+            Err(_) => Err(FetchError::Timeout(timeout)),
         };
         match r {
             Ok(b) => return Ok(b),
-            Err(e) if e.class() == ErrorClass::Retryable => {
-                match s.fetch_backoff.delay(attempt, jitter()) {
-                    Some(d) => {
-                        tracing::debug!(error = %e, attempt, "retrying fetch");
-                        tokio::time::sleep(d).await;
-                        attempt += 1;
-                    }
-                    None => return Err(e.reason_code().to_owned()),
+            Err(e) if e.class() == ErrorClass::Retryable => match backoff.delay(n, jitter()) {
+                Some(d) => {
+                    tracing::debug!(error = %e, attempt = n, "retrying fetch");
+                    tokio::time::sleep(d).await;
+                    n += 1;
                 }
-            }
+                None => return Err(e.reason_code().to_owned()),
+            },
             Err(e) => return Err(e.reason_code().to_owned()),
         }
     }
@@ -379,5 +394,65 @@ async fn enqueue(
         if shared.to_batcher.send((lane, part, cost)).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fusionstream_core::backoff::Backoff;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn backoff(retries: u32) -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(4),
+            retries,
+        }
+    }
+
+    #[tokio::test]
+    async fn retryable_errors_are_retried_then_succeed() {
+        let calls = AtomicU32::new(0);
+        let r = with_retries(Duration::from_secs(1), &backoff(3), || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(FetchError::Transient("reset".into()))
+                } else {
+                    Ok(vec![7])
+                }
+            }
+        })
+        .await;
+        assert_eq!(r, Ok(vec![7]));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn timeouts_are_retried_then_reported() {
+        let calls = AtomicU32::new(0);
+        let r = with_retries(Duration::from_millis(5), &backoff(2), || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok(vec![])
+            }
+        })
+        .await;
+        assert_eq!(r, Err("image_fetch_timeout".to_owned()));
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "first try + 2 retries");
+    }
+
+    #[tokio::test]
+    async fn poison_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let r = with_retries(Duration::from_secs(1), &backoff(5), || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(FetchError::NotFound("x".into())) }
+        })
+        .await;
+        assert_eq!(r, Err("image_not_found".to_owned()));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }
