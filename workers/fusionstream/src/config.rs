@@ -70,6 +70,8 @@ pub struct SourceConfig {
 pub enum SourceKind {
     /// Local JSONL files.
     Local,
+    /// A Kafka consumer group.
+    Kafka,
 }
 
 /// `[events]`.
@@ -198,6 +200,80 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// Local JSONL files.
     Local,
+    /// Kafka topics.
+    Kafka,
+}
+
+/// `[kafka]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub bootstrap_servers: String,
+    /// Client id.
+    pub client_id: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Input topics.
+    pub input_topics: Vec<String>,
+    /// Captions topic.
+    pub captions_topic: String,
+    /// Answers topic.
+    pub answers_topic: String,
+    /// Embeddings topic.
+    pub embeddings_topic: String,
+    /// Tags topic.
+    pub tags_topic: String,
+    /// Dead letters topic.
+    pub dead_letters_topic: String,
+    /// `security.protocol`.
+    pub security_protocol: String,
+    /// `sasl.mechanisms`.
+    pub sasl_mechanism: String,
+    /// `sasl.username`.
+    pub sasl_username: String,
+    /// `sasl.password`.
+    pub sasl_password: Secret,
+    /// `ssl.ca.location`.
+    pub ssl_ca_location: String,
+}
+
+impl KafkaConfig {
+    /// Output topics in [`fusionstream_core::record::Stream`] order.
+    pub fn output_topics(&self) -> [String; 5] {
+        [
+            self.captions_topic.clone(),
+            self.answers_topic.clone(),
+            self.embeddings_topic.clone(),
+            self.tags_topic.clone(),
+            self.dead_letters_topic.clone(),
+        ]
+    }
+
+    /// Connection settings for the clients.
+    pub fn connection(&self) -> fusionstream_io::kafka::KafkaConnection {
+        let mut properties = BTreeMap::new();
+        properties.insert(
+            "security.protocol".to_owned(),
+            self.security_protocol.clone(),
+        );
+        if self.security_protocol.starts_with("sasl") {
+            properties.insert("sasl.mechanisms".to_owned(), self.sasl_mechanism.clone());
+            properties.insert("sasl.username".to_owned(), self.sasl_username.clone());
+            properties.insert(
+                "sasl.password".to_owned(),
+                self.sasl_password.expose().to_owned(),
+            );
+        }
+        if !self.ssl_ca_location.is_empty() {
+            properties.insert("ssl.ca.location".to_owned(), self.ssl_ca_location.clone());
+        }
+        fusionstream_io::kafka::KafkaConnection {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            client_id: self.client_id.clone(),
+            properties,
+        }
+    }
 }
 
 /// `[checkpoint]`.
@@ -287,6 +363,7 @@ sections! {
     pipeline: PipelineConfig,
     degradation: DegradationConfig,
     sink: SinkConfig,
+    kafka: KafkaConfig,
     checkpoint: CheckpointConfig,
     shutdown: ShutdownConfig,
     telemetry: TelemetryConfig,
@@ -397,6 +474,32 @@ impl Config {
         }
         if let Err(e) = fusionstream_model::dtype(&self.model.dtype) {
             errors.push(format!("model.dtype: {e}"));
+        }
+        let uses_kafka = self.source.kind == SourceKind::Kafka || self.sink.kind == SinkKind::Kafka;
+        if uses_kafka {
+            let k = &self.kafka;
+            if k.bootstrap_servers.trim().is_empty() {
+                errors.push("kafka.bootstrap_servers is empty".into());
+            }
+            if self.source.kind == SourceKind::Kafka && k.input_topics.is_empty() {
+                errors.push("kafka.input_topics is empty".into());
+            }
+            if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
+                .contains(&k.security_protocol.as_str())
+            {
+                errors.push(format!(
+                    "kafka.security_protocol {:?}: expected plaintext, ssl, sasl_plaintext or sasl_ssl",
+                    k.security_protocol
+                ));
+            }
+            if k.security_protocol.starts_with("sasl")
+                && !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&k.sasl_mechanism.as_str())
+            {
+                errors.push(format!(
+                    "kafka.sasl_mechanism {:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                    k.sasl_mechanism
+                ));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
             errors.push(format!("telemetry.log_level: {e}"));
@@ -538,6 +641,34 @@ mod tests {
         )
         .expect_err("invalid");
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn kafka_settings_are_checked_and_the_password_masked() {
+        let e = Config::load(
+            &[],
+            env(&[
+                ("FUSIONSTREAM__SOURCE__KIND", "kafka"),
+                ("FUSIONSTREAM__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                ("FUSIONSTREAM__KAFKA__SASL_MECHANISM", "GSSAPI"),
+            ]),
+        )
+        .expect_err("invalid");
+        assert_eq!(e.0.len(), 1, "{e}");
+        let c = Config::load(
+            &[],
+            env(&[
+                ("FUSIONSTREAM__SINK__KIND", "kafka"),
+                ("FUSIONSTREAM__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+                ("FUSIONSTREAM__KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+                ("FUSIONSTREAM__KAFKA__SASL_PASSWORD", "hunter2"),
+            ]),
+        )
+        .expect("valid");
+        assert!(!c.to_toml().contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!format!("{:?}", c.kafka.connection()).contains("hunter2"));
+        assert_eq!(c.kafka.connection().properties["sasl.password"], "hunter2");
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! | [`checkpoint`] | the local position checkpoint (atomic JSON file) |
 //! | [`media`] | media fetch errors with reason codes; the local file-system store |
 //! | [`jsonl_sink`] | one JSONL file per output stream, durable on flush |
+//! | [`kafka`] | Kafka client settings, the Kafka output sink, topic creation |
 
 pub mod checkpoint;
 pub mod jsonl_sink;
+pub mod kafka;
 pub mod local_source;
 pub mod media;
 pub mod source;

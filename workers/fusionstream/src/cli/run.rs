@@ -9,12 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use fusionstream::config::{Config, LogFormat, Progress};
+use fusionstream::config::{Config, LogFormat, Progress, SinkKind, SourceKind};
+use fusionstream::pipeline::kafka::{KafkaCommitter, KafkaSource};
 use fusionstream::pipeline::{
-    self, LocalCheckpoint, LocalJsonl, Media, Parts, RunEnd, Settings, Stats, StatsSnapshot,
+    self, Committer, LocalCheckpoint, LocalJsonl, Media, Parts, RunEnd, Settings, Source, Stats,
+    StatsSnapshot,
 };
+use fusionstream_core::record::OUTPUT_SCHEMA_VERSION;
 use fusionstream_io::checkpoint::Checkpoint;
 use fusionstream_io::jsonl_sink::JsonlSink;
+use fusionstream_io::kafka::KafkaSink;
 use fusionstream_io::media::LocalMedia;
 use fusionstream_model::bundle::GenerationSpec;
 use fusionstream_model::preprocess::{DecodeOptions, ImageLimits};
@@ -174,15 +178,9 @@ async fn run_async(c: Config) -> anyhow::Result<Summary> {
         "model loaded"
     );
 
-    let checkpoint = Checkpoint::load(&c.checkpoint.path)?;
-    let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint)
-        .with_context(|| format!("opening events {}", c.source.path.display()))?;
-    let committer = LocalCheckpoint::new(&c.checkpoint.path, source.streams(), checkpoint);
-    let sink = JsonlSink::open(&c.sink.dir).await?;
     let media = Media {
         local: LocalMedia::new(&c.media.root, c.media.max_bytes),
     };
-
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
     let stats = Arc::new(Stats::default());
@@ -193,19 +191,30 @@ async fn run_async(c: Config) -> anyhow::Result<Summary> {
     };
     let progress = show.then(|| tokio::spawn(progress(stats.clone())));
     let start = Instant::now();
-    let end = pipeline::run(
-        Parts {
-            settings,
-            model: Arc::new(model),
-            media,
-            source,
-            sink,
-            committer,
-        },
-        stats.clone(),
+    let common = Common {
+        settings,
+        model: Arc::new(model),
+        media,
+        stats: stats.clone(),
         cancel,
-    )
-    .await?;
+    };
+    let end = match c.source.kind {
+        SourceKind::Local => {
+            let checkpoint = Checkpoint::load(&c.checkpoint.path)?;
+            let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint)
+                .with_context(|| format!("opening events {}", c.source.path.display()))?;
+            let committer = LocalCheckpoint::new(&c.checkpoint.path, source.streams(), checkpoint);
+            with_sink(&c, common, source, committer).await?
+        }
+        SourceKind::Kafka => {
+            let (source, shared) = KafkaSource::new(
+                c.kafka.connection(),
+                c.kafka.group_id.clone(),
+                c.kafka.input_topics.clone(),
+            );
+            with_sink(&c, common, source, KafkaCommitter::new(shared)).await?
+        }
+    };
     let seconds = start.elapsed().as_secs_f64();
     if let Some(p) = progress {
         p.abort();
@@ -226,6 +235,65 @@ async fn run_async(c: Config) -> anyhow::Result<Summary> {
     };
     print_summary(&summary, &c);
     Ok(summary)
+}
+
+/// What every source/sink combination shares.
+struct Common {
+    settings: Settings,
+    model: Arc<FusionModel>,
+    media: Media,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+}
+
+async fn with_sink<S: Source, C: Committer>(
+    c: &Config,
+    common: Common,
+    source: S,
+    committer: C,
+) -> anyhow::Result<RunEnd> {
+    let Common {
+        settings,
+        model,
+        media,
+        stats,
+        cancel,
+    } = common;
+    match c.sink.kind {
+        SinkKind::Local => {
+            let sink = JsonlSink::open(&c.sink.dir).await?;
+            let parts = Parts {
+                settings,
+                model,
+                media,
+                source,
+                sink,
+                committer,
+            };
+            pipeline::run(parts, stats, cancel).await
+        }
+        SinkKind::Kafka => {
+            let m = model.manifest();
+            let headers = vec![
+                (
+                    "schema_version".to_owned(),
+                    OUTPUT_SCHEMA_VERSION.to_string(),
+                ),
+                ("bundle_id".to_owned(), m.id.clone()),
+                ("bundle_version".to_owned(), m.version.clone()),
+            ];
+            let sink = KafkaSink::new(&c.kafka.connection(), c.kafka.output_topics(), headers)?;
+            let parts = Parts {
+                settings,
+                model,
+                media,
+                source,
+                sink,
+                committer,
+            };
+            pipeline::run(parts, stats, cancel).await
+        }
+    }
 }
 
 fn spawn_signal_handler(cancel: CancellationToken) {
@@ -332,12 +400,21 @@ fn print_summary(s: &Summary, c: &Config) {
         "  throughput  {:.1} events/s over {:.1}s; model busy {:.1}s; latency p50 {:.0} ms, p99 {:.0} ms",
         s.events_per_second, s.seconds, st.model_seconds, st.latency_p50_ms, st.latency_p99_ms
     ));
-    line(format!(
-        "  written to  {}/ (checkpoint {})",
-        c.sink.dir.display(),
-        c.checkpoint.path.display()
-    ));
-    if st.read == 0 {
+    match (c.sink.kind, c.source.kind) {
+        (SinkKind::Local, SourceKind::Local) => line(format!(
+            "  written to  {}/ (checkpoint {})",
+            c.sink.dir.display(),
+            c.checkpoint.path.display()
+        )),
+        (SinkKind::Local, SourceKind::Kafka) => {
+            line(format!("  written to  {}/", c.sink.dir.display()))
+        }
+        (SinkKind::Kafka, _) => line(format!(
+            "  written to  Kafka topics {}",
+            c.kafka.output_topics().join(", ")
+        )),
+    }
+    if st.read == 0 && c.source.kind == SourceKind::Local {
         line(
             "  nothing new to read: the checkpoint covers every event (use --fresh to start over)"
                 .into(),

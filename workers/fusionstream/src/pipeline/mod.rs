@@ -15,6 +15,7 @@
 mod assemble;
 mod batching;
 mod intake;
+pub mod kafka;
 mod sink;
 pub mod stats;
 
@@ -281,10 +282,11 @@ pub(crate) struct Taken {
 #[derive(Debug, Clone)]
 pub struct Emitter {
     permits: Arc<Semaphore>,
-    tracker: Arc<Mutex<PositionTracker>>,
+    pub(crate) tracker: Arc<Mutex<PositionTracker>>,
     tx: mpsc::Sender<Taken>,
-    cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     stats: Arc<Stats>,
+    pub(crate) max_event_bytes: usize,
 }
 
 impl Emitter {
@@ -424,6 +426,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         tx: taken_tx,
         cancel: cancel.clone(),
         stats: stats.clone(),
+        max_event_bytes: settings.limits.max_event_bytes,
     };
     let source_task = tokio::spawn(source.run(emitter));
 

@@ -25,7 +25,19 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
 ) -> anyhow::Result<()> {
     let mut last_commit = Instant::now();
     let mut group = Vec::with_capacity(GROUP);
-    while let Some(first) = rx.recv().await {
+    loop {
+        // Commit on a timer too, so the tail of a stream that goes quiet is committed.
+        let first = tokio::select! {
+            f = rx.recv() => match f {
+                Some(f) => f,
+                None => break,
+            },
+            _ = tokio::time::sleep(interval) => {
+                commit(&tracker, &committer)?;
+                last_commit = Instant::now();
+                continue;
+            }
+        };
         group.push(first);
         while group.len() < GROUP {
             match rx.try_recv() {
@@ -42,7 +54,11 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
         {
             let mut t = lock(&tracker);
             for f in &group {
-                t.complete(f.partition, f.offset)?;
+                if let Err(e) = t.complete(f.partition, f.offset) {
+                    // The partition was revoked while the event was in flight: its outputs
+                    // are published, its offset belongs to the new owner (who may repeat it).
+                    tracing::debug!(error = %e, "completion of a revoked position");
+                }
             }
         }
         for f in group.drain(..) {

@@ -1,0 +1,200 @@
+//! Kafka clients: configuration shared by the consumer and the producer (security settings
+//! passed through), the output sink (idempotent producer, `acks=all`, records keyed by event
+//! id, acknowledged when the broker confirms), and topic creation for tests and set-up.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fusionstream_core::record::Stream;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+/// Connection settings of every Kafka client of a worker.
+#[derive(Clone)]
+pub struct KafkaConnection {
+    /// `host:port,…`.
+    pub bootstrap_servers: String,
+    /// Client id reported to the brokers.
+    pub client_id: String,
+    /// librdkafka properties passed through (security.protocol, sasl.*, ssl.*).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Properties may hold passwords: print their names only.
+        f.debug_struct("KafkaConnection")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("client_id", &self.client_id)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KafkaConnection {
+    /// A client configuration with these settings.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Create `topics` (name, partitions) with replication 1 if they do not exist.
+    pub async fn ensure_topics(
+        &self,
+        topics: &[(&str, i32)],
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for r in admin.create_topics(new.iter(), &opts).await? {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => {
+                    tracing::error!(topic = %t, error = %e, "cannot create topic");
+                    return Err(rdkafka::error::KafkaError::AdminOp(e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the Kafka sink.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSinkError {
+    /// The producer could not be created.
+    #[error("kafka producer: {0}")]
+    Create(rdkafka::error::KafkaError),
+    /// A record was not delivered (after librdkafka's own retries, `delivery.timeout.ms`).
+    #[error("delivery to {topic} failed: {error}")]
+    Delivery {
+        /// Topic.
+        topic: String,
+        /// Cause.
+        error: rdkafka::error::KafkaError,
+    },
+    /// The producer went away before confirming.
+    #[error("producer dropped before confirming a delivery")]
+    Canceled,
+}
+
+/// Output records to Kafka topics, one per stream.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topics: [String; 5],
+    headers: Vec<(String, String)>,
+    pending: Vec<(usize, DeliveryFuture)>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("topics", &self.topics)
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl KafkaSink {
+    /// An idempotent producer (`acks=all`) writing stream `s` to `topics[s.index()]`;
+    /// `headers` go on every record (schema version, bundle version).
+    pub fn new(
+        conn: &KafkaConnection,
+        topics: [String; 5],
+        headers: Vec<(String, String)>,
+    ) -> Result<Self, KafkaSinkError> {
+        let producer: FutureProducer = conn
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
+            .map_err(KafkaSinkError::Create)?;
+        Ok(Self {
+            producer,
+            topics,
+            headers,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Queue one record; waits while librdkafka's queue is full.
+    pub async fn write(
+        &mut self,
+        stream: Stream,
+        key: &str,
+        json: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), KafkaSinkError> {
+        let topic = &self.topics[stream.index()];
+        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len() + 1);
+        for (k, v) in &self.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        if let Some(tp) = traceparent {
+            headers = headers.insert(Header {
+                key: "traceparent",
+                value: Some(tp.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(topic)
+            .key(key)
+            .payload(json)
+            .headers(headers);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    self.pending.push((stream.index(), f));
+                    return Ok(());
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    // Let deliveries drain, then try again: never drop.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => {
+                    return Err(KafkaSinkError::Delivery {
+                        topic: topic.clone(),
+                        error,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Wait until every queued record is acknowledged by the brokers.
+    pub async fn flush(&mut self) -> Result<(), KafkaSinkError> {
+        for (i, f) in self.pending.drain(..) {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => {
+                    return Err(KafkaSinkError::Delivery {
+                        topic: self.topics[i].clone(),
+                        error,
+                    })
+                }
+                Err(_) => return Err(KafkaSinkError::Canceled),
+            }
+        }
+        Ok(())
+    }
+}
