@@ -109,6 +109,22 @@ pub struct MediaConfig {
     pub backoff_max: Duration,
 }
 
+/// `[s3]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Serve s3:// references.
+    pub enabled: bool,
+    /// Endpoint override.
+    pub endpoint: String,
+    /// Region.
+    pub region: String,
+    /// Path-style addressing.
+    pub force_path_style: bool,
+    /// Allowed buckets.
+    pub allowed_buckets: Vec<String>,
+}
+
 /// `[image]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -355,6 +371,7 @@ sections! {
     source: SourceConfig,
     events: EventsConfig,
     media: MediaConfig,
+    s3: S3Config,
     image: ImageConfig,
     model: ModelConfig,
     preprocess: PreprocessConfig,
@@ -504,6 +521,17 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
             errors.push(format!("telemetry.log_level: {e}"));
         }
+    }
+
+    /// Settings of the S3 media store, when enabled.
+    pub fn s3_settings(&self) -> Option<fusionstream_io::s3::S3Settings> {
+        self.s3.enabled.then(|| fusionstream_io::s3::S3Settings {
+            endpoint: (!self.s3.endpoint.is_empty()).then(|| self.s3.endpoint.clone()),
+            region: self.s3.region.clone(),
+            force_path_style: self.s3.force_path_style,
+            allowed_buckets: self.s3.allowed_buckets.clone(),
+            max_bytes: self.media.max_bytes,
+        })
     }
 
     /// The effective configuration as TOML, secrets masked.

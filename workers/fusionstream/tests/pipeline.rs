@@ -58,6 +58,10 @@ async fn run(c: &Config, stop_after: Option<u64>) -> (RunEnd, StatsSnapshot, u64
         model: model(),
         media: Media {
             local: LocalMedia::new(&c.media.root, c.media.max_bytes),
+            s3: match c.s3_settings() {
+                Some(s) => Some(fusionstream_io::s3::S3Media::new(s).await),
+                None => None,
+            },
         },
         source,
         sink: JsonlSink::open(&c.sink.dir).await.unwrap(),
@@ -577,4 +581,96 @@ async fn oversized_lines_are_cut_and_dead_lettered() {
     assert_eq!(dl["payload_truncated"], true);
     assert_eq!(dl["payload"].as_str().unwrap().len(), 100);
     one(&all, "embeddings", "after");
+}
+
+/// S3 media from a real MinIO (`scripts/dev-services.sh up`; endpoint in
+/// `FUSIONSTREAM_TEST_S3_ENDPOINT`, credentials in the standard AWS variables): objects fetched
+/// through the SDK, a missing key and a bucket outside the allowed list degrade with their
+/// reasons, a corrupt object too, an object over the size limit is refused before its body
+/// is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_media_from_minio() {
+    let endpoint = match std::env::var("FUSIONSTREAM_TEST_S3_ENDPOINT") {
+        Ok(e) if !e.is_empty() => e,
+        _ => {
+            assert!(
+                std::env::var("FUSIONSTREAM_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "FUSIONSTREAM_TEST_S3_ENDPOINT is not set: run scripts/dev-services.sh up"
+            );
+            eprintln!(
+                "skipped: no S3 endpoint (run scripts/dev-services.sh up and export its env)"
+            );
+            return;
+        }
+    };
+    let bucket = format!("media-{}", std::process::id());
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events.jsonl");
+    let lines = [
+        serde_json::json!({"id": "s3-ok", "image": format!("s3://{bucket}/scenes/scene0.png"), "text": "a small black circle at the bottom", "question": "what colour is the cross ?"}),
+        serde_json::json!({"id": "s3-missing", "image": format!("s3://{bucket}/scenes/nope.png"), "text": "a red circle"}),
+        serde_json::json!({"id": "s3-denied", "image": "s3://not-allowed/scene0.png", "text": "a red circle"}),
+        serde_json::json!({"id": "s3-corrupt", "image": format!("s3://{bucket}/truncated.jpg"), "text": "a red circle"}),
+        serde_json::json!({"id": "s3-too-large", "image": format!("s3://{bucket}/big.bin"), "text": "a red circle"}),
+    ];
+    std::fs::write(
+        &events,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let c = config(&events, &out, |c| {
+        c.s3.enabled = true;
+        c.s3.endpoint = endpoint.clone();
+        c.s3.force_path_style = true;
+        c.s3.allowed_buckets = vec![bucket.clone()];
+        c.media.max_bytes = 1 << 20;
+    });
+    let store = fusionstream_io::s3::S3Media::new(c.s3_settings().unwrap()).await;
+    let s3 = store.client();
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let put = |key: &str, body: Vec<u8>| {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .send()
+    };
+    let media = common::root().join("examples/media");
+    put(
+        "scenes/scene0.png",
+        std::fs::read(media.join("scene0.png")).unwrap(),
+    )
+    .await
+    .unwrap();
+    put(
+        "truncated.jpg",
+        std::fs::read(media.join("truncated.jpg")).unwrap(),
+    )
+    .await
+    .unwrap();
+    put("big.bin", vec![0u8; (1 << 20) + 1]).await.unwrap();
+
+    let (end, stats, _) = run(&c, None).await;
+    assert_eq!(end, RunEnd::Completed);
+    assert_eq!(stats.finished, 5);
+    let all = outputs(&out);
+    let reference = reference();
+    assert_eq!(
+        one(&all, "captions", "s3-ok")["caption"],
+        reference["caption_greedy"][0]
+    );
+    assert_eq!(
+        one(&all, "answers", "s3-ok")["answer"],
+        reference["answer_greedy"][0]
+    );
+    assert!(degraded(one(&all, "embeddings", "s3-ok")).is_empty());
+    for (id, flag) in [
+        ("s3-missing", "image:image_not_found"),
+        ("s3-denied", "image:image_ref_forbidden"),
+        ("s3-corrupt", "image:image_corrupt"),
+        ("s3-too-large", "image:image_too_large"),
+    ] {
+        assert_eq!(degraded(one(&all, "embeddings", id)), [flag], "{id}");
+    }
 }

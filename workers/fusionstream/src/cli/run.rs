@@ -178,8 +178,13 @@ async fn run_async(c: Config) -> anyhow::Result<Summary> {
         "model loaded"
     );
 
+    let s3 = match c.s3_settings() {
+        Some(s) => Some(fusionstream_io::s3::S3Media::new(s).await),
+        None => None,
+    };
     let media = Media {
         local: LocalMedia::new(&c.media.root, c.media.max_bytes),
+        s3,
     };
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());

@@ -36,6 +36,7 @@ use fusionstream_io::checkpoint::Checkpoint;
 use fusionstream_io::jsonl_sink::{JsonlSink, SinkError};
 use fusionstream_io::local_source::LocalSource;
 use fusionstream_io::media::{FetchError, LocalMedia};
+use fusionstream_io::s3::S3Media;
 use fusionstream_io::SourceRecord;
 use fusionstream_model::FusionModel;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -130,6 +131,8 @@ impl Settings {
 pub struct Media {
     /// Local files.
     pub local: LocalMedia,
+    /// S3, when configured.
+    pub s3: Option<S3Media>,
 }
 
 impl Media {
@@ -138,9 +141,12 @@ impl Media {
         match src {
             ImageSource::Local(p) => self.local.fetch(p).await,
             ImageSource::Inline(b) => Ok(b.clone()),
-            ImageSource::S3 { bucket, .. } => Err(FetchError::Unconfigured(format!(
-                "s3://{bucket}/… (this worker has no S3 store configured)"
-            ))),
+            ImageSource::S3 { bucket, key } => match &self.s3 {
+                Some(s3) => s3.fetch(bucket, key).await,
+                None => Err(FetchError::Unconfigured(format!(
+                    "s3://{bucket}/… (this worker has no S3 store configured)"
+                ))),
+            },
         }
     }
 }
