@@ -214,6 +214,31 @@ pub struct DeadLetterRecord {
 }
 
 impl DeadLetterRecord {
+    /// A dead letter without its payload yet (see [`DeadLetterRecord::with_payload`]).
+    pub fn new(
+        event_id: Option<String>,
+        reason: &str,
+        detail: String,
+        source: SourcePosition,
+        bundle: BundleRef,
+        degraded: Vec<Degradation>,
+        failed_at: String,
+    ) -> Self {
+        Self {
+            schema_version: OUTPUT_SCHEMA_VERSION,
+            event_id,
+            reason: reason.to_owned(),
+            detail,
+            payload: None,
+            payload_base64: None,
+            payload_truncated: false,
+            source,
+            bundle,
+            degraded,
+            failed_at,
+        }
+    }
+
     /// Attach `payload`, cut to `limit` bytes.
     pub fn with_payload(mut self, payload: &[u8], limit: usize) -> Self {
         let truncated = payload.len() > limit;

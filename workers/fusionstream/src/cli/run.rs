@@ -12,8 +12,8 @@ use clap::Args;
 use fusionstream::config::{Config, LogFormat, Progress, SinkKind, SourceKind};
 use fusionstream::pipeline::kafka::{KafkaCommitter, KafkaSource};
 use fusionstream::pipeline::{
-    self, Committer, LocalCheckpoint, LocalJsonl, Media, Parts, RunEnd, Settings, Source, Stats,
-    StatsSnapshot,
+    self, Committer, LocalCheckpoint, LocalJsonl, Media, OutputSink, Parts, RunEnd, Settings,
+    Source, Stats, StatsSnapshot,
 };
 use fusionstream_core::record::OUTPUT_SCHEMA_VERSION;
 use fusionstream_io::checkpoint::Checkpoint;
@@ -257,28 +257,13 @@ async fn with_sink<S: Source, C: Committer>(
     source: S,
     committer: C,
 ) -> anyhow::Result<RunEnd> {
-    let Common {
-        settings,
-        model,
-        media,
-        stats,
-        cancel,
-    } = common;
     match c.sink.kind {
         SinkKind::Local => {
             let sink = JsonlSink::open(&c.sink.dir).await?;
-            let parts = Parts {
-                settings,
-                model,
-                media,
-                source,
-                sink,
-                committer,
-            };
-            pipeline::run(parts, stats, cancel).await
+            run_with(common, source, sink, committer).await
         }
         SinkKind::Kafka => {
-            let m = model.manifest();
+            let m = common.model.manifest();
             let headers = vec![
                 (
                     "schema_version".to_owned(),
@@ -288,17 +273,33 @@ async fn with_sink<S: Source, C: Committer>(
                 ("bundle_version".to_owned(), m.version.clone()),
             ];
             let sink = KafkaSink::new(&c.kafka.connection(), c.kafka.output_topics(), headers)?;
-            let parts = Parts {
-                settings,
-                model,
-                media,
-                source,
-                sink,
-                committer,
-            };
-            pipeline::run(parts, stats, cancel).await
+            run_with(common, source, sink, committer).await
         }
     }
+}
+
+async fn run_with<S: Source, K: OutputSink, C: Committer>(
+    common: Common,
+    source: S,
+    sink: K,
+    committer: C,
+) -> anyhow::Result<RunEnd> {
+    let Common {
+        settings,
+        model,
+        media,
+        stats,
+        cancel,
+    } = common;
+    let parts = Parts {
+        settings,
+        model,
+        media,
+        source,
+        sink,
+        committer,
+    };
+    pipeline::run(parts, stats, cancel).await
 }
 
 fn spawn_signal_handler(cancel: CancellationToken) {

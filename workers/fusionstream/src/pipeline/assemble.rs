@@ -279,19 +279,15 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
             .or(skipped.first())
             .map_or("no_output", |s| s.reason.code())
             .to_owned();
-        let dl = DeadLetterRecord {
-            schema_version: OUTPUT_SCHEMA_VERSION,
-            event_id: Some(ctx.event_id.clone()),
-            reason: reason.clone(),
-            detail: "no requested output could be produced".into(),
-            payload: None,
-            payload_base64: None,
-            payload_truncated: false,
-            source: ctx.position.clone(),
-            bundle: ctx.bundle.clone(),
-            degraded: ctx.plan.degraded.clone(),
-            failed_at: rfc3339(SystemTime::now()),
-        }
+        let dl = DeadLetterRecord::new(
+            Some(ctx.event_id.clone()),
+            &reason,
+            "no requested output could be produced".into(),
+            ctx.position.clone(),
+            ctx.bundle.clone(),
+            ctx.plan.degraded.clone(),
+            rfc3339(SystemTime::now()),
+        )
         .with_payload(&ctx.payload.0, ctx.dead_letter_limit);
         return Finished {
             partition: ctx.partition,

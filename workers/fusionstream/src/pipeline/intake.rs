@@ -7,9 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fusionstream_core::batch::Cost;
 use fusionstream_core::degrade::{decide, Availability, Decision, Degradation, Plan};
 use fusionstream_core::event::{parse_event, Event, ImageSource, Input};
-use fusionstream_core::record::{
-    BundleRef, DeadLetterRecord, SourcePosition, Stream, OUTPUT_SCHEMA_VERSION,
-};
+use fusionstream_core::record::{BundleRef, DeadLetterRecord, SourcePosition, Stream};
 use fusionstream_core::{Classify, ErrorClass, Lane};
 use fusionstream_io::media::FetchError;
 use fusionstream_model::{FusionModel, Prepared, PreparedImage};
@@ -62,19 +60,15 @@ fn dead_letter(
     detail: String,
     degraded: Vec<Degradation>,
 ) -> Finished {
-    let rec = DeadLetterRecord {
-        schema_version: OUTPUT_SCHEMA_VERSION,
-        event_id: event_id.clone(),
-        reason: reason.to_owned(),
+    let rec = DeadLetterRecord::new(
+        event_id.clone(),
+        reason,
         detail,
-        payload: None,
-        payload_base64: None,
-        payload_truncated: false,
-        source: position(shared, &t),
-        bundle: shared.bundle.clone(),
+        position(shared, &t),
+        shared.bundle.clone(),
         degraded,
-        failed_at: rfc3339(SystemTime::now()),
-    }
+        rfc3339(SystemTime::now()),
+    )
     .with_payload(&t.rec.payload, shared.settings.max_dead_letter_payload);
     let mut rec = rec;
     // A payload cut by the source was already incomplete.
