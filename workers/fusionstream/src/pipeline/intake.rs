@@ -51,16 +51,16 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// A dead letter for `t`.
-fn dead_letter(
+/// Send a dead letter for `t`: the original payload, the reason, the source position.
+async fn send_dead_letter(
     shared: &Shared,
     t: Taken,
     event_id: Option<String>,
     reason: &str,
     detail: String,
     degraded: Vec<Degradation>,
-) -> Finished {
-    let rec = DeadLetterRecord::new(
+) {
+    let mut rec = DeadLetterRecord::new(
         event_id.clone(),
         reason,
         detail,
@@ -70,30 +70,20 @@ fn dead_letter(
         rfc3339(SystemTime::now()),
     )
     .with_payload(&t.rec.payload, shared.settings.max_dead_letter_payload);
-    let mut rec = rec;
     // A payload cut by the source was already incomplete.
     rec.payload_truncated |= t.rec.oversized;
-    let json = serde_json::to_vec(&rec).unwrap_or_default();
-    Finished {
+    let f = Finished {
         partition: t.rec.partition,
         offset: t.rec.offset,
         key: event_id.unwrap_or_default(),
-        records: vec![(Stream::DeadLetters, json)],
+        records: vec![(
+            Stream::DeadLetters,
+            serde_json::to_vec(&rec).unwrap_or_default(),
+        )],
         outcome: Outcome::DeadLetter(reason.to_owned()),
         latency: t.started.elapsed(),
         permit: Some(t.permit),
-    }
-}
-
-async fn send_dead_letter(
-    shared: &Shared,
-    t: Taken,
-    event_id: Option<String>,
-    reason: &str,
-    detail: String,
-    degraded: Vec<Degradation>,
-) {
-    let f = dead_letter(shared, t, event_id, reason, detail, degraded);
+    };
     // A closed sink means the worker is stopping; the event is not acknowledged and replays.
     let _ = shared.to_sink.send(f).await;
 }
@@ -186,10 +176,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
     let plan = match decide(event.tasks, &image, &text, &question, rule) {
         Decision::Process(p) => p,
         Decision::DeadLetter { reason, detail } => {
-            let degraded = match decide(event.tasks, &image, &text, &question, Default::default()) {
-                Decision::Process(p) => p.degraded,
-                Decision::DeadLetter { .. } => degradations_of(&image, &text, &question),
-            };
+            let degraded = degradations_of(&image, &text, &question);
             let id = Some(event.id.clone());
             return send_dead_letter(&shared, t, id, &reason, detail, degraded).await;
         }
