@@ -8,6 +8,8 @@
 #   scripts/dev-services.sh down    stop what `up` started and remove its data
 #   scripts/dev-services.sh env     print the endpoints as shell exports (eval "$(... env)")
 #   scripts/dev-services.sh status  say what is running
+#   scripts/dev-services.sh stop kafka|minio   stop one service, keeping its data (fault tests)
+#   scripts/dev-services.sh start kafka|minio  start it again on its data
 #   scripts/dev-services.sh kafka-tool CLASS ARGS...  run a Kafka tool (console producer, topics)
 #
 # Ports (override with the environment): FUSIONSTREAM_KAFKA_PORT (19092), its controller
@@ -93,9 +95,17 @@ install_minio() {
   rm -rf "$dir/src"
 }
 
-start_kafka() {
+start_kafka() { # [keep]: restart on the existing data
   if running kafka; then return; fi
   local data="$RUN/kafka-data" cfg="$RUN/kafka.properties"
+  if [[ "${1:-}" == keep && -f "$data/meta.properties" ]]; then
+    local java=(java -Xms256m -Xmx512m -XX:+UseSerialGC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn
+      -cp "$KAFKA_HOME/lib/*")
+    nohup "${java[@]}" kafka.Kafka "$cfg" >> "$RUN/kafka.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/kafka.pid"
+    wait_port "$KAFKA_PORT" kafka 90 || { tail -n 30 "$RUN/kafka.log" >&2; return 1; }
+    return
+  fi
   rm -rf "$data"
   mkdir -p "$data"
   cat > "$cfg" <<PROPS
@@ -127,9 +137,9 @@ PROPS
   wait_port "$KAFKA_PORT" kafka 90 || { tail -n 30 "$RUN/kafka.log" >&2; return 1; }
 }
 
-start_minio() {
+start_minio() { # [keep]: restart on the existing data
   if running minio; then return; fi
-  rm -rf "$RUN/minio-data"
+  if [[ "${1:-}" != keep ]]; then rm -rf "$RUN/minio-data"; fi
   mkdir -p "$RUN/minio-data"
   MINIO_ROOT_USER=$MINIO_USER MINIO_ROOT_PASSWORD=$MINIO_PASSWORD MINIO_BROWSER=off \
     nohup "$MINIO_BIN" server "$RUN/minio-data" --address "127.0.0.1:$MINIO_PORT" \
@@ -194,13 +204,21 @@ case "${1:-}" in
     shift
     kafka_tool "$@"
     ;;
+  stop | start)
+    case "${2:-}" in
+      kafka | minio) ;;
+      *) echo "usage: $0 $1 kafka|minio" >&2; exit 2 ;;
+    esac
+    if [[ $1 == stop ]]; then stop "$2"; else "start_$2" keep; fi
+    log "$2: $1"
+    ;;
   status)
     for s in kafka minio; do
       if running "$s"; then echo "$s: running (pid $(cat "$RUN/$s.pid"))"; else echo "$s: stopped"; fi
     done
     ;;
   *)
-    echo "usage: $0 up|down|env|status|kafka-tool CLASS ARGS..." >&2
+    echo "usage: $0 up|down|env|status|stop NAME|start NAME|kafka-tool CLASS ARGS..." >&2
     exit 2
     ;;
 esac

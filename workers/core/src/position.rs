@@ -145,6 +145,11 @@ impl PositionTracker {
             .collect()
     }
 
+    /// Positions of `partition` taken and not yet done.
+    pub fn in_flight_of(&self, partition: PartitionId) -> usize {
+        self.partitions.get(&partition).map_or(0, |p| p.in_flight())
+    }
+
     /// Positions taken and not yet done, over all partitions.
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.in_flight()).sum()

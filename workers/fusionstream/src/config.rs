@@ -252,6 +252,15 @@ pub struct KafkaConfig {
     pub sasl_password: Secret,
     /// `ssl.ca.location`.
     pub ssl_ca_location: String,
+    /// Bound on finishing a revoked partition's in-flight events.
+    #[serde(with = "humantime_serde")]
+    pub revoke_timeout: Duration,
+    /// Pause the partitions after waiting this long for an in-flight slot.
+    #[serde(with = "humantime_serde")]
+    pub pause_after: Duration,
+    /// librdkafka statistics interval (0 = off).
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
 }
 
 impl KafkaConfig {
@@ -322,6 +331,14 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// Progress line.
     pub progress: Progress,
+    /// Listen address of /metrics, /healthz, /readyz ("" = off).
+    pub metrics_listen: String,
+    /// OTLP/HTTP base URL ("" = off).
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Root sampling ratio.
+    pub trace_sample_ratio: f64,
 }
 
 /// Log formats.
@@ -520,6 +537,28 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
             errors.push(format!("telemetry.log_level: {e}"));
+        }
+        let t = &self.telemetry;
+        if !t.metrics_listen.is_empty() && t.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            errors.push(format!(
+                "telemetry.metrics_listen {:?}: expected host:port, e.g. \"0.0.0.0:9464\"",
+                t.metrics_listen
+            ));
+        }
+        // The exporter is built without TLS: collectors run beside the worker (sidecar or
+        // node agent), reached over plain HTTP.
+        if !t.otlp_endpoint.is_empty() && !t.otlp_endpoint.starts_with("http://") {
+            errors.push(format!(
+                "telemetry.otlp_endpoint {:?}: expected an http:// URL (no TLS to the collector)",
+                t.otlp_endpoint
+            ));
+        }
+        if !(0.0..=1.0).contains(&t.trace_sample_ratio) {
+            errors.push(format!(
+                "telemetry.trace_sample_ratio {} is not between 0 and 1",
+                t.trace_sample_ratio
+            ));
         }
     }
 

@@ -5,6 +5,8 @@
 //! |---|---|
 //! | [`config`] | layered, validated configuration (`config/default.toml` embedded) |
 //! | [`pipeline`] | source → fetch → preprocess → batcher → model thread → sink → acknowledge |
+//! | [`telemetry`] | logs, OpenTelemetry traces, Prometheus metrics, `/healthz` `/readyz` |
 
 pub mod config;
 pub mod pipeline;
+pub mod telemetry;

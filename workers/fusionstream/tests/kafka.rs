@@ -2,7 +2,10 @@
 //! `scripts/dev-services.sh up`; its address in `FUSIONSTREAM_TEST_KAFKA`): the example events
 //! produced by Kafka's own console producer, every output on its topic and valid against the
 //! schemas, offsets committed; a worker killed with SIGKILL in the middle of a stream and
-//! restarted, several times: every event has its outputs.
+//! restarted, several times: every event has its outputs; a second worker joining and
+//! leaving the group mid-stream: nothing lost; trace context from the producer's
+//! `traceparent` through the worker's spans (received by an OTLP endpoint in this test) to
+//! the output headers, and the worker's /metrics and /readyz while it runs.
 //!
 //! Without `FUSIONSTREAM_TEST_KAFKA` these tests say so and pass, unless
 //! `FUSIONSTREAM_REQUIRE_SERVICES=1` (set by `.ci/run`), where they fail.
@@ -10,231 +13,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use fusionstream_io::kafka::KafkaConnection;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::{Headers as _, Message as _};
-use rdkafka::{Offset, TopicPartitionList};
-
-fn broker() -> Option<String> {
-    match std::env::var("FUSIONSTREAM_TEST_KAFKA") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ => {
-            assert!(
-                std::env::var("FUSIONSTREAM_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "FUSIONSTREAM_TEST_KAFKA is not set: run scripts/dev-services.sh up"
-            );
-            eprintln!("skipped: no Kafka (run scripts/dev-services.sh up and export its env)");
-            None
-        }
-    }
-}
-
-struct Topics {
-    input: String,
-    outputs: [String; 5],
-    group: String,
-}
-
-const STREAMS: [&str; 5] = ["captions", "answers", "embeddings", "tags", "dead_letters"];
-
-fn topics(tag: &str) -> Topics {
-    let run = format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    Topics {
-        input: format!("test.{run}.events"),
-        outputs: STREAMS.map(|s| format!("test.{run}.{s}")),
-        group: format!("test-{run}"),
-    }
-}
-
-fn conn(broker: &str) -> KafkaConnection {
-    KafkaConnection {
-        bootstrap_servers: broker.to_owned(),
-        client_id: "fusionstream-test".into(),
-        properties: BTreeMap::new(),
-    }
-}
-
-async fn create(broker: &str, t: &Topics) {
-    let mut all: Vec<(&str, i32)> = vec![(t.input.as_str(), 3)];
-    all.extend(t.outputs.iter().map(|o| (o.as_str(), 1)));
-    conn(broker).ensure_topics(&all).await.unwrap();
-}
-
-/// Produce lines with Kafka's own console producer (a real third-party client).
-fn produce(broker: &str, topic: &str, lines: &[String]) {
-    let mut child = Command::new(common::root().join("scripts/dev-services.sh"))
-        .args([
-            "kafka-tool",
-            "org.apache.kafka.tools.ConsoleProducer",
-            "--bootstrap-server",
-            broker,
-            "--topic",
-            topic,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-    }
-    assert!(child.wait().unwrap().success(), "console producer failed");
-}
-
-fn worker(broker: &str, t: &Topics, extra: &[(&str, &str)]) -> Child {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fusionstream"));
-    c.current_dir(common::root())
-        .arg("run")
-        .env("FUSIONSTREAM__SOURCE__KIND", "kafka")
-        .env("FUSIONSTREAM__SINK__KIND", "kafka")
-        .env("FUSIONSTREAM__KAFKA__BOOTSTRAP_SERVERS", broker)
-        .env("FUSIONSTREAM__KAFKA__GROUP_ID", &t.group)
-        .env(
-            "FUSIONSTREAM__KAFKA__INPUT_TOPICS",
-            format!("[\"{}\"]", t.input),
-        )
-        .env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (s, topic) in STREAMS.iter().zip(&t.outputs) {
-        let key = if *s == "dead_letters" {
-            "DEAD_LETTERS".to_owned()
-        } else {
-            s.to_uppercase()
-        };
-        c.env(format!("FUSIONSTREAM__KAFKA__{key}_TOPIC"), topic);
-    }
-    for (k, v) in extra {
-        c.env(k, v);
-    }
-    c.spawn().unwrap()
-}
-
-/// Every record of the output topics so far: (stream, value, headers).
-fn read_outputs(
-    broker: &str,
-    t: &Topics,
-) -> Vec<(String, serde_json::Value, BTreeMap<String, String>)> {
-    let consumer: BaseConsumer = conn(broker)
-        .client_config()
-        .set("group.id", format!("{}-reader-{}", t.group, rand_suffix()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for o in &t.outputs {
-        tpl.add_partition_offset(o, 0, Offset::Beginning).unwrap();
-        let (_, hi) = consumer
-            .fetch_watermarks(o, 0, Duration::from_secs(5))
-            .unwrap();
-        ends.insert(o.clone(), hi);
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ends
-        .iter()
-        .any(|(o, hi)| seen.get(o).copied().unwrap_or(0) < *hi)
-    {
-        assert!(Instant::now() < deadline, "could not read the outputs back");
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let stream = STREAMS[t.outputs.iter().position(|o| o == m.topic()).unwrap()];
-            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            let mut headers = BTreeMap::new();
-            if let Some(h) = m.headers() {
-                for h in h.iter() {
-                    headers.insert(
-                        h.key.to_owned(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    );
-                }
-            }
-            assert_eq!(
-                m.key(),
-                Some(v["event_id"].as_str().unwrap_or("").as_bytes()),
-                "keyed by event id"
-            );
-            *seen.entry(m.topic().to_owned()).or_default() = m.offset() + 1;
-            out.push((stream.to_owned(), v, headers));
-        }
-    }
-    out
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-fn committed(broker: &str, t: &Topics) -> i64 {
-    let consumer: BaseConsumer = conn(broker)
-        .client_config()
-        .set("group.id", &t.group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition(&t.input, p);
-    }
-    // The group coordinator may still be loading (NotCoordinator): that reads as nothing
-    // committed yet, and callers poll.
-    let Ok(c) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
-        return 0;
-    };
-    c.elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum()
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str, secs: u64) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn stop(mut child: Child) -> String {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "worker exit {status:?}: {err}");
-    err
-}
+use common::kafka::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_through_kafka_with_offsets_committed() {
     let Some(broker) = broker() else { return };
+    let _serial = SERIAL.lock().await;
     let t = topics("examples");
     create(&broker, &t).await;
     let mut lines = Vec::new();
@@ -299,20 +83,11 @@ async fn examples_through_kafka_with_offsets_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing() {
     let Some(broker) = broker() else { return };
+    let _serial = SERIAL.lock().await;
     let t = topics("crash");
     create(&broker, &t).await;
     let n = 240;
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            serde_json::json!({
-                "id": format!("ev-{i:04}"),
-                "image": format!("media/scene{}.png", i % 6),
-                "text": "a small red circle at the top",
-                "tasks": ["caption", "embed"],
-            })
-            .to_string()
-        })
-        .collect();
+    let lines = caption_events(n);
     produce(&broker, &t.input, &lines);
     let slow = [
         ("FUSIONSTREAM__GENERATE_LANE__MAX_ITEMS", "1"),
@@ -332,8 +107,7 @@ async fn sigkill_mid_stream_loses_nothing() {
             stop(w);
             break;
         }
-        w.kill().unwrap();
-        w.wait().unwrap();
+        w.kill();
         kills += 1;
         eprintln!(
             "round {round}: killed at {} committed",
@@ -351,18 +125,274 @@ async fn sigkill_mid_stream_loses_nothing() {
         300,
     );
     stop(w);
-    let recs = read_outputs(&broker, &t);
-    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
-    for (s, v, _) in &recs {
-        if s == "captions" {
-            *per_id
-                .entry(v["event_id"].as_str().unwrap().to_owned())
-                .or_default() += 1;
+    let dups = assert_every_caption(&broker, &t, n);
+    eprintln!("{n} events, {kills} kills, {dups} duplicate captions (allowed)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_joining_and_leaving_mid_stream_loses_nothing() {
+    let Some(broker) = broker() else { return };
+    let _serial = SERIAL.lock().await;
+    let t = topics("rebalance");
+    create(&broker, &t).await;
+    // Enough events that the first worker cannot finish a partition before it moves.
+    let n = 1500;
+    produce(&broker, &t.input, &caption_events(n));
+    let slow = [
+        ("FUSIONSTREAM__GENERATE_LANE__MAX_ITEMS", "1"),
+        ("FUSIONSTREAM__PIPELINE__MAX_IN_FLIGHT", "16"),
+    ];
+    let a = worker(&broker, &t, &slow);
+    wait_for(
+        || committed(&broker, &t) >= 30,
+        "the first worker's progress",
+        180,
+    );
+    // A second member joins: cooperative-sticky moves some partitions to it.
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut with_metrics = slow.to_vec();
+    with_metrics.push(("FUSIONSTREAM__TELEMETRY__METRICS_LISTEN", &listen));
+    let b = worker(&broker, &t, &with_metrics);
+    let b_reads = || {
+        common::http_get(port, "/metrics")
+            .and_then(|(_, m)| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("fusionstream_events_read_total "))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    wait_for(
+        || b_reads() >= 20 || committed(&broker, &t) >= n as i64,
+        "the second worker's first events",
+        180,
+    );
+    assert!(
+        b_reads() > 0,
+        "the second worker got no events.\nsecond:\n{}\nfirst:\n{}",
+        b.log(),
+        a.log()
+    );
+    // ... and leaves (SIGTERM: drain, commit, leave the group); the first takes over.
+    let b_log = stop(b);
+    let b_read = events_read(&b_log);
+    wait_for(
+        || committed(&broker, &t) >= n as i64,
+        "all offsets committed",
+        300,
+    );
+    let a_log = stop(a);
+    assert!(
+        a_log.contains("partitions revoked"),
+        "the first worker gave partitions up:\n{a_log}"
+    );
+    let dups = assert_every_caption(&broker, &t, n);
+    for l in a_log.lines().chain(b_log.lines()) {
+        if l.contains("revoked") {
+            eprintln!("{l}");
         }
     }
-    let ids: BTreeSet<String> = (0..n).map(|i| format!("ev-{i:04}")).collect();
-    let missing: Vec<_> = ids.iter().filter(|i| !per_id.contains_key(*i)).collect();
-    assert!(missing.is_empty(), "lost: {missing:?}");
-    let dups: usize = per_id.values().map(|c| c - 1).sum();
-    eprintln!("{n} events, {kills} kills, {dups} duplicate captions (allowed)");
+    eprintln!("{n} events; the second worker read {b_read}; {dups} duplicate captions (allowed)");
+}
+
+mod otlp {
+    //! An OTLP/HTTP trace receiver inside the test.
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::routing::post;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message as _;
+
+    pub type Spans = Arc<Mutex<Vec<Span>>>;
+
+    /// Start a receiver on a free port: (port, the spans received so far).
+    pub async fn receiver() -> (u16, Spans) {
+        let spans: Spans = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/v1/traces",
+                post(|State(spans): State<Spans>, body: Bytes| async move {
+                    let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    let mut all = spans.lock().unwrap();
+                    for rs in req.resource_spans {
+                        for ss in rs.scope_spans {
+                            all.extend(ss.spans);
+                        }
+                    }
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }),
+            )
+            .with_state(spans.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (port, spans)
+    }
+
+    pub fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_follow_events_and_metrics_are_served() {
+    use otlp::hex;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let Some(broker) = broker() else { return };
+    let _serial = SERIAL.lock().await;
+    let t = topics("telemetry");
+    create(&broker, &t).await;
+    let (otlp_port, spans) = otlp::receiver().await;
+
+    // Five good events and one malformed, each with its producer's trace context.
+    let producer: FutureProducer = conn(&broker).client_config().create().unwrap();
+    let mut good = caption_events(5);
+    good.push("{not json".to_owned());
+    let mut sent = Vec::new(); // (trace id, parent span id)
+    for (i, payload) in good.iter().enumerate() {
+        let trace = format!("{:032x}", 0x5eed_0000_u64 + i as u64);
+        let parent = format!("{:016x}", 0xfeed_0000_u64 + i as u64);
+        let tp = format!("00-{trace}-{parent}-01");
+        producer
+            .send(
+                FutureRecord::to(&t.input)
+                    .key(&format!("k{i}"))
+                    .payload(payload.as_bytes())
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "traceparent",
+                        value: Some(tp.as_bytes()),
+                    })),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        sent.push((trace, parent));
+    }
+
+    let metrics_port = common::free_port();
+    let otlp_url = format!("http://127.0.0.1:{otlp_port}");
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let w = worker(
+        &broker,
+        &t,
+        &[
+            ("FUSIONSTREAM__TELEMETRY__OTLP_ENDPOINT", &otlp_url),
+            ("FUSIONSTREAM__TELEMETRY__METRICS_LISTEN", &listen),
+            ("FUSIONSTREAM__KAFKA__STATISTICS_INTERVAL", "1s"),
+        ],
+    );
+    let get = |path: &str| common::http_get(metrics_port, path);
+    wait_for(|| get("/healthz").is_some(), "/healthz", 60);
+    assert_eq!(get("/healthz").unwrap(), (200, "ok\n".to_owned()));
+    wait_for(
+        || get("/readyz").is_some_and(|(s, _)| s == 200),
+        "/readyz 200",
+        180,
+    );
+    wait_for(
+        || committed(&broker, &t) == good.len() as i64,
+        "all committed",
+        180,
+    );
+    let metric = |text: &str, line: &str| text.lines().any(|l| l == line);
+    wait_for(
+        || {
+            get("/metrics").is_some_and(|(_, m)| {
+                metric(&m, "fusionstream_consumer_lag 0")
+                    && metric(&m, "fusionstream_seconds_to_drain 0.0")
+            })
+        },
+        "consumer lag 0 in /metrics",
+        60,
+    );
+    let (status, m) = get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "fusionstream_events_read_total 6",
+        "fusionstream_events_total{outcome=\"ok\"} 5",
+        "fusionstream_events_total{outcome=\"dead_letter\"} 1",
+        "fusionstream_dead_letters_total{reason=\"malformed_json\"} 1",
+        "fusionstream_outputs_total{stream=\"captions\"} 5",
+        "fusionstream_partitions_assigned 3",
+        "fusionstream_events_in_flight 0",
+        "fusionstream_model_loaded 1",
+    ] {
+        assert!(metric(&m, line), "{line:?} not in /metrics:\n{m}");
+    }
+    assert!(
+        m.contains("fusionstream_stage_seconds_count{stage=\"model\"} 5"),
+        "{m}"
+    );
+    stop(w);
+    assert!(
+        get("/healthz").is_none(),
+        "the server stops with the worker"
+    );
+
+    // Spans: the exporter flushed at exit.
+    let spans = spans.lock().unwrap().clone();
+    let recs = read_outputs(&broker, &t);
+    for (i, (trace, parent)) in sent.iter().enumerate() {
+        let event: Vec<_> = spans
+            .iter()
+            .filter(|s| s.name == "fusionstream.event" && hex(&s.trace_id) == *trace)
+            .collect();
+        assert_eq!(event.len(), 1, "event span of event {i}");
+        let event = event[0];
+        assert_eq!(
+            hex(&event.parent_span_id),
+            *parent,
+            "event {i}: parented to the producer's span"
+        );
+        let event_span = hex(&event.span_id);
+        // Every output of the event names the event span.
+        let expect = format!("00-{trace}-{event_span}-01");
+        let outs: Vec<_> = recs
+            .iter()
+            .filter(|r| {
+                r.2.get("traceparent")
+                    .is_some_and(|tp| tp.contains(trace.as_str()))
+            })
+            .collect();
+        let want = if i < 5 { 2 } else { 1 }; // caption + embedding, or the dead letter
+        assert_eq!(outs.len(), want, "outputs of event {i}");
+        for o in outs {
+            assert_eq!(o.2["traceparent"], expect, "{}", o.0);
+        }
+        if i < 5 {
+            for stage in ["fusionstream.fetch", "fusionstream.preprocess"] {
+                assert!(
+                    spans.iter().any(|s| s.name == stage
+                        && hex(&s.trace_id) == *trace
+                        && hex(&s.parent_span_id) == event_span),
+                    "{stage} span of event {i}"
+                );
+            }
+            // Both lanes' batches link to the event span.
+            let linked = spans
+                .iter()
+                .filter(|s| s.name == "fusionstream.model_batch")
+                .filter(|s| {
+                    s.links
+                        .iter()
+                        .any(|l| hex(&l.trace_id) == *trace && hex(&l.span_id) == event_span)
+                })
+                .count();
+            assert_eq!(linked, 2, "model batches linked to event {i}");
+        }
+    }
+    let batch = spans
+        .iter()
+        .find(|s| s.name == "fusionstream.model_batch")
+        .unwrap();
+    assert!(batch.parent_span_id.is_empty(), "a batch span is a root");
 }

@@ -90,6 +90,39 @@ pub enum KafkaSinkError {
     Canceled,
 }
 
+impl fusionstream_core::Classify for KafkaSinkError {
+    /// Errors a later attempt cannot fix (authorisation, records the broker refuses, a
+    /// producer in a fatal state) are fatal; the rest (timeouts, brokers away, leaders
+    /// moving) are retried: outputs are sent again, never dropped.
+    fn class(&self) -> fusionstream_core::ErrorClass {
+        use fusionstream_core::ErrorClass;
+        use rdkafka::error::KafkaError;
+        let code = match self {
+            KafkaSinkError::Create(_) => return ErrorClass::Fatal,
+            KafkaSinkError::Canceled => return ErrorClass::Retryable,
+            KafkaSinkError::Delivery { error, .. } => match error {
+                KafkaError::MessageProduction(c) => *c,
+                other => match other.rdkafka_error_code() {
+                    Some(c) => c,
+                    None => return ErrorClass::Retryable,
+                },
+            },
+        };
+        match code {
+            RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::UnsupportedVersion
+            | RDKafkaErrorCode::InvalidMessageSize => ErrorClass::Fatal,
+            _ => ErrorClass::Retryable,
+        }
+    }
+}
+
 /// Output records to Kafka topics, one per stream.
 pub struct KafkaSink {
     producer: FutureProducer,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use fusionstream::config::{Config, LogFormat, Progress, SinkKind, SourceKind};
-use fusionstream::pipeline::kafka::{KafkaCommitter, KafkaSource};
+use fusionstream::config::{Config, Progress, SinkKind, SourceKind};
+use fusionstream::pipeline::kafka::{GroupSettings, KafkaCommitter, KafkaSource};
 use fusionstream::pipeline::{
     self, Committer, LocalCheckpoint, LocalJsonl, Media, OutputSink, Parts, RunEnd, Settings,
     Source, Stats, StatsSnapshot,
@@ -70,18 +70,6 @@ pub fn print_config(args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logs(c: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&c.telemetry.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match c.telemetry.log_format {
-        LogFormat::Json => b.json().try_init(),
-        LogFormat::Text => b.try_init(),
-    };
-}
-
 /// Run `fusionstream run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut c = Config::load(&args.configs, std::env::vars())?;
@@ -95,7 +83,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(m) = args.model {
         c.model.bundle = m;
     }
-    init_logs(&c);
+    let telemetry = fusionstream::telemetry::traces::init(&c.telemetry)?;
     if args.fresh {
         fresh(&c)?;
     }
@@ -103,7 +91,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("fusionstream-io")
         .build()?;
-    let summary = rt.block_on(run_async(c))?;
+    let summary = rt.block_on(run_async(c));
+    // Shut the runtime down, then flush the spans (the exporter blocks).
+    drop(rt);
+    drop(telemetry);
+    let summary = summary?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     }
@@ -139,6 +131,15 @@ pub struct Summary {
 
 async fn run_async(c: Config) -> anyhow::Result<Summary> {
     let settings = Settings::from_config(&c);
+    let stats = Arc::new(Stats::default());
+    let cancel = CancellationToken::new();
+    // Up before the model loads, so liveness answers and readiness says why not yet.
+    let server_stop = cancel.child_token();
+    let _server_guard = server_stop.clone().drop_guard();
+    if !c.telemetry.metrics_listen.is_empty() {
+        let addr = c.telemetry.metrics_listen.parse()?;
+        fusionstream::telemetry::server::spawn(addr, stats.clone(), server_stop).await?;
+    }
     let opts = RuntimeOptions {
         device: fusionstream_model::device(&c.model.device)?,
         dtype: fusionstream_model::dtype(&c.model.dtype)?,
@@ -170,6 +171,9 @@ async fn run_async(c: Config) -> anyhow::Result<Summary> {
         },
     };
     model.set_generation(gen.max_new_tokens, gen.num_beams);
+    stats
+        .model_loaded
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         bundle = %c.model.bundle.display(),
         id = %model.manifest().id,
@@ -186,9 +190,7 @@ async fn run_async(c: Config) -> anyhow::Result<Summary> {
         local: LocalMedia::new(&c.media.root, c.media.max_bytes),
         s3,
     };
-    let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
-    let stats = Arc::new(Stats::default());
     let show = match c.telemetry.progress {
         Progress::Always => true,
         Progress::Never => false,
@@ -212,10 +214,16 @@ async fn run_async(c: Config) -> anyhow::Result<Summary> {
             with_sink(&c, common, source, committer).await?
         }
         SourceKind::Kafka => {
+            let k = &c.kafka;
             let (source, shared) = KafkaSource::new(
-                c.kafka.connection(),
-                c.kafka.group_id.clone(),
-                c.kafka.input_topics.clone(),
+                k.connection(),
+                GroupSettings {
+                    group_id: k.group_id.clone(),
+                    topics: k.input_topics.clone(),
+                    revoke_timeout: k.revoke_timeout,
+                    pause_after: k.pause_after,
+                    statistics_interval: k.statistics_interval,
+                },
             );
             with_sink(&c, common, source, KafkaCommitter::new(shared)).await?
         }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::intake::rfc3339;
-use super::stats::{Outcome, Stats};
+use super::stats::{Outcome, Stage, Stats};
 use super::{lock, Taken};
 
 /// An event on its way through the model, possibly in two lanes at once.
@@ -40,6 +40,9 @@ pub(crate) struct EventCtx {
     /// output; `(bytes, cut by the source)`.
     payload: (Vec<u8>, bool),
     dead_letter_limit: usize,
+    /// The event's span (see [`Taken`]) and the record's incoming `traceparent`.
+    pub span: tracing::Span,
+    traceparent: Option<String>,
     partial: Mutex<Partial>,
 }
 
@@ -64,6 +67,7 @@ impl EventCtx {
         parts: usize,
         dead_letter_limit: usize,
     ) -> Self {
+        let traceparent = t.rec.traceparent;
         let mut payload = t.rec.payload;
         // One byte over the limit keeps the "truncated" flag right.
         payload.truncate(dead_letter_limit.saturating_add(1));
@@ -84,6 +88,8 @@ impl EventCtx {
             preprocess_ms,
             payload: (payload, t.rec.oversized),
             dead_letter_limit,
+            span: t.span,
+            traceparent,
             partial: Mutex::new(Partial {
                 remaining: parts,
                 out: InferOutput::default(),
@@ -120,6 +126,10 @@ pub(crate) struct Finished {
     pub outcome: Outcome,
     pub latency: Duration,
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The event's span: it ends when this is dropped, after the acknowledgement.
+    pub span: tracing::Span,
+    /// Trace context for the output headers.
+    pub traceparent: Option<String>,
 }
 
 /// Merge batch results into their events; emit events whose last part is in.
@@ -151,7 +161,11 @@ pub(crate) async fn run(
                 p.queue_ms = p.queue_ms.max(waited.as_secs_f64() * 1e3);
                 p.model_ms += done.took.as_secs_f64() * 1e3;
                 p.remaining -= 1;
-                (p.remaining == 0).then(|| finish(&ctx, &mut p))
+                (p.remaining == 0).then(|| {
+                    stats.stage(Stage::Queue, ms_duration(p.queue_ms));
+                    stats.stage(Stage::Model, ms_duration(p.model_ms));
+                    finish(&ctx, &mut p)
+                })
             };
             if let Some(f) = finished {
                 if to_sink.send(f).await.is_err() {
@@ -270,6 +284,8 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
         );
     }
     let permit = p.permit.take();
+    let span = ctx.span.clone();
+    let traceparent = crate::telemetry::traces::traceparent_for(&span, ctx.traceparent.as_deref());
     if records.is_empty() {
         // Every runnable task was skipped by the model (e.g. the bundle lacks the part):
         // nothing may vanish silently.
@@ -300,6 +316,8 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
             outcome: Outcome::DeadLetter(reason),
             latency,
             permit,
+            span,
+            traceparent,
         };
     }
     Finished {
@@ -316,7 +334,13 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
         },
         latency,
         permit,
+        span,
+        traceparent,
     }
+}
+
+fn ms_duration(ms: f64) -> Duration {
+    Duration::from_secs_f64(ms.max(0.0) / 1e3)
 }
 
 fn round(ms: f64) -> f64 {

@@ -1,5 +1,6 @@
 //! The micro-batcher task (the pure [`Batcher`] driven by a clock) and the model thread.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +27,9 @@ pub(crate) async fn run(
     lanes: [LanePolicy; 2],
     stats: Arc<Stats>,
 ) -> anyhow::Result<()> {
+    for l in Lane::ALL {
+        stats.lane_max_items[l.index()].store(lanes[l.index()].max_items as u64, Relaxed);
+    }
     let mut batcher: Batcher<Part> = Batcher::new(lanes);
     let pending = |b: &Batcher<Part>| {
         stats
@@ -39,7 +43,7 @@ pub(crate) async fn run(
                 Some((lane, part, cost)) => batcher.push(lane, part, cost, Instant::now()),
                 None => {
                     for b in batcher.flush() {
-                        send(&model, b).await?;
+                        send(&model, b, &stats).await?;
                     }
                     pending(&batcher);
                     return Ok(());
@@ -49,7 +53,7 @@ pub(crate) async fn run(
         };
         pending(&batcher);
         for b in ready {
-            send(&model, b).await?;
+            send(&model, b, &stats).await?;
         }
     }
 }
@@ -60,7 +64,8 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-async fn send(model: &mpsc::Sender<ModelJob>, b: Batch<Part>) -> anyhow::Result<()> {
+async fn send(model: &mpsc::Sender<ModelJob>, b: Batch<Part>, stats: &Stats) -> anyhow::Result<()> {
+    stats.model_queue.fetch_add(1, Relaxed);
     model
         .send(ModelJob {
             lane: b.lane,
@@ -76,19 +81,33 @@ pub(crate) fn spawn_model_thread(
     model: Arc<FusionModel>,
     mut rx: mpsc::Receiver<ModelJob>,
     tx: mpsc::Sender<ModelDone>,
-    _stats: Arc<Stats>,
+    stats: Arc<Stats>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("fusionstream-model".into())
         .spawn(move || {
             while let Some(job) = rx.blocking_recv() {
+                stats.model_queue.fetch_sub(1, Relaxed);
+                // One span per batch, a root linked to the span of every event it serves
+                // (the OpenTelemetry pattern for batch work).
+                let span = tracing::info_span!(
+                    parent: None,
+                    "model_batch",
+                    otel.name = "fusionstream.model_batch",
+                    lane = job.lane.name(),
+                    items = job.parts.len(),
+                );
+                for p in &job.parts {
+                    crate::telemetry::traces::link(&span, &p.ctx.span);
+                }
                 let (prepared, parts): (Vec<_>, Vec<_>) = job
                     .parts
                     .into_iter()
                     .map(|p| (p.prepared, (p.ctx, p.enqueued)))
                     .unzip();
                 let started = Instant::now();
-                let result = model.infer_batch(&prepared);
+                let result = span.in_scope(|| model.infer_batch(&prepared));
+                drop(span);
                 let took = started.elapsed();
                 drop(prepared);
                 let done = ModelDone {

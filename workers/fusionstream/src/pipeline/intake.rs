@@ -12,9 +12,10 @@ use fusionstream_core::{Classify, ErrorClass, Lane};
 use fusionstream_io::media::FetchError;
 use fusionstream_model::{FusionModel, Prepared, PreparedImage};
 use tokio::sync::{mpsc, Semaphore};
+use tracing::Instrument as _;
 
 use super::assemble::{EventCtx, Finished, Part};
-use super::stats::Outcome;
+use super::stats::{Outcome, Stage, Stats};
 use super::{Media, Settings, Taken};
 
 /// What every event task shares.
@@ -28,13 +29,15 @@ pub(crate) struct Shared {
     pub cpu_slots: Arc<Semaphore>,
     pub to_batcher: mpsc::Sender<(Lane, Part, Cost)>,
     pub to_sink: mpsc::Sender<Finished>,
+    pub stats: Arc<Stats>,
 }
 
 /// Take records until the source closes; each event runs as its own task (their number is
 /// bounded by the in-flight permits).
 pub(crate) async fn run(mut rx: mpsc::Receiver<Taken>, shared: Arc<Shared>) {
     while let Some(t) = rx.recv().await {
-        tokio::spawn(process(shared.clone(), t));
+        let span = t.span.clone();
+        tokio::spawn(process(shared.clone(), t).instrument(span));
     }
 }
 
@@ -72,6 +75,8 @@ async fn send_dead_letter(
     .with_payload(&t.rec.payload, shared.settings.max_dead_letter_payload);
     // A payload cut by the source was already incomplete.
     rec.payload_truncated |= t.rec.oversized;
+    let traceparent =
+        crate::telemetry::traces::traceparent_for(&t.span, t.rec.traceparent.as_deref());
     let f = Finished {
         partition: t.rec.partition,
         offset: t.rec.offset,
@@ -83,6 +88,8 @@ async fn send_dead_letter(
         outcome: Outcome::DeadLetter(reason.to_owned()),
         latency: t.started.elapsed(),
         permit: Some(t.permit),
+        span: t.span,
+        traceparent,
     };
     // A closed sink means the worker is stopping; the event is not acknowledged and replays.
     let _ = shared.to_sink.send(f).await;
@@ -103,7 +110,10 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         return send_dead_letter(&shared, t, None, "event_too_large", detail, vec![]).await;
     }
     let event = match parse_event(&t.rec.payload, &s.limits) {
-        Ok(e) => e,
+        Ok(e) => {
+            t.span.record("event.id", e.id.as_str());
+            e
+        }
         Err(r) => {
             let code = r.reason.code();
             return send_dead_letter(&shared, t, r.event_id, code, r.detail, vec![]).await;
@@ -137,7 +147,16 @@ async fn process(shared: Arc<Shared>, t: Taken) {
     // Fetch.
     let fetch_start = Instant::now();
     let image_bytes = match &event.image {
-        Input::Present(src) => Some(fetch(&shared, src).await),
+        Input::Present(src) => {
+            let r = fetch(&shared, src)
+                .instrument(tracing::info_span!(
+                    "fetch",
+                    otel.name = "fusionstream.fetch"
+                ))
+                .await;
+            shared.stats.stage(Stage::Fetch, fetch_start.elapsed());
+            Some(r)
+        }
         _ => None,
     };
     let fetch_ms = ms(fetch_start.elapsed());
@@ -151,7 +170,11 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         let model = shared.model.clone();
         let text = event.text.present().cloned();
         let question = event.question.present().cloned();
-        tokio::task::spawn_blocking(move || prepare(&model, image_bytes, text, question)).await
+        let span = tracing::info_span!("preprocess", otel.name = "fusionstream.preprocess");
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| prepare(&model, image_bytes, text, question))
+        })
+        .await
     };
     let Ok(prep) = prepared else {
         // The blocking task panicked: fatal for this event only; it is not acknowledged.
@@ -159,6 +182,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         return;
     };
     let preprocess_ms = ms(pre_start.elapsed());
+    shared.stats.stage(Stage::Preprocess, pre_start.elapsed());
 
     let image = match (&event.image, &prep.image) {
         (Input::Present(_), Ok(Some(_))) => Availability::Usable,
@@ -220,10 +244,31 @@ async fn fetch(shared: &Shared, src: &ImageSource) -> Result<Vec<u8>, String> {
     let Ok(_slot) = shared.fetch_slots.acquire().await else {
         return Err("image_fetch_failed".into());
     };
-    with_retries(s.fetch_timeout, &s.fetch_backoff, || {
+    let _running = InFlight::new(&shared.stats.fetches_in_flight);
+    let r = with_retries(s.fetch_timeout, &s.fetch_backoff, || {
         shared.media.fetch(src)
     })
-    .await
+    .await;
+    if let Err(code) = &r {
+        tracing::debug!(reason = %code, "image fetch failed");
+    }
+    r
+}
+
+/// Counts itself in a gauge while alive (also when its future is dropped mid-way).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl<'a> InFlight<'a> {
+    fn new(g: &'a std::sync::atomic::AtomicI64) -> Self {
+        g.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Run `attempt` with a timeout per try; retry retryable errors with jittered backoff until
@@ -258,7 +303,7 @@ where
     }
 }
 
-fn jitter() -> f64 {
+pub(crate) fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
     // A fresh random hasher per call: enough randomness to spread retries.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -2,14 +2,26 @@
 //! a committer that commits the contiguous done prefix per partition, and the Kafka sink.
 //!
 //! Offsets are never committed automatically (`enable.auto.commit=false`,
-//! `enable.auto.offset.store=false`): only what the position tracker says is done. On a
-//! revoke (cooperative-sticky assignment), the done prefix of the revoked partitions is
-//! committed synchronously inside the rebalance callback and the partitions are forgotten;
-//! their in-flight events still finish and publish (the new owner may repeat them:
-//! at-least-once, never lost).
+//! `enable.auto.offset.store=false`): only what the position tracker says is done.
+//!
+//! - **Revoke** (cooperative-sticky assignment): inside the rebalance callback the worker
+//!   waits up to `kafka.revoke_timeout` for the revoked partitions' in-flight events to be
+//!   acknowledged, commits their done prefix synchronously and forgets the partitions.
+//!   Events still running after the bound are abandoned: their outputs may still be
+//!   published, their offsets are not committed, the new owner replays them (duplicates,
+//!   never a loss). Records read but not yet started for a revoked partition are dropped.
+//! - **Back-pressure**: with every in-flight slot taken for `kafka.pause_after`, the
+//!   assignment is paused and the consumer keeps polling (heartbeats, rebalances,
+//!   `max.poll.interval.ms`) until a slot frees up; librdkafka then resumes fetching from
+//!   the next unread offset.
+//! - **Lag**: librdkafka's statistics give each assigned partition's high watermark and
+//!   committed offset; their difference, summed, feeds `fusionstream_consumer_lag` and the
+//!   seconds-to-drain gauge.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fusionstream_core::position::{PartitionId, PositionTracker};
@@ -19,10 +31,12 @@ use fusionstream_io::SourceRecord;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{lock, Committer, Emitter, OutputSink, Source};
+use super::{lock, Committer, Emitter, OutputSink, Source, Stats};
 
 /// A Kafka partition: topic and partition number.
 type TopicPartition = (String, i32);
@@ -31,9 +45,10 @@ type TopicPartition = (String, i32);
 struct Ids {
     by_partition: HashMap<TopicPartition, PartitionId>,
     by_id: Vec<TopicPartition>,
+    assigned: HashSet<PartitionId>,
 }
 
-/// Kafka (topic, partition) ↔ the tracker's partition ids.
+/// Kafka (topic, partition) ↔ the tracker's partition ids, and which are assigned now.
 #[derive(Debug, Default)]
 pub struct PartitionMap {
     ids: Mutex<Ids>,
@@ -55,6 +70,19 @@ impl PartitionMap {
     fn get(&self, id: PartitionId) -> Option<(String, i32)> {
         lock(&self.ids).by_id.get(id as usize).cloned()
     }
+
+    fn set_assigned(&self, id: PartitionId, assigned: bool) {
+        let mut m = lock(&self.ids);
+        if assigned {
+            m.assigned.insert(id);
+        } else {
+            m.assigned.remove(&id);
+        }
+    }
+
+    fn is_assigned(&self, id: PartitionId) -> bool {
+        lock(&self.ids).assigned.contains(&id)
+    }
 }
 
 /// Shared between the source (which owns the consumer) and the committer.
@@ -73,48 +101,146 @@ impl std::fmt::Debug for KafkaShared {
     }
 }
 
-/// Rebalance callbacks: commit what is done before a partition goes away.
+/// Consumer-group behaviour settings.
+#[derive(Debug, Clone)]
+pub struct GroupSettings {
+    /// Consumer group.
+    pub group_id: String,
+    /// Topics to read.
+    pub topics: Vec<String>,
+    /// Bound on finishing a revoked partition's in-flight events.
+    pub revoke_timeout: Duration,
+    /// Pause after waiting this long for an in-flight slot.
+    pub pause_after: Duration,
+    /// librdkafka statistics interval (zero: off).
+    pub statistics_interval: Duration,
+}
+
+/// Rebalance, commit and statistics callbacks.
 #[allow(missing_debug_implementations)]
 pub struct GroupContext {
     map: Arc<PartitionMap>,
     tracker: Arc<Mutex<PositionTracker>>,
+    stats: Arc<Stats>,
+    revoke_timeout: Duration,
 }
 
-impl ClientContext for GroupContext {}
+impl GroupContext {
+    /// Wait (bounded) for the in-flight events of `ids`; returns how many are left.
+    fn wait_in_flight(&self, ids: &[PartitionId]) -> usize {
+        let deadline = Instant::now() + self.revoke_timeout;
+        let wait = || loop {
+            let left: usize = {
+                let t = lock(&self.tracker);
+                ids.iter().map(|id| t.in_flight_of(*id)).sum()
+            };
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The callback runs inside the consumer's poll on a runtime worker: let the runtime
+        // move its other tasks away while this one blocks.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, s: Statistics) {
+        let mut lag = 0i64;
+        for t in s.topics.values() {
+            for p in t.partitions.values() {
+                if p.partition < 0 || !p.desired || p.hi_offset < 0 {
+                    continue;
+                }
+                let done = if p.committed_offset >= 0 {
+                    p.committed_offset
+                } else {
+                    p.lo_offset.max(0)
+                };
+                lag += (p.hi_offset - done).max(0);
+            }
+        }
+        self.stats.consumer_lag.store(lag, Relaxed);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut commit = TopicPartitionList::new();
-            for e in tpl.elements() {
-                let id = self.map.id(e.topic(), e.partition());
-                if let Some(next) = lock(&self.tracker).revoke(id) {
-                    let _ = commit.add_partition_offset(
-                        e.topic(),
-                        e.partition(),
-                        Offset::Offset(next as i64),
-                    );
-                }
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        self.stats.rebalances.fetch_add(1, Relaxed);
+        let revoked: Vec<(PartitionId, String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| {
+                (
+                    self.map.id(e.topic(), e.partition()),
+                    e.topic().to_owned(),
+                    e.partition(),
+                )
+            })
+            .collect();
+        // Stop taking their work, then give what is running a bounded time to finish.
+        for (id, ..) in &revoked {
+            self.map.set_assigned(*id, false);
+        }
+        let ids: Vec<PartitionId> = revoked.iter().map(|r| r.0).collect();
+        let started = Instant::now();
+        let abandoned = self.wait_in_flight(&ids);
+        let mut commit = TopicPartitionList::new();
+        for (id, topic, partition) in &revoked {
+            if let Some(next) = lock(&self.tracker).revoke(*id) {
+                let _ = commit.add_partition_offset(topic, *partition, Offset::Offset(next as i64));
             }
-            tracing::info!(
-                partitions = tpl.count(),
-                "partitions revoked; committing what is done"
-            );
-            if commit.count() > 0 {
-                if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
-                    tracing::warn!(error = %e, "commit on revoke failed; those events replay");
-                }
+        }
+        self.stats
+            .revoke_abandoned
+            .fetch_add(abandoned as u64, Relaxed);
+        tracing::info!(
+            partitions = revoked.len(),
+            waited_ms = started.elapsed().as_millis() as u64,
+            abandoned,
+            "partitions revoked; committing what is done"
+        );
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                self.stats.commit_failures.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "commit on revoke failed; those events replay");
             }
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                self.stats.rebalances.fetch_add(1, Relaxed);
+                for e in tpl.elements() {
+                    self.map
+                        .set_assigned(self.map.id(e.topic(), e.partition()), true);
+                }
                 tracing::info!(partitions = tpl.count(), "partitions assigned")
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}
+        }
+        if let Ok(a) = consumer.assignment() {
+            self.stats
+                .partitions_assigned
+                .store(a.count() as i64, Relaxed);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            self.stats.commit_failures.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, "offset commit failed; the next commit supersedes it");
         }
     }
 }
@@ -123,28 +249,55 @@ impl ConsumerContext for GroupContext {
 #[derive(Debug)]
 pub struct KafkaSource {
     conn: KafkaConnection,
-    group_id: String,
-    topics: Vec<String>,
+    group: GroupSettings,
     shared: KafkaShared,
 }
 
 impl KafkaSource {
-    /// A source reading `topics` as member of `group_id`.
-    pub fn new(
-        conn: KafkaConnection,
-        group_id: String,
-        topics: Vec<String>,
-    ) -> (Self, KafkaShared) {
+    /// A source reading `group.topics` as member of `group.group_id`.
+    pub fn new(conn: KafkaConnection, group: GroupSettings) -> (Self, KafkaShared) {
         let shared = KafkaShared::default();
         (
             Self {
                 conn,
-                group_id,
-                topics,
+                group,
                 shared: shared.clone(),
             },
             shared,
         )
+    }
+}
+
+fn record(map: &PartitionMap, msg: &BorrowedMessage<'_>, limit: usize) -> SourceRecord {
+    let partition = map.id(msg.topic(), msg.partition());
+    let traceparent = msg.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == "traceparent")
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned)
+    });
+    let payload = msg.payload().unwrap_or_default();
+    SourceRecord {
+        partition,
+        stream: msg.topic().to_owned(),
+        offset: msg.offset().max(0) as u64,
+        oversized: payload.len() > limit,
+        payload: payload[..payload.len().min(limit)].to_vec(),
+        traceparent,
+    }
+}
+
+fn set_paused(consumer: &StreamConsumer<GroupContext>, pause: bool) {
+    let r = consumer.assignment().and_then(|a| {
+        if pause {
+            consumer.pause(&a)
+        } else {
+            consumer.resume(&a)
+        }
+    });
+    if let Err(e) = r {
+        tracing::warn!(error = %e, pause, "pausing/resuming the assignment failed");
     }
 }
 
@@ -159,60 +312,96 @@ impl Source for KafkaSource {
     }
 
     async fn run(self, emit: Emitter) -> anyhow::Result<bool> {
+        let stats = emit.stats().clone();
+        stats.partitions_assigned.store(0, Relaxed);
         let ctx = GroupContext {
             map: self.shared.map.clone(),
             tracker: emit.tracker.clone(),
+            stats: stats.clone(),
+            revoke_timeout: self.group.revoke_timeout,
         };
         let consumer: StreamConsumer<GroupContext> = self
             .conn
             .client_config()
-            .set("group.id", &self.group_id)
+            .set("group.id", &self.group.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("queued.max.messages.kbytes", "16384")
+            .set(
+                "statistics.interval.ms",
+                self.group.statistics_interval.as_millis().to_string(),
+            )
             .create_with_context(ctx)
             .context("creating the Kafka consumer")?;
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        let topics: Vec<&str> = self.group.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("subscribing")?;
         let consumer = Arc::new(consumer);
         let _ = self.shared.consumer.set(consumer.clone());
+        let map = &self.shared.map;
+        let limit = emit.max_event_bytes;
+        // Records that arrived while paused (a partition assigned during the pause):
+        // at most one per newly assigned partition.
+        let mut held: VecDeque<SourceRecord> = VecDeque::new();
         loop {
-            let msg = tokio::select! {
-                biased;
-                _ = emit.cancel.cancelled() => return Ok(false),
-                m = consumer.recv() => m,
-            };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    // librdkafka reconnects by itself (broker restarts); keep polling.
-                    tracing::warn!(error = %e, "kafka consumer error");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
+            let rec = match held.pop_front() {
+                Some(r) => r,
+                None => {
+                    let msg = tokio::select! {
+                        biased;
+                        _ = emit.cancelled().cancelled() => return Ok(false),
+                        m = consumer.recv() => m,
+                    };
+                    match msg {
+                        Ok(m) => record(map, &m, limit),
+                        Err(e) => {
+                            // librdkafka reconnects by itself (broker restarts); keep polling.
+                            tracing::warn!(error = %e, "kafka consumer error");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    }
                 }
             };
-            let partition = self.shared.map.id(msg.topic(), msg.partition());
-            let traceparent = msg.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "traceparent")
-                    .and_then(|h| h.value)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .map(str::to_owned)
-            });
-            let payload = msg.payload().unwrap_or_default();
-            let limit = emit.max_event_bytes;
-            let rec = SourceRecord {
-                partition,
-                stream: msg.topic().to_owned(),
-                offset: msg.offset().max(0) as u64,
-                oversized: payload.len() > limit,
-                payload: payload[..payload.len().min(limit)].to_vec(),
-                traceparent,
+            let slot = match emit.try_slot() {
+                Some(s) => s,
+                None => match tokio::time::timeout(self.group.pause_after, emit.slot()).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return Ok(false),
+                    Err(_) => {
+                        set_paused(&consumer, true);
+                        stats.paused.store(true, Relaxed);
+                        stats.pauses.fetch_add(1, Relaxed);
+                        tracing::debug!("every in-flight slot taken: partitions paused");
+                        let slot = loop {
+                            tokio::select! {
+                                biased;
+                                s = emit.slot() => break s,
+                                m = consumer.recv() => match m {
+                                    Ok(m) => {
+                                        held.push_back(record(map, &m, limit));
+                                        set_paused(&consumer, true);
+                                    }
+                                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                                },
+                            }
+                        };
+                        set_paused(&consumer, false);
+                        stats.paused.store(false, Relaxed);
+                        match slot {
+                            Some(s) => s,
+                            None => return Ok(false),
+                        }
+                    }
+                },
             };
-            drop(msg);
-            if !emit.emit(rec).await {
+            // A revoke may have run while waiting: its records belong to the new owner.
+            held.retain(|r| map.is_assigned(r.partition));
+            if !map.is_assigned(rec.partition) {
+                continue;
+            }
+            if !emit.emit_in(rec, slot).await {
                 return Ok(false);
             }
         }
@@ -254,12 +443,62 @@ impl Committer for KafkaCommitter {
 }
 
 impl OutputSink for KafkaSink {
-    async fn write(&mut self, stream: Stream, key: &str, json: &[u8]) -> anyhow::Result<()> {
-        KafkaSink::write(self, stream, key, json, None)
+    async fn write(
+        &mut self,
+        stream: Stream,
+        key: &str,
+        json: &[u8],
+        traceparent: Option<&str>,
+    ) -> anyhow::Result<()> {
+        KafkaSink::write(self, stream, key, json, traceparent)
             .await
             .map_err(Into::into)
     }
     async fn flush(&mut self) -> anyhow::Result<()> {
         KafkaSink::flush(self).await.map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(timeout: Duration) -> GroupContext {
+        GroupContext {
+            map: Arc::default(),
+            tracker: Arc::new(Mutex::new(PositionTracker::new())),
+            stats: Arc::default(),
+            revoke_timeout: timeout,
+        }
+    }
+
+    #[test]
+    fn a_revoke_waits_for_in_flight_events_to_finish() {
+        let c = ctx(Duration::from_secs(10));
+        for o in 0..3 {
+            lock(&c.tracker).track(0, o).unwrap();
+        }
+        lock(&c.tracker).track(1, 7).unwrap();
+        let tracker = c.tracker.clone();
+        let finisher = std::thread::spawn(move || {
+            for o in 0..3 {
+                std::thread::sleep(Duration::from_millis(30));
+                lock(&tracker).complete(0, o).unwrap();
+            }
+        });
+        let started = Instant::now();
+        // Partition 1 is not revoked: its event does not hold the revoke up.
+        assert_eq!(c.wait_in_flight(&[0]), 0);
+        assert!(started.elapsed() >= Duration::from_millis(90));
+        finisher.join().unwrap();
+    }
+
+    #[test]
+    fn a_revoke_abandons_what_is_still_running_after_the_bound() {
+        let c = ctx(Duration::from_millis(100));
+        lock(&c.tracker).track(0, 0).unwrap();
+        lock(&c.tracker).track(0, 1).unwrap();
+        lock(&c.tracker).complete(0, 0).unwrap();
+        assert_eq!(c.wait_in_flight(&[0]), 1);
     }
 }

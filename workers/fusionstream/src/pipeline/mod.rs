@@ -163,19 +163,26 @@ pub trait Source: Send + 'static {
 
 /// Where outputs go. A record counts as acknowledged when `flush` returns.
 pub trait OutputSink: Send + 'static {
-    /// Queue one record keyed by its event id.
+    /// Queue one record keyed by its event id, with the trace context of its event.
     fn write(
         &mut self,
         stream: Stream,
         key: &str,
         json: &[u8],
+        traceparent: Option<&str>,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Wait until everything written is acknowledged.
     fn flush(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 impl OutputSink for JsonlSink {
-    async fn write(&mut self, stream: Stream, _key: &str, json: &[u8]) -> anyhow::Result<()> {
+    async fn write(
+        &mut self,
+        stream: Stream,
+        _key: &str,
+        json: &[u8],
+        _traceparent: Option<&str>,
+    ) -> anyhow::Result<()> {
         JsonlSink::write(self, stream, json)
             .await
             .map_err(|e: SinkError| e.into())
@@ -282,6 +289,9 @@ pub(crate) struct Taken {
     permit: OwnedSemaphorePermit,
     received_at: SystemTime,
     started: Instant,
+    /// The event's span, parented to the record's `traceparent`; it lives until the
+    /// event's outputs are acknowledged.
+    span: tracing::Span,
 }
 
 /// The source's handle into the pipeline.
@@ -295,17 +305,47 @@ pub struct Emitter {
     pub(crate) max_event_bytes: usize,
 }
 
+/// Room for one more event in the pipeline.
+#[derive(Debug)]
+pub struct Slot(OwnedSemaphorePermit);
+
 impl Emitter {
     /// Hand one record to the pipeline, waiting for room; false when shutting down.
     pub async fn emit(&self, rec: SourceRecord) -> bool {
-        let permit = tokio::select! {
+        match self.slot().await {
+            Some(slot) => self.emit_in(rec, slot).await,
+            None => false,
+        }
+    }
+
+    /// Wait for room for one more event; `None` when shutting down.
+    pub async fn slot(&self) -> Option<Slot> {
+        tokio::select! {
             biased;
-            _ = self.cancel.cancelled() => return false,
-            p = self.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return false,
-            },
-        };
+            _ = self.cancel.cancelled() => None,
+            p = self.permits.clone().acquire_owned() => p.ok().map(Slot),
+        }
+    }
+
+    /// Room for one more event, if there is some now.
+    pub fn try_slot(&self) -> Option<Slot> {
+        self.permits.clone().try_acquire_owned().ok().map(Slot)
+    }
+
+    /// The run's counters (for sources that report lag, assignment, pauses).
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Shutdown has been requested.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Hand one record to the pipeline in the room `slot` reserved; false when shutting
+    /// down.
+    pub async fn emit_in(&self, rec: SourceRecord, slot: Slot) -> bool {
+        let permit = slot.0;
         if let Err(e) = lock(&self.tracker).track(rec.partition, rec.offset) {
             tracing::error!(error = %e, "source positions out of order; stopping");
             self.cancel.cancel();
@@ -314,11 +354,21 @@ impl Emitter {
         self.stats
             .read
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "event",
+            otel.name = "fusionstream.event",
+            source.stream = %rec.stream,
+            source.offset = rec.offset,
+            event.id = tracing::field::Empty,
+            event.outcome = tracing::field::Empty,
+        );
+        crate::telemetry::traces::set_parent(&span, rec.traceparent.as_deref());
         let taken = Taken {
             rec,
             permit,
             received_at: SystemTime::now(),
             started: Instant::now(),
+            span,
         };
         // The permit bounds what is in flight, so this send waits only briefly.
         self.tx.send(taken).await.is_ok() && !self.cancel.is_cancelled()
@@ -424,6 +474,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         bundle,
         to_batcher: part_tx,
         to_sink: fin_tx,
+        stats: stats.clone(),
     });
     let intake_task = tokio::spawn(intake::run(taken_rx, shared));
     let emitter = Emitter {
@@ -442,6 +493,12 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         r = &mut sink_task => Some(r),
         _ = cancel.cancelled() => None,
     };
+    if sink_result.is_none() {
+        // Readiness goes away while draining.
+        stats
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let (sink_result, timed_out) = match sink_result {
         Some(r) => (Some(r), false),
         None => match tokio::time::timeout(settings.drain_timeout, &mut sink_task).await {

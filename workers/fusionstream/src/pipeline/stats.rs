@@ -1,18 +1,68 @@
 //! Counters of a run, shared by every stage (lock-free where hot), and the summary.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fusionstream_core::record::Stream;
 use fusionstream_core::Lane;
+use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 
 /// Most latency samples kept (a uniform sample of the run beyond that).
 const LATENCY_SAMPLES: usize = 100_000;
 
-/// Live counters.
-#[derive(Debug, Default)]
+/// How long the throughput used for "seconds to drain" looks back.
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Stages of an event whose durations are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Media fetch (with retries).
+    Fetch,
+    /// Decode, resize, tokenise.
+    Preprocess,
+    /// Waiting in the batcher and the model queue.
+    Queue,
+    /// Forward passes (sum over the event's lanes).
+    Model,
+    /// Writing and acknowledging the outputs (per group of events).
+    Publish,
+    /// Read to acknowledged.
+    Total,
+}
+
+impl Stage {
+    /// Every stage, in index order.
+    pub const ALL: [Stage; 6] = [
+        Stage::Fetch,
+        Stage::Preprocess,
+        Stage::Queue,
+        Stage::Model,
+        Stage::Publish,
+        Stage::Total,
+    ];
+
+    /// Label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Fetch => "fetch",
+            Stage::Preprocess => "preprocess",
+            Stage::Queue => "queue",
+            Stage::Model => "model",
+            Stage::Publish => "publish",
+            Stage::Total => "total",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Live counters, gauges and histograms of a worker: the run summary and `/metrics` both
+/// read them.
+#[derive(Debug)]
 pub struct Stats {
     /// Events read from the source.
     pub read: AtomicU64,
@@ -34,8 +84,80 @@ pub struct Stats {
     pub model_ns: AtomicU64,
     /// Events waiting in the batcher's open batches.
     pub batcher_pending: AtomicU64,
+    /// Batches queued for the model thread.
+    pub model_queue: AtomicI64,
+    /// Media fetches running.
+    pub fetches_in_flight: AtomicI64,
+    /// Each lane's `max_items` (for the batch fill ratio).
+    pub lane_max_items: [AtomicU64; 2],
+    /// Partitions assigned to this worker (-1: not a consumer-group source).
+    pub partitions_assigned: AtomicI64,
+    /// Consumer lag summed over the assigned partitions (-1: unknown).
+    pub consumer_lag: AtomicI64,
+    /// Whether the source is paused for back-pressure.
+    pub paused: AtomicBool,
+    /// Times the source paused.
+    pub pauses: AtomicU64,
+    /// Commits of positions, and those that failed.
+    pub commits: AtomicU64,
+    /// Failed commits.
+    pub commit_failures: AtomicU64,
+    /// Output groups sent again after a failed acknowledgement.
+    pub publish_retries: AtomicU64,
+    /// Rebalances seen (assign and revoke callbacks).
+    pub rebalances: AtomicU64,
+    /// Revoked in-flight events abandoned after `kafka.revoke_timeout`.
+    pub revoke_abandoned: AtomicU64,
+    /// The model is loaded.
+    pub model_loaded: AtomicBool,
+    /// Shutdown has begun.
+    pub stopping: AtomicBool,
+    stages: [Histogram; 6],
+    batch_size: [Histogram; 2],
+    batch_fill: [Histogram; 2],
+    throughput: Mutex<VecDeque<(Instant, u64)>>,
     reasons: Mutex<Reasons>,
     latencies: Mutex<Latencies>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let stage = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let size = || Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        let fill = || Histogram::new(linear_buckets(0.1, 0.1, 10));
+        Self {
+            read: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            degraded: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            outputs: Default::default(),
+            batches: Default::default(),
+            batch_items: Default::default(),
+            model_ns: AtomicU64::new(0),
+            batcher_pending: AtomicU64::new(0),
+            model_queue: AtomicI64::new(0),
+            fetches_in_flight: AtomicI64::new(0),
+            lane_max_items: Default::default(),
+            partitions_assigned: AtomicI64::new(-1),
+            consumer_lag: AtomicI64::new(-1),
+            paused: AtomicBool::new(false),
+            pauses: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            commit_failures: AtomicU64::new(0),
+            publish_retries: AtomicU64::new(0),
+            rebalances: AtomicU64::new(0),
+            revoke_abandoned: AtomicU64::new(0),
+            model_loaded: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            stages: std::array::from_fn(|_| stage()),
+            batch_size: std::array::from_fn(|_| size()),
+            batch_fill: std::array::from_fn(|_| fill()),
+            throughput: Mutex::new(VecDeque::new()),
+            reasons: Mutex::default(),
+            latencies: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +186,17 @@ pub enum Outcome {
     },
     /// Dead-lettered with this reason.
     DeadLetter(String),
+}
+
+impl Outcome {
+    /// `ok`, `degraded` or `dead_letter`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Processed { degraded, .. } if degraded.is_empty() => "ok",
+            Outcome::Processed { .. } => "degraded",
+            Outcome::DeadLetter(_) => "dead_letter",
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,9 +254,74 @@ impl Stats {
 
     /// Count a model batch.
     pub fn batch(&self, lane: Lane, items: usize, took: Duration) {
-        self.batches[lane.index()].fetch_add(1, Relaxed);
-        self.batch_items[lane.index()].fetch_add(items as u64, Relaxed);
+        let i = lane.index();
+        self.batches[i].fetch_add(1, Relaxed);
+        self.batch_items[i].fetch_add(items as u64, Relaxed);
         self.model_ns.fetch_add(took.as_nanos() as u64, Relaxed);
+        self.batch_size[i].observe(items as f64);
+        let max = self.lane_max_items[i].load(Relaxed);
+        if max > 0 {
+            self.batch_fill[i].observe(items as f64 / max as f64);
+        }
+    }
+
+    /// Record the duration of a stage.
+    pub fn stage(&self, stage: Stage, d: Duration) {
+        self.stages[stage.index()].observe(d.as_secs_f64());
+    }
+
+    /// Stage-duration histograms, in [`Stage::ALL`] order.
+    pub fn stage_histograms(&self) -> &[Histogram; 6] {
+        &self.stages
+    }
+
+    /// Batch size and fill-ratio histograms per lane.
+    pub fn batch_histograms(&self) -> (&[Histogram; 2], &[Histogram; 2]) {
+        (&self.batch_size, &self.batch_fill)
+    }
+
+    /// Record the finished count now, for the recent throughput (called every few seconds).
+    pub fn sample_throughput(&self, now: Instant) {
+        let mut q = lock(&self.throughput);
+        q.push_back((now, self.finished.load(Relaxed)));
+        while q.len() > 2 && now.duration_since(q[0].0) > THROUGHPUT_WINDOW {
+            q.pop_front();
+        }
+    }
+
+    /// Events finished per second over the last minute (0 until two samples exist).
+    pub fn recent_throughput(&self) -> f64 {
+        let q = lock(&self.throughput);
+        match (q.front(), q.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => {
+                (b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Seconds to work through the consumer lag at the recent throughput (a floor of one
+    /// event per second, so a stalled worker with a backlog reads as far behind); 0 without
+    /// lag, -1 when the lag is unknown.
+    pub fn seconds_to_drain(&self) -> f64 {
+        let lag = self.consumer_lag.load(Relaxed);
+        if lag < 0 {
+            return -1.0;
+        }
+        lag as f64 / self.recent_throughput().max(1.0)
+    }
+
+    /// Events read and not yet finished.
+    pub fn in_flight(&self) -> u64 {
+        self.read
+            .load(Relaxed)
+            .saturating_sub(self.finished.load(Relaxed))
+    }
+
+    /// Count of each dead-letter reason, degradation reason and skipped `task:reason`.
+    pub fn reasons(&self) -> [BTreeMap<String, u64>; 3] {
+        let r = lock(&self.reasons);
+        [r.dead_letter.clone(), r.degraded.clone(), r.skipped.clone()]
     }
 
     /// A consistent-enough copy for reporting.

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod kafka;
+
 use serde_json::Value;
 
 /// Repository root.
@@ -42,4 +44,31 @@ pub fn schema_of_stream(stream: &str) -> &'static str {
 /// Validation errors of `v`, as text.
 pub fn errors(validator: &jsonschema::Validator, v: &Value) -> Vec<String> {
     validator.iter_errors(v).map(|e| e.to_string()).collect()
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port: (status, body), or None when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
 }

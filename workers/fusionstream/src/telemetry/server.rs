@@ -1,0 +1,99 @@
+//! The worker's HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the
+//! process is alive and serving) and `/readyz` (the model is loaded, a consumer-group worker
+//! has partitions assigned, and shutdown has not begun).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::Stats;
+
+/// How often the recent throughput is sampled.
+const THROUGHPUT_SAMPLE: Duration = Duration::from_secs(5);
+
+struct Endpoints {
+    stats: Arc<Stats>,
+    registry: Registry,
+}
+
+/// Why the worker is not ready, or `None` when it is.
+pub fn not_ready(stats: &Stats) -> Option<&'static str> {
+    if !stats.model_loaded.load(Relaxed) {
+        Some("model not loaded yet")
+    } else if stats.stopping.load(Relaxed) {
+        Some("shutting down")
+    } else if stats.partitions_assigned.load(Relaxed) == 0 {
+        Some("no partitions assigned")
+    } else {
+        None
+    }
+}
+
+/// Bind `addr` and serve until `stop` fires; also samples the throughput for the
+/// "seconds to drain" gauge. Returns the bound address (port 0 picks a free one).
+pub async fn spawn(
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics server to {addr}"))?;
+    let bound = listener.local_addr()?;
+    let state = Arc::new(Endpoints {
+        registry: super::metrics::registry(stats.clone()),
+        stats: stats.clone(),
+    });
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    let sampler_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(THROUGHPUT_SAMPLE);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => stats.sample_throughput(Instant::now()),
+                _ = sampler_stop.cancelled() => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz");
+    Ok(bound)
+}
+
+async fn metrics(State(s): State<Arc<Endpoints>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        super::metrics::render(&s.registry),
+    )
+}
+
+async fn readyz(State(s): State<Arc<Endpoints>>) -> impl IntoResponse {
+    match not_ready(&s.stats) {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}

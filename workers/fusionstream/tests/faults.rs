@@ -1,0 +1,277 @@
+//! Faults of the services, injected by stopping them with `scripts/dev-services.sh stop` and
+//! starting them again on their data:
+//!
+//! - the Kafka broker restarts in the middle of a stream: the same worker process recovers
+//!   by itself and every event gets its outputs;
+//! - MinIO is down for a while: the fetches retry and the events are delayed, not lost or
+//!   degraded; down past the retry budget: the events degrade (or, under a dead-letter
+//!   policy, are dead-lettered) with the reason.
+//!
+//! This binary runs alone (cargo runs test binaries one after another), so stopping a
+//! service cannot disturb the other tests; a guard starts it again even when a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::kafka::*;
+use serde_json::Value;
+
+/// One test at a time: each stops a service.
+static ONE_FAULT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn services(verb: &str, name: &str) {
+    let ok = Command::new(common::root().join("scripts/dev-services.sh"))
+        .args([verb, name])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "dev-services.sh {verb} {name} failed");
+}
+
+/// Stops a service; starts it again when dropped (also on a failed assertion).
+struct Outage(&'static str, bool);
+
+impl Outage {
+    fn begin(name: &'static str) -> Self {
+        services("stop", name);
+        Self(name, false)
+    }
+    fn end(&mut self) {
+        if !self.1 {
+            services("start", self.0);
+            self.1 = true;
+        }
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_recovers_without_a_worker_restart() {
+    let Some(broker) = broker() else { return };
+    let _one = ONE_FAULT.lock().await;
+    let t = topics("restart");
+    create(&broker, &t).await;
+    let n = 600;
+    produce(&broker, &t.input, &caption_events(n));
+    let mut w = worker(
+        &broker,
+        &t,
+        &[
+            ("FUSIONSTREAM__GENERATE_LANE__MAX_ITEMS", "1"),
+            ("FUSIONSTREAM__PIPELINE__MAX_IN_FLIGHT", "16"),
+        ],
+    );
+    wait_for(|| committed(&broker, &t) >= 20, "progress", 180);
+    let mut outage = Outage::begin("kafka");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "the worker survives the broker's absence:\n{}",
+        w.log()
+    );
+    outage.end();
+    let mut back = 0;
+    wait_for(
+        || {
+            back = committed(&broker, &t);
+            back > 0
+        },
+        "the group coordinator back",
+        120,
+    );
+    assert!(
+        back < n as i64,
+        "work was left for after the restart ({back} of {n} committed)"
+    );
+    wait_for(
+        || committed(&broker, &t) >= n as i64,
+        "all offsets committed after the restart",
+        300,
+    );
+    let log = stop(w);
+    let dups = assert_every_caption(&broker, &t, n);
+    eprintln!(
+        "{n} events across a broker restart ({back} committed when it came back), \
+         {dups} duplicate captions (allowed); worker warnings: {}",
+        log.lines().filter(|l| l.contains("WARN")).count()
+    );
+}
+
+fn s3_endpoint() -> Option<String> {
+    match std::env::var("FUSIONSTREAM_TEST_S3_ENDPOINT") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            assert!(
+                std::env::var("FUSIONSTREAM_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "FUSIONSTREAM_TEST_S3_ENDPOINT is not set: run scripts/dev-services.sh up"
+            );
+            eprintln!("skipped: no S3 endpoint");
+            None
+        }
+    }
+}
+
+/// Run `fusionstream run` on `events` with media in `bucket`, config layered from `toml`.
+fn run_worker(
+    dir: &Path,
+    events: &[Value],
+    toml: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let file = dir.join("events.jsonl");
+    std::fs::write(
+        &file,
+        events.iter().map(|e| format!("{e}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let cfg = dir.join("config.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let out = dir.join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_fusionstream"))
+        .current_dir(common::root())
+        .args(["run", "--fresh", "--config"])
+        .arg(&cfg)
+        .arg("--events")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, out)
+}
+
+fn read(out: &Path, stream: &str) -> Vec<Value> {
+    std::fs::read_to_string(out.join(format!("{stream}.jsonl")))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn upload(endpoint: &str, bucket: &str, n: usize) {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
+            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap(),
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    let s3 = aws_sdk_s3::Client::from_conf(conf);
+    s3.create_bucket().bucket(bucket).send().await.unwrap();
+    for i in 0..n {
+        let body =
+            std::fs::read(common::root().join(format!("examples/media/scene{i}.png"))).unwrap();
+        s3.put_object()
+            .bucket(bucket)
+            .key(format!("scene{i}.png"))
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+fn s3_config(endpoint: &str, bucket: &str, media: &str) -> String {
+    format!(
+        "[s3]\nenabled = true\nendpoint = \"{endpoint}\"\nforce_path_style = true\n\
+         allowed_buckets = [\"{bucket}\"]\n\n[media]\n{media}\n\n\
+         [degradation]\ntenants = {{ strict = \"dead_letter\" }}\n"
+    )
+}
+
+fn s3_events(bucket: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("s3-{i}"),
+                "image": format!("s3://{bucket}/scene{}.png", i % 6),
+                "text": "a small red circle at the top",
+                "tasks": ["caption", "embed"],
+                "tenant": if i % 4 == 3 { "strict" } else { "default" },
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minio_down_for_a_while_delays_events_and_past_the_budget_degrades_them() {
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
+    let _one = ONE_FAULT.lock().await;
+    let bucket = format!("outage-{}", std::process::id());
+    upload(&endpoint, &bucket, 6).await;
+    let n = 12;
+
+    // Down for a few seconds, inside a generous retry budget: delayed, nothing degraded.
+    let tmp = tempfile::tempdir().unwrap();
+    let generous =
+        "retries = 40\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\ntimeout = \"2s\"";
+    let mut outage = Outage::begin("minio");
+    let (mut child, out) = run_worker(
+        tmp.path(),
+        &s3_events(&bucket, n),
+        &s3_config(&endpoint, &bucket, generous),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    outage.end();
+    assert!(child.wait().unwrap().success());
+    let captions = read(&out, "captions");
+    let embeddings = read(&out, "embeddings");
+    assert_eq!(captions.len(), n, "every event captioned after the outage");
+    assert_eq!(embeddings.len(), n);
+    for e in &embeddings {
+        assert_eq!(e["degraded"], serde_json::json!([]), "{e}");
+    }
+    assert!(read(&out, "dead_letters").is_empty());
+
+    // Down for the whole run with a small budget: degraded with the reason, or
+    // dead-lettered for the tenant whose policy says so. Nothing vanishes.
+    let tmp = tempfile::tempdir().unwrap();
+    let small = "retries = 1\nbackoff_initial = \"50ms\"\nbackoff_max = \"50ms\"\ntimeout = \"1s\"";
+    let mut outage = Outage::begin("minio");
+    let (mut child, out) = run_worker(
+        tmp.path(),
+        &s3_events(&bucket, n),
+        &s3_config(&endpoint, &bucket, small),
+    );
+    assert!(child.wait().unwrap().success());
+    outage.end();
+    let embeddings = read(&out, "embeddings");
+    let dead = read(&out, "dead_letters");
+    assert!(
+        read(&out, "captions").is_empty(),
+        "no caption without the image"
+    );
+    assert_eq!(
+        embeddings.len() + dead.len(),
+        n,
+        "every event accounted for"
+    );
+    assert_eq!(dead.len(), n / 4, "the strict tenant's events");
+    for e in &embeddings {
+        assert_eq!(e["degraded"][0]["reason"], "image_fetch_failed", "{e}");
+        assert!(e["text_embedding"].is_array());
+    }
+    for d in &dead {
+        assert_eq!(d["reason"], "image_fetch_failed", "{d}");
+    }
+}
