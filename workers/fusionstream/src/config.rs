@@ -141,6 +141,8 @@ pub struct ImageConfig {
 pub struct ModelConfig {
     /// Bundle folder.
     pub bundle: PathBuf,
+    /// Cache of bundles downloaded from S3 ("" = the user's cache folder).
+    pub cache_dir: PathBuf,
     /// Device.
     pub device: String,
     /// Dtype.
@@ -571,6 +573,28 @@ impl Config {
             allowed_buckets: self.s3.allowed_buckets.clone(),
             max_bytes: self.media.max_bytes,
         })
+    }
+
+    /// S3 client settings for model bundles: the `[s3]` endpoint, region and addressing,
+    /// whether or not media come from S3 (the bundle's bucket is the operator's choice, not
+    /// an event's, so the allowed-bucket list does not apply).
+    pub fn bundle_s3_settings(&self) -> fusionstream_io::s3::S3Settings {
+        fusionstream_io::s3::S3Settings {
+            endpoint: (!self.s3.endpoint.is_empty()).then(|| self.s3.endpoint.clone()),
+            region: self.s3.region.clone(),
+            force_path_style: self.s3.force_path_style,
+            allowed_buckets: Vec::new(),
+            max_bytes: u64::MAX,
+        }
+    }
+
+    /// Folder of bundles downloaded from S3.
+    pub fn bundle_cache_dir(&self) -> PathBuf {
+        if !self.model.cache_dir.as_os_str().is_empty() {
+            return self.model.cache_dir.clone();
+        }
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        home.join(".cache/fusionstream/bundles")
     }
 
     /// The effective configuration as TOML, secrets masked.

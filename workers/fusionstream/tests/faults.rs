@@ -107,20 +107,6 @@ async fn broker_restart_mid_stream_recovers_without_a_worker_restart() {
     );
 }
 
-fn s3_endpoint() -> Option<String> {
-    match std::env::var("FUSIONSTREAM_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            assert!(
-                std::env::var("FUSIONSTREAM_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "FUSIONSTREAM_TEST_S3_ENDPOINT is not set: run scripts/dev-services.sh up"
-            );
-            eprintln!("skipped: no S3 endpoint");
-            None
-        }
-    }
-}
-
 /// Run `fusionstream run` on `events` with media in `bucket`, config layered from `toml`.
 fn run_worker(
     dir: &Path,
@@ -161,20 +147,7 @@ fn read(out: &Path, stream: &str) -> Vec<Value> {
 }
 
 async fn upload(endpoint: &str, bucket: &str, n: usize) {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
-            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap(),
-            None,
-            None,
-            "test",
-        ))
-        .build();
-    let s3 = aws_sdk_s3::Client::from_conf(conf);
+    let s3 = common::s3_client(endpoint);
     s3.create_bucket().bucket(bucket).send().await.unwrap();
     for i in 0..n {
         let body =
@@ -213,7 +186,7 @@ fn s3_events(bucket: &str, n: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minio_down_for_a_while_delays_events_and_past_the_budget_degrades_them() {
-    let Some(endpoint) = s3_endpoint() else {
+    let Some(endpoint) = common::s3_endpoint() else {
         return;
     };
     let _one = ONE_FAULT.lock().await;

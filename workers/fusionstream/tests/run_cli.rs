@@ -1,6 +1,7 @@
 //! `fusionstream run` as a user runs it: the embedded default from the repository root,
-//! SIGTERM in the middle of a stream (exit 0, drained, resumed with nothing lost), and
-//! invalid configuration refused with every error listed.
+//! SIGTERM in the middle of a stream (exit 0, drained, resumed with nothing lost),
+//! invalid configuration refused with every error listed, and a model bundle fetched from
+//! S3 (the dev MinIO) once and then served from the cache.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -180,4 +181,94 @@ fn invalid_configuration_is_refused_with_every_error() {
         text.contains("[encode_lane]") && text.contains("max_wait = \"10ms\""),
         "{text}"
     );
+}
+
+/// `model.bundle = "s3://…"`: the bundle is downloaded from MinIO into the cache once; the
+/// run's outputs match the transformers reference; a second run uses the cached copy
+/// without reaching S3 (its endpoint points nowhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_from_s3_is_downloaded_once_and_cached() {
+    let Some(endpoint) = common::s3_endpoint() else {
+        return;
+    };
+    let s3 = common::s3_client(&endpoint);
+    let bucket = format!("bundles-{}", std::process::id());
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let src = common::root().join("models/shapes");
+    let mut files = vec![];
+    let mut stack = vec![src.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    for f in &files {
+        let key = format!(
+            "shapes/1.1.0/{}",
+            f.strip_prefix(&src).unwrap().to_string_lossy()
+        );
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(
+                std::fs::read(f).unwrap(),
+            ))
+            .send()
+            .await
+            .unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let run = |endpoint: &str, out: &str| {
+        bin()
+            .args(["run", "--fresh", "--out"])
+            .arg(tmp.path().join(out))
+            .env(
+                "FUSIONSTREAM__MODEL__BUNDLE",
+                format!("s3://{bucket}/shapes/1.1.0"),
+            )
+            .env("FUSIONSTREAM__MODEL__CACHE_DIR", &cache)
+            .env("FUSIONSTREAM__S3__ENDPOINT", endpoint)
+            .env("FUSIONSTREAM__S3__FORCE_PATH_STYLE", "true")
+            .output()
+            .unwrap()
+    };
+    let first = run(&endpoint, "out1");
+    let log = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{log}");
+    assert!(log.contains("model bundle from S3 (downloaded)"), "{log}");
+    let cached = cache.join(&bucket).join("shapes/1.1.0");
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap();
+        assert_eq!(
+            std::fs::read(cached.join(rel)).unwrap(),
+            std::fs::read(f).unwrap(),
+            "{}",
+            rel.display()
+        );
+    }
+    let second = run("http://127.0.0.1:9", "out2");
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{log}");
+    assert!(log.contains("model bundle from S3 (cached copy)"), "{log}");
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::root().join("models/fixtures/shapes/reference.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    for out in ["out1", "out2"] {
+        let captions =
+            std::fs::read_to_string(tmp.path().join(out).join("captions.jsonl")).unwrap();
+        let full0: serde_json::Value = captions
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["event_id"] == "full-0")
+            .unwrap();
+        assert_eq!(full0["caption"], reference["caption_greedy"][0], "{out}");
+    }
 }

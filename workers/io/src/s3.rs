@@ -101,6 +101,148 @@ impl S3Media {
     }
 }
 
+/// Errors of [`S3Media::download_prefix`].
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// Listing or reading an object failed.
+    #[error("s3://{bucket}/{key}: {detail}")]
+    S3 {
+        /// Bucket.
+        bucket: String,
+        /// Key or prefix.
+        key: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// Nothing under the prefix.
+    #[error("nothing under s3://{bucket}/{prefix}")]
+    Empty {
+        /// Bucket.
+        bucket: String,
+        /// Prefix.
+        prefix: String,
+    },
+    /// A key that would escape the destination folder.
+    #[error("refusing object key {0:?} (it would escape the bundle folder)")]
+    UnsafeKey(String),
+    /// Writing the files.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// Path.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Marker of a finished download in a cached folder.
+const COMPLETE: &str = ".fusionstream-complete";
+
+impl S3Media {
+    /// Copy every object under `s3://bucket/prefix/` into `dest`, keeping the relative key
+    /// paths, unless a finished copy is already there (then nothing is fetched: a cached
+    /// prefix is trusted as immutable). The copy is assembled in a temporary sibling folder
+    /// and renamed into place, so a crash never leaves a half bundle that looks finished.
+    /// Returns whether anything was downloaded.
+    pub async fn download_prefix(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        dest: &std::path::Path,
+    ) -> Result<bool, DownloadError> {
+        if dest.join(COMPLETE).is_file() {
+            return Ok(false);
+        }
+        let io = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| DownloadError::Io { path, source }
+        };
+        let prefix = prefix.trim_matches('/');
+        let list_prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let s3err = |key: &str, e: &dyn std::fmt::Display| DownloadError::S3 {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            detail: e.to_string(),
+        };
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(&list_prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| s3err(&list_prefix, &aws_sdk_s3::error::DisplayErrorContext(&e)))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    if !k.ends_with('/') {
+                        keys.push(k.to_owned());
+                    }
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Err(DownloadError::Empty {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+            });
+        }
+        let parent = dest.parent().unwrap_or(std::path::Path::new("."));
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(io(parent))?;
+        let tmp = parent.join(format!(
+            ".{}.partial-{}",
+            dest.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("bundle"),
+            std::process::id()
+        ));
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        for key in &keys {
+            let rel = &key[list_prefix.len()..];
+            let rel_path = std::path::Path::new(rel);
+            if rel_path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(DownloadError::UnsafeKey(key.clone()));
+            }
+            let file = tmp.join(rel_path);
+            if let Some(d) = file.parent() {
+                tokio::fs::create_dir_all(d).await.map_err(io(d))?;
+            }
+            let resp = self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| s3err(key, &aws_sdk_s3::error::DisplayErrorContext(&e)))?;
+            let bytes = resp
+                .body
+                .collect()
+                .await
+                .map_err(|e| s3err(key, &e))?
+                .into_bytes();
+            tokio::fs::write(&file, &bytes).await.map_err(io(&file))?;
+        }
+        tokio::fs::write(tmp.join(COMPLETE), format!("s3://{bucket}/{prefix}\n"))
+            .await
+            .map_err(io(&tmp))?;
+        let _ = tokio::fs::remove_dir_all(dest).await;
+        tokio::fs::rename(&tmp, dest).await.map_err(io(dest))?;
+        Ok(true)
+    }
+}
+
 fn classify<R: std::fmt::Debug>(e: SdkError<GetObjectError, R>, name: &str) -> FetchError {
     match &e {
         SdkError::ServiceError(se) => {

@@ -153,7 +153,7 @@ async fn run_async(c: Config) -> anyhow::Result<Summary> {
         generation: None,
     };
     let load_start = Instant::now();
-    let bundle = c.model.bundle.clone();
+    let bundle = resolve_bundle(&c).await?;
     let mut model = tokio::task::spawn_blocking(move || FusionModel::load(&bundle, &opts))
         .await?
         .with_context(|| format!("loading model bundle {}", c.model.bundle.display()))?;
@@ -248,6 +248,32 @@ async fn run_async(c: Config) -> anyhow::Result<Summary> {
     };
     print_summary(&summary, &c);
     Ok(summary)
+}
+
+/// A local bundle folder: `model.bundle` itself, or for an `s3://bucket/prefix` its copy in
+/// the bundle cache (downloaded on first use).
+async fn resolve_bundle(c: &Config) -> anyhow::Result<PathBuf> {
+    let url = c.model.bundle.to_string_lossy().into_owned();
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Ok(c.model.bundle.clone());
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    anyhow::ensure!(!bucket.is_empty(), "model.bundle {url:?} names no bucket");
+    let prefix = prefix.trim_matches('/');
+    let dest = c.bundle_cache_dir().join(bucket).join(prefix);
+    let store = fusionstream_io::s3::S3Media::new(c.bundle_s3_settings()).await;
+    let downloaded = store
+        .download_prefix(bucket, prefix, &dest)
+        .await
+        .with_context(|| format!("fetching the model bundle {url}"))?;
+    tracing::info!(
+        bundle = %url,
+        cache = %dest.display(),
+        downloaded,
+        "model bundle from S3 ({})",
+        if downloaded { "downloaded" } else { "cached copy" }
+    );
+    Ok(dest)
 }
 
 /// What every source/sink combination shares.

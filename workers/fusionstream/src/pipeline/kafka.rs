@@ -460,6 +460,7 @@ impl OutputSink for KafkaSink {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

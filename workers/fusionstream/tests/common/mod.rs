@@ -72,3 +72,37 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))
 }
+
+/// The dev MinIO's endpoint, or None (and the test skips) when the services are not up;
+/// with `FUSIONSTREAM_REQUIRE_SERVICES=1` a missing endpoint fails instead.
+pub fn s3_endpoint() -> Option<String> {
+    match std::env::var("FUSIONSTREAM_TEST_S3_ENDPOINT") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            assert!(
+                std::env::var("FUSIONSTREAM_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "FUSIONSTREAM_TEST_S3_ENDPOINT is not set: run scripts/dev-services.sh up"
+            );
+            eprintln!("skipped: no S3 endpoint (run scripts/dev-services.sh up)");
+            None
+        }
+    }
+}
+
+/// An S3 client for the dev MinIO (credentials from the standard AWS variables).
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
