@@ -13,7 +13,8 @@
 #   scripts/dev-services.sh kafka-tool CLASS ARGS...  run a Kafka tool (console producer, topics)
 #
 # Ports (override with the environment): FUSIONSTREAM_KAFKA_PORT (19092), its controller
-# port +1, FUSIONSTREAM_MINIO_PORT (19000), its console port +1.
+# port +1, a SASL_PLAINTEXT (PLAIN) listener +2 whose user and password are MinIO's,
+# FUSIONSTREAM_MINIO_PORT (19000), its console port +1.
 set -euo pipefail
 
 CACHE="${FUSIONSTREAM_CACHE:-$HOME/.cache/fusionstream}"
@@ -22,6 +23,7 @@ KAFKA_VERSION=4.1.1
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 KAFKA_PORT="${FUSIONSTREAM_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
+KAFKA_SASL_PORT=$((KAFKA_PORT + 2))
 MINIO_PORT="${FUSIONSTREAM_MINIO_PORT:-19000}"
 MINIO_CONSOLE_PORT=$((MINIO_PORT + 1))
 MINIO_USER=fusionstream
@@ -112,10 +114,12 @@ start_kafka() { # [keep]: restart on the existing data
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$MINIO_USER" password="$MINIO_PASSWORD" user_$MINIO_USER="$MINIO_PASSWORD";
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$data
 num.partitions=4
@@ -176,6 +180,7 @@ kafka_tool() {
 print_env() {
   cat <<ENV
 export FUSIONSTREAM_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
+export FUSIONSTREAM_TEST_KAFKA_SASL=127.0.0.1:$KAFKA_SASL_PORT
 export FUSIONSTREAM_TEST_S3_ENDPOINT=http://127.0.0.1:$MINIO_PORT
 export AWS_ACCESS_KEY_ID=$MINIO_USER
 export AWS_SECRET_ACCESS_KEY=$MINIO_PASSWORD

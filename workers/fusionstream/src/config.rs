@@ -536,6 +536,16 @@ impl Config {
                     k.sasl_mechanism
                 ));
             }
+            // TLS and SCRAM need librdkafka built with OpenSSL (the `kafka-ssl` feature).
+            let needs_ssl = k.security_protocol.ends_with("ssl")
+                || (k.security_protocol.starts_with("sasl") && k.sasl_mechanism.starts_with("SCRAM"));
+            if needs_ssl && !cfg!(feature = "kafka-ssl") {
+                errors.push(format!(
+                    "kafka.security_protocol {:?} with sasl_mechanism {:?} needs TLS/SCRAM support: \
+                     this binary was built without it (cargo build --features kafka-ssl, needs OpenSSL headers)",
+                    k.security_protocol, k.sasl_mechanism
+                ));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
             errors.push(format!("telemetry.log_level: {e}"));
@@ -745,13 +755,29 @@ mod tests {
             ]),
         )
         .expect_err("invalid");
-        assert_eq!(e.0.len(), 1, "{e}");
-        let c = Config::load(
+        // The mechanism, and TLS in a build without it.
+        let expected = if cfg!(feature = "kafka-ssl") { 1 } else { 2 };
+        assert_eq!(e.0.len(), expected, "{e}");
+        let scram = Config::load(
             &[],
             env(&[
                 ("FUSIONSTREAM__SINK__KIND", "kafka"),
                 ("FUSIONSTREAM__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
                 ("FUSIONSTREAM__KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+            ]),
+        );
+        if cfg!(feature = "kafka-ssl") {
+            assert!(scram.is_ok());
+        } else {
+            let e = scram.expect_err("SCRAM needs the kafka-ssl build");
+            assert!(e.to_string().contains("--features kafka-ssl"), "{e}");
+        }
+        let c = Config::load(
+            &[],
+            env(&[
+                ("FUSIONSTREAM__SINK__KIND", "kafka"),
+                ("FUSIONSTREAM__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+                ("FUSIONSTREAM__KAFKA__SASL_MECHANISM", "PLAIN"),
                 ("FUSIONSTREAM__KAFKA__SASL_PASSWORD", "hunter2"),
             ]),
         )

@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Stop (drain and exit) once this many events have finished, e.g. to take a fixed
+    /// number of events from a Kafka topic.
+    #[arg(long)]
+    max_events: Option<u64>,
 }
 
 /// `fusionstream config`: print the effective configuration.
@@ -91,7 +95,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("fusionstream-io")
         .build()?;
-    let summary = rt.block_on(run_async(c));
+    let summary = rt.block_on(run_async(c, args.max_events));
     // Shut the runtime down, then flush the spans (the exporter blocks).
     drop(rt);
     drop(telemetry);
@@ -129,7 +133,7 @@ pub struct Summary {
     pub stats: StatsSnapshot,
 }
 
-async fn run_async(c: Config) -> anyhow::Result<Summary> {
+async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary> {
     let settings = Settings::from_config(&c);
     let stats = Arc::new(Stats::default());
     let cancel = CancellationToken::new();
@@ -197,6 +201,17 @@ async fn run_async(c: Config) -> anyhow::Result<Summary> {
         Progress::Auto => std::io::stderr().is_terminal(),
     };
     let progress = show.then(|| tokio::spawn(progress(stats.clone())));
+    if let Some(n) = max_events {
+        let (stats, cancel) = (stats.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while stats.finished.load(std::sync::atomic::Ordering::Relaxed) < n {
+                tick.tick().await;
+            }
+            tracing::info!(events = n, "--max-events reached; stopping");
+            cancel.cancel();
+        });
+    }
     let start = Instant::now();
     let common = Common {
         settings,
