@@ -13,7 +13,8 @@
 #   scripts/dev-services.sh kafka-tool CLASS ARGS...  run a Kafka tool (console producer, topics)
 #
 # Ports (override with the environment): FUSIONSTREAM_KAFKA_PORT (19092), its controller
-# port +1, a SASL_PLAINTEXT (PLAIN) listener +2 whose user and password are MinIO's,
+# port +1, a SASL_PLAINTEXT listener (PLAIN and SCRAM-SHA-256) +2 whose user and password
+# are MinIO's,
 # FUSIONSTREAM_MINIO_PORT (19000), its console port +1.
 set -euo pipefail
 
@@ -118,7 +119,8 @@ listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTRO
 advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
-sasl.enabled.mechanisms=PLAIN
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$MINIO_USER" password="$MINIO_PASSWORD" user_$MINIO_USER="$MINIO_PASSWORD";
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$data
@@ -132,10 +134,11 @@ auto.create.topics.enable=false
 PROPS
   local java=(java -Xms256m -Xmx512m -XX:+UseSerialGC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn
     -cp "$KAFKA_HOME/lib/*")
-  "${java[@]}" kafka.tools.StorageTool format --standalone -t fusionstream-dev-cluster1 -c "$cfg" \
-    > "$RUN/kafka-format.log" 2>&1 ||
-    "${java[@]}" kafka.tools.StorageTool format -t fusionstream-dev-cluster1 -c "$cfg" \
-      >> "$RUN/kafka-format.log" 2>&1 || { log "kafka storage format failed:"; cat "$RUN/kafka-format.log" >&2; return 1; }
+  # The SCRAM user of the SASL listener lives in the cluster metadata, written at format time.
+  # A static quorum (controller.quorum.voters): formatted without --standalone.
+  "${java[@]}" kafka.tools.StorageTool format -t fusionstream-dev-cluster1 -c "$cfg" \
+    --add-scram "SCRAM-SHA-256=[name=$MINIO_USER,password=$MINIO_PASSWORD]" \
+    > "$RUN/kafka-format.log" 2>&1 || { log "kafka storage format failed:"; cat "$RUN/kafka-format.log" >&2; return 1; }
   nohup "${java[@]}" kafka.Kafka "$cfg" > "$RUN/kafka.log" 2>&1 < /dev/null &
   echo $! > "$RUN/kafka.pid"
   wait_port "$KAFKA_PORT" kafka 90 || { tail -n 30 "$RUN/kafka.log" >&2; return 1; }

@@ -538,7 +538,8 @@ impl Config {
             }
             // TLS and SCRAM need librdkafka built with OpenSSL (the `kafka-ssl` feature).
             let needs_ssl = k.security_protocol.ends_with("ssl")
-                || (k.security_protocol.starts_with("sasl") && k.sasl_mechanism.starts_with("SCRAM"));
+                || (k.security_protocol.starts_with("sasl")
+                    && k.sasl_mechanism.starts_with("SCRAM"));
             if needs_ssl && !cfg!(feature = "kafka-ssl") {
                 errors.push(format!(
                     "kafka.security_protocol {:?} with sasl_mechanism {:?} needs TLS/SCRAM support: \

@@ -397,44 +397,61 @@ async fn traces_follow_events_and_metrics_are_served() {
     assert!(batch.parent_span_id.is_empty(), "a batch span is a root");
 }
 
-/// SASL/PLAIN against the dev broker's SASL listener: the right password gets the events
-/// through (and never reaches the log); a wrong one is refused by the broker, nothing is
-/// consumed, and the worker says why.
+/// SASL (PLAIN, and SCRAM-SHA-256 when built with `kafka-ssl`) against the dev broker's SASL
+/// listener: the right password gets the events through (and never reaches the log); a wrong
+/// one is refused by the broker, nothing is consumed, and the worker says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sasl_plain_authenticates_and_the_password_stays_secret() {
+async fn sasl_authenticates_and_the_password_stays_secret() {
     let Some(broker) = broker() else { return };
     let sasl = std::env::var("FUSIONSTREAM_TEST_KAFKA_SASL").expect("scripts/dev-services.sh env");
     let _serial = SERIAL.lock().await;
-    let t = topics("sasl");
-    create(&broker, &t).await;
-    let n = 6;
-    produce(&broker, &t.input, &caption_events(n));
-    let user = std::env::var("AWS_ACCESS_KEY_ID").unwrap();
-    let password = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
-    let with = |password: &str| {
-        worker(
-            &sasl,
-            &t,
-            &[
-                ("FUSIONSTREAM__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
-                ("FUSIONSTREAM__KAFKA__SASL_MECHANISM", "PLAIN"),
-                ("FUSIONSTREAM__KAFKA__SASL_USERNAME", &user),
-                ("FUSIONSTREAM__KAFKA__SASL_PASSWORD", password),
-                ("FUSIONSTREAM__TELEMETRY__LOG_LEVEL", "debug"),
-            ],
-        )
-    };
-    let wrong = with("not-the-password");
-    wait_for(
-        || wrong.log().to_lowercase().contains("authentication failed"),
-        "the broker refusing a wrong password",
-        60,
-    );
-    assert_eq!(committed(&broker, &t), 0, "nothing consumed without credentials");
-    stop(wrong);
-    let right = with(&password);
-    wait_for(|| committed(&broker, &t) == n as i64, "all committed over SASL", 180);
-    let log = stop(right);
-    assert!(!log.contains(&password), "the password is in the log");
-    assert_every_caption(&broker, &t, n);
+    let mut mechanisms = vec!["PLAIN"];
+    if cfg!(feature = "kafka-ssl") {
+        mechanisms.push("SCRAM-SHA-256");
+    }
+    for mechanism in mechanisms {
+        let t = topics(&format!("sasl-{}", mechanism.to_lowercase()));
+        create(&broker, &t).await;
+        let n = 6;
+        produce(&broker, &t.input, &caption_events(n));
+        let user = std::env::var("AWS_ACCESS_KEY_ID").unwrap();
+        let password = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+        let with = |password: &str| {
+            worker(
+                &sasl,
+                &t,
+                &[
+                    ("FUSIONSTREAM__KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+                    ("FUSIONSTREAM__KAFKA__SASL_MECHANISM", mechanism),
+                    ("FUSIONSTREAM__KAFKA__SASL_USERNAME", &user),
+                    ("FUSIONSTREAM__KAFKA__SASL_PASSWORD", password),
+                    ("FUSIONSTREAM__TELEMETRY__LOG_LEVEL", "debug"),
+                ],
+            )
+        };
+        let wrong = with("not-the-password");
+        wait_for(
+            || wrong.log().to_lowercase().contains("authentication failed"),
+            "the broker refusing a wrong password",
+            60,
+        );
+        assert_eq!(
+            committed(&broker, &t),
+            0,
+            "{mechanism}: nothing consumed without credentials"
+        );
+        stop(wrong);
+        let right = with(&password);
+        wait_for(
+            || committed(&broker, &t) == n as i64,
+            "all committed over SASL",
+            180,
+        );
+        let log = stop(right);
+        assert!(
+            !log.contains(&password),
+            "{mechanism}: the password is in the log"
+        );
+        assert_every_caption(&broker, &t, n);
+    }
 }
