@@ -14,7 +14,7 @@
 #
 # Ports (override with the environment): FUSIONSTREAM_KAFKA_PORT (19092), its controller
 # port +1, a SASL_PLAINTEXT listener (PLAIN and SCRAM-SHA-256) +2 whose user and password
-# are MinIO's,
+# are MinIO's, a TLS listener +3 (certificate from a throw-away CA in run/tls/ca.pem),
 # FUSIONSTREAM_MINIO_PORT (19000), its console port +1.
 set -euo pipefail
 
@@ -25,6 +25,8 @@ MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 KAFKA_PORT="${FUSIONSTREAM_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
 KAFKA_SASL_PORT=$((KAFKA_PORT + 2))
+KAFKA_TLS_PORT=$((KAFKA_PORT + 3))
+TLS="$RUN/tls"
 MINIO_PORT="${FUSIONSTREAM_MINIO_PORT:-19000}"
 MINIO_CONSOLE_PORT=$((MINIO_PORT + 1))
 MINIO_USER=fusionstream
@@ -98,6 +100,24 @@ install_minio() {
   rm -rf "$dir/src"
 }
 
+# A throw-away CA and a broker certificate for 127.0.0.1 (the TLS listener); clients trust
+# $TLS/ca.pem.
+make_tls() {
+  rm -rf "$TLS"
+  mkdir -p "$TLS"
+  (
+    cd "$TLS"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=fusionstream-dev-ca" \
+      -keyout ca.key -out ca.pem 2> /dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout broker.key \
+      -out broker.csr 2> /dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > ext.cnf
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+      -extfile ext.cnf -out broker.pem 2> /dev/null
+    cat broker.key broker.pem > broker-keystore.pem
+  )
+}
+
 start_kafka() { # [keep]: restart on the existing data
   if running kafka; then return; fi
   local data="$RUN/kafka-data" cfg="$RUN/kafka.properties"
@@ -111,14 +131,17 @@ start_kafka() { # [keep]: restart on the existing data
   fi
   rm -rf "$data"
   mkdir -p "$data"
+  make_tls
   cat > "$cfg" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SSL://127.0.0.1:$KAFKA_TLS_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SSL://127.0.0.1:$KAFKA_TLS_PORT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$TLS/broker-keystore.pem
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$MINIO_USER" password="$MINIO_PASSWORD" user_$MINIO_USER="$MINIO_PASSWORD";
@@ -184,6 +207,8 @@ print_env() {
   cat <<ENV
 export FUSIONSTREAM_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
 export FUSIONSTREAM_TEST_KAFKA_SASL=127.0.0.1:$KAFKA_SASL_PORT
+export FUSIONSTREAM_TEST_KAFKA_TLS=127.0.0.1:$KAFKA_TLS_PORT
+export FUSIONSTREAM_TEST_KAFKA_CA=$TLS/ca.pem
 export FUSIONSTREAM_TEST_S3_ENDPOINT=http://127.0.0.1:$MINIO_PORT
 export AWS_ACCESS_KEY_ID=$MINIO_USER
 export AWS_SECRET_ACCESS_KEY=$MINIO_PASSWORD

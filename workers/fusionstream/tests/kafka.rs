@@ -497,3 +497,53 @@ async fn back_pressure_pauses_and_resumes_without_loss() {
     assert_eq!(dups, 0, "a pause needs no replay");
     eprintln!("{n} events, {pauses} pauses, no loss, no duplicates");
 }
+
+/// TLS to the dev broker's TLS listener (a certificate from a throw-away CA): trusting that
+/// CA (`kafka.ssl_ca_location`) the events go through; with the system's CAs only, the
+/// handshake is refused, nothing is consumed, and the worker says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_needs_the_right_ca_and_then_delivers() {
+    if !cfg!(feature = "kafka-ssl") {
+        eprintln!("skipped: built without kafka-ssl");
+        return;
+    }
+    let Some(broker) = broker() else { return };
+    let tls = std::env::var("FUSIONSTREAM_TEST_KAFKA_TLS").expect("scripts/dev-services.sh env");
+    let ca = std::env::var("FUSIONSTREAM_TEST_KAFKA_CA").expect("scripts/dev-services.sh env");
+    let _serial = SERIAL.lock().await;
+    let t = topics("tls");
+    create(&broker, &t).await;
+    let n = 6;
+    produce(&broker, &t.input, &caption_events(n));
+    let untrusted = worker(
+        &tls,
+        &t,
+        &[("FUSIONSTREAM__KAFKA__SECURITY_PROTOCOL", "ssl")],
+    );
+    wait_for(
+        || untrusted.log().contains("certificate verify failed"),
+        "the handshake refused without the CA",
+        60,
+    );
+    assert_eq!(
+        committed(&broker, &t),
+        0,
+        "nothing consumed over an untrusted TLS link"
+    );
+    stop(untrusted);
+    let trusted = worker(
+        &tls,
+        &t,
+        &[
+            ("FUSIONSTREAM__KAFKA__SECURITY_PROTOCOL", "ssl"),
+            ("FUSIONSTREAM__KAFKA__SSL_CA_LOCATION", &ca),
+        ],
+    );
+    wait_for(
+        || committed(&broker, &t) == n as i64,
+        "all committed over TLS",
+        180,
+    );
+    stop(trusted);
+    assert_every_caption(&broker, &t, n);
+}
