@@ -590,18 +590,8 @@ async fn oversized_lines_are_cut_and_dead_lettered() {
 /// is read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_media_from_minio() {
-    let endpoint = match std::env::var("FUSIONSTREAM_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => e,
-        _ => {
-            assert!(
-                std::env::var("FUSIONSTREAM_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "FUSIONSTREAM_TEST_S3_ENDPOINT is not set: run scripts/dev-services.sh up"
-            );
-            eprintln!(
-                "skipped: no S3 endpoint (run scripts/dev-services.sh up and export its env)"
-            );
-            return;
-        }
+    let Some(endpoint) = common::s3_endpoint() else {
+        return;
     };
     let bucket = format!("media-{}", std::process::id());
     let tmp = tempfile::tempdir().unwrap();

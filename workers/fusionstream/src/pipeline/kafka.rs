@@ -126,9 +126,16 @@ pub struct GroupContext {
 }
 
 impl GroupContext {
-    /// Wait (bounded) for the in-flight events of `ids`; returns how many are left.
+    /// Wait (bounded) for the in-flight events of `ids`; returns how many are left. Once
+    /// the worker is stopping (the consumer closes after the pipeline has drained or given
+    /// up) nothing more will finish: no wait.
     fn wait_in_flight(&self, ids: &[PartitionId]) -> usize {
-        let deadline = Instant::now() + self.revoke_timeout;
+        let timeout = if self.stats.stopping.load(Relaxed) {
+            Duration::ZERO
+        } else {
+            self.revoke_timeout
+        };
+        let deadline = Instant::now() + timeout;
         let wait = || loop {
             let left: usize = {
                 let t = lock(&self.tracker);
@@ -500,6 +507,14 @@ mod tests {
         lock(&c.tracker).track(0, 0).unwrap();
         lock(&c.tracker).track(0, 1).unwrap();
         lock(&c.tracker).complete(0, 0).unwrap();
+        assert_eq!(c.wait_in_flight(&[0]), 1);
+    }
+
+    #[test]
+    fn a_revoke_while_stopping_does_not_wait() {
+        let c = ctx(Duration::from_secs(3600));
+        lock(&c.tracker).track(0, 0).unwrap();
+        c.stats.stopping.store(true, Relaxed);
         assert_eq!(c.wait_in_flight(&[0]), 1);
     }
 }

@@ -493,12 +493,11 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         r = &mut sink_task => Some(r),
         _ = cancel.cancelled() => None,
     };
-    if sink_result.is_none() {
-        // Readiness goes away while draining.
-        stats
-            .stopping
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
+    // Readiness goes away while draining; and from here on nothing new starts (a consumer
+    // closing later does not wait for events that can no longer finish).
+    stats
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let (sink_result, timed_out) = match sink_result {
         Some(r) => (Some(r), false),
         None => match tokio::time::timeout(settings.drain_timeout, &mut sink_task).await {

@@ -18,18 +18,9 @@ use super::root;
 /// Serialises the tests of one binary that run worker processes (two cores).
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The dev broker's address (see [`super::service`]).
 pub fn broker() -> Option<String> {
-    match std::env::var("FUSIONSTREAM_TEST_KAFKA") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ => {
-            assert!(
-                std::env::var("FUSIONSTREAM_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "FUSIONSTREAM_TEST_KAFKA is not set: run scripts/dev-services.sh up"
-            );
-            eprintln!("skipped: no Kafka (run scripts/dev-services.sh up and export its env)");
-            None
-        }
-    }
+    super::service("FUSIONSTREAM_TEST_KAFKA")
 }
 
 pub struct Topics {

@@ -73,20 +73,26 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// The dev MinIO's endpoint, or None (and the test skips) when the services are not up;
-/// with `FUSIONSTREAM_REQUIRE_SERVICES=1` a missing endpoint fails instead.
-pub fn s3_endpoint() -> Option<String> {
-    match std::env::var("FUSIONSTREAM_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
+/// The address of a dev service from the environment (`scripts/dev-services.sh env`), or
+/// None (and the test skips) when the services are not up; with
+/// `FUSIONSTREAM_REQUIRE_SERVICES=1` (the test command) a missing service fails instead.
+pub fn service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
         _ => {
             assert!(
                 std::env::var("FUSIONSTREAM_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "FUSIONSTREAM_TEST_S3_ENDPOINT is not set: run scripts/dev-services.sh up"
+                "{var} is not set: run scripts/dev-services.sh up"
             );
-            eprintln!("skipped: no S3 endpoint (run scripts/dev-services.sh up)");
+            eprintln!("skipped: no {var} (run scripts/dev-services.sh up and export its env)");
             None
         }
     }
+}
+
+/// The dev MinIO's endpoint (see [`service`]).
+pub fn s3_endpoint() -> Option<String> {
+    service("FUSIONSTREAM_TEST_S3_ENDPOINT")
 }
 
 /// An S3 client for the dev MinIO (credentials from the standard AWS variables).
