@@ -239,6 +239,24 @@ mod otlp {
     pub fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
+
+    /// A span attribute as text.
+    pub fn attr(s: &Span, key: &str) -> Option<String> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let v = s
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)?
+            .value
+            .as_ref()?;
+        Some(match v.value.as_ref()? {
+            Value::StringValue(s) => s.clone(),
+            Value::IntValue(i) => i.to_string(),
+            Value::DoubleValue(d) => d.to_string(),
+            Value::BoolValue(b) => b.to_string(),
+            other => format!("{other:?}"),
+        })
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,6 +372,12 @@ async fn traces_follow_events_and_metrics_are_served() {
             "event {i}: parented to the producer's span"
         );
         let event_span = hex(&event.span_id);
+        let outcome = if i < 5 { "ok" } else { "dead_letter" };
+        assert_eq!(otlp::attr(event, "event.outcome").as_deref(), Some(outcome));
+        if i < 5 {
+            assert_eq!(otlp::attr(event, "event.id"), Some(format!("ev-{i:04}")));
+            assert!(otlp::attr(event, "event.model_ms").is_some(), "{event:?}");
+        }
         // Every output of the event names the event span.
         let expect = format!("00-{trace}-{event_span}-01");
         let outs: Vec<_> = recs

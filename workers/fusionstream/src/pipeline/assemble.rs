@@ -164,6 +164,9 @@ pub(crate) async fn run(
                 (p.remaining == 0).then(|| {
                     stats.stage(Stage::Queue, ms_duration(p.queue_ms));
                     stats.stage(Stage::Model, ms_duration(p.model_ms));
+                    // The batch work itself is in the linked model_batch spans.
+                    ctx.span.record("event.queue_ms", round(p.queue_ms));
+                    ctx.span.record("event.model_ms", round(p.model_ms));
                     finish(&ctx, &mut p)
                 })
             };

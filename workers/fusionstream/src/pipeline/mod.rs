@@ -361,6 +361,8 @@ impl Emitter {
             source.offset = rec.offset,
             event.id = tracing::field::Empty,
             event.outcome = tracing::field::Empty,
+            event.queue_ms = tracing::field::Empty,
+            event.model_ms = tracing::field::Empty,
         );
         crate::telemetry::traces::set_parent(&span, rec.traceparent.as_deref());
         let taken = Taken {
