@@ -46,6 +46,9 @@ struct Ids {
     by_partition: HashMap<TopicPartition, PartitionId>,
     by_id: Vec<TopicPartition>,
     assigned: HashSet<PartitionId>,
+    /// Revokes per partition: a record read before a revoke is stale even if the
+    /// partition has come back since (the new assignment re-reads from the committed offset).
+    revokes: HashMap<PartitionId, u64>,
 }
 
 /// Kafka (topic, partition) ↔ the tracker's partition ids, and which are assigned now.
@@ -77,11 +80,20 @@ impl PartitionMap {
             m.assigned.insert(id);
         } else {
             m.assigned.remove(&id);
+            *m.revokes.entry(id).or_default() += 1;
         }
     }
 
-    fn is_assigned(&self, id: PartitionId) -> bool {
-        lock(&self.ids).assigned.contains(&id)
+    /// The partition's revoke count now (remember it with a record read from it).
+    fn epoch(&self, id: PartitionId) -> u64 {
+        lock(&self.ids).revokes.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Whether a record read from `id` at `epoch` is still this worker's to process: the
+    /// partition is assigned and was not revoked since.
+    fn is_current(&self, id: PartitionId, epoch: u64) -> bool {
+        let m = lock(&self.ids);
+        m.assigned.contains(&id) && m.revokes.get(&id).copied().unwrap_or(0) == epoch
     }
 }
 
@@ -275,7 +287,8 @@ impl KafkaSource {
     }
 }
 
-fn record(map: &PartitionMap, msg: &BorrowedMessage<'_>, limit: usize) -> SourceRecord {
+/// The pipeline's record of a message, with the partition's epoch at read time.
+fn record(map: &PartitionMap, msg: &BorrowedMessage<'_>, limit: usize) -> (SourceRecord, u64) {
     let partition = map.id(msg.topic(), msg.partition());
     let traceparent = msg.headers().and_then(|h| {
         h.iter()
@@ -285,14 +298,15 @@ fn record(map: &PartitionMap, msg: &BorrowedMessage<'_>, limit: usize) -> Source
             .map(str::to_owned)
     });
     let payload = msg.payload().unwrap_or_default();
-    SourceRecord {
+    let rec = SourceRecord {
         partition,
         stream: msg.topic().to_owned(),
         offset: msg.offset().max(0) as u64,
         oversized: payload.len() > limit,
         payload: payload[..payload.len().min(limit)].to_vec(),
         traceparent,
-    }
+    };
+    (rec, map.epoch(partition))
 }
 
 fn set_paused(consumer: &StreamConsumer<GroupContext>, pause: bool) {
@@ -350,9 +364,9 @@ impl Source for KafkaSource {
         let limit = emit.max_event_bytes;
         // Records that arrived while paused (a partition assigned during the pause):
         // at most one per newly assigned partition.
-        let mut held: VecDeque<SourceRecord> = VecDeque::new();
+        let mut held: VecDeque<(SourceRecord, u64)> = VecDeque::new();
         loop {
-            let rec = match held.pop_front() {
+            let (rec, epoch) = match held.pop_front() {
                 Some(r) => r,
                 None => {
                     let msg = tokio::select! {
@@ -403,9 +417,11 @@ impl Source for KafkaSource {
                     }
                 },
             };
-            // A revoke may have run while waiting: its records belong to the new owner.
-            held.retain(|r| map.is_assigned(r.partition));
-            if !map.is_assigned(rec.partition) {
+            // A revoke may have run while waiting: its records belong to the new owner (or
+            // to this worker again, from the committed offset: taking them now would put the
+            // partition's positions out of order).
+            held.retain(|(r, e)| map.is_current(r.partition, *e));
+            if !map.is_current(rec.partition, epoch) {
                 continue;
             }
             if !emit.emit_in(rec, slot).await {
@@ -508,6 +524,23 @@ mod tests {
         lock(&c.tracker).track(0, 1).unwrap();
         lock(&c.tracker).complete(0, 0).unwrap();
         assert_eq!(c.wait_in_flight(&[0]), 1);
+    }
+
+    #[test]
+    fn records_read_before_a_revoke_are_stale_even_after_a_reassignment() {
+        let m = PartitionMap::default();
+        let id = m.id("events", 0);
+        m.set_assigned(id, true);
+        let epoch = m.epoch(id);
+        assert!(m.is_current(id, epoch));
+        m.set_assigned(id, false);
+        assert!(!m.is_current(id, epoch));
+        m.set_assigned(id, true);
+        assert!(
+            !m.is_current(id, epoch),
+            "revoked and re-assigned in between"
+        );
+        assert!(m.is_current(id, m.epoch(id)));
     }
 
     #[test]
