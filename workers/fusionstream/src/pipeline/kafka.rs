@@ -333,7 +333,7 @@ impl Source for KafkaSource {
     }
 
     async fn run(self, emit: Emitter) -> anyhow::Result<bool> {
-        let stats = emit.stats().clone();
+        let stats = emit.stats.clone();
         stats.partitions_assigned.store(0, Relaxed);
         let ctx = GroupContext {
             map: self.shared.map.clone(),
@@ -371,7 +371,7 @@ impl Source for KafkaSource {
                 None => {
                     let msg = tokio::select! {
                         biased;
-                        _ = emit.cancelled().cancelled() => return Ok(false),
+                        _ = emit.cancel.cancelled() => return Ok(false),
                         m = consumer.recv() => m,
                     };
                     match msg {

@@ -332,16 +332,6 @@ impl Emitter {
         self.permits.clone().try_acquire_owned().ok().map(Slot)
     }
 
-    /// The run's counters (for sources that report lag, assignment, pauses).
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
-    }
-
-    /// Shutdown has been requested.
-    pub fn cancelled(&self) -> &CancellationToken {
-        &self.cancel
-    }
-
     /// Hand one record to the pipeline in the room `slot` reserved; false when shutting
     /// down.
     pub async fn emit_in(&self, rec: SourceRecord, slot: Slot) -> bool {

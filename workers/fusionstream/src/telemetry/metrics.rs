@@ -11,6 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -65,6 +66,26 @@ fn counters<'a>(
     let mut f = e.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (k, v) in values {
         ConstCounter::new(v).encode(f.encode_family(&[(label, k)])?)?;
+    }
+    Ok(())
+}
+
+fn by_lane(h: &[Histogram; 2]) -> [(&'static str, &Histogram); 2] {
+    Lane::ALL.map(|l| (l.name(), &h[l.index()]))
+}
+
+/// A histogram family with one label.
+fn histograms<'a>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, &'a Histogram)>,
+) -> std::fmt::Result {
+    let mut f = e.encode_descriptor(name, help, unit, MetricType::Histogram)?;
+    for (k, h) in values {
+        h.encode(f.encode_family(&[(label, k)])?)?;
     }
     Ok(())
 }
@@ -137,38 +158,34 @@ impl Collector for StatsCollector {
             "lane",
             Lane::ALL.map(|l| (l.name(), s.batch_items[l.index()].load(Relaxed))),
         )?;
-        {
-            let (size, fill) = s.batch_histograms();
-            let mut f = e.encode_descriptor(
-                "model_batch_size",
-                "Items per model batch, by lane.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for l in Lane::ALL {
-                size[l.index()].encode(f.encode_family(&[("lane", l.name())])?)?;
-            }
-            let mut f = e.encode_descriptor(
-                "model_batch_fill_ratio",
-                "Items per model batch over the lane's max_items, by lane.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for l in Lane::ALL {
-                fill[l.index()].encode(f.encode_family(&[("lane", l.name())])?)?;
-            }
-        }
-        {
-            let mut f = e.encode_descriptor(
-                "stage",
-                "Time spent per event in each stage (publish: per group of events).",
-                Some(&Unit::Seconds),
-                MetricType::Histogram,
-            )?;
-            for (st, h) in Stage::ALL.iter().zip(s.stage_histograms()) {
-                h.encode(f.encode_family(&[("stage", st.name())])?)?;
-            }
-        }
+        let (size, fill) = s.batch_histograms();
+        histograms(
+            &mut e,
+            "model_batch_size",
+            "Items per model batch, by lane.",
+            None,
+            "lane",
+            by_lane(size),
+        )?;
+        histograms(
+            &mut e,
+            "model_batch_fill_ratio",
+            "Items per model batch over the lane's max_items, by lane.",
+            None,
+            "lane",
+            by_lane(fill),
+        )?;
+        histograms(
+            &mut e,
+            "stage",
+            "Time spent per event in each stage (publish: per group of events).",
+            Some(&Unit::Seconds),
+            "stage",
+            Stage::ALL
+                .iter()
+                .map(|st| st.name())
+                .zip(s.stage_histograms()),
+        )?;
         counter(
             &mut e,
             "model_busy_seconds",
