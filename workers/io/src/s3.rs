@@ -139,7 +139,8 @@ pub enum DownloadError {
 const COMPLETE: &str = ".fusionstream-complete";
 
 impl S3Media {
-    /// Copy every object under `s3://bucket/prefix/` into `dest`, keeping the relative key
+    /// Copy every object under `s3://bucket/prefix/` into `dest` (a store made for bundles:
+    /// no bucket list, no size limit), keeping the relative key
     /// paths, unless a finished copy is already there (then nothing is fetched: a cached
     /// prefix is trusted as immutable). The copy is assembled in a temporary sibling folder
     /// and renamed into place, so a crash never leaves a half bundle that looks finished.
@@ -218,20 +219,8 @@ impl S3Media {
             if let Some(d) = file.parent() {
                 tokio::fs::create_dir_all(d).await.map_err(io(d))?;
             }
-            let resp = self
-                .client
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| s3err(key, &aws_sdk_s3::error::DisplayErrorContext(&e)))?;
-            let bytes = resp
-                .body
-                .collect()
-                .await
-                .map_err(|e| s3err(key, &e))?
-                .into_bytes();
+            // The same fetch as media (with this store's size limit and bucket list).
+            let bytes = self.fetch(bucket, key).await.map_err(|e| s3err(key, &e))?;
             tokio::fs::write(&file, &bytes).await.map_err(io(&file))?;
         }
         tokio::fs::write(tmp.join(COMPLETE), format!("s3://{bucket}/{prefix}\n"))
