@@ -61,7 +61,10 @@ pub async fn create(broker: &str, t: &Topics) {
     conn(broker).ensure_topics(&all).await.unwrap();
 }
 
-/// Produce lines with Kafka's own console producer (a real third-party client).
+/// Produce lines with Kafka's own console producer (a real third-party client), keyed by
+/// their index: the key hash spreads them evenly over the partitions (unkeyed, the sticky
+/// partitioner sends whole batches to one partition, and a test that moves a partition
+/// to a second worker may find it already finished).
 pub fn produce(broker: &str, topic: &str, lines: &[String]) {
     let mut child = Command::new(root().join("scripts/dev-services.sh"))
         .args([
@@ -71,6 +74,10 @@ pub fn produce(broker: &str, topic: &str, lines: &[String]) {
             broker,
             "--topic",
             topic,
+            "--property",
+            "parse.key=true",
+            "--property",
+            "key.separator=\t",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -78,8 +85,9 @@ pub fn produce(broker: &str, topic: &str, lines: &[String]) {
         .unwrap();
     {
         let mut stdin = child.stdin.take().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
+        for (i, l) in lines.iter().enumerate() {
+            assert!(!l.contains('\t'), "a tab would split the key from the value: {l}");
+            writeln!(stdin, "{i}\t{l}").unwrap();
         }
     }
     assert!(child.wait().unwrap().success(), "console producer failed");
