@@ -18,7 +18,9 @@ fn models() -> PathBuf {
     std::env::var_os("FUSIONSTREAM_BENCH_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-models")
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+                .join("../../target/bench-models")
         })
 }
 

@@ -14,7 +14,9 @@ fn photos() -> Vec<(String, Vec<u8>)> {
     let dir = std::env::var_os("FUSIONSTREAM_BENCH_PHOTOS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-photos")
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+                .join("../../target/bench-photos")
         });
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .map(|rd| {

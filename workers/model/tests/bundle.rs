@@ -16,7 +16,7 @@ use fusionstream_model::nn::load_weights;
 use fusionstream_model::{FusionModel, RuntimeOptions, TaskSet};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    common::manifest_dir().join("../..")
 }
 
 fn bundle(part: &str) -> PathBuf {

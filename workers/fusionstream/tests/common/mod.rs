@@ -1,15 +1,19 @@
 //! Shared helpers of the integration tests: repository paths and schema validators.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub mod kafka;
 
 use serde_json::Value;
 
-/// Repository root.
+/// Repository root, from this crate's folder as cargo gives it to the running test. Not
+/// `env!`: a test binary that cargo reuses from a build of another checkout (a shared target
+/// dir) would read that checkout's files, or fail where it is gone.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }
 
 /// A schema of `schemas/v1` by file name, with `common.schema.json` registered.

@@ -6,10 +6,16 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
+/// This crate's folder as cargo gives it to the running test. Not `env!`: a test binary that
+/// cargo reuses from a build of another checkout (a shared target dir) would read that
+/// checkout's files, or fail where it is gone.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 pub fn tiny(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/fixtures/tiny")
-        .join(name)
+    manifest_dir().join("../../models/fixtures/tiny").join(name)
 }
 
 pub fn reference(name: &str) -> HashMap<String, Tensor> {
