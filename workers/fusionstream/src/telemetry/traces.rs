@@ -9,7 +9,7 @@ use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
@@ -36,20 +36,24 @@ impl Drop for TelemetryGuard {
 /// Install the global subscriber. Call outside any async runtime (the OTLP exporter uses a
 /// blocking HTTP client on its own thread).
 pub fn init(c: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_new(&c.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let export = !c.otlp_endpoint.is_empty();
+    // One global filter for both layers. Per-layer filters (a `Targets` on the OpenTelemetry
+    // layer) lost spans: now and then an event span was recorded by the log layer but not
+    // by the exporter, its fetch and preprocess spans became roots of new traces. With
+    // export on, the pipeline's own spans are enabled at info whatever the log level.
+    let filter = EnvFilter::try_new(log_directives(&c.log_level, export))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = match c.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
-            .with_filter(filter)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
-            .with_filter(filter)
             .boxed(),
     };
-    let (otel, provider) = if c.otlp_endpoint.is_empty() {
+    let (otel, provider) = if !export {
         (None, None)
     } else {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -72,18 +76,28 @@ pub fn init(c: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
             )
             .build();
         let tracer = provider.tracer("fusionstream");
-        // Spans are exported whatever the log level: the pipeline's own spans only.
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_filter(Targets::new().with_target("fusionstream", tracing::Level::INFO));
-        (Some(layer), Some(provider))
+        (
+            Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            Some(provider),
+        )
     };
     // A second init in one process (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
+        .with(filter)
         .with(logs)
         .with(otel)
         .try_init();
     Ok(TelemetryGuard { provider })
+}
+
+/// The filter directives: the configured log level, plus the pipeline's own spans at info
+/// when spans are exported (unless the configuration says something of `fusionstream`).
+fn log_directives(log_level: &str, export: bool) -> String {
+    if export && !log_level.contains("fusionstream") {
+        format!("{log_level},fusionstream=info")
+    } else {
+        log_level.to_owned()
+    }
 }
 
 /// The trace context of a W3C `traceparent` value (invalid or absent: an empty context).
@@ -160,6 +174,19 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exported_pipeline_spans_do_not_depend_on_the_log_level() {
+        assert_eq!(log_directives("warn", false), "warn");
+        assert_eq!(log_directives("warn", true), "warn,fusionstream=info");
+        assert_eq!(
+            log_directives("info,fusionstream=debug", true),
+            "info,fusionstream=debug"
+        );
+        for d in ["warn", "info,h2=off"] {
+            assert!(EnvFilter::try_new(log_directives(d, true)).is_ok());
+        }
+    }
 
     #[test]
     fn traceparent_parsing_follows_w3c() {
