@@ -2,7 +2,7 @@
 gated fusion head, on procedurally generated scenes (`models/scenes.py`), with transformers
 classes so that the checkpoints are standard Hugging Face ones.
 
-    python -m models.train --out models/shapes            # about 36 minutes on 2 CPU cores
+    python -m models.train --out models/shapes            # about 40 minutes on 2 CPU cores
 
 Each part trains for a fixed wall-clock budget (so retraining fits in 45 minutes on a 2-core
 CPU); the learning rate decays over that budget. Seeds: training scenes 1000, validation 2000
@@ -32,9 +32,10 @@ from models.scenes import COLOURS, SHAPES, Scene, scenes, vocabulary
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]", "[ENC]", "[MASK]"]
 PAD, CLS, SEP, DEC = 0, 2, 3, 4
 INPUT = 64  # model input resolution (scenes are drawn at 128)
+PATCH = 8
 MEAN = [0.48145466, 0.4578275, 0.40821073]
 STD = [0.26862954, 0.26130258, 0.27577711]
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 
 
 def build_tokenizer() -> Tokenizer:
@@ -78,7 +79,7 @@ def clip_config(vocab: int) -> CLIPConfig:
                          num_attention_heads=4, max_position_embeddings=48, bos_token_id=CLS, eos_token_id=SEP,
                          pad_token_id=PAD),
         vision_config=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                           image_size=INPUT, patch_size=8),
+                           image_size=INPUT, patch_size=PATCH),
         projection_dim=128,
     )
 
@@ -86,7 +87,7 @@ def clip_config(vocab: int) -> CLIPConfig:
 def blip_config(vocab: int) -> BlipConfig:
     return BlipConfig(
         vision_config=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                           image_size=INPUT, patch_size=8),
+                           image_size=INPUT, patch_size=PATCH),
         text_config=dict(vocab_size=vocab, hidden_size=128, encoder_hidden_size=128, intermediate_size=384,
                          num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=48,
                          bos_token_id=DEC, eos_token_id=SEP, sep_token_id=SEP, pad_token_id=PAD),
@@ -158,30 +159,57 @@ def train_caption(data, px, tok, minutes, log) -> BlipForConditionalGeneration:
     return model.eval()
 
 
-def train_vqa(data, px, tok, minutes, log, init: BlipForConditionalGeneration) -> BlipForQuestionAnswering:
-    """Progressive recipe: the VQA model starts from the trained captioner, whose vision tower
-    already grounds shapes, colours and positions and whose decoder already speaks the
-    language (question encoder and answer decoder both start from its text decoder)."""
+@torch.no_grad()
+def image_states(vision, px: torch.Tensor, chunk: int = 500) -> torch.Tensor:
+    """The vision tower's output states of every scene, computed once: (N, patches + 1, D)."""
+    return torch.cat([vision(pixel_values=px[i : i + chunk]).last_hidden_state for i in range(0, len(px), chunk)])
+
+
+def train_vqa(data, px, tok, minutes, log, init: BlipForConditionalGeneration,
+              scenes_per_step: int = 64, questions_per_scene: int = 4) -> BlipForQuestionAnswering:
+    """Progressive recipe: the VQA model takes the trained captioner's vision tower, frozen (it
+    already grounds shapes, colours and positions, as the captions show), and starts its
+    question encoder and answer decoder from the captioner's text decoder. With the vision
+    tower frozen its states are computed once per scene, so a training step costs only the
+    two text models and can carry several questions of each scene: every question then has to
+    be answered from the same image states, which is what teaches the question encoder to bind
+    a named colour or shape to its region. The loss is the one `BlipForQuestionAnswering`
+    computes (question encoder cross-attending to the image, answer decoder to the question)."""
     model = BlipForQuestionAnswering(blip_config(tok.get_vocab_size()))
     model.vision_model.load_state_dict(init.vision_model.state_dict())
     model.text_decoder.load_state_dict(init.text_decoder.state_dict())
     model.text_encoder.load_state_dict(init.text_decoder.bert.state_dict())
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    model.vision_model.eval().requires_grad_(False)
+    states = image_states(model.vision_model, px)
+    log(f"vqa: image states of {len(data)} scenes cached, {tuple(states.shape)}")
+    model.text_encoder.train()
+    model.text_decoder.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
     sched, rng = Budget(opt, minutes, 1e-3), random.Random(3)
-    for scs, x in batches(data, px, 64, rng):
-        if not sched.tick():
-            break
-        qa = [rng.choice(s.qa) for s in scs]
-        q, qmask = encode(tok, [q for _, q, _ in qa])
-        answers = torch.tensor([[DEC] + tok.encode(a, add_special_tokens=False).ids + [SEP] for _, _, a in qa])
-        loss = model(input_ids=q, attention_mask=qmask, pixel_values=x, labels=answers, decoder_input_ids=answers).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if sched.step % 50 == 0:
-            log(f"vqa step {sched.step} loss {loss.item():.3f}")
-    return model.eval()
+    order = list(range(len(data)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order) - scenes_per_step + 1, scenes_per_step):
+            if not sched.tick():
+                return model.eval()
+            rows, qa = [], []
+            for j in order[i : i + scenes_per_step]:
+                picked = rng.sample(data[j].qa, min(questions_per_scene, len(data[j].qa)))
+                rows += [j] * len(picked)
+                qa += picked
+            img = states[rows]
+            q, qmask = encode(tok, [q for _, q, _ in qa])
+            answers = torch.tensor([[DEC] + tok.encode(a, add_special_tokens=False).ids + [SEP] for _, _, a in qa])
+            question = model.text_encoder(input_ids=q, attention_mask=qmask, encoder_hidden_states=img,
+                                          encoder_attention_mask=torch.ones(img.shape[:2], dtype=torch.long))[0]
+            loss = model.text_decoder(input_ids=answers, encoder_hidden_states=question, encoder_attention_mask=qmask,
+                                      labels=answers, reduction="mean").loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched.step % 50 == 0:
+                log(f"vqa step {sched.step} loss {loss.item():.3f}")
 
 
 @torch.no_grad()
@@ -247,7 +275,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models/shapes"))
     ap.add_argument("--train-scenes", type=int, default=12000)
-    ap.add_argument("--minutes", type=float, nargs=4, default=[12.0, 9.0, 12.0, 1.5],
+    ap.add_argument("--minutes", type=float, nargs=4, default=[16.0, 16.0, 5.0, 1.5],
                     metavar=("CLIP", "CAPTION", "VQA", "FUSION"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

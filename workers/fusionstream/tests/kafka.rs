@@ -52,6 +52,11 @@ async fn examples_through_kafka_with_offsets_committed() {
         let n = recs.iter().filter(|r| r.0 == *s).count();
         assert_eq!(n, expected[i], "{s} records");
     }
+    let manifest: toml::Table = toml::from_str(
+        &std::fs::read_to_string(common::root().join("models/shapes/bundle.toml")).unwrap(),
+    )
+    .unwrap();
+    let bundle_version = manifest["version"].as_str().unwrap().to_owned();
     for (stream, v, headers) in &recs {
         let schema = common::validator(common::schema_of_stream(stream));
         let errs = common::errors(&schema, v);
@@ -60,7 +65,7 @@ async fn examples_through_kafka_with_offsets_committed() {
         assert_eq!(headers.get("schema_version").map(String::as_str), Some("1"));
         assert_eq!(
             headers.get("bundle_version").map(String::as_str),
-            Some("1.1.0")
+            Some(bundle_version.as_str())
         );
     }
     let caption = recs
@@ -350,7 +355,7 @@ async fn traces_follow_events_and_metrics_are_served() {
         m.contains("fusionstream_stage_seconds_count{stage=\"model\"} 5"),
         "{m}"
     );
-    stop(w);
+    let log = stop(w);
     assert!(
         get("/healthz").is_none(),
         "the server stops with the worker"
@@ -364,7 +369,15 @@ async fn traces_follow_events_and_metrics_are_served() {
             .iter()
             .filter(|s| s.name == "fusionstream.event" && hex(&s.trace_id) == *trace)
             .collect();
-        assert_eq!(event.len(), 1, "event span of event {i}");
+        assert_eq!(
+            event.len(),
+            1,
+            "event span of event {i}; spans received: {:?}; worker log:\n{log}",
+            spans
+                .iter()
+                .map(|s| (s.name.as_str(), hex(&s.trace_id)))
+                .collect::<Vec<_>>()
+        );
         let event = event[0];
         assert_eq!(
             hex(&event.parent_span_id),

@@ -209,7 +209,7 @@ async fn bundle_from_s3_is_downloaded_once_and_cached() {
     }
     for f in &files {
         let key = format!(
-            "shapes/1.1.0/{}",
+            "shapes/1.2.0/{}",
             f.strip_prefix(&src).unwrap().to_string_lossy()
         );
         s3.put_object()
@@ -230,7 +230,7 @@ async fn bundle_from_s3_is_downloaded_once_and_cached() {
             .arg(tmp.path().join(out))
             .env(
                 "FUSIONSTREAM__MODEL__BUNDLE",
-                format!("s3://{bucket}/shapes/1.1.0"),
+                format!("s3://{bucket}/shapes/1.2.0"),
             )
             .env("FUSIONSTREAM__MODEL__CACHE_DIR", &cache)
             .env("FUSIONSTREAM__S3__ENDPOINT", endpoint)
@@ -242,7 +242,7 @@ async fn bundle_from_s3_is_downloaded_once_and_cached() {
     let log = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{log}");
     assert!(log.contains("model bundle from S3 (downloaded)"), "{log}");
-    let cached = cache.join(&bucket).join("shapes/1.1.0");
+    let cached = cache.join(&bucket).join("shapes/1.2.0");
     for f in &files {
         let rel = f.strip_prefix(&src).unwrap();
         assert_eq!(

@@ -86,7 +86,10 @@ pub fn produce(broker: &str, topic: &str, lines: &[String]) {
     {
         let mut stdin = child.stdin.take().unwrap();
         for (i, l) in lines.iter().enumerate() {
-            assert!(!l.contains('\t'), "a tab would split the key from the value: {l}");
+            assert!(
+                !l.contains('\t'),
+                "a tab would split the key from the value: {l}"
+            );
             writeln!(stdin, "{i}\t{l}").unwrap();
         }
     }
