@@ -4,13 +4,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// A tiny checkpoint, found from this crate's folder as cargo gives it to the running test
-/// (not `env!`: a binary reused from a build of another checkout would look there).
+mod common;
+
 fn tiny(name: &str) -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("../../models/fixtures/tiny")
-        .join(name)
+    common::root().join("models/fixtures/tiny").join(name)
 }
 
 fn infer(args: &[&str]) -> (bool, String, String) {
