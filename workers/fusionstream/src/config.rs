@@ -153,6 +153,20 @@ pub struct ModelConfig {
     pub num_beams: usize,
     /// Batches waiting for the model thread.
     pub queue: usize,
+    /// When to run a synthetic item through the model before reporting ready.
+    pub warm_up: WarmUp,
+}
+
+/// When the worker warms the model up at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmUp {
+    /// On a GPU, where the first use of each kernel compiles it.
+    Auto,
+    /// Always, on any device.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// `[preprocess]`.

@@ -45,6 +45,8 @@ fn embedded_default_runs_and_resumes() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("fusionstream run: completed"), "{stderr}");
+    // model.warm_up = "auto": only on a GPU.
+    assert!(!stderr.contains("model warmed up"), "{stderr}");
     let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(summary["finished"], 36);
     assert_eq!(summary["read"], 36);
@@ -75,6 +77,24 @@ fn embedded_default_runs_and_resumes() {
         10,
         "--fresh starts the outputs over"
     );
+}
+
+#[test]
+fn warm_up_runs_before_the_events_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = bin()
+        .env("FUSIONSTREAM__MODEL__WARM_UP", "always")
+        .args(["run", "--json", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let warmed = stderr.find("model warmed up").expect(&stderr);
+    assert!(warmed < stderr.find("completed").unwrap(), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(s["finished"], 36, "the warm-up item is not an event");
+    assert_eq!(s["dead_lettered"], 13);
 }
 
 #[cfg(unix)]

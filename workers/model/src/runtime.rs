@@ -708,6 +708,28 @@ impl FusionModel {
         }
         Ok(out)
     }
+
+    /// Run one synthetic item (a generated image, a text, a question, every task) through
+    /// every part of the bundle and return its output. On a GPU the first use of each kernel
+    /// compiles it (tens of seconds for candle's PTX): a worker calls this before it reports
+    /// ready, so the first real batch does not pay for it.
+    pub fn warm_up(&self) -> Result<InferOutput> {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x + y) * 2) as u8])
+        });
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| ModelError::Input(format!("warm-up image: {e}")))?;
+        let item = self.prepare(
+            Some(&png),
+            Some("warm up"),
+            Some("what is this ?"),
+            TaskSet::all(),
+        )?;
+        let mut out = self.infer_batch(std::slice::from_ref(&item))?;
+        out.pop()
+            .ok_or_else(|| ModelError::Input("warm-up batch returned nothing".into()))
+    }
 }
 
 impl TagTable {

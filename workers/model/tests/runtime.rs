@@ -295,3 +295,13 @@ fn half_precision_runs_and_stays_close_to_f32() {
         }
     }
 }
+
+#[test]
+fn warm_up_runs_every_part_of_the_bundle() {
+    let m = bundle();
+    let o = m.warm_up().unwrap();
+    assert!(o.image_embedding.is_some() && o.text_embedding.is_some());
+    assert!(o.fused_embedding.is_some() && o.match_score.is_some());
+    assert!(o.caption.is_some() && o.answer.is_some() && o.tags.is_some());
+    assert!(o.skipped.is_empty(), "{:?}", o.skipped);
+}

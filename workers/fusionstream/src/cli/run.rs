@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use fusionstream::config::{Config, Progress, SinkKind, SourceKind};
+use fusionstream::config::{Config, Progress, SinkKind, SourceKind, WarmUp};
 use fusionstream::pipeline::kafka::{GroupSettings, KafkaCommitter, KafkaSource};
 use fusionstream::pipeline::{
     self, Committer, LocalCheckpoint, LocalJsonl, Media, OutputSink, Parts, RunEnd, Settings,
@@ -175,6 +175,23 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
         },
     };
     model.set_generation(gen.max_new_tokens, gen.num_beams);
+    let warm_up = match c.model.warm_up {
+        WarmUp::Auto => !model.device().is_cpu(),
+        WarmUp::Always => true,
+        WarmUp::Never => false,
+    };
+    if warm_up {
+        // First use of each GPU kernel compiles it: pay that before reporting ready.
+        let started = Instant::now();
+        let (back, warmed) = tokio::task::spawn_blocking(move || {
+            let r = model.warm_up();
+            (model, r)
+        })
+        .await?;
+        model = back;
+        warmed.context("warming up the model")?;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "model warmed up");
+    }
     stats
         .model_loaded
         .store(true, std::sync::atomic::Ordering::Relaxed);
