@@ -14,6 +14,8 @@
 //!   any thread), then [`FusionModel::infer_batch`] (the model thread).
 //! - [`backend`]: the model on its own OS thread behind a bounded queue.
 //! - [`error`]: typed errors with reason codes, classified poison / fatal.
+//! - `examples/model_bench.rs` (not part of the library): throughput and f32 parity at real
+//!   sizes on CPU or GPU, the Rust side of `benches/gpu/run.sh`.
 //!
 //! ## Flow of one batch
 //! ```text
