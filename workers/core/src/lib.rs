@@ -11,8 +11,10 @@
 //! | [`position`] | per-partition tracker of the contiguous done prefix |
 //! | [`record`] | output records v1 and the output streams |
 //! | [`backoff`] | retry schedule with full jitter |
+//! | [`backfill`] | backfill over an object-store prefix: shards, object filter, events |
 //! | [`error`] | the retryable / poison / fatal taxonomy |
 
+pub mod backfill;
 pub mod backoff;
 pub mod batch;
 pub mod degrade;

@@ -14,6 +14,25 @@ pub struct Checkpoint {
     pub version: u32,
     /// Stream → next position.
     pub positions: BTreeMap<String, u64>,
+    /// Where a backfill over an object-store prefix stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillPosition>,
+}
+
+/// A backfill's position: every wanted key of its shard up to `start_after` is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillPosition {
+    /// `s3://bucket/prefix`.
+    pub source: String,
+    /// Shard index.
+    pub shard: u32,
+    /// Number of shards.
+    pub shards: u32,
+    /// The last key whose outputs were acknowledged (every key before it too).
+    pub start_after: Option<String>,
+    /// Objects finished so far, over all runs.
+    pub done: u64,
 }
 
 /// Checkpoint errors.
@@ -47,7 +66,7 @@ impl Checkpoint {
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
                 version: 1,
-                positions: BTreeMap::new(),
+                ..Self::default()
             }),
             Err(source) => Err(CheckpointError::Io {
                 path: path.to_owned(),
@@ -95,6 +114,15 @@ mod tests {
             ..Default::default()
         };
         c.positions.insert("a.jsonl".into(), 7);
+        c.store(&p).expect("store");
+        assert_eq!(Checkpoint::load(&p).expect("load"), c);
+        c.backfill = Some(BackfillPosition {
+            source: "s3://b/p".into(),
+            shard: 1,
+            shards: 3,
+            start_after: Some("p/x.jpg".into()),
+            done: 12,
+        });
         c.store(&p).expect("store");
         assert_eq!(Checkpoint::load(&p).expect("load"), c);
         std::fs::write(&p, "{").expect("w");

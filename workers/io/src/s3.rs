@@ -101,6 +101,57 @@ impl S3Media {
     }
 }
 
+/// One page of a listing (see [`S3Media::list_after`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Object keys, in key order.
+    pub keys: Vec<String>,
+    /// More keys follow the last one.
+    pub truncated: bool,
+}
+
+impl S3Media {
+    /// The keys under `prefix` that sort after `start_after`, at most `max` of them, in key
+    /// order. Listing again from the last key of a page walks the whole prefix, and resumes
+    /// it from any key (a checkpoint) without a continuation token. The allowed-bucket list
+    /// applies.
+    pub async fn list_after(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: i32,
+    ) -> Result<ListPage, FetchError> {
+        let s = &self.settings;
+        if !s.allowed_buckets.is_empty() && !s.allowed_buckets.iter().any(|b| b == bucket) {
+            return Err(FetchError::Forbidden(format!(
+                "bucket {bucket} is not in s3.allowed_buckets"
+            )));
+        }
+        let mut req = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .max_keys(max);
+        if let Some(k) = start_after {
+            req = req.start_after(k);
+        }
+        let page = req
+            .send()
+            .await
+            .map_err(|e| classify_any(e, &format!("s3://{bucket}/{prefix}")))?;
+        Ok(ListPage {
+            keys: page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned))
+                .collect(),
+            truncated: page.is_truncated().unwrap_or(false),
+        })
+    }
+}
+
 /// Errors of [`S3Media::download_prefix`].
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
@@ -233,11 +284,22 @@ impl S3Media {
 }
 
 fn classify<R: std::fmt::Debug>(e: SdkError<GetObjectError, R>, name: &str) -> FetchError {
+    if let SdkError::ServiceError(se) = &e {
+        if matches!(se.err(), GetObjectError::NoSuchKey(_)) {
+            return FetchError::NotFound(name.to_owned());
+        }
+    }
+    classify_any(e, name)
+}
+
+/// Any S3 operation's error by its code: missing, denied, or worth retrying.
+fn classify_any<E, R>(e: SdkError<E, R>, name: &str) -> FetchError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
     match &e {
         SdkError::ServiceError(se) => {
-            if matches!(se.err(), GetObjectError::NoSuchKey(_)) {
-                return FetchError::NotFound(name.to_owned());
-            }
             let code = aws_sdk_s3::error::ProvideErrorMetadata::code(se.err()).unwrap_or("");
             match code {
                 "NoSuchKey" | "NoSuchBucket" | "NotFound" => FetchError::NotFound(name.to_owned()),
@@ -256,7 +318,7 @@ fn classify<R: std::fmt::Debug>(e: SdkError<GetObjectError, R>, name: &str) -> F
         }
         SdkError::TimeoutError(_) => FetchError::Timeout(std::time::Duration::ZERO),
         // Connection refused or reset, a response that could not be read: the store may come
-        // back; the pipeline retries with backoff.
+        // back; the caller retries with backoff.
         _ => FetchError::Transient(format!(
             "{name}: {}",
             aws_sdk_s3::error::DisplayErrorContext(&e)
