@@ -13,6 +13,7 @@ use std::time::Duration;
 use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Provider as _};
 use fusionstream_core::degrade::OnImageFailure;
+use fusionstream_core::{Task, TaskSet};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +73,35 @@ pub enum SourceKind {
     Local,
     /// A Kafka consumer group.
     Kafka,
+    /// The objects under an S3 prefix (`[backfill]`).
+    Backfill,
+}
+
+/// `[backfill]`: the objects under an S3 prefix as image events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// `s3://bucket/prefix`.
+    pub prefix: String,
+    /// This shard's index.
+    pub shard: u32,
+    /// Number of shards.
+    pub shards: u32,
+    /// Key suffixes taken.
+    pub include_suffixes: Vec<String>,
+    /// Tasks asked of every object.
+    pub tasks: Vec<String>,
+    /// Keys per listing request.
+    pub list_page: u32,
+}
+
+impl BackfillConfig {
+    /// Bucket and key prefix of `prefix`, if it is an `s3://` URL with a bucket.
+    pub fn bucket_and_prefix(&self) -> Option<(&str, &str)> {
+        let rest = self.prefix.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        (!bucket.is_empty()).then_some((bucket, prefix))
+    }
 }
 
 /// `[events]`.
@@ -414,6 +444,7 @@ sections! {
     degradation: DegradationConfig,
     sink: SinkConfig,
     kafka: KafkaConfig,
+    backfill: BackfillConfig,
     checkpoint: CheckpointConfig,
     shutdown: ShutdownConfig,
     telemetry: TelemetryConfig,
@@ -525,6 +556,30 @@ impl Config {
         if let Err(e) = fusionstream_model::dtype(&self.model.dtype) {
             errors.push(format!("model.dtype: {e}"));
         }
+        if self.source.kind == SourceKind::Backfill {
+            let b = &self.backfill;
+            if b.bucket_and_prefix().is_none() {
+                errors.push(format!(
+                    "backfill.prefix {:?}: expected s3://bucket/prefix",
+                    b.prefix
+                ));
+            }
+            if !self.s3.enabled {
+                errors.push("source.kind = \"backfill\" needs s3.enabled = true".into());
+            }
+            if b.shards == 0 || b.shard >= b.shards {
+                errors.push(format!(
+                    "backfill.shard {} of backfill.shards {}: expected 0 <= shard < shards",
+                    b.shard, b.shards
+                ));
+            }
+            if b.list_page == 0 || b.list_page > 1000 {
+                errors.push("backfill.list_page must be between 1 and 1000".into());
+            }
+            if let Err(e) = self.backfill_tasks() {
+                errors.push(format!("backfill.tasks: {e}"));
+            }
+        }
         let uses_kafka = self.source.kind == SourceKind::Kafka || self.sink.kind == SinkKind::Kafka;
         if uses_kafka {
             let k = &self.kafka;
@@ -587,6 +642,22 @@ impl Config {
                 t.trace_sample_ratio
             ));
         }
+    }
+
+    /// The tasks asked of every backfilled object.
+    pub fn backfill_tasks(&self) -> Result<TaskSet, String> {
+        let tasks = TaskSet::parse_list(&self.backfill.tasks.join(","))?;
+        if tasks.is_empty() {
+            return Err("no task".into());
+        }
+        if tasks.contains(Task::Match) || tasks.contains(Task::Answer) {
+            return Err(
+                "match and answer need a text or question, which an object has not \
+                        (use embed, caption, tag)"
+                    .into(),
+            );
+        }
+        Ok(tasks)
     }
 
     /// Settings of the S3 media store, when enabled.

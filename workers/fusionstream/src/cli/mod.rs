@@ -17,6 +17,8 @@ pub struct Cli {
 enum Command {
     /// Run the worker (with no configuration: the embedded default on local files).
     Run(run::RunArgs),
+    /// Run the pipeline over every object under an S3 prefix (resumable, shardable).
+    Backfill(run::BackfillArgs),
     /// Print the effective configuration (defaults, files, environment; secrets masked).
     Config(run::ConfigArgs),
     /// Run the model on one input and print one JSON object.
@@ -27,6 +29,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Backfill(args) => run::backfill_run(args),
         Command::Config(args) => run::print_config(args),
         Command::Infer(args) => infer::run(args),
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use fusionstream::config::{Config, Progress, SinkKind, SourceKind, WarmUp};
+use fusionstream::pipeline::backfill::{backfill, BackfillSpec};
 use fusionstream::pipeline::kafka::{GroupSettings, KafkaCommitter, KafkaSource};
 use fusionstream::pipeline::{
     self, Committer, LocalCheckpoint, LocalJsonl, Media, OutputSink, Parts, RunEnd, Settings,
@@ -74,33 +75,111 @@ pub fn print_config(args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Arguments of `fusionstream backfill`.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// The objects to process: s3://bucket/prefix (overrides backfill.prefix).
+    prefix: String,
+    /// Configuration file(s) layered over the defaults (TOML; later files win).
+    #[arg(long = "config", short = 'c')]
+    configs: Vec<PathBuf>,
+    /// This job's shard (overrides backfill.shard; an indexed Kubernetes Job sets
+    /// JOB_COMPLETION_INDEX).
+    #[arg(long, env = "JOB_COMPLETION_INDEX")]
+    shard: Option<u32>,
+    /// Number of shards (overrides backfill.shards).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Tasks asked of every object, e.g. embed,caption (overrides backfill.tasks).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Option<Vec<String>>,
+    /// Output folder (overrides sink.dir; the checkpoint goes with it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Model bundle (overrides model.bundle).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Start over: remove the outputs and checkpoint of earlier runs first.
+    #[arg(long)]
+    fresh: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Stop (drain, checkpoint and exit) once this many objects have finished.
+    #[arg(long)]
+    max_events: Option<u64>,
+}
+
 /// Run `fusionstream run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut c = Config::load(&args.configs, std::env::vars())?;
     if let Some(e) = args.events {
         c.source.path = e;
     }
-    if let Some(o) = args.out {
+    override_common(&mut c, args.out, args.model);
+    execute(c, args.fresh, args.json, args.max_events)
+}
+
+/// Run `fusionstream backfill`: `run` with the objects under an S3 prefix as its source.
+pub fn backfill_run(args: BackfillArgs) -> anyhow::Result<()> {
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    // The source and the S3 store are implied by the command; validation sees them.
+    env.push(("FUSIONSTREAM__SOURCE__KIND".into(), "backfill".into()));
+    env.push(("FUSIONSTREAM__S3__ENABLED".into(), "true".into()));
+    env.push(("FUSIONSTREAM__BACKFILL__PREFIX".into(), args.prefix));
+    if let Some(s) = args.shard {
+        env.push(("FUSIONSTREAM__BACKFILL__SHARD".into(), s.to_string()));
+    }
+    if let Some(n) = args.shards {
+        env.push(("FUSIONSTREAM__BACKFILL__SHARDS".into(), n.to_string()));
+    }
+    if let Some(t) = args.tasks {
+        env.push((
+            "FUSIONSTREAM__BACKFILL__TASKS".into(),
+            format!(
+                "[{}]",
+                t.iter()
+                    .map(|t| format!("{t:?}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ));
+    }
+    let mut c = Config::load(&args.configs, env)?;
+    override_common(&mut c, args.out, args.model);
+    execute(c, args.fresh, args.json, args.max_events)
+}
+
+fn override_common(c: &mut Config, out: Option<PathBuf>, model: Option<PathBuf>) {
+    if let Some(o) = out {
         c.checkpoint.path = o.join("checkpoint.json");
         c.sink.dir = o;
     }
-    if let Some(m) = args.model {
+    if let Some(m) = model {
         c.model.bundle = m;
     }
+}
+
+fn execute(
+    c: Config,
+    fresh_start: bool,
+    json: bool,
+    max_events: Option<u64>,
+) -> anyhow::Result<()> {
     let telemetry = fusionstream::telemetry::traces::init(&c.telemetry)?;
-    if args.fresh {
+    if fresh_start {
         fresh(&c)?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fusionstream-io")
         .build()?;
-    let summary = rt.block_on(run_async(c, args.max_events));
+    let summary = rt.block_on(run_async(c, max_events));
     // Shut the runtime down, then flush the spans (the exporter blocks).
     drop(rt);
     drop(telemetry);
     let summary = summary?;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
@@ -243,6 +322,38 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
             let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint)
                 .with_context(|| format!("opening events {}", c.source.path.display()))?;
             let committer = LocalCheckpoint::new(&c.checkpoint.path, source.streams(), checkpoint);
+            with_sink(&c, common, source, committer).await?
+        }
+        SourceKind::Backfill => {
+            let (bucket, prefix) = c
+                .backfill
+                .bucket_and_prefix()
+                .context("backfill.prefix is not an s3:// URL")?;
+            let spec = BackfillSpec {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+                shard: c.backfill.shard,
+                shards: c.backfill.shards,
+                suffixes: c.backfill.include_suffixes.clone(),
+                tasks: c.backfill_tasks().map_err(anyhow::Error::msg)?,
+                page: c.backfill.list_page,
+                backoff: common.settings.fetch_backoff,
+            };
+            let resume = spec.resume_from(&Checkpoint::load(&c.checkpoint.path)?)?;
+            tracing::info!(
+                source = %spec.url(),
+                shard = spec.shard,
+                shards = spec.shards,
+                start_after = resume.start_after.as_deref().unwrap_or(""),
+                done_before = resume.done,
+                "backfill"
+            );
+            let store = common
+                .media
+                .s3
+                .clone()
+                .context("a backfill needs the S3 store (s3.enabled)")?;
+            let (source, committer) = backfill(store, spec, resume, &c.checkpoint.path);
             with_sink(&c, common, source, committer).await?
         }
         SourceKind::Kafka => {
@@ -433,7 +544,11 @@ fn print_summary(s: &Summary, c: &Config) {
         out.push_str(&l);
         out.push('\n');
     };
-    line(format!("fusionstream run: {}", s.end));
+    let command = match c.source.kind {
+        SourceKind::Backfill => "backfill",
+        SourceKind::Local | SourceKind::Kafka => "run",
+    };
+    line(format!("fusionstream {command}: {}", s.end));
     line(format!(
         "  events      {} read, {} finished: {} with outputs ({} degraded), {} dead-lettered",
         st.read, st.finished, st.processed, st.degraded, st.dead_lettered
@@ -473,7 +588,7 @@ fn print_summary(s: &Summary, c: &Config) {
         s.events_per_second, s.seconds, st.model_seconds, st.latency_p50_ms, st.latency_p99_ms
     ));
     match (c.sink.kind, c.source.kind) {
-        (SinkKind::Local, SourceKind::Local) => line(format!(
+        (SinkKind::Local, SourceKind::Local | SourceKind::Backfill) => line(format!(
             "  written to  {}/ (checkpoint {})",
             c.sink.dir.display(),
             c.checkpoint.path.display()
@@ -486,7 +601,7 @@ fn print_summary(s: &Summary, c: &Config) {
             c.kafka.output_topics().join(", ")
         )),
     }
-    if st.read == 0 && c.source.kind == SourceKind::Local {
+    if st.read == 0 && c.source.kind != SourceKind::Kafka {
         line(
             "  nothing new to read: the checkpoint covers every event (use --fresh to start over)"
                 .into(),

@@ -13,6 +13,7 @@
 //! committed.
 
 mod assemble;
+pub mod backfill;
 mod batching;
 mod intake;
 pub mod kafka;
