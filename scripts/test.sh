@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every Rust test (unit, parity, pipeline, CLI, and
-# the Kafka tests against a real broker that scripts/dev-services.sh installs and starts).
+# the Kafka tests against a real broker that scripts/dev-services.sh installs and starts), and
+# the Helm chart's checks (helm/test.sh).
 # Usage: scripts/test.sh            (from anywhere; the cargo target dir is cached)
 #        FUSIONSTREAM_SKIP_SERVICES=1 scripts/test.sh   (no services: the Kafka tests skip)
 set -euo pipefail
@@ -29,6 +30,8 @@ set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+echo "== helm/test.sh (chart lint, rendered manifests against the Kubernetes API types)"
+helm/test.sh || status=1
 passed=$(grep -oE 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 failed=$(grep -oE '; [0-9]+ failed' "$log" | awk '{s += $2} END {print s + 0}')
 echo "tests: $passed passed, $failed failed"
