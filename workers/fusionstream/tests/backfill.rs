@@ -40,16 +40,8 @@ fn backfill(endpoint: &str, args: &[&str], out: &Path) -> Output {
         .unwrap()
 }
 
-fn records(out: &Path, stream: &str) -> Vec<Value> {
-    std::fs::read_to_string(out.join(format!("{stream}.jsonl")))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn ids(out: &Path, stream: &str) -> Vec<String> {
-    records(out, stream)
+    common::read_records(out, stream)
         .iter()
         .map(|r| r["event_id"].as_str().unwrap().to_owned())
         .collect()
@@ -122,7 +114,7 @@ async fn every_object_once_across_shards_and_after_a_resume() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("fusionstream backfill: completed"));
     let s = summary(&o);
     assert_eq!(s["read"], (SCENES * COPIES + 1) as u64, "{s}");
-    let captions = records(&all, "captions");
+    let captions = common::read_records(&all, "captions");
     assert_eq!(
         captions
             .iter()
@@ -147,7 +139,7 @@ async fn every_object_once_across_shards_and_after_a_resume() {
     assert_eq!(ids(&all, "embeddings").len(), SCENES * COPIES);
     assert_eq!(ids(&all, "tags").len(), SCENES * COPIES);
     assert!(ids(&all, "answers").is_empty());
-    let dead = records(&all, "dead_letters");
+    let dead = common::read_records(&all, "dead_letters");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["event_id"], "photos/broken.png");
     assert_eq!(dead[0]["reason"], "image_corrupt");

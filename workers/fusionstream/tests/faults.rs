@@ -138,14 +138,6 @@ fn run_worker(
     (child, out)
 }
 
-fn read(out: &Path, stream: &str) -> Vec<Value> {
-    std::fs::read_to_string(out.join(format!("{stream}.jsonl")))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 async fn upload(endpoint: &str, bucket: &str, n: usize) {
     let s3 = common::s3_client(endpoint);
     s3.create_bucket().bucket(bucket).send().await.unwrap();
@@ -207,14 +199,14 @@ async fn minio_down_for_a_while_delays_events_and_past_the_budget_degrades_them(
     tokio::time::sleep(Duration::from_secs(5)).await;
     outage.end();
     assert!(child.wait().unwrap().success());
-    let captions = read(&out, "captions");
-    let embeddings = read(&out, "embeddings");
+    let captions = common::read_records(&out, "captions");
+    let embeddings = common::read_records(&out, "embeddings");
     assert_eq!(captions.len(), n, "every event captioned after the outage");
     assert_eq!(embeddings.len(), n);
     for e in &embeddings {
         assert_eq!(e["degraded"], serde_json::json!([]), "{e}");
     }
-    assert!(read(&out, "dead_letters").is_empty());
+    assert!(common::read_records(&out, "dead_letters").is_empty());
 
     // Down for the whole run with a small budget: degraded with the reason, or
     // dead-lettered for the tenant whose policy says so. Nothing vanishes.
@@ -228,10 +220,10 @@ async fn minio_down_for_a_while_delays_events_and_past_the_budget_degrades_them(
     );
     assert!(child.wait().unwrap().success());
     outage.end();
-    let embeddings = read(&out, "embeddings");
-    let dead = read(&out, "dead_letters");
+    let embeddings = common::read_records(&out, "embeddings");
+    let dead = common::read_records(&out, "dead_letters");
     assert!(
-        read(&out, "captions").is_empty(),
+        common::read_records(&out, "captions").is_empty(),
         "no caption without the image"
     );
     assert_eq!(

@@ -29,12 +29,19 @@ use tokio_util::sync::CancellationToken;
 /// Arguments of `fusionstream run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Configuration file(s) layered over the defaults (TOML; later files win).
-    #[arg(long = "config", short = 'c')]
-    configs: Vec<PathBuf>,
     /// Events: a JSONL file or a folder of them (overrides source.path).
     #[arg(long)]
     events: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Arguments `run` and `backfill` share.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Configuration file(s) layered over the defaults (TOML; later files win).
+    #[arg(long = "config", short = 'c')]
+    configs: Vec<PathBuf>,
     /// Output folder (overrides sink.dir; the checkpoint goes with it).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -47,8 +54,8 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// Stop (drain and exit) once this many events have finished, e.g. to take a fixed
-    /// number of events from a Kafka topic.
+    /// Stop (drain, commit and exit) once this many events have finished, e.g. to take a
+    /// fixed number of events from a Kafka topic.
     #[arg(long)]
     max_events: Option<u64>,
 }
@@ -80,9 +87,6 @@ pub fn print_config(args: ConfigArgs) -> anyhow::Result<()> {
 pub struct BackfillArgs {
     /// The objects to process: s3://bucket/prefix (overrides backfill.prefix).
     prefix: String,
-    /// Configuration file(s) layered over the defaults (TOML; later files win).
-    #[arg(long = "config", short = 'c')]
-    configs: Vec<PathBuf>,
     /// This job's shard (overrides backfill.shard; an indexed Kubernetes Job sets
     /// JOB_COMPLETION_INDEX).
     #[arg(long, env = "JOB_COMPLETION_INDEX")]
@@ -93,31 +97,17 @@ pub struct BackfillArgs {
     /// Tasks asked of every object, e.g. embed,caption (overrides backfill.tasks).
     #[arg(long, value_delimiter = ',')]
     tasks: Option<Vec<String>>,
-    /// Output folder (overrides sink.dir; the checkpoint goes with it).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Model bundle (overrides model.bundle).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Start over: remove the outputs and checkpoint of earlier runs first.
-    #[arg(long)]
-    fresh: bool,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-    /// Stop (drain, checkpoint and exit) once this many objects have finished.
-    #[arg(long)]
-    max_events: Option<u64>,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 /// Run `fusionstream run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut c = Config::load(&args.configs, std::env::vars())?;
+    let mut c = Config::load(&args.common.configs, std::env::vars())?;
     if let Some(e) = args.events {
         c.source.path = e;
     }
-    override_common(&mut c, args.out, args.model);
-    execute(c, args.fresh, args.json, args.max_events)
+    execute(c, args.common)
 }
 
 /// Run `fusionstream backfill`: `run` with the objects under an S3 prefix as its source.
@@ -134,52 +124,39 @@ pub fn backfill_run(args: BackfillArgs) -> anyhow::Result<()> {
         env.push(("FUSIONSTREAM__BACKFILL__SHARDS".into(), n.to_string()));
     }
     if let Some(t) = args.tasks {
+        let list: Vec<String> = t.iter().map(|t| format!("{t:?}")).collect();
         env.push((
             "FUSIONSTREAM__BACKFILL__TASKS".into(),
-            format!(
-                "[{}]",
-                t.iter()
-                    .map(|t| format!("{t:?}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+            format!("[{}]", list.join(",")),
         ));
     }
-    let mut c = Config::load(&args.configs, env)?;
-    override_common(&mut c, args.out, args.model);
-    execute(c, args.fresh, args.json, args.max_events)
+    let c = Config::load(&args.common.configs, env)?;
+    execute(c, args.common)
 }
 
-fn override_common(c: &mut Config, out: Option<PathBuf>, model: Option<PathBuf>) {
-    if let Some(o) = out {
+/// The overrides both commands share, then the run itself.
+fn execute(mut c: Config, a: CommonArgs) -> anyhow::Result<()> {
+    if let Some(o) = a.out {
         c.checkpoint.path = o.join("checkpoint.json");
         c.sink.dir = o;
     }
-    if let Some(m) = model {
+    if let Some(m) = a.model {
         c.model.bundle = m;
     }
-}
-
-fn execute(
-    c: Config,
-    fresh_start: bool,
-    json: bool,
-    max_events: Option<u64>,
-) -> anyhow::Result<()> {
     let telemetry = fusionstream::telemetry::traces::init(&c.telemetry)?;
-    if fresh_start {
+    if a.fresh {
         fresh(&c)?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fusionstream-io")
         .build()?;
-    let summary = rt.block_on(run_async(c, max_events));
+    let summary = rt.block_on(run_async(c, a.max_events));
     // Shut the runtime down, then flush the spans (the exporter blocks).
     drop(rt);
     drop(telemetry);
     let summary = summary?;
-    if json {
+    if a.json {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())

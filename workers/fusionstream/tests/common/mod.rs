@@ -1,7 +1,7 @@
 //! Shared helpers of the integration tests: repository paths and schema validators.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub mod kafka;
 
@@ -115,4 +115,13 @@ pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
         ))
         .build();
     aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// The records of one output stream of a local run (`out/<stream>.jsonl`; none if absent).
+pub fn read_records(out: &Path, stream: &str) -> Vec<Value> {
+    std::fs::read_to_string(out.join(format!("{stream}.jsonl")))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
