@@ -5,7 +5,9 @@
 //!   by itself and every event gets its outputs;
 //! - MinIO is down for a while: the fetches retry and the events are delayed, not lost or
 //!   degraded; down past the retry budget: the events degrade (or, under a dead-letter
-//!   policy, are dead-lettered) with the reason.
+//!   policy, are dead-lettered) with the reason;
+//! - MinIO is down when a backfill starts listing its prefix: the listing retries, and once
+//!   MinIO is back every object gets its outputs.
 //!
 //! This binary runs alone (cargo runs test binaries one after another), so stopping a
 //! service cannot disturb the other tests; a guard starts it again even when a test fails.
@@ -238,5 +240,54 @@ async fn minio_down_for_a_while_delays_events_and_past_the_budget_degrades_them(
     }
     for d in &dead {
         assert_eq!(d["reason"], "image_fetch_failed", "{d}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_listing_waits_out_a_minio_outage() {
+    let Some(endpoint) = common::s3_endpoint() else {
+        return;
+    };
+    let _one = ONE_FAULT.lock().await;
+    let bucket = format!("listing-{}", std::process::id());
+    upload(&endpoint, &bucket, 6).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        s3_config(
+            &endpoint,
+            &bucket,
+            "retries = 40\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\ntimeout = \"2s\"",
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let mut outage = Outage::begin("minio");
+    let child = Command::new(env!("CARGO_BIN_EXE_fusionstream"))
+        .current_dir(common::root())
+        .args(["backfill", &format!("s3://{bucket}/"), "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    outage.end();
+    let done = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{log}");
+    assert!(
+        log.contains("retrying"),
+        "the listing met the outage: {log}"
+    );
+    let captions = common::read_records(&out, "captions");
+    assert_eq!(captions.len(), 6, "every object after the outage: {log}");
+    for c in &captions {
+        assert_eq!(c["degraded"], serde_json::json!([]), "{c}");
     }
 }
