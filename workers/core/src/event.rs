@@ -327,15 +327,21 @@ fn bounded_text(s: Option<&str>, max: usize, code: &'static str) -> Input<String
     }
 }
 
+/// Bucket and key (or key prefix, possibly empty) of an `s3://bucket/…` URL; `None` when it
+/// is not one or names no bucket.
+pub fn split_s3_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    (!bucket.is_empty()).then_some((bucket, key))
+}
+
 fn image_ref(r: &str) -> Input<ImageSource> {
-    if let Some(rest) = r.strip_prefix("s3://") {
-        return match rest.split_once('/') {
-            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
-                Input::Present(ImageSource::S3 {
-                    bucket: bucket.to_owned(),
-                    key: key.to_owned(),
-                })
-            }
+    if r.starts_with("s3://") {
+        return match split_s3_url(r) {
+            Some((bucket, key)) if !key.is_empty() => Input::Present(ImageSource::S3 {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            }),
             _ => Input::Unusable("image_ref_invalid"),
         };
     }

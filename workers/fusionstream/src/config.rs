@@ -98,9 +98,7 @@ pub struct BackfillConfig {
 impl BackfillConfig {
     /// Bucket and key prefix of `prefix`, if it is an `s3://` URL with a bucket.
     pub fn bucket_and_prefix(&self) -> Option<(&str, &str)> {
-        let rest = self.prefix.strip_prefix("s3://")?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        (!bucket.is_empty()).then_some((bucket, prefix))
+        fusionstream_core::event::split_s3_url(&self.prefix)
     }
 }
 

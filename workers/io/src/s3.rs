@@ -56,14 +56,22 @@ impl S3Media {
         &self.client
     }
 
+    /// Refuse a bucket outside `allowed_buckets` (when the list is not empty).
+    fn allow(&self, bucket: &str) -> Result<(), FetchError> {
+        let allowed = &self.settings.allowed_buckets;
+        if allowed.is_empty() || allowed.iter().any(|b| b == bucket) {
+            Ok(())
+        } else {
+            Err(FetchError::Forbidden(format!(
+                "bucket {bucket} is not in s3.allowed_buckets"
+            )))
+        }
+    }
+
     /// Fetch `s3://bucket/key`.
     pub async fn fetch(&self, bucket: &str, key: &str) -> Result<Vec<u8>, FetchError> {
+        self.allow(bucket)?;
         let s = &self.settings;
-        if !s.allowed_buckets.is_empty() && !s.allowed_buckets.iter().any(|b| b == bucket) {
-            return Err(FetchError::Forbidden(format!(
-                "bucket {bucket} is not in s3.allowed_buckets"
-            )));
-        }
         let name = format!("s3://{bucket}/{key}");
         let resp = self
             .client
@@ -122,12 +130,7 @@ impl S3Media {
         start_after: Option<&str>,
         max: i32,
     ) -> Result<ListPage, FetchError> {
-        let s = &self.settings;
-        if !s.allowed_buckets.is_empty() && !s.allowed_buckets.iter().any(|b| b == bucket) {
-            return Err(FetchError::Forbidden(format!(
-                "bucket {bucket} is not in s3.allowed_buckets"
-            )));
-        }
+        self.allow(bucket)?;
         let mut req = self
             .client
             .list_objects_v2()

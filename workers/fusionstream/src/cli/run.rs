@@ -374,11 +374,11 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
 /// the bundle cache (downloaded on first use).
 async fn resolve_bundle(c: &Config) -> anyhow::Result<PathBuf> {
     let url = c.model.bundle.to_string_lossy().into_owned();
-    let Some(rest) = url.strip_prefix("s3://") else {
+    if !url.starts_with("s3://") {
         return Ok(c.model.bundle.clone());
-    };
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    anyhow::ensure!(!bucket.is_empty(), "model.bundle {url:?} names no bucket");
+    }
+    let (bucket, prefix) = fusionstream_core::event::split_s3_url(&url)
+        .with_context(|| format!("model.bundle {url:?} names no bucket"))?;
     let prefix = prefix.trim_matches('/');
     let dest = c.bundle_cache_dir().join(bucket).join(prefix);
     let store = fusionstream_io::s3::S3Media::new(c.bundle_s3_settings()).await;
