@@ -101,7 +101,6 @@ fn bench(c: &mut Criterion) {
                         &[cfg.text_config.bos_token_id],
                         b,
                         &params,
-                        &dev,
                     )
                     .unwrap()
                 })

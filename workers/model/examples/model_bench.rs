@@ -149,7 +149,6 @@ fn captions(m: &BlipCaptioner, cfg: &BlipConfig, px: &Tensor, eos: u32) -> Resul
         &[cfg.text_config.bos_token_id],
         b,
         &params,
-        px.device(),
     )?)
 }
 

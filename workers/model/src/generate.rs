@@ -7,18 +7,74 @@
 //! among the top K can finish, and the early-stop heuristic of `_check_early_stop_heuristic`.
 //! The token ids match transformers' exactly (checked by the parity tests).
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Tensor, D};
 
 use crate::error::{ModelError, Result};
+
+/// Logits of the last position of each row, wherever the decoder keeps them.
+pub trait StepLogits {
+    /// Index of the largest logit of each row (first on ties), as `torch.argmax`.
+    fn argmax(&self) -> Result<Vec<u32>>;
+    /// Every row on the host, in f32.
+    fn rows(&self) -> Result<Vec<Vec<f32>>>;
+}
+
+impl StepLogits for Tensor {
+    fn argmax(&self) -> Result<Vec<u32>> {
+        Ok(self.argmax(D::Minus1)?.to_vec1()?)
+    }
+
+    fn rows(&self) -> Result<Vec<Vec<f32>>> {
+        Ok(self.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+    }
+}
+
+/// Logits already on the host: `rows` × `vocab`, row-major.
+#[derive(Debug, Clone)]
+pub struct HostLogits {
+    /// The values.
+    pub data: Vec<f32>,
+    /// Row length.
+    pub vocab: usize,
+}
+
+impl StepLogits for HostLogits {
+    fn argmax(&self) -> Result<Vec<u32>> {
+        Ok(self
+            .data
+            .chunks(self.vocab.max(1))
+            .map(|row| {
+                let mut best = 0;
+                for (i, &x) in row.iter().enumerate() {
+                    // NaN never wins; the first maximum wins ties.
+                    if x > row[best] {
+                        best = i;
+                    }
+                }
+                best as u32
+            })
+            .collect())
+    }
+
+    fn rows(&self) -> Result<Vec<Vec<f32>>> {
+        Ok(self
+            .data
+            .chunks(self.vocab.max(1))
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+}
 
 /// A decoder that can extend a batch of sequences by one step, keeping its own cache.
 pub trait StepDecoder {
     /// Per-batch decoding state (KV cache, encoder states).
     type State;
-    /// Logits (rows, vocab) in f32 for the last position of `ids` (rows, t), continuing `state`.
-    fn step(&self, ids: &Tensor, state: &mut Self::State) -> Result<Tensor>;
-    /// Rebuild the state from rows of itself: new row i is old row `rows[i]` (u32 indices).
-    fn select_rows(&self, state: &mut Self::State, rows: &Tensor) -> Result<()>;
+    /// What a step returns.
+    type Logits: StepLogits;
+    /// Logits for the last position of `ids` (`rows` × `t`, row-major), continuing `state`.
+    fn step(&self, ids: &[u32], t: usize, state: &mut Self::State) -> Result<Self::Logits>;
+    /// Rebuild the state from rows of itself: new row i is old row `rows[i]`.
+    fn select_rows(&self, state: &mut Self::State, rows: &[u32]) -> Result<()>;
 }
 
 /// Generation settings.
@@ -53,7 +109,6 @@ pub fn generate<M: StepDecoder>(
     prompt: &[u32],
     batch: usize,
     params: &GenerationParams,
-    device: &Device,
 ) -> Result<Vec<Vec<u32>>> {
     if prompt.is_empty() {
         return Err(ModelError::Input(
@@ -61,20 +116,18 @@ pub fn generate<M: StepDecoder>(
         ));
     }
     if params.num_beams <= 1 {
-        greedy(model, state, prompt, batch, params, device)
+        greedy(model, state, prompt, batch, params)
     } else {
-        beam_search(model, state, prompt, batch, params, device)
+        beam_search(model, state, prompt, batch, params)
     }
 }
 
-fn prompt_ids(prompt: &[u32], rows: usize, device: &Device) -> Result<Tensor> {
-    let flat: Vec<u32> = (0..rows).flat_map(|_| prompt.iter().copied()).collect();
-    Ok(Tensor::from_vec(flat, (rows, prompt.len()), device)?)
+fn prompt_ids(prompt: &[u32], rows: usize) -> Vec<u32> {
+    (0..rows).flat_map(|_| prompt.iter().copied()).collect()
 }
 
-fn rows_tensor(rows: &[usize], device: &Device) -> Result<Tensor> {
-    let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-    Ok(Tensor::from_vec(idx, rows.len(), device)?)
+fn rows_u32(rows: &[usize]) -> Vec<u32> {
+    rows.iter().map(|&r| r as u32).collect()
 }
 
 /// Greedy decoding. Finished rows leave the batch (their cache rows are dropped), which
@@ -85,15 +138,14 @@ fn greedy<M: StepDecoder>(
     prompt: &[u32],
     batch: usize,
     params: &GenerationParams,
-    device: &Device,
 ) -> Result<Vec<Vec<u32>>> {
     let mut out: Vec<Vec<u32>> = vec![prompt.to_vec(); batch];
     // `active[i]` is the output row of state row i.
     let mut active: Vec<usize> = (0..batch).collect();
-    let mut ids = prompt_ids(prompt, batch, device)?;
+    let mut ids = prompt_ids(prompt, batch);
+    let mut t = prompt.len();
     for _ in 0..params.max_new_tokens {
-        let logits = model.step(&ids, &mut state)?;
-        let next: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+        let next = model.step(&ids, t, &mut state)?.argmax()?;
         let mut keep = Vec::with_capacity(active.len());
         for (i, (&row, &tok)) in active.iter().zip(&next).enumerate() {
             out[row].push(tok);
@@ -104,12 +156,12 @@ fn greedy<M: StepDecoder>(
         if keep.is_empty() {
             break;
         }
-        let mut next_ids: Vec<u32> = keep.iter().map(|&i| next[i]).collect();
+        ids = keep.iter().map(|&i| next[i]).collect();
+        t = 1;
         if keep.len() != active.len() {
-            model.select_rows(&mut state, &rows_tensor(&keep, device)?)?;
+            model.select_rows(&mut state, &rows_u32(&keep))?;
             active = keep.iter().map(|&i| active[i]).collect();
         }
-        ids = Tensor::from_vec(std::mem::take(&mut next_ids), (active.len(), 1), device)?;
     }
     Ok(out)
 }
@@ -149,14 +201,13 @@ fn beam_search<M: StepDecoder>(
     prompt: &[u32],
     batch: usize,
     params: &GenerationParams,
-    device: &Device,
 ) -> Result<Vec<Vec<u32>>> {
     let k = params.num_beams;
     let p = prompt.len();
     let max_length = p + params.max_new_tokens;
     // Every row becomes K beams.
     let expand: Vec<usize> = (0..batch).flat_map(|b| std::iter::repeat_n(b, k)).collect();
-    model.select_rows(&mut state, &rows_tensor(&expand, device)?)?;
+    model.select_rows(&mut state, &rows_u32(&expand))?;
 
     let init = |first: f32| -> Vec<Hyp> {
         (0..k)
@@ -170,14 +221,15 @@ fn beam_search<M: StepDecoder>(
     let mut running: Vec<Vec<Hyp>> = (0..batch).map(|_| init(0.0)).collect();
     let mut finished: Vec<Vec<Hyp>> = (0..batch).map(|_| init(NEG)).collect();
     let mut unsatisfied = vec![true; batch];
-    let mut ids = prompt_ids(prompt, batch * k, device)?;
+    let mut ids = prompt_ids(prompt, batch * k);
+    let mut t = p;
     let mut cur_len = p;
 
     if params.max_new_tokens == 0 {
         return Ok(vec![prompt.to_vec(); batch]);
     }
     loop {
-        let logits: Vec<Vec<f32>> = model.step(&ids, &mut state)?.to_vec2()?;
+        let logits: Vec<Vec<f32>> = model.step(&ids, t, &mut state)?.rows()?;
         let vocab = logits.first().map(Vec::len).unwrap_or(0);
         let mut reorder = Vec::with_capacity(batch * k);
         let mut next_tokens = Vec::with_capacity(batch * k);
@@ -266,8 +318,9 @@ fn beam_search<M: StepDecoder>(
         if !unsatisfied.iter().any(|&u| u) || all_hit {
             break;
         }
-        model.select_rows(&mut state, &rows_tensor(&reorder, device)?)?;
-        ids = Tensor::from_vec(next_tokens, (batch * k, 1), device)?;
+        model.select_rows(&mut state, &rows_u32(&reorder))?;
+        ids = next_tokens;
+        t = 1;
     }
     Ok(finished
         .into_iter()
@@ -283,6 +336,17 @@ mod tests {
     fn top_k_is_descending_with_low_index_ties() {
         assert_eq!(top_k(&[1.0, 3.0, 3.0, 2.0], 3), vec![1, 2, 3]);
         assert_eq!(top_k(&[0.5], 4), vec![0]);
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn host_argmax_takes_the_first_maximum() {
+        let l = HostLogits {
+            data: vec![0.0, 2.0, 2.0, -1.0, 5.0, -3.0],
+            vocab: 3,
+        };
+        assert_eq!(l.argmax().unwrap(), vec![1, 1]);
+        assert_eq!(l.rows().unwrap()[1][2], -3.0);
     }
 
     #[test]

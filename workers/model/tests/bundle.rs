@@ -87,7 +87,6 @@ fn captions_and_answers_match_transformers_token_for_token() {
             &bos,
             8,
             &p,
-            &dev,
         )
         .unwrap();
         assert_eq!(got, ids(&j[key]), "{key}");
@@ -110,7 +109,7 @@ fn captions_and_answers_match_transformers_token_for_token() {
             eos_token_id: eos,
         };
         let cache = vqa.decoder.start(&q_states, Some(&lens)).unwrap();
-        let got = generate(&vqa.decoder, cache, &bos, 8, &p, &dev).unwrap();
+        let got = generate(&vqa.decoder, cache, &bos, 8, &p).unwrap();
         assert_eq!(got, ids(&j[key]), "{key}");
     }
 }

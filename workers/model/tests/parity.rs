@@ -173,15 +173,7 @@ fn check_caption(name: &str) {
     let eos = cfg.text_config.sep_token_id;
     for (beams, key) in [(1, "greedy_ids"), (3, "beam3_ids")] {
         let cache = model.decoder.start(&states, None).unwrap();
-        let got = generate(
-            &model.decoder,
-            cache,
-            &bos,
-            2,
-            &params(&j, beams, eos),
-            &dev,
-        )
-        .unwrap();
+        let got = generate(&model.decoder, cache, &bos, 2, &params(&j, beams, eos)).unwrap();
         assert_eq!(got, ids(&j[key]), "{name} {key}");
     }
 }
@@ -240,15 +232,7 @@ fn check_vqa(name: &str) {
     let eos = cfg.text_config.sep_token_id;
     for (beams, key) in [(1, "greedy_ids"), (3, "beam3_ids")] {
         let cache = model.decoder.start(&q_states, Some(&lens)).unwrap();
-        let got = generate(
-            &model.decoder,
-            cache,
-            &bos,
-            2,
-            &params(&j, beams, eos),
-            &dev,
-        )
-        .unwrap();
+        let got = generate(&model.decoder, cache, &bos, 2, &params(&j, beams, eos)).unwrap();
         assert_eq!(got, ids(&j[key]), "{name} {key}");
     }
 }

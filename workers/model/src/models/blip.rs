@@ -436,6 +436,13 @@ pub struct DecoderCache {
     self_kv: Vec<(Tensor, Tensor)>,
     cross: CrossStates,
     len: usize,
+    device: Device,
+}
+
+impl DecoderCache {
+    fn device(&self) -> &Device {
+        &self.device
+    }
 }
 
 /// `BlipTextLMHeadModel`: causal text decoder with its LM head.
@@ -489,6 +496,7 @@ impl BlipTextDecoder {
             self_kv: Vec::new(),
             cross: self.bert.cross_states(encoder_states, encoder_lens)?,
             len: 0,
+            device: encoder_states.device().clone(),
         })
     }
 
@@ -508,21 +516,25 @@ impl BlipTextDecoder {
 
 impl StepDecoder for BlipTextDecoder {
     type State = DecoderCache;
+    type Logits = Tensor;
 
-    fn step(&self, ids: &Tensor, state: &mut DecoderCache) -> Result<Tensor> {
-        let h = self.bert.decode(ids, state)?;
+    fn step(&self, ids: &[u32], t: usize, state: &mut DecoderCache) -> Result<Tensor> {
+        let rows = ids.len() / t.max(1);
+        let ids = Tensor::from_slice(ids, (rows, t), state.device())?;
+        let h = self.bert.decode(&ids, state)?;
         let t = h.dim(1)?;
         Ok(self
             .head(&h.narrow(1, t - 1, 1)?.squeeze(1)?)?
             .to_dtype(DType::F32)?)
     }
 
-    fn select_rows(&self, state: &mut DecoderCache, rows: &Tensor) -> Result<()> {
+    fn select_rows(&self, state: &mut DecoderCache, rows: &[u32]) -> Result<()> {
+        let rows = Tensor::from_slice(rows, rows.len(), state.device())?;
         for (k, v) in state.self_kv.iter_mut() {
-            *k = k.index_select(rows, 0)?;
-            *v = v.index_select(rows, 0)?;
+            *k = k.index_select(&rows, 0)?;
+            *v = v.index_select(&rows, 0)?;
         }
-        state.cross = state.cross.index_rows(rows)?;
+        state.cross = state.cross.index_rows(&rows)?;
         Ok(())
     }
 }
