@@ -299,8 +299,28 @@ def _int8(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # A tied weight (BLIP's word embeddings, also its LM head) feeds a Gather and a MatMul:
+    # the quantiser rewrites it for the MatMul in place and breaks the Gather. Give the
+    # Gather its own float copy first.
+    m = onnx.load(str(src))
+    users: dict[str, list] = {}
+    for n in m.graph.node:
+        for x in n.input:
+            users.setdefault(x, []).append(n)
+    inits = {i.name: i for i in m.graph.initializer}
+    for name, nodes in users.items():
+        if name in inits and len(nodes) > 1 and any(n.op_type == "Gather" for n in nodes):
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[name])
+            copy.name = name + ".gather"
+            m.graph.initializer.append(copy)
+            for n in nodes:
+                if n.op_type == "Gather":
+                    n.input[0] = copy.name
+    untied = dst.with_suffix(".untied.onnx")
+    onnx.save(m, str(untied))
     quantize_dynamic(
-        str(src),
+        str(untied),
         str(dst),
         per_channel=True,
         reduce_range=False,
@@ -309,6 +329,12 @@ def _int8(src: Path, dst: Path) -> None:
         # Only products with a weight: attention's activation x activation products stay f32.
         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+    # The quantiser's shape inference records the export sample's sizes as intermediate
+    # shapes (value_info), which contradict other batch/past sizes at load: drop them.
+    untied.unlink()
+    m = onnx.load(str(dst))
+    del m.graph.value_info[:]
+    onnx.save(m, str(dst))
 
 
 def _fp16(src: Path, dst: Path) -> None:
