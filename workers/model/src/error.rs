@@ -84,6 +84,26 @@ pub enum ModelError {
     /// The checkpoint asks for something this runtime does not implement.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The ONNX Runtime library is missing, unloadable or too old, or an execution provider
+    /// (CUDA) could not be registered.
+    #[error("ONNX Runtime: {0}")]
+    OnnxRuntime(String),
+    /// An ONNX graph does not load or does not have the inputs and outputs the runtime drives.
+    #[error("ONNX graph {path}: {reason}")]
+    Graph {
+        /// The graph file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// ONNX Runtime failed while running a graph.
+    #[error("ONNX Runtime run of {graph}: {reason}")]
+    OnnxRun {
+        /// Graph name.
+        graph: String,
+        /// The runtime's message.
+        reason: String,
+    },
 }
 
 impl ModelError {

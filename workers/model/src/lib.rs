@@ -7,7 +7,11 @@
 //! ## Layout
 //! - [`preprocess`]: untrusted image bytes → limits → decode → model pixels (HF-equivalent).
 //! - [`tokenize`]: `tokenizer.json` → token ids (truncated, unpadded).
-//! - [`models`]: the architectures, one file each (`clip`, `blip`, `fusion`).
+//! - [`models`]: the architectures on candle, one file each (`clip`, `blip`, `fusion`).
+//! - [`engine`]: the backend seam — the traits a part's forward passes go through, and their
+//!   candle implementations.
+//! - [`onnx`]: the ONNX Runtime backend over the graphs of `python -m models.export_onnx`
+//!   (library loaded at run time; f32, int8 or fp16 graphs; CPU or the CUDA provider).
 //! - [`generate`]: greedy and beam search over any [`generate::StepDecoder`].
 //! - [`bundle`]: `bundle.toml`, the manifest that groups model directories.
 //! - [`runtime`]: the inference API — [`FusionModel::prepare_image`] and friends (CPU work,
@@ -27,19 +31,23 @@
 
 pub mod backend;
 pub mod bundle;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod models;
 pub mod nn;
+pub mod onnx;
 pub mod preprocess;
 pub mod runtime;
 pub mod tokenize;
 
 pub use backend::{Backend, ModelThread};
+pub use engine::BackendKind;
 pub use error::{ErrorClass, ImageError, ModelError};
+pub use onnx::{OnnxOptions, Precision};
 pub use runtime::{
-    FusionModel, InferOutput, Prepared, PreparedImage, RuntimeOptions, SkipReason, Skipped, Tag,
-    Task, TaskSet,
+    BackendChoice, FusionModel, InferOutput, PartBackend, Prepared, PreparedImage, RuntimeOptions,
+    SkipReason, Skipped, Tag, Task, TaskSet,
 };
 
 /// Re-exported so callers name devices and dtypes without depending on candle directly.

@@ -68,6 +68,45 @@ pub fn load_weights(path: &Path, dtype: DType, device: &Device) -> Result<VarBui
     Ok(VarBuilder::from_tensors(tensors, dtype, device))
 }
 
+/// SHA-256 over the tensors of a safetensors file whose names start with `prefix`, in name
+/// order: each name (without the prefix), dtype, shape and bytes. Two parts whose towers hash
+/// the same have the same weights whatever their files are called.
+pub fn weights_hash(path: &Path, prefix: &str) -> Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        dtype: String,
+        shape: Vec<usize>,
+        data_offsets: [usize; 2],
+    }
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let bad = |why: &str| ModelError::config(path, format!("not a safetensors file: {why}"));
+    let len = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| bad("short header"))? as usize;
+    let header = bytes
+        .get(8..8 + len)
+        .ok_or_else(|| bad("header past the end"))?;
+    let mut entries: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    entries.remove("__metadata__");
+    let data = &bytes[8 + len..];
+    let mut h = Sha256::new();
+    for (name, v) in entries.into_iter().filter(|(k, _)| k.starts_with(prefix)) {
+        let e: Entry = serde_json::from_value(v).map_err(|e| bad(&e.to_string()))?;
+        let [a, b] = e.data_offsets;
+        let t = data.get(a..b).ok_or_else(|| bad("tensor past the end"))?;
+        h.update(&name.as_bytes()[prefix.len()..]);
+        h.update(e.dtype.as_bytes());
+        h.update(format!("{:?}", e.shape).as_bytes());
+        h.update(t);
+    }
+    Ok(h.finalize().into())
+}
+
 /// Read and parse a JSON config.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;

@@ -13,15 +13,18 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::bundle::{BundleManifest, GenerationSpec, TagSpec};
-use crate::error::{ImageError, ModelError, Result};
-use crate::generate::{self, GenerationParams};
-use crate::models::blip::{
-    BlipCaptioner, BlipConfig, BlipTextConfig, BlipTextDecoder, BlipVqa, DecoderCache,
+use crate::engine::{
+    BackendKind, BlipBackend, CandleBlip, CandleDualEncoder, DualEncoderBackend, EncoderStates,
+    PixelBatch,
 };
+use crate::error::{ImageError, ModelError, Result};
+use crate::generate::GenerationParams;
+use crate::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
 use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::fusion::{FusionConfig, FusionHead};
 use crate::models::siglip::{SiglipConfig, SiglipModel};
 use crate::nn;
+use crate::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
 use crate::preprocess::{self, DecodeOptions, ImageProcessorConfig, Pixels, Preprocessor};
 use crate::tokenize::TextTokenizer;
 pub use fusionstream_core::task::{SkipReason, Skipped, Task, TaskSet};
@@ -116,6 +119,10 @@ pub struct RuntimeOptions {
     pub decode: DecodeOptions,
     /// Overrides the bundle's generation settings.
     pub generation: Option<GenerationSpec>,
+    /// Which library runs the parts.
+    pub backend: BackendChoice,
+    /// ONNX Runtime settings (library, precision, threads, CUDA device).
+    pub onnx: OnnxOptions,
 }
 
 impl Default for RuntimeOptions {
@@ -125,113 +132,262 @@ impl Default for RuntimeOptions {
             dtype: DType::F32,
             decode: DecodeOptions::default(),
             generation: None,
+            backend: BackendChoice::Candle,
+            onnx: OnnxOptions::default(),
         }
     }
 }
 
-/// The dual encoder of a bundle: CLIP or SigLIP.
-#[derive(Debug)]
-enum DualEncoder {
-    Clip(ClipModel),
-    Siglip(SiglipModel),
+/// Which library runs the bundle's parts (`model.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// ONNX Runtime for every part that has graphs of the asked precision when the library
+    /// is configured (`model.onnxruntime_library` or `ORT_DYLIB_PATH`), candle otherwise.
+    #[default]
+    Auto,
+    /// candle for every part.
+    Candle,
+    /// ONNX Runtime for every part but the fusion head; a part without graphs is an error.
+    Onnx,
 }
 
-impl DualEncoder {
-    fn load(dir: &Path, dtype: DType, device: &Device) -> Result<(Self, usize, usize)> {
-        #[derive(serde::Deserialize)]
-        struct Head {
-            #[serde(default)]
-            model_type: String,
-        }
-        let cfg_path = dir.join("config.json");
-        let head: Head = nn::read_json(&cfg_path)?;
-        let vb = nn::load_weights(&dir.join("model.safetensors"), dtype, device)?;
-        Ok(match head.model_type.as_str() {
-            "siglip" => {
-                let cfg = SiglipConfig::from_file(&cfg_path)?;
-                let m = SiglipModel::new(vb, &cfg)?;
-                (
-                    Self::Siglip(m),
-                    cfg.vision_config.image_size,
-                    cfg.text_config.max_position_embeddings,
-                )
-            }
-            "clip" => {
-                let cfg = ClipConfig::from_file(&cfg_path)?;
-                let m = ClipModel::new(vb, &cfg)?;
-                (
-                    Self::Clip(m),
-                    cfg.vision_config.image_size,
-                    cfg.text_config.max_position_embeddings,
-                )
-            }
-            other => {
-                return Err(ModelError::config(
-                    cfg_path,
-                    format!("model_type {other:?} is not a dual encoder (clip, siglip)"),
-                ))
-            }
-        })
-    }
-
-    fn image_embeddings(&self, px: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Clip(m) => m.image_embeddings(px),
-            Self::Siglip(m) => m.image_embeddings(px),
+impl BackendChoice {
+    /// Parse `auto`, `candle` or `onnx`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "candle" => Ok(Self::Candle),
+            "onnx" => Ok(Self::Onnx),
+            other => Err(ModelError::Unsupported(format!(
+                "backend {other:?} (expected auto, candle or onnx)"
+            ))),
         }
     }
+}
 
-    fn text_embeddings(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
-        match self {
-            Self::Clip(m) => m.text_embeddings(ids, device),
-            Self::Siglip(m) => m.text_embeddings(ids, device),
-        }
-    }
+/// Which backend and precision run one part of a loaded bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartBackend {
+    /// `clip`, `caption`, `vqa` or `fusion`.
+    pub part: &'static str,
+    /// The library.
+    pub backend: BackendKind,
+    /// `f32`/`f16`/`bf16` (candle) or `f32`/`int8`/`f16` (ONNX graphs).
+    pub precision: String,
+}
 
-    fn projection_dim(&self) -> usize {
-        match self {
-            Self::Clip(m) => m.projection_dim(),
-            Self::Siglip(m) => m.projection_dim(),
-        }
-    }
+/// How label probabilities are scored from embeddings: CLIP's softmax over labels with its
+/// temperature, SigLIP's independent sigmoids with scale and bias.
+#[derive(Debug, Clone, Copy)]
+enum Scorer {
+    Softmax(f32),
+    Sigmoid(f32, f32),
+}
 
-    /// Per-label probabilities: CLIP's softmax over labels, SigLIP's independent sigmoids.
+impl Scorer {
     fn label_probs(&self, e: &[f32], labels: &[Vec<f32>]) -> Vec<f32> {
-        match self {
-            Self::Clip(m) => {
-                let logits: Vec<f32> = labels.iter().map(|l| m.logit_scale * dot(e, l)).collect();
+        match *self {
+            Scorer::Softmax(scale) => {
+                let logits: Vec<f32> = labels.iter().map(|l| scale * dot(e, l)).collect();
                 let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
                 let sum: f32 = exps.iter().sum();
                 exps.into_iter().map(|x| x / sum).collect()
             }
-            Self::Siglip(m) => labels
+            Scorer::Sigmoid(scale, bias) => labels
                 .iter()
-                .map(|l| 1.0 / (1.0 + (-(m.logit_scale * dot(e, l) + m.logit_bias)).exp()))
+                .map(|l| 1.0 / (1.0 + (-(scale * dot(e, l) + bias)).exp()))
                 .collect(),
         }
     }
 }
 
+/// Where the parts run and with what.
+#[derive(Debug, Clone)]
+struct Placement {
+    device: Device,
+    dtype: DType,
+    /// `Some` when ONNX Runtime is loaded and asked for (`onnx`) or allowed (`auto`).
+    onnx: Option<OnnxOptions>,
+    /// `onnx` was asked for explicitly: a part without graphs is an error.
+    require_onnx: bool,
+}
+
+impl Placement {
+    fn new(opts: &RuntimeOptions) -> Result<Self> {
+        let onnx = match opts.backend {
+            BackendChoice::Candle => None,
+            BackendChoice::Auto | BackendChoice::Onnx => match opts.onnx.library_path() {
+                Some(lib) => {
+                    onnx::load_library(&lib)?;
+                    Some(opts.onnx.clone())
+                }
+                None if opts.backend == BackendChoice::Onnx => {
+                    return Err(ModelError::OnnxRuntime(
+                        "backend onnx needs the ONNX Runtime library: set \
+                         model.onnxruntime_library or ORT_DYLIB_PATH (the onnxruntime wheel's \
+                         onnxruntime/capi/libonnxruntime.so.*)"
+                            .into(),
+                    ))
+                }
+                None => None,
+            },
+        };
+        if onnx.is_none() && opts.onnx.cuda_device.is_some() && opts.device.is_cpu() {
+            return Err(ModelError::Unsupported(
+                "CUDA was asked for the ONNX backend, but no part runs on ONNX Runtime".into(),
+            ));
+        }
+        Ok(Self {
+            device: opts.device.clone(),
+            dtype: opts.dtype,
+            onnx,
+            require_onnx: opts.backend == BackendChoice::Onnx,
+        })
+    }
+
+    /// The ONNX options if this part runs on ONNX Runtime.
+    fn onnx_for(&self, part: &Path, name: &str) -> Result<Option<&OnnxOptions>> {
+        let Some(o) = &self.onnx else {
+            return Ok(None);
+        };
+        if onnx::has_graphs(part, o.precision) {
+            Ok(Some(o))
+        } else if self.require_onnx {
+            Err(ModelError::config(
+                part.join("onnx/manifest.json"),
+                format!(
+                    "the {name} part has no {} ONNX graphs (python -m models.export_onnx \
+                     --model {}{})",
+                    o.precision,
+                    part.display(),
+                    match o.precision {
+                        Precision::Int8 => " --int8",
+                        Precision::F16 => " --fp16",
+                        Precision::F32 => "",
+                    }
+                ),
+            ))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn candle_precision(&self) -> String {
+        format!("{:?}", self.dtype).to_lowercase()
+    }
+}
+
+/// A dual encoder part as loaded, before its tokenizer and preprocessor.
+struct LoadedEncoder {
+    engine: Box<dyn DualEncoderBackend>,
+    scorer: Scorer,
+    image_size: usize,
+    max_len: usize,
+    projection_dim: usize,
+    precision: String,
+}
+
+/// Load the dual encoder of a part on the backend its placement gives.
+fn load_dual_encoder(dir: &Path, place: &Placement) -> Result<LoadedEncoder> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        model_type: String,
+    }
+    let cfg_path = dir.join("config.json");
+    let head: Head = nn::read_json(&cfg_path)?;
+    let (device, dtype) = (&place.device, place.dtype);
+    match head.model_type.as_str() {
+        "siglip" => {
+            if place.require_onnx {
+                return Err(ModelError::Unsupported(format!(
+                    "{}: SigLIP has no ONNX export; use model.backend = \"candle\" or \"auto\"",
+                    dir.display()
+                )));
+            }
+            let cfg = SiglipConfig::from_file(&cfg_path)?;
+            let vb = nn::load_weights(&dir.join("model.safetensors"), dtype, device)?;
+            let m = SiglipModel::new(vb, &cfg)?;
+            let scorer = Scorer::Sigmoid(m.logit_scale, m.logit_bias);
+            let proj = m.projection_dim();
+            Ok(LoadedEncoder {
+                engine: Box::new(CandleDualEncoder::Siglip(m, device.clone(), dtype)),
+                scorer,
+                image_size: cfg.vision_config.image_size,
+                max_len: cfg.text_config.max_position_embeddings,
+                projection_dim: proj,
+                precision: place.candle_precision(),
+            })
+        }
+        "clip" => {
+            let cfg = ClipConfig::from_file(&cfg_path)?;
+            let (image, text) = (
+                cfg.vision_config.image_size,
+                cfg.text_config.max_position_embeddings,
+            );
+            if let Some(o) = place.onnx_for(dir, "clip")? {
+                let scale = read_scalar(&dir.join("model.safetensors"), "logit_scale")?.exp();
+                let engine = OnnxClip::load(dir, cfg.text_config.eos_token_id, o)?;
+                return Ok(LoadedEncoder {
+                    engine: Box::new(engine),
+                    scorer: Scorer::Softmax(scale),
+                    image_size: image,
+                    max_len: text,
+                    projection_dim: cfg.projection_dim,
+                    precision: o.precision.to_string(),
+                });
+            }
+            let vb = nn::load_weights(&dir.join("model.safetensors"), dtype, device)?;
+            let m = ClipModel::new(vb, &cfg)?;
+            let scorer = Scorer::Softmax(m.logit_scale);
+            let proj = m.projection_dim();
+            Ok(LoadedEncoder {
+                engine: Box::new(CandleDualEncoder::Clip(m, device.clone(), dtype)),
+                scorer,
+                image_size: image,
+                max_len: text,
+                projection_dim: proj,
+                precision: place.candle_precision(),
+            })
+        }
+        other => Err(ModelError::config(
+            cfg_path,
+            format!("model_type {other:?} is not a dual encoder (clip, siglip)"),
+        )),
+    }
+}
+
+/// One scalar tensor of a safetensors file, as f32.
+fn read_scalar(path: &Path, name: &str) -> Result<f32> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| ModelError::config(path, format!("no tensor {name}")))?;
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[0])
+}
+
 #[derive(Debug)]
 struct ClipPart {
-    model: DualEncoder,
+    engine: Box<dyn DualEncoderBackend>,
+    scorer: Scorer,
+    projection_dim: usize,
     tokenizer: TextTokenizer,
     slot: usize,
+    precision: String,
 }
 
+/// A BLIP captioning or VQA part.
 #[derive(Debug)]
-struct CaptionPart {
-    model: BlipCaptioner,
+struct BlipPart {
+    engine: Box<dyn BlipBackend>,
     tokenizer: TextTokenizer,
     slot: usize,
-}
-
-#[derive(Debug)]
-struct VqaPart {
-    model: BlipVqa,
-    tokenizer: TextTokenizer,
-    slot: usize,
+    eos: u32,
+    /// SHA-256 of the vision tower's weights: equal hashes share one forward pass.
+    vision_hash: [u8; 32],
+    precision: String,
 }
 
 #[derive(Debug)]
@@ -251,8 +407,11 @@ pub struct FusionModel {
     decode: DecodeOptions,
     preprocessors: Vec<Preprocessor>,
     clip: Option<ClipPart>,
-    caption: Option<CaptionPart>,
-    vqa: Option<VqaPart>,
+    caption: Option<BlipPart>,
+    vqa: Option<BlipPart>,
+    /// The caption and VQA parts have the same vision tower (weights and preprocessing):
+    /// an image needing both runs it once.
+    shared_vision: bool,
     fusion: Option<FusionHead>,
     tags: Option<TagTable>,
     generation: GenerationParams,
@@ -276,29 +435,37 @@ impl FusionModel {
                 "bf16 on CPU (candle's CPU matmul has no bf16): use f32 or f16, or a GPU".into(),
             ));
         }
+        let place = Placement::new(opts)?;
         let mut preprocessors = Vec::new();
 
         let clip = match &manifest.clip {
             Some(part) => {
-                let (model, image_size, max_len) = DualEncoder::load(&part.path, dtype, &device)?;
+                let LoadedEncoder {
+                    engine,
+                    scorer,
+                    image_size,
+                    max_len,
+                    projection_dim,
+                    precision,
+                } = load_dual_encoder(&part.path, &place)?;
                 let tokenizer =
                     TextTokenizer::from_file(&part.path.join("tokenizer.json"), max_len)?;
                 let pcfg =
                     ImageProcessorConfig::from_file(&part.path.join("preprocessor_config.json"))?;
                 check_image_size(&pcfg, image_size, &part.path)?;
                 Some(ClipPart {
-                    model,
+                    engine,
+                    scorer,
+                    projection_dim,
                     tokenizer,
                     slot: slot_for(&mut preprocessors, pcfg),
+                    precision,
                 })
             }
             None => None,
         };
-        let load_blip = |path: &Path,
-                         pre: &mut Vec<Preprocessor>|
-         -> Result<(BlipConfig, _, TextTokenizer, usize)> {
+        let load_blip = |path: &Path, vqa: bool, pre: &mut Vec<Preprocessor>| -> Result<BlipPart> {
             let cfg = BlipConfig::from_file(&path.join("config.json"))?;
-            let vb = nn::load_weights(&path.join("model.safetensors"), dtype, &device)?;
             let tokenizer = TextTokenizer::from_file(
                 &path.join("tokenizer.json"),
                 cfg.text_config.max_position_embeddings,
@@ -306,29 +473,52 @@ impl FusionModel {
             let pcfg = ImageProcessorConfig::from_file(&path.join("preprocessor_config.json"))?;
             check_image_size(&pcfg, cfg.vision_config.image_size, path)?;
             let slot = slot_for(pre, pcfg);
-            Ok((cfg, vb, tokenizer, slot))
+            let name = if vqa { "vqa" } else { "caption" };
+            let t = &cfg.text_config;
+            let (engine, precision): (Box<dyn BlipBackend>, String) =
+                if let Some(o) = place.onnx_for(path, name)? {
+                    let dims = BlipTextDims {
+                        layers: t.num_hidden_layers,
+                        heads: t.num_attention_heads,
+                        hidden: t.hidden_size,
+                        bos: t.bos_token_id,
+                        pad: t.pad_token_id,
+                    };
+                    (
+                        Box::new(OnnxBlip::load(path, vqa, dims, o)?),
+                        o.precision.to_string(),
+                    )
+                } else {
+                    let vb = nn::load_weights(&path.join("model.safetensors"), dtype, &device)?;
+                    let engine = if vqa {
+                        CandleBlip::Vqa(BlipVqa::new(vb, &cfg)?, device.clone(), dtype)
+                    } else {
+                        CandleBlip::Caption(BlipCaptioner::new(vb, &cfg)?, device.clone(), dtype)
+                    };
+                    (Box::new(engine), place.candle_precision())
+                };
+            Ok(BlipPart {
+                engine,
+                tokenizer,
+                slot,
+                eos: t.sep_token_id,
+                vision_hash: nn::weights_hash(&path.join("model.safetensors"), "vision_model.")?,
+                precision,
+            })
         };
-        let caption = match &manifest.caption {
-            Some(part) => {
-                let (cfg, vb, tokenizer, slot) = load_blip(&part.path, &mut preprocessors)?;
-                Some(CaptionPart {
-                    model: BlipCaptioner::new(vb, &cfg)?,
-                    tokenizer,
-                    slot,
-                })
-            }
-            None => None,
-        };
-        let vqa = match &manifest.vqa {
-            Some(part) => {
-                let (cfg, vb, tokenizer, slot) = load_blip(&part.path, &mut preprocessors)?;
-                Some(VqaPart {
-                    model: BlipVqa::new(vb, &cfg)?,
-                    tokenizer,
-                    slot,
-                })
-            }
-            None => None,
+        let caption = manifest
+            .caption
+            .as_ref()
+            .map(|p| load_blip(&p.path, false, &mut preprocessors))
+            .transpose()?;
+        let vqa = manifest
+            .vqa
+            .as_ref()
+            .map(|p| load_blip(&p.path, true, &mut preprocessors))
+            .transpose()?;
+        let shared_vision = match (&caption, &vqa) {
+            (Some(c), Some(v)) => c.slot == v.slot && c.vision_hash == v.vision_hash,
+            _ => false,
         };
         let fusion = match &manifest.fusion {
             Some(part) => {
@@ -344,8 +534,8 @@ impl FusionModel {
             .unwrap_or_else(|| manifest.generation.clone());
         let eos = caption
             .as_ref()
-            .map(|c| c.model.text_config.sep_token_id)
-            .or(vqa.as_ref().map(|v| v.model.text_config.sep_token_id))
+            .map(|c| c.eos)
+            .or(vqa.as_ref().map(|v| v.eos))
             .unwrap_or(0);
         let mut model = Self {
             generation: GenerationParams {
@@ -362,11 +552,12 @@ impl FusionModel {
             clip,
             caption,
             vqa,
+            shared_vision,
             fusion,
             tags: None,
         };
         if let (Some(spec), Some(fusion)) = (&model.manifest.fusion, &model.fusion) {
-            let want = model.clip.as_ref().map(|c| c.model.projection_dim());
+            let want = model.clip.as_ref().map(|c| c.projection_dim);
             if want.is_some_and(|d| d != fusion.embed_dim()) {
                 return Err(ModelError::config(
                     spec.path.join("config.json"),
@@ -378,6 +569,53 @@ impl FusionModel {
             model.tags = Some(model.build_tags(&spec)?);
         }
         Ok(model)
+    }
+
+    /// Which backend and precision run each part.
+    pub fn backends(&self) -> Vec<PartBackend> {
+        let mut out = Vec::new();
+        if let Some(c) = &self.clip {
+            out.push(PartBackend {
+                part: "clip",
+                backend: c.engine.kind(),
+                precision: c.precision.clone(),
+            });
+        }
+        for (name, p) in [("caption", &self.caption), ("vqa", &self.vqa)] {
+            if let Some(p) = p {
+                out.push(PartBackend {
+                    part: name,
+                    backend: p.engine.kind(),
+                    precision: p.precision.clone(),
+                });
+            }
+        }
+        if self.fusion.is_some() {
+            out.push(PartBackend {
+                part: "fusion",
+                backend: BackendKind::Candle,
+                precision: format!("{:?}", self.dtype).to_lowercase(),
+            });
+        }
+        out
+    }
+
+    /// One line: `clip onnx/int8, caption onnx/int8, vqa onnx/int8, fusion candle/f32`.
+    pub fn backend_summary(&self) -> String {
+        let mut s: Vec<String> = self
+            .backends()
+            .iter()
+            .map(|b| format!("{} {}/{}", b.part, b.backend, b.precision))
+            .collect();
+        if self.shared_vision {
+            s.push("caption+vqa vision shared".into());
+        }
+        s.join(", ")
+    }
+
+    /// Whether the caption and VQA parts share one vision tower pass per image.
+    pub fn shares_vision(&self) -> bool {
+        self.shared_vision
     }
 
     /// The manifest the bundle was loaded from.
@@ -414,11 +652,7 @@ impl FusionModel {
             .iter()
             .map(|l| clip.tokenizer.encode(&spec.template.replace("{}", l)))
             .collect::<Result<Vec<_>>>()?;
-        let emb = clip
-            .model
-            .text_embeddings(&ids, &self.device)?
-            .to_dtype(DType::F32)?
-            .to_vec2()?;
+        let emb = clip.engine.text_embeddings(&ids)?;
         Ok(TagTable {
             labels: spec.labels.clone(),
             embeddings: emb,
@@ -483,7 +717,7 @@ impl FusionModel {
         })
     }
 
-    fn stack(&self, items: &[&Prepared], slot: usize) -> Result<Tensor> {
+    fn stack(&self, items: &[&Prepared], slot: usize) -> Result<PixelBatch> {
         let mut data = Vec::new();
         let (mut h, mut w) = (0, 0);
         for it in items {
@@ -496,31 +730,30 @@ impl FusionModel {
             w = px.width;
             data.extend_from_slice(&px.data);
         }
-        Ok(Tensor::from_vec(data, (items.len(), 3, h, w), &self.device)?.to_dtype(self.dtype)?)
+        Ok(PixelBatch {
+            data,
+            n: items.len(),
+            height: h,
+            width: w,
+        })
     }
 
-    /// Generate from the BLIP decoder's BOS for `batch` rows and decode the new tokens.
+    /// Generate for every row of `states` (VQA: with its question) and decode the new tokens.
     fn generate_texts(
         &self,
-        decoder: &BlipTextDecoder,
-        cfg: &BlipTextConfig,
-        tokenizer: &TextTokenizer,
-        cache: DecoderCache,
-        batch: usize,
+        part: &BlipPart,
+        states: &EncoderStates,
+        questions: Option<&[Vec<u32>]>,
     ) -> Result<Vec<String>> {
-        let prompt = [cfg.bos_token_id];
         let params = GenerationParams {
-            eos_token_id: cfg.sep_token_id,
+            eos_token_id: part.eos,
             ..self.generation.clone()
         };
-        let seqs = generate::generate(decoder, cache, &prompt, batch, &params, &self.device)?;
+        let seqs = part.engine.generate(states, questions, &params)?;
+        // Every sequence starts with the one-token prompt (BOS).
         seqs.iter()
-            .map(|s| tokenizer.decode(&s[prompt.len()..]))
+            .map(|s| part.tokenizer.decode(s.get(1..).unwrap_or(&[])))
             .collect()
-    }
-
-    fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
-        Ok(t.to_dtype(DType::F32)?.to_vec2()?)
     }
 
     /// Run a batch. The output has one entry per item, in order.
@@ -540,10 +773,7 @@ impl FusionModel {
             if !rows.is_empty() {
                 let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
                 let px = self.stack(&batch, clip.slot)?;
-                for (i, e) in rows
-                    .iter()
-                    .zip(Self::rows(&clip.model.image_embeddings(&px)?)?)
-                {
+                for (i, e) in rows.iter().zip(clip.engine.image_embeddings(&px)?) {
                     img_emb[*i] = Some(e);
                 }
             }
@@ -553,9 +783,7 @@ impl FusionModel {
             if !rows.is_empty() {
                 let ids: Vec<Vec<u32>> =
                     rows.iter().filter_map(|&i| items[i].text.clone()).collect();
-                for (i, e) in rows.iter().zip(Self::rows(
-                    &clip.model.text_embeddings(&ids, &self.device)?,
-                )?) {
+                for (i, e) in rows.iter().zip(clip.engine.text_embeddings(&ids)?) {
                     txt_emb[*i] = Some(e);
                 }
             }
@@ -591,65 +819,47 @@ impl FusionModel {
                     &t(imm, &[r])?,
                     &t(txm, &[r])?,
                 )?;
-                for (i, e) in rows.iter().zip(Self::rows(&f)?) {
+                for (i, e) in rows.iter().zip(f.to_dtype(DType::F32)?.to_vec2::<f32>()?) {
                     fused[*i] = Some(e);
                 }
             }
         }
 
-        // Captions: one sub-batch of images.
-        let mut captions: Vec<Option<String>> = vec![None; n];
-        if let Some(cap) = &self.caption {
-            let rows: Vec<usize> = (0..n)
+        // Captions and answers: one sub-batch of images each; when both parts have the same
+        // vision tower, one pass over the images either needs.
+        let cap_rows: Vec<usize> = match &self.caption {
+            Some(_) => (0..n)
                 .filter(|&i| items[i].image.is_some() && items[i].tasks.contains(Task::Caption))
-                .collect();
-            if !rows.is_empty() {
-                let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
-                let states = cap.model.vision.forward(&self.stack(&batch, cap.slot)?)?;
-                let cache = cap.model.decoder.start(&states, None)?;
-                let texts = self.generate_texts(
-                    &cap.model.decoder,
-                    &cap.model.text_config,
-                    &cap.tokenizer,
-                    cache,
-                    rows.len(),
-                )?;
-                for (i, t) in rows.iter().zip(texts) {
-                    captions[*i] = Some(t);
-                }
-            }
-        }
-
-        // Answers: one sub-batch of (image, question) pairs.
-        let mut answers: Vec<Option<String>> = vec![None; n];
-        if let Some(vqa) = &self.vqa {
-            let rows: Vec<usize> = (0..n)
+                .collect(),
+            None => Vec::new(),
+        };
+        let vqa_rows: Vec<usize> = match &self.vqa {
+            Some(_) => (0..n)
                 .filter(|&i| {
                     items[i].image.is_some()
                         && items[i].question.is_some()
                         && items[i].tasks.contains(Task::Answer)
                 })
+                .collect(),
+            None => Vec::new(),
+        };
+        let (cap_states, vqa_states) = self.vision_states(items, &cap_rows, &vqa_rows)?;
+        let mut captions: Vec<Option<String>> = vec![None; n];
+        if let (Some(cap), Some(states)) = (&self.caption, cap_states) {
+            let texts = self.generate_texts(cap, &states, None)?;
+            for (i, t) in cap_rows.iter().zip(texts) {
+                captions[*i] = Some(t);
+            }
+        }
+        let mut answers: Vec<Option<String>> = vec![None; n];
+        if let (Some(vqa), Some(states)) = (&self.vqa, vqa_states) {
+            let qs: Vec<Vec<u32>> = vqa_rows
+                .iter()
+                .filter_map(|&i| items[i].question.clone())
                 .collect();
-            if !rows.is_empty() {
-                let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
-                let states = vqa.model.vision.forward(&self.stack(&batch, vqa.slot)?)?;
-                let qs: Vec<Vec<u32>> = rows
-                    .iter()
-                    .filter_map(|&i| items[i].question.clone())
-                    .collect();
-                let q_states = vqa.model.encode_questions(&states, &qs, &self.device)?;
-                let lens: Vec<usize> = qs.iter().map(Vec::len).collect();
-                let cache = vqa.model.decoder.start(&q_states, Some(&lens))?;
-                let texts = self.generate_texts(
-                    &vqa.model.decoder,
-                    &vqa.model.text_config,
-                    &vqa.tokenizer,
-                    cache,
-                    rows.len(),
-                )?;
-                for (i, t) in rows.iter().zip(texts) {
-                    answers[*i] = Some(t);
-                }
+            let texts = self.generate_texts(vqa, &states, Some(&qs))?;
+            for (i, t) in vqa_rows.iter().zip(texts) {
+                answers[*i] = Some(t);
             }
         }
 
@@ -678,15 +888,15 @@ impl FusionModel {
             }
             if item.tasks.contains(Task::Tag) {
                 if let (Some(table), Some(clip)) = (&self.tags, &self.clip) {
+                    let scorer = clip.scorer;
                     let src = match (&img_emb[i], &txt_emb[i]) {
                         (Some(e), _) => Some((e, TagSource::Image)),
                         (None, Some(e)) => Some((e, TagSource::Text)),
                         _ => None,
                     };
                     if let Some((e, source)) = src {
-                        o.tags = Some(
-                            table.score(&clip.model.label_probs(e, &table.embeddings), source),
-                        );
+                        o.tags =
+                            Some(table.score(&scorer.label_probs(e, &table.embeddings), source));
                     }
                 }
             }
@@ -707,6 +917,54 @@ impl FusionModel {
             o.answer = answers[i].take();
         }
         Ok(out)
+    }
+
+    /// Vision states of the caption rows and of the VQA rows (`None` where there are none).
+    fn vision_states(
+        &self,
+        items: &[Prepared],
+        cap_rows: &[usize],
+        vqa_rows: &[usize],
+    ) -> Result<(Option<EncoderStates>, Option<EncoderStates>)> {
+        let run = |part: &BlipPart, rows: &[usize]| -> Result<Option<EncoderStates>> {
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
+            Ok(Some(
+                part.engine.image_states(&self.stack(&batch, part.slot)?)?,
+            ))
+        };
+        match (&self.caption, &self.vqa) {
+            (Some(cap), Some(_))
+                if self.shared_vision && !cap_rows.is_empty() && !vqa_rows.is_empty() =>
+            {
+                let mut union: Vec<usize> = cap_rows.iter().chain(vqa_rows).copied().collect();
+                union.sort_unstable();
+                union.dedup();
+                let Some(all) = run(cap, &union)? else {
+                    return Ok((None, None));
+                };
+                let pick = |rows: &[usize]| -> Result<EncoderStates> {
+                    let at: Vec<usize> = rows
+                        .iter()
+                        .filter_map(|r| union.binary_search(r).ok())
+                        .collect();
+                    all.select(&at)
+                };
+                Ok((Some(pick(cap_rows)?), Some(pick(vqa_rows)?)))
+            }
+            (cap, vqa) => Ok((
+                cap.as_ref()
+                    .map(|c| run(c, cap_rows))
+                    .transpose()?
+                    .flatten(),
+                vqa.as_ref()
+                    .map(|v| run(v, vqa_rows))
+                    .transpose()?
+                    .flatten(),
+            )),
+        }
     }
 
     /// Run one synthetic item (a generated image, a text, a question, every task) through

@@ -1,0 +1,284 @@
+//! The backend seam: what the runtime asks of a bundle part, whichever library runs it.
+//!
+//! [`FusionModel`](crate::FusionModel) keeps the API, the modality routing, the fusion head,
+//! the tags and the generation loop; a part's forward passes go through one of two traits,
+//! implemented by candle ([`CandleDualEncoder`], [`CandleBlip`]) and by ONNX Runtime
+//! ([`crate::onnx`]), chosen per part at load ([`BackendKind`]).
+//!
+//! - [`DualEncoderBackend`]: CLIP / SigLIP image and text embeddings (L2-normalised rows).
+//! - [`BlipBackend`]: BLIP vision states, then generation from them (captions), or from the
+//!   questions encoded against them (VQA). Generation is [`crate::generate`]'s greedy and beam
+//!   search over the backend's [`crate::generate::StepDecoder`].
+
+use std::fmt;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::error::{ModelError, Result};
+use crate::generate::{self, GenerationParams};
+use crate::models::blip::{BlipCaptioner, BlipVqa};
+use crate::models::clip::ClipModel;
+use crate::models::siglip::SiglipModel;
+
+/// Which library runs a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// candle (CPU, or CUDA with the `cuda` feature).
+    Candle,
+    /// ONNX Runtime through `ort`, on the exported graphs of the part.
+    Onnx,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Candle => "candle",
+            BackendKind::Onnx => "onnx",
+        })
+    }
+}
+
+/// A batch of images for a vision tower: `n` × 3 × `height` × `width` f32, row-major.
+#[derive(Debug, Clone)]
+pub struct PixelBatch {
+    /// The values.
+    pub data: Vec<f32>,
+    /// Images.
+    pub n: usize,
+    /// Height of every image.
+    pub height: usize,
+    /// Width of every image.
+    pub width: usize,
+}
+
+/// Encoder states of a batch (B, S, D), where the backend keeps them.
+#[derive(Debug, Clone)]
+pub enum EncoderStates {
+    /// A candle tensor (on the model's device, in its dtype).
+    Tensor(Tensor),
+    /// Host memory, f32, row-major.
+    Host {
+        /// The values.
+        data: Vec<f32>,
+        /// (B, S, D).
+        shape: [usize; 3],
+    },
+}
+
+impl EncoderStates {
+    /// Rows (B).
+    pub fn rows(&self) -> usize {
+        match self {
+            EncoderStates::Tensor(t) => t.dims().first().copied().unwrap_or(0),
+            EncoderStates::Host { shape, .. } => shape[0],
+        }
+    }
+
+    /// The states of some rows, in the order given.
+    pub fn select(&self, rows: &[usize]) -> Result<Self> {
+        Ok(match self {
+            EncoderStates::Tensor(t) => {
+                let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+                let idx = Tensor::from_vec(idx, rows.len(), t.device())?;
+                EncoderStates::Tensor(t.index_select(&idx, 0)?)
+            }
+            EncoderStates::Host { data, shape } => {
+                let per = shape[1] * shape[2];
+                let mut out = Vec::with_capacity(rows.len() * per);
+                for &r in rows {
+                    if r >= shape[0] {
+                        return Err(ModelError::Input(format!("row {r} of {}", shape[0])));
+                    }
+                    out.extend_from_slice(&data[r * per..(r + 1) * per]);
+                }
+                EncoderStates::Host {
+                    data: out,
+                    shape: [rows.len(), shape[1], shape[2]],
+                }
+            }
+        })
+    }
+}
+
+/// CLIP / SigLIP embeddings.
+pub trait DualEncoderBackend: fmt::Debug + Send + Sync {
+    /// Which library runs it.
+    fn kind(&self) -> BackendKind;
+    /// L2-normalised image embeddings, one row per image.
+    fn image_embeddings(&self, px: &PixelBatch) -> Result<Vec<Vec<f32>>>;
+    /// L2-normalised text embeddings, one row per token sequence (unpadded, any lengths).
+    fn text_embeddings(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>>;
+}
+
+/// BLIP captioning or VQA.
+pub trait BlipBackend: fmt::Debug + Send + Sync {
+    /// Which library runs it.
+    fn kind(&self) -> BackendKind;
+    /// Vision tower states (after the post-LayerNorm), one row per image.
+    fn image_states(&self, px: &PixelBatch) -> Result<EncoderStates>;
+    /// Generate from the decoder's BOS: a caption of each row of `states`, or (VQA, with
+    /// `questions`, one per row) an answer to each question about its image. Returns the
+    /// token ids of each row, prompt included.
+    fn generate(
+        &self,
+        states: &EncoderStates,
+        questions: Option<&[Vec<u32>]>,
+        params: &GenerationParams,
+    ) -> Result<Vec<Vec<u32>>>;
+}
+
+fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(t.to_dtype(DType::F32)?.to_vec2()?)
+}
+
+fn pixels_tensor(px: &PixelBatch, device: &Device, dtype: DType) -> Result<Tensor> {
+    Ok(Tensor::from_slice(&px.data, (px.n, 3, px.height, px.width), device)?.to_dtype(dtype)?)
+}
+
+/// The dual encoder on candle.
+#[derive(Debug)]
+pub enum CandleDualEncoder {
+    /// CLIP.
+    Clip(ClipModel, Device, DType),
+    /// SigLIP.
+    Siglip(SiglipModel, Device, DType),
+}
+
+impl DualEncoderBackend for CandleDualEncoder {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Candle
+    }
+
+    fn image_embeddings(&self, px: &PixelBatch) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Self::Clip(m, d, t) => rows(&m.image_embeddings(&pixels_tensor(px, d, *t)?)?),
+            Self::Siglip(m, d, t) => rows(&m.image_embeddings(&pixels_tensor(px, d, *t)?)?),
+        }
+    }
+
+    fn text_embeddings(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Self::Clip(m, d, _) => rows(&m.text_embeddings(ids, d)?),
+            Self::Siglip(m, d, _) => rows(&m.text_embeddings(ids, d)?),
+        }
+    }
+}
+
+/// BLIP on candle.
+#[derive(Debug)]
+pub enum CandleBlip {
+    /// Captioning.
+    Caption(BlipCaptioner, Device, DType),
+    /// Question answering.
+    Vqa(BlipVqa, Device, DType),
+}
+
+impl BlipBackend for CandleBlip {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Candle
+    }
+
+    fn image_states(&self, px: &PixelBatch) -> Result<EncoderStates> {
+        let (vision, d, t) = match self {
+            Self::Caption(m, d, t) => (&m.vision, d, t),
+            Self::Vqa(m, d, t) => (&m.vision, d, t),
+        };
+        Ok(EncoderStates::Tensor(
+            vision.forward(&pixels_tensor(px, d, *t)?)?,
+        ))
+    }
+
+    fn generate(
+        &self,
+        states: &EncoderStates,
+        questions: Option<&[Vec<u32>]>,
+        params: &GenerationParams,
+    ) -> Result<Vec<Vec<u32>>> {
+        let (d, t) = match self {
+            Self::Caption(_, d, t) | Self::Vqa(_, d, t) => (d, *t),
+        };
+        let states = match states {
+            EncoderStates::Tensor(x) => x.clone(),
+            EncoderStates::Host { data, shape } => {
+                Tensor::from_slice(data, (shape[0], shape[1], shape[2]), d)?.to_dtype(t)?
+            }
+        };
+        let b = states.dim(0)?;
+        match (self, questions) {
+            (Self::Caption(m, ..), None) => {
+                let cache = m.decoder.start(&states, None)?;
+                let prompt = [m.text_config.bos_token_id];
+                generate::generate(&m.decoder, cache, &prompt, b, params)
+            }
+            (Self::Vqa(m, ..), Some(qs)) => {
+                let q_states = m.encode_questions(&states, qs, d)?;
+                let lens: Vec<usize> = qs.iter().map(Vec::len).collect();
+                let cache = m.decoder.start(&q_states, Some(&lens))?;
+                let prompt = [m.text_config.bos_token_id];
+                generate::generate(&m.decoder, cache, &prompt, b, params)
+            }
+            (Self::Caption(..), Some(_)) => Err(ModelError::Input(
+                "a captioning model takes no questions".into(),
+            )),
+            (Self::Vqa(..), None) => Err(ModelError::Input("VQA needs questions".into())),
+        }
+    }
+}
+
+/// Right-pad token sequences (`pad`) into a row-major (B, T) i64 batch and its 0/1 mask.
+pub(crate) fn pad_ids(seqs: &[Vec<u32>], pad: u32) -> Result<(Vec<i64>, Vec<i64>, usize)> {
+    let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    if seqs.is_empty() || t == 0 {
+        return Err(ModelError::Input("empty token batch".into()));
+    }
+    let mut ids = vec![i64::from(pad); seqs.len() * t];
+    let mut mask = vec![0i64; seqs.len() * t];
+    for (row, s) in seqs.iter().enumerate() {
+        for (j, &x) in s.iter().enumerate() {
+            ids[row * t + j] = i64::from(x);
+            mask[row * t + j] = 1;
+        }
+    }
+    Ok((ids, mask, t))
+}
+
+/// L2-normalise each row in place (a zero row stays zero).
+pub(crate) fn l2_normalize_rows(rows: &mut [Vec<f32>]) {
+    for r in rows {
+        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if n > 0.0 {
+            r.iter_mut().for_each(|x| *x /= n);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_states_select_rows_in_order() {
+        let s = EncoderStates::Host {
+            data: (0..12).map(|x| x as f32).collect(),
+            shape: [3, 2, 2],
+        };
+        let EncoderStates::Host { data, shape } = s.select(&[2, 0]).unwrap() else {
+            panic!("host states stay on the host")
+        };
+        assert_eq!(shape, [2, 2, 2]);
+        assert_eq!(data, vec![8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]);
+        assert!(s.select(&[3]).is_err());
+    }
+
+    #[test]
+    fn padding_and_masks() {
+        let (ids, mask, t) = pad_ids(&[vec![5, 6, 7], vec![8]], 0).unwrap();
+        assert_eq!(t, 3);
+        assert_eq!(ids, vec![5, 6, 7, 8, 0, 0]);
+        assert_eq!(mask, vec![1, 1, 1, 1, 0, 0]);
+        assert!(pad_ids(&[], 0).is_err());
+    }
+}

@@ -1,0 +1,715 @@
+//! ONNX Runtime backend: the graphs that `python -m models.export_onnx` writes under a part's
+//! `onnx/` folder, run through `ort` with the library loaded at run time (`load-dynamic`).
+//!
+//! Nothing links against ONNX Runtime: a build runs without it (the candle backend), and the
+//! library is loaded once per process from `model.onnxruntime_library` or `ORT_DYLIB_PATH`
+//! (the `onnxruntime` wheel ships it as `onnxruntime/capi/libonnxruntime.so.*`). A missing,
+//! unloadable or too old library (ONNX Runtime < 1.22), a graph whose inputs or outputs are not
+//! the ones the runtime drives, or a CUDA provider that does not register is an error at load
+//! — never a panic, never a silent fall-back to the CPU.
+//!
+//! The graphs of a part and their variants (`f32`, `int8`, `fp16`) are listed in
+//! `onnx/manifest.json`; see `models/export_onnx.py` for their inputs and outputs.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::value::{DynValue, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{
+    l2_normalize_rows, pad_ids, BackendKind, BlipBackend, DualEncoderBackend, EncoderStates,
+    PixelBatch,
+};
+use crate::error::{ModelError, Result};
+use crate::generate::{self, GenerationParams, HostLogits, StepDecoder};
+use crate::nn;
+
+/// Numeric precision of the ONNX graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// The exported f32 graphs.
+    #[default]
+    F32,
+    /// Dynamically quantised graphs: int8 weights, activations quantised at run time (CPU).
+    Int8,
+    /// FP16 graphs (GPU).
+    F16,
+}
+
+impl Precision {
+    /// Parse `f32`, `int8` or `f16`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "int8" => Ok(Self::Int8),
+            "f16" | "fp16" => Ok(Self::F16),
+            other => Err(ModelError::Unsupported(format!(
+                "precision {other:?} (expected f32, int8 or f16)"
+            ))),
+        }
+    }
+
+    fn variant(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Int8 => "int8",
+            Self::F16 => "fp16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Int8 => "int8",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+/// How to run ONNX graphs.
+#[derive(Debug, Clone, Default)]
+pub struct OnnxOptions {
+    /// The ONNX Runtime shared library (`None`: `ORT_DYLIB_PATH`).
+    pub library: Option<PathBuf>,
+    /// Which graphs to load.
+    pub precision: Precision,
+    /// Threads of one operator (0: ONNX Runtime's default, one per physical core).
+    pub intra_threads: usize,
+    /// Run on this CUDA device through the CUDA execution provider (error if it cannot).
+    pub cuda_device: Option<i32>,
+}
+
+impl OnnxOptions {
+    /// The library this configuration names, if any (`library`, else `ORT_DYLIB_PATH`).
+    pub fn library_path(&self) -> Option<PathBuf> {
+        self.library.clone().or_else(|| {
+            std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+    }
+}
+
+/// The library loaded in this process and its environment (ONNX Runtime is loaded once).
+static LOADED: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
+
+/// The environment of the loaded library.
+fn environment() -> Result<Environment> {
+    LOADED
+        .lock()
+        .map_err(|_| ModelError::OnnxRuntime("library lock poisoned".into()))?
+        .as_ref()
+        .map(|(_, env)| env.clone())
+        .ok_or_else(|| ModelError::OnnxRuntime("the library is not loaded".into()))
+}
+
+/// Load the ONNX Runtime library once per process; the same path again is a no-op.
+pub fn load_library(path: &Path) -> Result<()> {
+    let mut loaded = LOADED
+        .lock()
+        .map_err(|_| ModelError::OnnxRuntime("library lock poisoned".into()))?;
+    if let Some((p, _)) = loaded.as_ref() {
+        if p == path {
+            return Ok(());
+        }
+        return Err(ModelError::OnnxRuntime(format!(
+            "already loaded from {} in this process; cannot also load {}",
+            p.display(),
+            path.display()
+        )));
+    }
+    if !path.is_file() {
+        return Err(ModelError::OnnxRuntime(format!(
+            "library {} not found (install the onnxruntime wheel and point \
+             model.onnxruntime_library or ORT_DYLIB_PATH at its capi/libonnxruntime.so.*)",
+            path.display()
+        )));
+    }
+    let env = ort::init_from(path)
+        .map_err(|e| ModelError::OnnxRuntime(e.to_string()))?
+        .with_name("fusionstream")
+        .build()
+        .map_err(|e| ModelError::OnnxRuntime(e.to_string()))?;
+    *loaded = Some((path.to_path_buf(), env));
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestGraph {
+    name: String,
+    variants: HashMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    graphs: Vec<ManifestGraph>,
+}
+
+/// Whether a part folder has exported graphs of this precision.
+pub fn has_graphs(part: &Path, precision: Precision) -> bool {
+    read_manifest(part).is_ok_and(|m| {
+        m.graphs
+            .iter()
+            .all(|g| g.variants.contains_key(precision.variant()))
+    })
+}
+
+fn read_manifest(part: &Path) -> Result<Manifest> {
+    nn::read_json(&part.join("onnx").join("manifest.json"))
+}
+
+/// One loaded graph. ONNX Runtime's `run` takes the session mutably; the model thread is the
+/// only caller, so the lock is never contended.
+struct Graph {
+    name: String,
+    path: PathBuf,
+    session: Mutex<Session>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+type Inputs<'v> = Vec<(Cow<'static, str>, SessionInputValue<'v>)>;
+
+impl Graph {
+    /// Open graph `name` of `part` in the configured precision and check that its inputs and
+    /// outputs are exactly `inputs` and `outputs` (any order).
+    fn open(
+        part: &Path,
+        manifest: &Manifest,
+        name: &str,
+        opts: &OnnxOptions,
+        inputs: &[String],
+        outputs: &[String],
+    ) -> Result<Self> {
+        let entry = manifest
+            .graphs
+            .iter()
+            .find(|g| g.name == name)
+            .ok_or_else(|| {
+                ModelError::config(
+                    part.join("onnx/manifest.json"),
+                    format!("no graph {name:?} (re-export with python -m models.export_onnx)"),
+                )
+            })?;
+        let file = entry
+            .variants
+            .get(opts.precision.variant())
+            .ok_or_else(|| {
+                ModelError::config(
+                    part.join("onnx/manifest.json"),
+                    format!(
+                        "graph {name:?} has no {} variant (export with --{})",
+                        opts.precision,
+                        opts.precision.variant()
+                    ),
+                )
+            })?;
+        let path = part.join("onnx").join(file);
+        let graph_err = |reason: String| ModelError::Graph {
+            path: path.clone(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(graph_err("file not found".into()));
+        }
+        let mut builder = Session::builder(&environment()?)
+            .map_err(|e| ModelError::OnnxRuntime(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| ModelError::OnnxRuntime(e.to_string()))?;
+        if opts.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(opts.intra_threads)
+                .map_err(|e| ModelError::OnnxRuntime(e.to_string()))?;
+        }
+        if let Some(device) = opts.cuda_device {
+            builder = with_cuda(builder, device)?;
+        }
+        let session = builder
+            .commit_from_file(&path)
+            .map_err(|e| graph_err(e.to_string()))?;
+        let names = |v: &[ort::value::Outlet]| {
+            let mut n: Vec<String> = v.iter().map(|o| o.name().to_string()).collect();
+            n.sort();
+            n
+        };
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        let (got_in, got_out) = (names(session.inputs()), names(session.outputs()));
+        if got_in != sorted(inputs) || got_out != sorted(outputs) {
+            return Err(graph_err(format!(
+                "expected inputs {:?} and outputs {:?}, the graph has inputs {got_in:?} and \
+                 outputs {got_out:?}",
+                sorted(inputs),
+                sorted(outputs)
+            )));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            path,
+            session: Mutex::new(session),
+        })
+    }
+
+    /// Run with `inputs`; `f` takes what it needs from the outputs.
+    fn run<R>(
+        &self,
+        inputs: Inputs<'_>,
+        f: impl FnOnce(&mut SessionOutputs<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let err = |e: &dyn std::fmt::Display| ModelError::OnnxRun {
+            graph: self.name.clone(),
+            reason: e.to_string(),
+        };
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| err(&"session lock poisoned"))?;
+        let mut out = session.run(inputs).map_err(|e| err(&e))?;
+        f(&mut out)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+    device: i32,
+) -> Result<ort::session::builder::SessionBuilder> {
+    builder
+        .with_execution_providers([ort::ep::CUDA::default()
+            .with_device_id(device)
+            .build()
+            .error_on_failure()])
+        .map_err(|e| ModelError::OnnxRuntime(format!("CUDA execution provider: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_cuda(
+    _builder: ort::session::builder::SessionBuilder,
+    _device: i32,
+) -> Result<ort::session::builder::SessionBuilder> {
+    Err(ModelError::OnnxRuntime(
+        "this build has no CUDA execution provider support (build with --features cuda)".into(),
+    ))
+}
+
+fn ort_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::OnnxRuntime(e.to_string())
+}
+
+fn f32_tensor(shape: Vec<usize>, data: Vec<f32>) -> Result<DynValue> {
+    Ok(Tensor::from_array((shape, data))
+        .map_err(ort_err)?
+        .into_dyn())
+}
+
+fn i64_tensor(shape: Vec<usize>, data: Vec<i64>) -> Result<DynValue> {
+    Ok(Tensor::from_array((shape, data))
+        .map_err(ort_err)?
+        .into_dyn())
+}
+
+/// Take output `name` as f32 host data with its shape.
+fn take_f32(out: &SessionOutputs<'_>, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let v = out
+        .get(name)
+        .ok_or_else(|| ModelError::OnnxRuntime(format!("output {name} missing")))?;
+    let (shape, data) = v.try_extract_tensor::<f32>().map_err(ort_err)?;
+    Ok((
+        shape.iter().map(|&d| d.max(0) as usize).collect(),
+        data.to_vec(),
+    ))
+}
+
+fn rows_of(shape: &[usize], data: Vec<f32>) -> Vec<Vec<f32>> {
+    let width = shape.get(1).copied().unwrap_or(0).max(1);
+    data.chunks(width).map(<[f32]>::to_vec).collect()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A CLIP part on ONNX Runtime (`vision` and `text` graphs).
+#[derive(Debug)]
+pub struct OnnxClip {
+    vision: Graph,
+    text: Graph,
+    pad: u32,
+}
+
+impl OnnxClip {
+    /// Open the graphs of a CLIP folder; `eos_token_id` decides the padding token.
+    pub fn load(part: &Path, eos_token_id: u32, opts: &OnnxOptions) -> Result<Self> {
+        let m = read_manifest(part)?;
+        Ok(Self {
+            vision: Graph::open(
+                part,
+                &m,
+                "vision",
+                opts,
+                &strings(&["pixel_values"]),
+                &strings(&["image_embeds"]),
+            )?,
+            text: Graph::open(
+                part,
+                &m,
+                "text",
+                opts,
+                &strings(&["input_ids", "attention_mask"]),
+                &strings(&["text_embeds"]),
+            )?,
+            // Padding is masked out; it only must not be the EOS that pooling looks for.
+            pad: if eos_token_id == 0 { 1 } else { 0 },
+        })
+    }
+}
+
+impl DualEncoderBackend for OnnxClip {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Onnx
+    }
+
+    fn image_embeddings(&self, px: &PixelBatch) -> Result<Vec<Vec<f32>>> {
+        let x = f32_tensor(vec![px.n, 3, px.height, px.width], px.data.clone())?;
+        let (shape, data) = self
+            .vision
+            .run(vec![("pixel_values".into(), x.into())], |o| {
+                take_f32(o, "image_embeds")
+            })?;
+        let mut rows = rows_of(&shape, data);
+        l2_normalize_rows(&mut rows);
+        Ok(rows)
+    }
+
+    fn text_embeddings(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let (flat, mask, t) = pad_ids(ids, self.pad)?;
+        let inputs: Inputs<'_> = vec![
+            (
+                "input_ids".into(),
+                i64_tensor(vec![ids.len(), t], flat)?.into(),
+            ),
+            (
+                "attention_mask".into(),
+                i64_tensor(vec![ids.len(), t], mask)?.into(),
+            ),
+        ];
+        let (shape, data) = self.text.run(inputs, |o| take_f32(o, "text_embeds"))?;
+        let mut rows = rows_of(&shape, data);
+        l2_normalize_rows(&mut rows);
+        Ok(rows)
+    }
+}
+
+/// Token ids and sizes of a BLIP text config the ONNX part needs.
+#[derive(Debug, Clone, Copy)]
+pub struct BlipTextDims {
+    /// Decoder layers.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Generation starts from it.
+    pub bos: u32,
+    /// Padding of questions.
+    pub pad: u32,
+}
+
+/// A BLIP captioning or VQA part on ONNX Runtime.
+#[derive(Debug)]
+pub struct OnnxBlip {
+    vision: Graph,
+    question_encoder: Option<Graph>,
+    decoder: OnnxDecoder,
+    dims: BlipTextDims,
+}
+
+impl OnnxBlip {
+    /// Open the graphs of a BLIP folder (`vqa`: also the question encoder).
+    pub fn load(part: &Path, vqa: bool, dims: BlipTextDims, opts: &OnnxOptions) -> Result<Self> {
+        let m = read_manifest(part)?;
+        let n = dims.layers;
+        let kv = |prefix: &str| -> Vec<String> {
+            (0..n)
+                .flat_map(|i| [format!("{prefix}_key_{i}"), format!("{prefix}_value_{i}")])
+                .collect()
+        };
+        let mut step_in = strings(&["input_ids", "encoder_mask"]);
+        step_in.extend(kv("past"));
+        step_in.extend(kv("cross"));
+        let mut step_out = strings(&["logits"]);
+        step_out.extend(kv("present"));
+        Ok(Self {
+            vision: Graph::open(
+                part,
+                &m,
+                "vision",
+                opts,
+                &strings(&["pixel_values"]),
+                &strings(&["image_states"]),
+            )?,
+            question_encoder: if vqa {
+                Some(Graph::open(
+                    part,
+                    &m,
+                    "question_encoder",
+                    opts,
+                    &strings(&["input_ids", "attention_mask", "image_states"]),
+                    &strings(&["question_states"]),
+                )?)
+            } else {
+                None
+            },
+            decoder: OnnxDecoder {
+                cross: Graph::open(
+                    part,
+                    &m,
+                    "decoder_cross",
+                    opts,
+                    &strings(&["encoder_states"]),
+                    &kv("cross"),
+                )?,
+                step: Graph::open(part, &m, "decoder_step", opts, &step_in, &step_out)?,
+                past_names: kv("past"),
+                present_names: kv("present"),
+                cross_names: kv("cross"),
+                heads: dims.heads,
+                head_dim: dims.hidden / dims.heads.max(1),
+            },
+            dims,
+        })
+    }
+}
+
+fn host_states(s: &EncoderStates) -> Result<(Vec<f32>, [usize; 3])> {
+    match s {
+        EncoderStates::Host { data, shape } => Ok((data.clone(), *shape)),
+        EncoderStates::Tensor(t) => {
+            let (b, s, d) = t.dims3()?;
+            let data = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            Ok((data, [b, s, d]))
+        }
+    }
+}
+
+impl BlipBackend for OnnxBlip {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Onnx
+    }
+
+    fn image_states(&self, px: &PixelBatch) -> Result<EncoderStates> {
+        let x = f32_tensor(vec![px.n, 3, px.height, px.width], px.data.clone())?;
+        let (shape, data) = self
+            .vision
+            .run(vec![("pixel_values".into(), x.into())], |o| {
+                take_f32(o, "image_states")
+            })?;
+        let shape: [usize; 3] = shape
+            .try_into()
+            .map_err(|s| ModelError::OnnxRuntime(format!("image_states of shape {s:?}")))?;
+        Ok(EncoderStates::Host { data, shape })
+    }
+
+    fn generate(
+        &self,
+        states: &EncoderStates,
+        questions: Option<&[Vec<u32>]>,
+        params: &GenerationParams,
+    ) -> Result<Vec<Vec<u32>>> {
+        let (data, shape) = host_states(states)?;
+        let b = shape[0];
+        let (enc, enc_shape, mask) = match (&self.question_encoder, questions) {
+            (None, None) => (data, shape, vec![1f32; b * shape[1]]),
+            (Some(qe), Some(qs)) => {
+                if qs.len() != b {
+                    return Err(ModelError::Input(format!(
+                        "{} questions for {b} images",
+                        qs.len()
+                    )));
+                }
+                let (ids, mask, t) = pad_ids(qs, self.dims.pad)?;
+                let fmask: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
+                let inputs: Inputs<'_> = vec![
+                    ("input_ids".into(), i64_tensor(vec![b, t], ids)?.into()),
+                    (
+                        "attention_mask".into(),
+                        i64_tensor(vec![b, t], mask)?.into(),
+                    ),
+                    (
+                        "image_states".into(),
+                        f32_tensor(shape.to_vec(), data)?.into(),
+                    ),
+                ];
+                let (qshape, q) = qe.run(inputs, |o| take_f32(o, "question_states"))?;
+                let qshape: [usize; 3] = qshape.try_into().map_err(|s| {
+                    ModelError::OnnxRuntime(format!("question_states of shape {s:?}"))
+                })?;
+                (q, qshape, fmask)
+            }
+            (None, Some(_)) => {
+                return Err(ModelError::Input(
+                    "a captioning model takes no questions".into(),
+                ))
+            }
+            (Some(_), None) => return Err(ModelError::Input("VQA needs questions".into())),
+        };
+        let state = self.decoder.start(enc, enc_shape, mask)?;
+        generate::generate(&self.decoder, state, &[self.dims.bos], b, params)
+    }
+}
+
+/// The decoder-step graph driven by [`generate`]: flat self-attention K/V fed back from
+/// each step's `present_*` outputs (no copy), rows gathered on the host when they change.
+#[derive(Debug)]
+struct OnnxDecoder {
+    cross: Graph,
+    step: Graph,
+    past_names: Vec<String>,
+    present_names: Vec<String>,
+    cross_names: Vec<String>,
+    heads: usize,
+    head_dim: usize,
+}
+
+/// Decoding state of a batch on ONNX Runtime.
+struct OnnxDecoderState {
+    past: Vec<DynValue>,
+    cross: Vec<DynValue>,
+    mask: DynValue,
+}
+
+impl OnnxDecoder {
+    fn start(&self, enc: Vec<f32>, shape: [usize; 3], mask: Vec<f32>) -> Result<OnnxDecoderState> {
+        let [b, s, _] = shape;
+        let x = f32_tensor(shape.to_vec(), enc)?;
+        let cross = self
+            .cross
+            .run(vec![("encoder_states".into(), x.into())], |o| {
+                self.cross_names
+                    .iter()
+                    .map(|n| {
+                        o.remove(n.as_str())
+                            .ok_or_else(|| ModelError::OnnxRuntime(format!("output {n} missing")))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })?;
+        let past = (0..self.past_names.len())
+            .map(|_| f32_tensor(vec![b, self.heads, 0, self.head_dim], Vec::new()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(OnnxDecoderState {
+            past,
+            cross,
+            mask: f32_tensor(vec![b, s], mask)?,
+        })
+    }
+}
+
+/// Gather rows (first axis) of an f32 value into a new one.
+fn gather_rows(v: &DynValue, rows: &[u32]) -> Result<DynValue> {
+    let (shape, data) = v.try_extract_tensor::<f32>().map_err(ort_err)?;
+    let mut dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+    let n = dims.first().copied().unwrap_or(0);
+    let per = dims.iter().skip(1).product::<usize>();
+    let mut out = Vec::with_capacity(rows.len() * per);
+    for &r in rows {
+        let r = r as usize;
+        if r >= n {
+            return Err(ModelError::Input(format!("row {r} of {n}")));
+        }
+        out.extend_from_slice(&data[r * per..(r + 1) * per]);
+    }
+    if let Some(d) = dims.first_mut() {
+        *d = rows.len();
+    }
+    f32_tensor(dims, out)
+}
+
+impl StepDecoder for OnnxDecoder {
+    type State = OnnxDecoderState;
+    type Logits = HostLogits;
+
+    fn step(&self, ids: &[u32], t: usize, state: &mut OnnxDecoderState) -> Result<HostLogits> {
+        let rows = ids.len() / t.max(1);
+        let ids: Vec<i64> = ids.iter().map(|&x| i64::from(x)).collect();
+        let mut inputs: Inputs<'_> = Vec::with_capacity(2 + 2 * self.past_names.len());
+        inputs.push(("input_ids".into(), i64_tensor(vec![rows, t], ids)?.into()));
+        inputs.push(("encoder_mask".into(), (&state.mask).into()));
+        for (n, v) in self.past_names.iter().zip(&state.past) {
+            inputs.push((Cow::Owned(n.clone()), v.into()));
+        }
+        for (n, v) in self.cross_names.iter().zip(&state.cross) {
+            inputs.push((Cow::Owned(n.clone()), v.into()));
+        }
+        let (logits, present) = self.step.run(inputs, |o| {
+            let (shape, data) = take_f32(o, "logits")?;
+            let present = self
+                .present_names
+                .iter()
+                .map(|n| {
+                    o.remove(n.as_str())
+                        .ok_or_else(|| ModelError::OnnxRuntime(format!("output {n} missing")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((
+                HostLogits {
+                    data,
+                    vocab: shape.get(1).copied().unwrap_or(0),
+                },
+                present,
+            ))
+        })?;
+        state.past = present;
+        Ok(logits)
+    }
+
+    fn select_rows(&self, state: &mut OnnxDecoderState, rows: &[u32]) -> Result<()> {
+        for v in state.past.iter_mut().chain(state.cross.iter_mut()) {
+            *v = gather_rows(v, rows)?;
+        }
+        state.mask = gather_rows(&state.mask, rows)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precisions_parse() {
+        assert_eq!(Precision::parse("int8").unwrap(), Precision::Int8);
+        assert_eq!(Precision::parse("fp16").unwrap(), Precision::F16);
+        assert!(Precision::parse("int4").is_err());
+    }
+
+    #[test]
+    fn a_missing_library_is_a_clear_error() {
+        let err = load_library(Path::new("/nonexistent/libonnxruntime.so"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not found"), "{err}");
+    }
+}
