@@ -14,6 +14,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Provider as _};
 use fusionstream_core::degrade::OnImageFailure;
 use fusionstream_core::{Task, TaskSet};
+use fusionstream_model::{BackendChoice, OnnxOptions, Precision, RuntimeOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +176,14 @@ pub struct ModelConfig {
     pub device: String,
     /// Dtype.
     pub dtype: String,
+    /// Which library runs the parts: auto, candle or onnx.
+    pub backend: BackendChoice,
+    /// Precision of the ONNX graphs: f32, int8 or f16.
+    pub precision: Precision,
+    /// ONNX Runtime shared library ("" = `ORT_DYLIB_PATH`).
+    pub onnxruntime_library: PathBuf,
+    /// ONNX Runtime threads per operator (0 = one per physical core).
+    pub intra_op_threads: usize,
     /// Most generated tokens (0 = bundle's).
     pub max_new_tokens: usize,
     /// Beam width (0 = bundle's).
@@ -183,6 +192,48 @@ pub struct ModelConfig {
     pub queue: usize,
     /// When to run a synthetic item through the model before reporting ready.
     pub warm_up: WarmUp,
+}
+
+impl ModelConfig {
+    /// The CUDA device of `device` (`cuda` = 0), or `None` for the CPU.
+    fn cuda_ordinal(&self) -> anyhow::Result<Option<i32>> {
+        match self.device.as_str() {
+            "cpu" => Ok(None),
+            "cuda" => Ok(Some(0)),
+            s => match s.strip_prefix("cuda:").map(str::parse::<i32>) {
+                Some(Ok(n)) if n >= 0 => Ok(Some(n)),
+                _ => anyhow::bail!("device {s:?} (expected cpu, cuda or cuda:N)"),
+            },
+        }
+    }
+
+    /// candle's device. With `backend = "onnx"` candle only runs the fusion head, on the CPU,
+    /// and the device names the CUDA execution provider's GPU instead.
+    fn runtime_device(&self) -> anyhow::Result<fusionstream_model::Device> {
+        self.cuda_ordinal()?;
+        if self.backend == BackendChoice::Onnx {
+            return Ok(fusionstream_model::Device::Cpu);
+        }
+        Ok(fusionstream_model::device(&self.device)?)
+    }
+
+    /// Runtime options of the model (decode limits and generation come from elsewhere).
+    pub fn runtime_options(&self) -> anyhow::Result<RuntimeOptions> {
+        let cuda = self.cuda_ordinal()?;
+        Ok(RuntimeOptions {
+            device: self.runtime_device()?,
+            dtype: fusionstream_model::dtype(&self.dtype)?,
+            backend: self.backend,
+            onnx: OnnxOptions {
+                library: (!self.onnxruntime_library.as_os_str().is_empty())
+                    .then(|| self.onnxruntime_library.clone()),
+                precision: self.precision,
+                intra_threads: self.intra_op_threads,
+                cuda_device: cuda,
+            },
+            ..RuntimeOptions::default()
+        })
+    }
 }
 
 /// When the worker warms the model up at start.
@@ -548,8 +599,14 @@ impl Config {
         if self.media.backoff_initial > self.media.backoff_max {
             errors.push("media.backoff_initial must not exceed media.backoff_max".into());
         }
-        if let Err(e) = fusionstream_model::device(&self.model.device) {
+        if let Err(e) = self.model.runtime_device() {
             errors.push(format!("model.device: {e}"));
+        }
+        if self.model.precision != Precision::F32 && self.model.backend == BackendChoice::Candle {
+            errors.push(format!(
+                "model.precision = \"{}\" needs ONNX graphs: set model.backend to onnx or auto",
+                self.model.precision
+            ));
         }
         if let Err(e) = fusionstream_model::dtype(&self.model.dtype) {
             errors.push(format!("model.dtype: {e}"));

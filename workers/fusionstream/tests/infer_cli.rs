@@ -107,3 +107,97 @@ fn errors_exit_non_zero_with_one_line() {
     ]);
     assert!(!ok && stderr.contains("dance"), "{stderr}");
 }
+
+/// The ONNX Runtime library of the environment, `None` (skip) only when not required.
+fn ort_library() -> Option<String> {
+    let lib = std::env::var("ORT_DYLIB_PATH")
+        .ok()
+        .filter(|v| !v.is_empty());
+    if lib.is_none() {
+        assert!(
+            std::env::var("FUSIONSTREAM_REQUIRE_ORT").as_deref() != Ok("1"),
+            "FUSIONSTREAM_REQUIRE_ORT=1 but ORT_DYLIB_PATH is not set"
+        );
+        eprintln!("ORT_DYLIB_PATH not set: ONNX Runtime test skipped");
+    }
+    lib
+}
+
+#[test]
+fn the_onnx_backend_gives_the_candle_answer_and_says_so() {
+    let Some(lib) = ort_library() else { return };
+    let bundle = common::root().join("models/shapes");
+    let image = common::root().join("examples/media/scene0.png");
+    let run = |backend: &str, precision: &str| {
+        let (ok, stdout, stderr) = infer(&[
+            "--model",
+            bundle.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--question",
+            "what colour is the cross ?",
+            "--tasks",
+            "caption,answer",
+            "--backend",
+            backend,
+            "--precision",
+            precision,
+            "--onnxruntime-library",
+            &lib,
+        ]);
+        assert!(ok, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        (v, stderr)
+    };
+    let (onnx, said) = run("onnx", "f32");
+    assert!(said.contains("caption onnx/f32"), "{said}");
+    assert!(said.contains("vision shared"), "{said}");
+    let (candle, said) = run("candle", "f32");
+    assert!(said.contains("caption candle/f32"), "{said}");
+    assert_eq!(onnx["caption"], candle["caption"]);
+    assert_eq!(onnx["answer"], candle["answer"]);
+    let (int8, said) = run("onnx", "int8");
+    assert!(said.contains("vqa onnx/int8"), "{said}");
+    assert!(int8["caption"].as_str().is_some_and(|c| !c.is_empty()));
+}
+
+#[test]
+fn a_bad_onnx_runtime_library_is_one_clear_line() {
+    let model = tiny("clip-a");
+    let not_a_library = std::env::temp_dir().join(format!("fs-not-ort-{}.so", std::process::id()));
+    std::fs::write(&not_a_library, b"not a shared library").unwrap();
+    for (lib, want) in [
+        ("/nonexistent/libonnxruntime.so", "not found"),
+        (not_a_library.to_str().unwrap(), "failed to load"),
+    ] {
+        let (ok, stdout, stderr) = infer(&[
+            "--model",
+            model.to_str().unwrap(),
+            "--text",
+            "a red circle",
+            "--backend",
+            "onnx",
+            "--onnxruntime-library",
+            lib,
+        ]);
+        assert!(!ok && stdout.is_empty());
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(want) && stderr.contains(lib),
+            "{lib}: {stderr}"
+        );
+    }
+    std::fs::remove_file(&not_a_library).unwrap();
+    // Backend onnx with no library configured at all.
+    let out = Command::new(env!("CARGO_BIN_EXE_fusionstream"))
+        .args(["infer", "--model", model.to_str().unwrap(), "--text", "x"])
+        .args(["--backend", "onnx"])
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success() && stderr.contains("ORT_DYLIB_PATH"),
+        "{stderr}"
+    );
+}

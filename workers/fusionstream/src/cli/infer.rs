@@ -3,13 +3,16 @@
 //! The printed object has the fields that apply: `image_embedding`, `text_embedding`,
 //! `fused_embedding`, `match_score`, `caption`, `answer`, `tags`, and always `skipped`.
 //! Errors exit non-zero with a one-line reason on stderr. Other tools rely on this interface.
+//! On success, stderr says which backend and precision ran each part of the bundle.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use fusionstream_model::bundle::GenerationSpec;
-use fusionstream_model::{FusionModel, RuntimeOptions, TaskSet};
+use fusionstream_model::{
+    BackendChoice, FusionModel, OnnxOptions, Precision, RuntimeOptions, TaskSet,
+};
 
 /// Arguments of `fusionstream infer`.
 #[derive(Debug, Args)]
@@ -41,6 +44,15 @@ pub struct InferArgs {
     /// Dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Backend: auto (ONNX Runtime where the library and graphs are found), candle or onnx.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Precision of the ONNX graphs: f32, int8 or f16.
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// ONNX Runtime shared library (default: ORT_DYLIB_PATH).
+    #[arg(long)]
+    onnxruntime_library: Option<PathBuf>,
 }
 
 /// Run `fusionstream infer`.
@@ -51,9 +63,30 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     if args.beam == Some(0) {
         anyhow::bail!("--beam must be at least 1");
     }
+    let backend = BackendChoice::parse(&args.backend)?;
+    let cuda = match args.device.as_str() {
+        "cpu" => None,
+        d => Some(
+            d.strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse::<i32>)
+                .with_context(|| format!("--device {d}"))?,
+        ),
+    };
     let opts = RuntimeOptions {
-        device: fusionstream_model::device(&args.device)?,
+        // With the ONNX backend candle runs only the fusion head, on the CPU.
+        device: if backend == BackendChoice::Onnx {
+            fusionstream_model::Device::Cpu
+        } else {
+            fusionstream_model::device(&args.device)?
+        },
         dtype: fusionstream_model::dtype(&args.dtype)?,
+        backend,
+        onnx: OnnxOptions {
+            library: args.onnxruntime_library.clone(),
+            precision: Precision::parse(&args.precision)?,
+            intra_threads: 0,
+            cuda_device: cuda,
+        },
         ..RuntimeOptions::default()
     };
     let mut model = FusionModel::load(&args.model, &opts)
@@ -84,5 +117,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         .next()
         .context("no output")?;
     println!("{}", serde_json::to_string(&out)?);
+    // Which backend ran each part, on stderr so that stdout stays one JSON object.
+    eprintln!("model: {}", model.backend_summary());
     Ok(())
 }

@@ -184,6 +184,8 @@ pub struct Summary {
     pub seconds: f64,
     /// Events per second (finished / wall time, model load excluded).
     pub events_per_second: f64,
+    /// Which backend and precision ran each part of the bundle.
+    pub backends: String,
     /// Counters.
     #[serde(flatten)]
     pub stats: StatsSnapshot,
@@ -201,8 +203,6 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
         fusionstream::telemetry::server::spawn(addr, stats.clone(), server_stop).await?;
     }
     let opts = RuntimeOptions {
-        device: fusionstream_model::device(&c.model.device)?,
-        dtype: fusionstream_model::dtype(&c.model.dtype)?,
         decode: DecodeOptions {
             limits: ImageLimits {
                 max_encoded_bytes: usize::try_from(c.media.max_bytes).unwrap_or(usize::MAX),
@@ -211,6 +211,7 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
             jpeg_dct_scaling: c.image.jpeg_dct_scaling,
         },
         generation: None,
+        ..c.model.runtime_options()?
     };
     let load_start = Instant::now();
     let bundle = resolve_bundle(&c).await?;
@@ -256,8 +257,10 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
         id = %model.manifest().id,
         version = %model.manifest().version,
         seconds = load_start.elapsed().as_secs_f64(),
+        backends = %model.backend_summary(),
         "model loaded"
     );
+    let backends = model.backend_summary();
 
     let s3 = match c.s3_settings() {
         Some(s) => Some(fusionstream_io::s3::S3Media::new(s).await),
@@ -364,6 +367,7 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
         },
         seconds,
         events_per_second: snap.finished as f64 / seconds.max(1e-9),
+        backends,
         stats: snap,
     };
     print_summary(&summary, &c);
@@ -560,6 +564,7 @@ fn print_summary(s: &Summary, c: &Config) {
         })
         .collect();
     line(format!("  batches     {}", batches.join(", ")));
+    line(format!("  model       {}", s.backends));
     line(format!(
         "  throughput  {:.1} events/s over {:.1}s; model busy {:.1}s; latency p50 {:.0} ms, p99 {:.0} ms",
         s.events_per_second, s.seconds, st.model_seconds, st.latency_p50_ms, st.latency_p99_ms
