@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, every Rust test (unit, parity, pipeline, CLI, and
-# the Kafka tests against a real broker that scripts/dev-services.sh installs and starts), and
-# the Helm chart's checks (helm/test.sh).
+# The whole test suite: formatting, lints, every Rust test (unit, parity, pipeline, CLI, the
+# ONNX Runtime backend with the library of the onnxruntime wheel, and the Kafka tests against a
+# real broker that scripts/dev-services.sh installs and starts), the Python tests (the ONNX
+# exporter on fresh checkpoints against transformers), and the Helm chart's checks.
 # Usage: scripts/test.sh            (from anywhere; the cargo target dir is cached)
 #        FUSIONSTREAM_SKIP_SERVICES=1 scripts/test.sh   (no services: the Kafka tests skip)
 set -euo pipefail
@@ -18,6 +19,12 @@ if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
 else
   stop_services() { :; }
 fi
+# The Python environment (cached): torch + transformers for the exporter's tests, and the
+# onnxruntime wheel whose library the Rust ONNX tests load (they fail, not skip, without it).
+echo "== scripts/python-env.sh"
+eval "$(scripts/python-env.sh)"
+export FUSIONSTREAM_REQUIRE_ORT=1
+
 log=$(mktemp)
 trap 'rm -f "$log"; stop_services' EXIT
 
@@ -30,9 +37,17 @@ set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+echo "== pytest models/tests (ONNX exporter against transformers)"
+"$FUSIONSTREAM_PYTHON" -m pytest models/tests -q -p no:cacheprovider 2>&1 | tee -a "$log" || status=1
 echo "== helm/test.sh (chart lint, rendered manifests against the Kubernetes API types)"
 helm/test.sh || status=1
 passed=$(grep -oE 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 failed=$(grep -oE '; [0-9]+ failed' "$log" | awk '{s += $2} END {print s + 0}')
+# pytest's closing line: "[M failed, ]N passed in Xs"
+pyline=$(grep -E '^[0-9]+ (passed|failed)' "$log" | tail -1 || true)
+py_passed=$(grep -oE '[0-9]+ passed' <<<"$pyline" | awk '{print $1}' || true)
+py_failed=$(grep -oE '[0-9]+ failed' <<<"$pyline" | awk '{print $1}' || true)
+passed=$((passed + ${py_passed:-0}))
+failed=$((failed + ${py_failed:-0}))
 echo "tests: $passed passed, $failed failed"
 exit "$status"
