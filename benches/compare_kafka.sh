@@ -8,12 +8,19 @@
 # acknowledged) and the records each wrote.
 # fusionstream runs once per value of IN_FLIGHT (pipeline.max_in_flight, default "256 64"):
 # with a backlog, its read -> acknowledged latency is about in-flight / throughput.
-# Usage (repository root): [IN_FLIGHT="256 64"] benches/compare_kafka.sh [N] [PYTHON]
-# PYTHON needs torch, transformers, pillow, confluent-kafka and boto3.
+# The model runs on model.backend:model.precision of BACKEND (default onnx:int8; candle:f32
+# for the candle runtime).
+# Usage (repository root): [IN_FLIGHT="256 64"] [BACKEND=onnx:int8] benches/compare_kafka.sh [N] [PYTHON]
+# PYTHON (default: scripts/python-env.sh's) gets confluent-kafka and boto3 installed if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+eval "$(scripts/python-env.sh)"
 n="${1:-3000}"
-py="${2:-python3}"
+py="${2:-$FUSIONSTREAM_PYTHON}"
+"$py" -c 'import confluent_kafka, boto3' 2>/dev/null \
+  || "$py" -m pip install -q confluent-kafka==2.16.1 boto3==1.44.8
+backend="${BACKEND:-onnx:int8}"
+export FUSIONSTREAM__MODEL__BACKEND="${backend%%:*}" FUSIONSTREAM__MODEL__PRECISION="${backend##*:}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fusionstream/target}"
 cargo build --release -p fusionstream --locked -q
 scripts/dev-services.sh up > /dev/null
@@ -79,7 +86,7 @@ FUSIONSTREAM__TELEMETRY__PROGRESS=never FUSIONSTREAM__TELEMETRY__LOG_LEVEL=warn 
   FUSIONSTREAM__S3__ENABLED=true FUSIONSTREAM__S3__ENDPOINT="$FUSIONSTREAM_TEST_S3_ENDPOINT" \
   FUSIONSTREAM__S3__FORCE_PATH_STYLE=true FUSIONSTREAM__S3__ALLOWED_BUCKETS="[\"$bucket\"]" \
   "$CARGO_TARGET_DIR/release/fusionstream" run --max-events "$n" --json 2>/dev/null |
-  "$py" -c 'import json,sys; s=json.load(sys.stdin); print(json.dumps({k: s[k] for k in ["finished","seconds","events_per_second","latency_p50_ms","latency_p99_ms","model_seconds","batches"]}))'
+  "$py" -c 'import json,sys; s=json.load(sys.stdin); print(json.dumps({k: s[k] for k in ["backends","finished","seconds","events_per_second","latency_p50_ms","latency_p99_ms","model_seconds","batches"]}))'
 counts "$prefix"
 done
 echo "== python worker (confluent-kafka + boto3 + PIL + transformers, batch 32)"

@@ -1,6 +1,10 @@
 """Evaluate a "shapes" bundle on a fresh test split generated from a seed.
 
-    python -m models.eval --bundle models/shapes --seed N --json
+    python -m models.eval --bundle models/shapes --seed N --json [--backend onnx --precision int8]
+
+`--backend onnx` runs the same evaluation through onnxruntime on the bundle's exported graphs
+(`python -m models.export_onnx`), driven as the Rust runtime drives them (greedy decoding over
+the decoder-step graph): the quality of the f32 and int8 graphs, measured on the same scenes.
 
 Prints one JSON object. Metrics (pool of 1,000 scenes unless --scenes says otherwise):
 - clip_r1_i2t / clip_r1_t2i: image→caption and caption→image retrieval at rank 1, with the
@@ -31,6 +35,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, CLIPModel
 
@@ -97,8 +102,50 @@ def hits(query_caps: list[str], gallery_caps: list[str], q: torch.Tensor, g: tor
     return sum(gallery_caps[j] == query_caps[i] for i, j in enumerate(top)) / len(query_caps)
 
 
+class OnnxBundle:
+    """The bundle's graphs through onnxruntime, with the torch models' call shapes."""
+
+    def __init__(self, bundle: Path, precision: str):
+        from models import onnx_run
+
+        self.r = onnx_run
+        self.p = precision
+        self.bundle = bundle
+        self.clip_v = onnx_run.session(bundle / "clip", "vision", precision, 2)
+        self.clip_t = onnx_run.session(bundle / "clip", "text", precision, 2)
+
+    def img_emb(self, x):
+        e = self.clip_v.run(None, {"pixel_values": x.numpy()})[0]
+        return torch.nn.functional.normalize(torch.from_numpy(e), dim=-1)
+
+    def txt_emb(self, ids, mask):
+        e = self.clip_t.run(None, {"input_ids": ids.numpy().astype("int64"),
+                                   "attention_mask": mask.numpy().astype("int64")})[0]
+        return torch.nn.functional.normalize(torch.from_numpy(e), dim=-1)
+
+    def captions(self, px, max_new):
+        part = self.bundle / "blip-caption"
+        if not hasattr(self, "cap"):
+            self.cap_v = self.r.session(part, "vision", self.p, 2)
+            self.cap = self.r.Decoder(part, self.p, 2)
+        states = self.cap_v.run(None, {"pixel_values": px.numpy()})[0]
+        return self.cap.greedy(states, np.ones(states.shape[:2], np.float32), max_new)
+
+    def answers(self, q, mask, px, max_new):
+        part = self.bundle / "blip-vqa"
+        if not hasattr(self, "vqa"):
+            self.vqa_v = self.r.session(part, "vision", self.p, 2)
+            self.vqa_q = self.r.session(part, "question_encoder", self.p, 2)
+            self.vqa = self.r.Decoder(part, self.p, 2)
+        states = self.vqa_v.run(None, {"pixel_values": px.numpy()})[0]
+        m = mask.numpy().astype("int64")
+        qs = self.vqa_q.run(None, {"input_ids": q.numpy().astype("int64"), "attention_mask": m,
+                                   "image_states": states})[0]
+        return self.vqa.greedy(qs, m.astype(np.float32), max_new)
+
+
 @torch.no_grad()
-def evaluate(bundle: Path, seed: int, n: int) -> dict:
+def evaluate(bundle: Path, seed: int, n: int, backend: str = "torch", precision: str = "f32") -> dict:
     torch.set_num_threads(2)
     tok = build_tokenizer()
     test = scenes(seed, n)
@@ -107,16 +154,23 @@ def evaluate(bundle: Path, seed: int, n: int) -> dict:
     # A second view of every scene, for the fused retrieval queries.
     rng = random.Random(seed * 7919 + 1)
     view2 = pixels([type(s)(render(s.objects, rng), s.objects, s.captions, s.qa) for s in test])
-    out: dict = {"seed": seed, "scenes": n, "bundle": str(bundle)}
+    out: dict = {"seed": seed, "scenes": n, "bundle": str(bundle), "backend": backend,
+                 "precision": precision}
+    onnx = OnnxBundle(bundle, precision) if backend == "onnx" else None
 
-    clip = CLIPModel.from_pretrained(str(bundle / "clip")).eval()
+    if onnx is None:
+        clip = CLIPModel.from_pretrained(str(bundle / "clip")).eval()
 
     def img_emb(x):
+        if onnx is not None:
+            return onnx.img_emb(x)
         e = clip.get_image_features(pixel_values=x)
         return torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1)
 
     def txt_emb(texts):
         ids, mask = encode(tok, texts)
+        if onnx is not None:
+            return onnx.txt_emb(ids, mask)
         e = clip.get_text_features(input_ids=ids, attention_mask=mask)
         return torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1)
 
@@ -134,11 +188,15 @@ def evaluate(bundle: Path, seed: int, n: int) -> dict:
     out["fused_r1_image_only"] = hits(caps, caps, head(img2, txt, ones, zeros), gallery)
     out["fused_r1_text_only"] = hits(caps, caps, head(img2, txt, zeros, ones), gallery)
 
-    cap_model = BlipForConditionalGeneration.from_pretrained(str(bundle / "blip-caption")).eval()
+    if onnx is None:
+        cap_model = BlipForConditionalGeneration.from_pretrained(str(bundle / "blip-caption")).eval()
     gen = []
     for i in chunks:
-        ids = cap_model.generate(pixel_values=px[i : i + 250], max_new_tokens=32, do_sample=False)
-        gen += [tok.decode(r.tolist(), skip_special_tokens=True) for r in ids]
+        if onnx is not None:
+            ids = onnx.captions(px[i : i + 250], 32)
+        else:
+            ids = [r.tolist() for r in cap_model.generate(pixel_values=px[i : i + 250], max_new_tokens=32, do_sample=False)]
+        gen += [tok.decode(r, skip_special_tokens=True) for r in ids]
     gen = [words(g) for g in gen]
     out["caption_bleu4"] = corpus_bleu4(gen, [[words(c) for c in s.captions] for s in test])
     c = t = 0
@@ -149,7 +207,8 @@ def evaluate(bundle: Path, seed: int, n: int) -> dict:
     out["caption_exact_match"] = sum(g == words(s.caption) for g, s in zip(gen, test)) / n
     out["caption_examples"] = [{"reference": s.caption, "generated": g} for s, g in list(zip(test, gen))[:5]]
 
-    vqa = BlipForQuestionAnswering.from_pretrained(str(bundle / "blip-vqa")).eval()
+    if onnx is None:
+        vqa = BlipForQuestionAnswering.from_pretrained(str(bundle / "blip-vqa")).eval()
     qrng = random.Random(seed + 17)
     items = [(i, qa) for i, s in enumerate(test) for qa in qrng.sample(s.qa, min(3, len(s.qa)))]
     correct: dict = defaultdict(int)
@@ -157,10 +216,13 @@ def evaluate(bundle: Path, seed: int, n: int) -> dict:
     for k in range(0, len(items), 256):
         part = items[k : k + 256]
         q, mask = encode(tok, [qa[1] for _, qa in part])
-        ids = vqa.generate(input_ids=q, attention_mask=mask, pixel_values=px[[i for i, _ in part]],
-                           max_new_tokens=4, do_sample=False)
+        if onnx is not None:
+            ids = onnx.answers(q, mask, px[[i for i, _ in part]], 4)
+        else:
+            ids = [r.tolist() for r in vqa.generate(input_ids=q, attention_mask=mask, pixel_values=px[[i for i, _ in part]],
+                                                    max_new_tokens=4, do_sample=False)]
         for (_, (kind, _, ans)), row in zip(part, ids):
-            pred = tok.decode([x for x in row.tolist() if x != DEC], skip_special_tokens=True).strip()
+            pred = tok.decode([x for x in row if x != DEC], skip_special_tokens=True).strip()
             count[kind] += 1
             correct[kind] += pred == ans
     out["vqa_accuracy"] = sum(correct.values()) / sum(count.values())
@@ -175,9 +237,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--scenes", type=int, default=1000)
     ap.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    ap.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                    help="transformers, or onnxruntime on the bundle's exported graphs")
+    ap.add_argument("--precision", choices=["f32", "int8"], default="f32", help="ONNX graphs to run")
     args = ap.parse_args()
     t0 = time.time()
-    res = evaluate(args.bundle, args.seed, args.scenes)
+    res = evaluate(args.bundle, args.seed, args.scenes, args.backend, args.precision)
     res["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(res, indent=None if args.json else 1))
     sys.stdout.flush()

@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from safetensors.numpy import load_file
 
 from models import export_onnx
+from models.onnx_run import Decoder, normalize, pad, session
 from models.tools import make_tiny
 
 TOL = 1e-4
@@ -51,74 +51,13 @@ VQA_SHAPES = [
 ]
 
 
-def session(d: Path, name: str, variant: str = "f32") -> ort.InferenceSession:
-    man = json.loads((d / "onnx" / "manifest.json").read_text())
-    g = next(g for g in man["graphs"] if g["name"] == name)
-    return ort.InferenceSession(str(d / "onnx" / g["variants"][variant]), providers=["CPUExecutionProvider"])
-
-
-def pad(seqs, pad_id=0):
-    t = max(map(len, seqs))
-    ids = np.full((len(seqs), t), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), t), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 def close(name, a, b, tol=TOL):
     d = float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
     assert d <= tol, f"{name}: max abs diff {d} > {tol}"
 
 
 def norm(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-class Decoder:
-    """Drives the decoder step graph as the Rust runtime does (greedy, flat K/V)."""
-
-    def __init__(self, d: Path, cfg: dict):
-        self.cross = session(d, "decoder_cross")
-        self.step = session(d, "decoder_step")
-        t = cfg["text_config"]
-        self.n = t["num_hidden_layers"]
-        self.h = t["num_attention_heads"]
-        self.dh = t["hidden_size"] // self.h
-        self.bos, self.eos = t["bos_token_id"], t["sep_token_id"]
-
-    def start(self, states, mask):
-        kv = self.cross.run(None, {"encoder_states": states.astype(np.float32)})
-        b = states.shape[0]
-        past = [np.zeros((b, self.h, 0, self.dh), np.float32) for _ in range(2 * self.n)]
-        return {"mask": mask.astype(np.float32), "cross": kv, "past": past}
-
-    def run(self, ids, st):
-        feeds = {"input_ids": ids.astype(np.int64), "encoder_mask": st["mask"]}
-        for i in range(self.n):
-            feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = st["past"][2 * i], st["past"][2 * i + 1]
-            feeds[f"cross_key_{i}"], feeds[f"cross_value_{i}"] = st["cross"][2 * i], st["cross"][2 * i + 1]
-        out = self.step.run(None, feeds)
-        st["past"] = out[1:]
-        return out[0]
-
-    def greedy(self, states, mask, max_new):
-        b = states.shape[0]
-        st = self.start(states, mask)
-        seqs = [[self.bos] for _ in range(b)]
-        ids = np.full((b, 1), self.bos)
-        done = [False] * b
-        for _ in range(max_new):
-            nxt = self.run(ids, st).argmax(-1)
-            for i in range(b):
-                if not done[i]:
-                    seqs[i].append(int(nxt[i]))
-                    done[i] = int(nxt[i]) == self.eos
-            if all(done):
-                break
-            ids = nxt[:, None]
-        return seqs
+    return normalize(x)
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +94,12 @@ def test_blip_caption(tmp_path, tok, shape):
     d = tmp_path / "cap"
     make_tiny.blip_caption_fixture(d, tok, 321 + shape, vision, text, make_tiny.CAPTION_EOS_BOOST[shape])
     export_onnx.export(d, int8=True, quiet=True)
-    cfg = json.loads((d / "config.json").read_text())
     ref = load_file(str(d / "reference.safetensors"))
     j = json.loads((d / "reference.json").read_text())
 
     states = session(d, "vision").run(None, {"pixel_values": ref["pixel_values"]})[0]
     close("image_states", states, ref["image_embeds"])
-    dec = Decoder(d, cfg)
+    dec = Decoder(d)
     # Teacher forcing from an empty cache: every position's logits (causal mask in the graph).
     forced = np.array(j["forced_ids"])
     st = dec.start(states, np.ones(states.shape[:2]))
@@ -180,7 +118,6 @@ def test_blip_vqa(tmp_path, tok, shape):
     d = tmp_path / "vqa"
     make_tiny.blip_vqa_fixture(d, tok, 331 + shape, vision, text, make_tiny.VQA_EOS_BOOST[shape])
     export_onnx.export(d, int8=True, quiet=True)
-    cfg = json.loads((d / "config.json").read_text())
     ref = load_file(str(d / "reference.safetensors"))
     j = json.loads((d / "reference.json").read_text())
 
@@ -192,7 +129,7 @@ def test_blip_vqa(tmp_path, tok, shape):
     )[0]
     for i, qi in enumerate(j["question_ids"]):
         close(f"question_embeds_{i}", q[i, : len(qi)], ref[f"question_embeds_{i}"])
-    dec = Decoder(d, cfg)
+    dec = Decoder(d)
     for i, qi in enumerate(j["question_ids"]):
         st = dec.start(q[i : i + 1, : len(qi)], np.ones((1, len(qi))))
         forced = np.array([j["forced_ids"][i]])

@@ -184,6 +184,8 @@ pub struct ModelConfig {
     pub onnxruntime_library: PathBuf,
     /// ONNX Runtime threads per operator (0 = one per physical core).
     pub intra_op_threads: usize,
+    /// Whether ONNX Runtime's operator threads spin while waiting for work.
+    pub intra_op_spinning: bool,
     /// Most generated tokens (0 = bundle's).
     pub max_new_tokens: usize,
     /// Beam width (0 = bundle's).
@@ -230,6 +232,7 @@ impl ModelConfig {
                 precision: self.precision,
                 intra_threads: self.intra_op_threads,
                 cuda_device: cuda,
+                spinning: self.intra_op_spinning,
             },
             ..RuntimeOptions::default()
         })

@@ -99,6 +99,8 @@ fn opts(backend: &str, threads: usize) -> OnnxOptions {
         },
         intra_threads: threads,
         cuda_device: None,
+        // The model alone on the machine, as PyTorch's OpenMP threads: ONNX Runtime's default.
+        spinning: true,
     }
 }
 

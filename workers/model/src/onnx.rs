@@ -84,6 +84,10 @@ pub struct OnnxOptions {
     pub precision: Precision,
     /// Threads of one operator (0: ONNX Runtime's default, one per physical core).
     pub intra_threads: usize,
+    /// Let those threads spin while they wait for work (ONNX Runtime's default). Off by
+    /// default here: in a worker they share the cores with decoding and preprocessing, and on
+    /// 2 cores spinning halved the pipeline's throughput (benches/README.md).
+    pub spinning: bool,
     /// Run on this CUDA device through the CUDA execution provider (error if it cannot).
     pub cuda_device: Option<i32>,
 }
@@ -231,6 +235,9 @@ impl Graph {
         let mut builder = Session::builder(&environment()?)
             .map_err(|e| ModelError::OnnxRuntime(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| ModelError::OnnxRuntime(e.to_string()))?;
+        builder = builder
+            .with_intra_op_spinning(opts.spinning)
             .map_err(|e| ModelError::OnnxRuntime(e.to_string()))?;
         if opts.intra_threads > 0 {
             builder = builder

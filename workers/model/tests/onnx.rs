@@ -47,6 +47,7 @@ fn opts(precision: Precision) -> OnnxOptions {
         precision,
         intra_threads: 2,
         cuda_device: None,
+        spinning: false,
     }
 }
 

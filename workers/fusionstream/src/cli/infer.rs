@@ -86,6 +86,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
             precision: Precision::parse(&args.precision)?,
             intra_threads: 0,
             cuda_device: cuda,
+            spinning: false,
         },
         ..RuntimeOptions::default()
     };
