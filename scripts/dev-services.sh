@@ -82,7 +82,7 @@ install_kafka() {
   </dependencies>
 </project>
 POM
-  (cd "$KAFKA_HOME" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=lib -DincludeScope=runtime)
+  (cd "$KAFKA_HOME" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies -DoutputDirectory=lib -DincludeScope=runtime)
   touch "$KAFKA_HOME/.complete"
 }
 
@@ -219,8 +219,10 @@ ENV
 case "${1:-}" in
   up)
     mkdir -p "$RUN"
-    install_kafka
-    install_minio
+    # Installers print to stderr only: stdout is the exports `eval "$(... up)"` reads (Maven
+    # writes colour resets to stdout even with -q).
+    install_kafka >&2
+    install_minio >&2
     start_kafka
     start_minio
     log "kafka on 127.0.0.1:$KAFKA_PORT, minio on http://127.0.0.1:$MINIO_PORT (logs in $RUN)"
