@@ -516,6 +516,9 @@ async fn back_pressure_pauses_and_resumes_without_loss() {
             ("FUSIONSTREAM__PIPELINE__MAX_IN_FLIGHT", "2"),
             ("FUSIONSTREAM__GENERATE_LANE__MAX_ITEMS", "1"),
             ("FUSIONSTREAM__KAFKA__PAUSE_AFTER", "50ms"),
+            // The model must fall behind the 50 ms grace for the source to pause: candle's
+            // one-item captions do (ONNX Runtime's are fast enough that it rarely pauses).
+            ("FUSIONSTREAM__MODEL__BACKEND", "candle"),
             ("FUSIONSTREAM__TELEMETRY__METRICS_LISTEN", &listen),
         ],
     );
