@@ -195,6 +195,9 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
     let settings = Settings::from_config(&c);
     let stats = Arc::new(Stats::default());
     let cancel = CancellationToken::new();
+    // Before the model loads: a SIGTERM while it loads (a pod stopped during start-up) stops
+    // the worker cleanly once loading ends, instead of killing it by the signal's default.
+    spawn_signal_handler(cancel.clone());
     // Up before the model loads, so liveness answers and readiness says why not yet.
     let server_stop = cancel.child_token();
     let _server_guard = server_stop.clone().drop_guard();
@@ -270,7 +273,6 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
         local: LocalMedia::new(&c.media.root, c.media.max_bytes),
         s3,
     };
-    spawn_signal_handler(cancel.clone());
     let show = match c.telemetry.progress {
         Progress::Always => true,
         Progress::Never => false,
