@@ -10,6 +10,9 @@
 //!
 //! The graphs of a part and their variants (`f32`, `int8`, `fp16`) are listed in
 //! `onnx/manifest.json`; see `models/export_onnx.py` for their inputs and outputs.
+//!
+//! Long because it holds the whole backend: library loading, the graph wrapper, and the
+//! CLIP, BLIP and decoder-step adapters that share it; split it when a third family arrives.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -19,7 +22,7 @@ use std::sync::Mutex;
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue, SessionOutputs};
-use ort::value::{DynValue, Tensor};
+use ort::value::{DynValue, Tensor, TensorRef};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{
@@ -328,6 +331,13 @@ fn f32_tensor(shape: Vec<usize>, data: Vec<f32>) -> Result<DynValue> {
         .into_dyn())
 }
 
+/// A borrowed view of host f32 data as an input (no copy).
+fn f32_view(shape: Vec<usize>, data: &[f32]) -> Result<SessionInputValue<'_>> {
+    Ok(TensorRef::from_array_view((shape, data))
+        .map_err(ort_err)?
+        .into())
+}
+
 fn i64_tensor(shape: Vec<usize>, data: Vec<i64>) -> Result<DynValue> {
     Ok(Tensor::from_array((shape, data))
         .map_err(ort_err)?
@@ -396,12 +406,10 @@ impl DualEncoderBackend for OnnxClip {
     }
 
     fn image_embeddings(&self, px: &PixelBatch) -> Result<Vec<Vec<f32>>> {
-        let x = f32_tensor(vec![px.n, 3, px.height, px.width], px.data.clone())?;
-        let (shape, data) = self
-            .vision
-            .run(vec![("pixel_values".into(), x.into())], |o| {
-                take_f32(o, "image_embeds")
-            })?;
+        let x = f32_view(vec![px.n, 3, px.height, px.width], &px.data)?;
+        let (shape, data) = self.vision.run(vec![("pixel_values".into(), x)], |o| {
+            take_f32(o, "image_embeds")
+        })?;
         let mut rows = rows_of(&shape, data);
         l2_normalize_rows(&mut rows);
         Ok(rows)
@@ -507,16 +515,17 @@ impl OnnxBlip {
     }
 }
 
-fn host_states(s: &EncoderStates) -> Result<(Vec<f32>, [usize; 3])> {
+/// The states as host f32 data: borrowed when they already are, copied from a tensor.
+fn host_states(s: &EncoderStates) -> Result<(Cow<'_, [f32]>, [usize; 3])> {
     match s {
-        EncoderStates::Host { data, shape } => Ok((data.clone(), *shape)),
+        EncoderStates::Host { data, shape } => Ok((Cow::Borrowed(data), *shape)),
         EncoderStates::Tensor(t) => {
             let (b, s, d) = t.dims3()?;
             let data = t
                 .to_dtype(candle_core::DType::F32)?
                 .flatten_all()?
                 .to_vec1()?;
-            Ok((data, [b, s, d]))
+            Ok((Cow::Owned(data), [b, s, d]))
         }
     }
 }
@@ -527,12 +536,10 @@ impl BlipBackend for OnnxBlip {
     }
 
     fn image_states(&self, px: &PixelBatch) -> Result<EncoderStates> {
-        let x = f32_tensor(vec![px.n, 3, px.height, px.width], px.data.clone())?;
-        let (shape, data) = self
-            .vision
-            .run(vec![("pixel_values".into(), x.into())], |o| {
-                take_f32(o, "image_states")
-            })?;
+        let x = f32_view(vec![px.n, 3, px.height, px.width], &px.data)?;
+        let (shape, data) = self.vision.run(vec![("pixel_values".into(), x)], |o| {
+            take_f32(o, "image_states")
+        })?;
         let shape: [usize; 3] = shape
             .try_into()
             .map_err(|s| ModelError::OnnxRuntime(format!("image_states of shape {s:?}")))?;
@@ -564,16 +571,13 @@ impl BlipBackend for OnnxBlip {
                         "attention_mask".into(),
                         i64_tensor(vec![b, t], mask)?.into(),
                     ),
-                    (
-                        "image_states".into(),
-                        f32_tensor(shape.to_vec(), data)?.into(),
-                    ),
+                    ("image_states".into(), f32_view(shape.to_vec(), &data)?),
                 ];
                 let (qshape, q) = qe.run(inputs, |o| take_f32(o, "question_states"))?;
                 let qshape: [usize; 3] = qshape.try_into().map_err(|s| {
                     ModelError::OnnxRuntime(format!("question_states of shape {s:?}"))
                 })?;
-                (q, qshape, fmask)
+                (Cow::Owned(q), qshape, fmask)
             }
             (None, Some(_)) => {
                 return Err(ModelError::Input(
@@ -582,7 +586,7 @@ impl BlipBackend for OnnxBlip {
             }
             (Some(_), None) => return Err(ModelError::Input("VQA needs questions".into())),
         };
-        let state = self.decoder.start(enc, enc_shape, mask)?;
+        let state = self.decoder.start(&enc, enc_shape, mask)?;
         generate::generate(&self.decoder, state, &[self.dims.bos], b, params)
     }
 }
@@ -608,20 +612,18 @@ struct OnnxDecoderState {
 }
 
 impl OnnxDecoder {
-    fn start(&self, enc: Vec<f32>, shape: [usize; 3], mask: Vec<f32>) -> Result<OnnxDecoderState> {
+    fn start(&self, enc: &[f32], shape: [usize; 3], mask: Vec<f32>) -> Result<OnnxDecoderState> {
         let [b, s, _] = shape;
-        let x = f32_tensor(shape.to_vec(), enc)?;
-        let cross = self
-            .cross
-            .run(vec![("encoder_states".into(), x.into())], |o| {
-                self.cross_names
-                    .iter()
-                    .map(|n| {
-                        o.remove(n.as_str())
-                            .ok_or_else(|| ModelError::OnnxRuntime(format!("output {n} missing")))
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })?;
+        let x = f32_view(shape.to_vec(), enc)?;
+        let cross = self.cross.run(vec![("encoder_states".into(), x)], |o| {
+            self.cross_names
+                .iter()
+                .map(|n| {
+                    o.remove(n.as_str())
+                        .ok_or_else(|| ModelError::OnnxRuntime(format!("output {n} missing")))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
         let past = (0..self.past_names.len())
             .map(|_| f32_tensor(vec![b, self.heads, 0, self.head_dim], Vec::new()))
             .collect::<Result<Vec<_>>>()?;
