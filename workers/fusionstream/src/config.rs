@@ -4,6 +4,9 @@
 //! → files given with `--config` → `FUSIONSTREAM__SECTION__KEY` environment variables.
 //! Unknown keys are errors; every error of every section is reported at once; durations
 //! are humantime strings (`"20ms"`); secrets print as `***`.
+//!
+//! Long because every `[section]` of the configuration, its validation and the generated
+//! reference live together (one source of truth); the restructuring issue splits it.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,6 +1,9 @@
 //! `fusionstream run`: the worker. With no configuration it runs the embedded default:
 //! events from `examples/events/*.jsonl`, media from `examples/`, the bundled model, one
 //! JSONL file per output stream under `out/`, a checkpoint so a re-run resumes.
+//!
+//! Long because it wires the whole worker (model, sources, sinks, telemetry, summary); the
+//! restructuring issue moves the wiring into an in-process app.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;

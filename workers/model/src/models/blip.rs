@@ -10,6 +10,9 @@
 //!   decoder with cross-attention to the question), absent from candle-transformers;
 //! - the tied LM head (`cls.predictions.decoder.*`, not stored by `save_pretrained`) is mapped
 //!   to the word embeddings and `cls.predictions.bias`.
+//!
+//! Long because BLIP is one architecture: vision tower, text layers, decoder and VQA share
+//! their building blocks and follow transformers' single modeling file.
 
 use std::path::Path;
 
