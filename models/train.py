@@ -28,6 +28,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from models.fusion import GatedFusionHead
 from models.scenes import COLOURS, SHAPES, Scene, scenes, vocabulary
+from models.tools.store_half import store_half
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]", "[ENC]", "[MASK]"]
 PAD, CLS, SEP, DEC = 0, 2, 3, 4
@@ -252,7 +253,10 @@ def train_fusion(clip: CLIPModel, data, px, tok, minutes, log) -> GatedFusionHea
 
 
 def save_part(model, out: Path, tok: Tokenizer, processor) -> None:
+    """Write a part as a standard checkpoint, its weights stored in f16 (computed in f32:
+    `models/tools/store_half.py`)."""
     model.save_pretrained(str(out))
+    store_half(out)
     tok.save(str(out / "tokenizer.json"))
     processor.save_pretrained(str(out))
 
