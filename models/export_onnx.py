@@ -348,17 +348,21 @@ def _fp16(src: Path, dst: Path) -> None:
 
 def weights_hash(model_dir: Path, prefix: str) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of the tensors under `prefix`, sorted
-    by name: the same value the Rust runtime computes to find shared towers."""
-    from safetensors import safe_open
-
+    by name, read from the safetensors header as stored: the same value the Rust runtime
+    computes (`nn::weights_hash`) to find shared towers."""
+    raw = (model_dir / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header.pop("__metadata__", None)
+    data = raw[8 + n :]
     h = hashlib.sha256()
-    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
-        for name in sorted(k for k in f.keys() if k.startswith(prefix)):
-            t = f.get_tensor(name).contiguous()
-            h.update(name[len(prefix) :].encode())
-            h.update(str(t.dtype).encode())
-            h.update(str(list(t.shape)).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for name in sorted(k for k in header if k.startswith(prefix)):
+        e = header[name]
+        a, b = e["data_offsets"]
+        h.update(name[len(prefix) :].encode())
+        h.update(e["dtype"].encode())
+        h.update(("[" + ", ".join(str(d) for d in e["shape"]) + "]").encode())
+        h.update(data[a:b])
     return h.hexdigest()
 
 

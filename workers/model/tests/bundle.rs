@@ -172,3 +172,26 @@ fn the_runtime_from_png_files_gives_the_reference_outputs() {
         assert!(o.skipped.is_empty());
     }
 }
+
+/// The exporter's manifest records the vision tower's weight hash as the runtime computes it,
+/// and the captioning and VQA parts (the VQA vision tower is the captioner's, frozen) share it.
+#[test]
+fn manifest_weight_hashes_are_the_runtimes() {
+    let hex = |h: [u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut seen = Vec::new();
+    for part in ["clip", "blip-caption", "blip-vqa"] {
+        let dir = bundle(part);
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("onnx/manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let ours = hex(
+            fusionstream_model::nn::weights_hash(&dir.join("model.safetensors"), "vision_model.")
+                .unwrap(),
+        );
+        assert_eq!(manifest["weights_sha256"]["vision"].as_str(), Some(ours.as_str()), "{part}");
+        seen.push(ours);
+    }
+    assert_ne!(seen[0], seen[1], "CLIP and BLIP towers differ");
+    assert_eq!(seen[1], seen[2], "caption and VQA share the vision tower");
+}
