@@ -8,6 +8,7 @@
 //! | [`event`] | input event v1: parsing, validation, limits, rejection codes |
 //! | [`degrade`] | the degradation matrix and its policy |
 //! | [`batch`] | the micro-batcher (lanes, max items, max wait, pixel/token budgets) |
+//! | [`isolate`] | bisection of a failed batch down to the item(s) that fail it |
 //! | [`position`] | per-partition tracker of the contiguous done prefix |
 //! | [`record`] | output records v1 and the output streams |
 //! | [`backoff`] | retry schedule with full jitter |
@@ -20,6 +21,7 @@ pub mod batch;
 pub mod degrade;
 pub mod error;
 pub mod event;
+pub mod isolate;
 pub mod position;
 pub mod record;
 pub mod task;
