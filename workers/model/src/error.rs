@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 pub use fusionstream_core::error::ErrorClass;
+pub use fusionstream_core::isolate::Failure;
 
 /// Why an image was refused. Every variant has a stable reason code used in degradation
 /// flags and dead-letter records.
@@ -115,6 +116,21 @@ impl ModelError {
         }
     }
 
+    /// What a failed batch call says about its items, for batch failure isolation
+    /// ([`fusionstream_core::isolate`]): errors that only loading can raise, and device
+    /// losses, are the runtime's ([`Failure::Fatal`]); out-of-memory depends on the batch's
+    /// size; anything else may be an item's doing.
+    pub fn batch_failure(&self) -> Failure {
+        match self {
+            ModelError::Io { .. }
+            | ModelError::Config { .. }
+            | ModelError::Unsupported(_)
+            | ModelError::OnnxRuntime(_)
+            | ModelError::Graph { .. } => Failure::Fatal,
+            other => failure_from_message(&other.to_string()),
+        }
+    }
+
     pub(crate) fn config(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
         ModelError::Config {
             path: path.into(),
@@ -130,5 +146,75 @@ impl ModelError {
     }
 }
 
+/// Device and memory failures are only told apart by their messages (candle and ONNX
+/// Runtime report CUDA errors as text).
+fn failure_from_message(msg: &str) -> Failure {
+    const DEVICE_LOST: [&str; 9] = [
+        "illegal address",
+        "illegal memory access",
+        "launch failed",
+        "device-side assert",
+        "context is destroyed",
+        "devices unavailable",
+        "ecc uncorrectable",
+        "no cuda-capable device",
+        "device lost",
+    ];
+    const OUT_OF_MEMORY: [&str; 4] = [
+        "out of memory",
+        "failed to allocate",
+        "cannot allocate memory",
+        "bad_alloc",
+    ];
+    // `CUDA_ERROR_OUT_OF_MEMORY` and "out of memory" alike.
+    let m = msg.to_ascii_lowercase().replace('_', " ");
+    if DEVICE_LOST.iter().any(|p| m.contains(p)) {
+        Failure::Fatal
+    } else if OUT_OF_MEMORY.iter().any(|p| m.contains(p)) {
+        Failure::OutOfMemory
+    } else {
+        Failure::Item
+    }
+}
+
 /// Result alias of the crate.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(msg: &str) -> ModelError {
+        ModelError::Tensor(candle_core::Error::Msg(msg.into()))
+    }
+
+    #[test]
+    fn batch_failures_are_classified() {
+        assert_eq!(
+            tensor("shape mismatch in matmul").batch_failure(),
+            Failure::Item
+        );
+        assert_eq!(
+            tensor("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")").batch_failure(),
+            Failure::OutOfMemory
+        );
+        let ort_oom = ModelError::OnnxRun {
+            graph: "vision".into(),
+            reason: "Failed to allocate memory for requested buffer of size 1073741824".into(),
+        };
+        assert_eq!(ort_oom.batch_failure(), Failure::OutOfMemory);
+        assert_eq!(
+            tensor("DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access\")")
+                .batch_failure(),
+            Failure::Fatal
+        );
+        assert_eq!(
+            tensor("CUDA_ERROR_LAUNCH_FAILED").batch_failure(),
+            Failure::Fatal
+        );
+        assert_eq!(
+            ModelError::OnnxRuntime("library gone".into()).batch_failure(),
+            Failure::Fatal
+        );
+    }
+}
