@@ -12,12 +12,13 @@ use fusionstream_core::record::{
 };
 use fusionstream_core::{Lane, SkipReason};
 use fusionstream_model::runtime::TagSource;
-use fusionstream_model::{InferOutput, ModelError, Prepared};
+use fusionstream_model::{InferOutput, Prepared};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::intake::rfc3339;
+use super::model_thread::{ItemFailure, ItemResult};
 use super::stats::{Outcome, Stage, Stats};
 use super::{lock, Taken};
 
@@ -52,6 +53,8 @@ struct Partial {
     queue_ms: f64,
     model_ms: f64,
     permit: Option<OwnedSemaphorePermit>,
+    /// The first lane part the model failed on alone: the event is dead-lettered with it.
+    failure: Option<ItemFailure>,
 }
 
 impl EventCtx {
@@ -96,8 +99,14 @@ impl EventCtx {
                 queue_ms: 0.0,
                 model_ms: 0.0,
                 permit: Some(t.permit),
+                failure: None,
             }),
         }
+    }
+
+    /// The event's id.
+    pub(crate) fn event_id(&self) -> &str {
+        &self.event_id
     }
 }
 
@@ -114,7 +123,8 @@ pub(crate) struct ModelDone {
     pub parts: Vec<(Arc<EventCtx>, Instant)>,
     pub started: Instant,
     pub took: Duration,
-    pub result: Result<Vec<InferOutput>, ModelError>,
+    /// One result per part; `Err` when the runtime itself failed (fatal).
+    pub result: anyhow::Result<Vec<ItemResult>>,
 }
 
 /// An event whose records are ready for the sink.
@@ -132,8 +142,9 @@ pub(crate) struct Finished {
     pub traceparent: Option<String>,
 }
 
-/// Merge batch results into their events; emit events whose last part is in.
-/// A model error is fatal: the worker stops and nothing unfinished is acknowledged.
+/// Merge batch results into their events; emit events whose last part is in. An item the
+/// model failed on alone dead-letters its event; a failure of the runtime itself is fatal:
+/// the worker stops and nothing unfinished is acknowledged.
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<ModelDone>,
     to_sink: mpsc::Sender<Finished>,
@@ -145,7 +156,7 @@ pub(crate) async fn run(
             Ok(o) => o,
             Err(e) => {
                 cancel.cancel();
-                return Err(anyhow::Error::new(e).context(format!(
+                return Err(e.context(format!(
                     "model batch of {} items in lane {} failed",
                     done.parts.len(),
                     done.lane.name()
@@ -156,7 +167,12 @@ pub(crate) async fn run(
         for ((ctx, enqueued), out) in done.parts.into_iter().zip(outputs) {
             let finished = {
                 let mut p = lock(&ctx.partial);
-                merge(&mut p.out, out);
+                match out {
+                    Ok(out) => merge(&mut p.out, out),
+                    Err(f) => {
+                        p.failure.get_or_insert(f);
+                    }
+                }
                 let waited = done.started.saturating_duration_since(enqueued);
                 p.queue_ms = p.queue_ms.max(waited.as_secs_f64() * 1e3);
                 p.model_ms += done.took.as_secs_f64() * 1e3;
@@ -289,19 +305,27 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
     let permit = p.permit.take();
     let span = ctx.span.clone();
     let traceparent = crate::telemetry::traces::traceparent_for(&span, ctx.traceparent.as_deref());
-    if records.is_empty() {
-        // Every runnable task was skipped by the model (e.g. the bundle lacks the part):
-        // nothing may vanish silently.
-        let reason = skipped
-            .iter()
-            .find(|s| s.reason == SkipReason::ModelAbsent)
-            .or(skipped.first())
-            .map_or("no_output", |s| s.reason.code())
-            .to_owned();
+    let failure = p.failure.take();
+    if records.is_empty() || failure.is_some() {
+        // The model failed on one of the event's parts alone (its other outputs are not
+        // published: the dead letter is the event's replay unit), or every runnable task was
+        // skipped by the model (e.g. the bundle lacks the part): nothing may vanish silently.
+        let (reason, detail) = match failure {
+            Some(f) => (f.reason.to_owned(), f.detail),
+            None => (
+                skipped
+                    .iter()
+                    .find(|s| s.reason == SkipReason::ModelAbsent)
+                    .or(skipped.first())
+                    .map_or("no_output", |s| s.reason.code())
+                    .to_owned(),
+                "no requested output could be produced".to_owned(),
+            ),
+        };
         let dl = DeadLetterRecord::new(
             Some(ctx.event_id.clone()),
             &reason,
-            "no requested output could be produced".into(),
+            detail,
             ctx.position.clone(),
             ctx.bundle.clone(),
             ctx.plan.degraded.clone(),

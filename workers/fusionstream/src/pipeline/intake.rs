@@ -37,8 +37,62 @@ pub(crate) struct Shared {
 pub(crate) async fn run(mut rx: mpsc::Receiver<Taken>, shared: Arc<Shared>) {
     while let Some(t) = rx.recv().await {
         let span = t.span.clone();
-        tokio::spawn(process(shared.clone(), t).instrument(span));
+        tokio::spawn(contained(shared.clone(), t).instrument(span));
     }
+}
+
+/// Run [`process`] so that a panic in it still finishes the event: an `internal_error` dead
+/// letter at its position (without the payload, which went down with the task: the source
+/// position says where to read it), a counter, an error log with the event's position.
+async fn contained(shared: Arc<Shared>, t: Taken) {
+    let rec = &t.rec;
+    let (partition, offset, stream) = (rec.partition, rec.offset, rec.stream.clone());
+    let traceparent = rec.traceparent.clone();
+    let (span, started) = (t.span.clone(), t.started);
+    let Err(e) = tokio::spawn(process(shared.clone(), t).in_current_span()).await else {
+        return;
+    };
+    if !e.is_panic() {
+        // Cancelled with the runtime: the worker is stopping, the event replays.
+        return;
+    }
+    let msg = super::model_thread::panic_message(e.into_panic().as_ref());
+    shared
+        .stats
+        .intake_panics
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!(%stream, partition, offset, panic = %msg, "event processing panicked");
+    let mut rec = DeadLetterRecord::new(
+        None,
+        "internal_error",
+        format!("processing panicked: {msg} (payload not kept: read it at the source position)"),
+        SourcePosition {
+            kind: shared.source_kind.to_owned(),
+            stream,
+            partition,
+            offset,
+        },
+        shared.bundle.clone(),
+        vec![],
+        rfc3339(SystemTime::now()),
+    )
+    .with_payload(&[], 0);
+    rec.payload_truncated = true;
+    let f = Finished {
+        partition,
+        offset,
+        key: String::new(),
+        records: vec![(
+            Stream::DeadLetters,
+            serde_json::to_vec(&rec).unwrap_or_default(),
+        )],
+        outcome: Outcome::DeadLetter("internal_error".to_owned()),
+        latency: started.elapsed(),
+        permit: None,
+        traceparent: crate::telemetry::traces::traceparent_for(&span, traceparent.as_deref()),
+        span,
+    };
+    let _ = shared.to_sink.send(f).await;
 }
 
 fn position(shared: &Shared, t: &Taken) -> SourcePosition {
@@ -171,15 +225,37 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         let text = event.text.present().cloned();
         let question = event.question.present().cloned();
         let span = tracing::info_span!("preprocess", otel.name = "fusionstream.preprocess");
+        let fault = super::faults::fault_for(s.test_faults, &event.id);
         tokio::task::spawn_blocking(move || {
+            if fault == Some(super::faults::Fault::PreprocessPanic) {
+                panic!("injected preprocess panic");
+            }
             span.in_scope(|| prepare(&model, image_bytes, text, question))
         })
         .await
     };
-    let Ok(prep) = prepared else {
-        // The blocking task panicked: fatal for this event only; it is not acknowledged.
-        tracing::error!(event_id = %event.id, "preprocessing panicked");
-        return;
+    let prep = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            // A panic in decoding or tokenising: this event's dead letter, never a stuck
+            // position.
+            let msg = if e.is_panic() {
+                super::model_thread::panic_message(e.into_panic().as_ref())
+            } else {
+                "preprocessing task cancelled".to_owned()
+            };
+            shared
+                .stats
+                .intake_panics
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(event_id = %event.id, panic = %msg, "preprocessing panicked");
+            let (id, detail) = (
+                Some(event.id.clone()),
+                format!("preprocessing panicked: {msg}"),
+            );
+            let degraded = degradations(&event);
+            return send_dead_letter(&shared, t, id, "internal_error", detail, degraded).await;
+        }
     };
     let preprocess_ms = ms(pre_start.elapsed());
     shared.stats.stage(Stage::Preprocess, pre_start.elapsed());

@@ -15,8 +15,10 @@
 mod assemble;
 pub mod backfill;
 mod batching;
+pub mod faults;
 mod intake;
 pub mod kafka;
+mod model_thread;
 mod sink;
 pub mod stats;
 
@@ -77,6 +79,8 @@ pub struct Settings {
     pub commit_interval: Duration,
     /// Drain budget at shutdown.
     pub drain_timeout: Duration,
+    /// Test-only fault injection ([`faults`]): `FUSIONSTREAM_TEST_FAULTS=1`.
+    pub test_faults: bool,
 }
 
 fn lane(c: &LaneConfig) -> LanePolicy {
@@ -123,6 +127,7 @@ impl Settings {
             },
             commit_interval: c.checkpoint.interval,
             drain_timeout: c.shutdown.drain_timeout,
+            test_faults: faults::from_env(),
         }
     }
 }
@@ -450,7 +455,13 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         stats.clone(),
         cancel.clone(),
     ));
-    let model_thread = batching::spawn_model_thread(model.clone(), job_rx, done_tx, stats.clone())?;
+    let model_thread = model_thread::spawn(
+        model.clone(),
+        job_rx,
+        done_tx,
+        stats.clone(),
+        settings.test_faults,
+    )?;
     let batch_task = tokio::spawn(batching::run(
         part_rx,
         job_tx,

@@ -104,6 +104,14 @@ pub struct Stats {
     pub commit_failures: AtomicU64,
     /// Output groups sent again after a failed acknowledgement.
     pub publish_retries: AtomicU64,
+    /// Model batches split to isolate failing items (or out-of-memory).
+    pub model_splits: AtomicU64,
+    /// Items the model failed on alone (dead-lettered `model_error` / `internal_error`).
+    pub model_item_failures: AtomicU64,
+    /// Panics caught around model calls.
+    pub model_panics: AtomicU64,
+    /// Panics caught while an event was decoded or preprocessed.
+    pub intake_panics: AtomicU64,
     /// Rebalances seen (assign and revoke callbacks).
     pub rebalances: AtomicU64,
     /// Revoked in-flight events abandoned after `kafka.revoke_timeout`.
@@ -146,6 +154,10 @@ impl Default for Stats {
             commits: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             publish_retries: AtomicU64::new(0),
+            model_splits: AtomicU64::new(0),
+            model_item_failures: AtomicU64::new(0),
+            model_panics: AtomicU64::new(0),
+            intake_panics: AtomicU64::new(0),
             rebalances: AtomicU64::new(0),
             revoke_abandoned: AtomicU64::new(0),
             model_loaded: AtomicBool::new(false),
@@ -356,6 +368,10 @@ impl Stats {
             skipped: r.skipped.clone(),
             latency_p50_ms: pct(0.50),
             latency_p99_ms: pct(0.99),
+            model_splits: self.model_splits.load(Relaxed),
+            model_item_failures: self.model_item_failures.load(Relaxed),
+            model_panics: self.model_panics.load(Relaxed),
+            intake_panics: self.intake_panics.load(Relaxed),
         }
     }
 }
@@ -389,4 +405,12 @@ pub struct StatsSnapshot {
     pub latency_p50_ms: f64,
     /// 99th percentile event latency.
     pub latency_p99_ms: f64,
+    /// Model batches split to isolate failures.
+    pub model_splits: u64,
+    /// Items the model failed on alone.
+    pub model_item_failures: u64,
+    /// Panics caught around model calls.
+    pub model_panics: u64,
+    /// Panics caught in decoding and preprocessing.
+    pub intake_panics: u64,
 }

@@ -272,6 +272,30 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut e,
+            "model_batch_splits",
+            "Model batches split in halves to isolate the items that fail them (or after out-of-memory).",
+            s.model_splits.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "model_item_failures",
+            "Items the model failed on alone; their events are dead-lettered (model_error, internal_error).",
+            s.model_item_failures.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "model_panics",
+            "Panics caught around model calls (each an internal_error dead letter).",
+            s.model_panics.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "intake_panics",
+            "Panics caught while decoding or preprocessing an event (each an internal_error dead letter).",
+            s.intake_panics.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
             "rebalances",
             "Consumer-group rebalance callbacks (assign and revoke).",
             s.rebalances.load(Relaxed),

@@ -1,0 +1,286 @@
+//! The model thread: batches in, one result per item out, forward passes off the async
+//! runtime — and the failure isolation around each forward pass.
+//!
+//! Rules (also in `docs/architecture.md`, "Failure isolation"):
+//! - every call runs under `catch_unwind`: a panic is a failure of that call, never of the
+//!   thread;
+//! - a failed batch is bisected ([`fusionstream_core::isolate`]) until the items that fail
+//!   alone are found; the others get their outputs, each failed item becomes its event's
+//!   dead letter (`model_error`, or `internal_error` for a panic) with the error text;
+//! - out-of-memory is the same search: smaller batches first, an item too big alone fails
+//!   alone;
+//! - an error only the runtime can cause (a load-time error, a lost device) is fatal at once,
+//!   as is a batch in which every item failed alone when a *canary* (an item the model ran
+//!   before) now fails too: the runtime, not the batch, is broken. Without a canary yet, 32
+//!   items failing in a row with no success between them are fatal.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fusionstream_core::isolate::{isolate, Failure};
+use fusionstream_core::Lane;
+use fusionstream_model::{FusionModel, InferOutput, ModelError, Prepared};
+use tokio::sync::mpsc;
+
+use super::assemble::{ModelDone, Part};
+use super::faults::{fault_for, Fault};
+use super::stats::Stats;
+
+/// Items failing alone in a row, with no success between them and no canary to tell a
+/// broken runtime from bad items, before the worker stops.
+const MAX_FAILURE_STREAK: usize = 32;
+
+/// A batch for the model thread.
+pub(crate) struct ModelJob {
+    pub lane: Lane,
+    pub parts: Vec<Part>,
+}
+
+/// Why one item of a batch has no output.
+#[derive(Debug, Clone)]
+pub(crate) struct ItemFailure {
+    /// Dead-letter reason code: `model_error` or `internal_error` (a panic).
+    pub reason: &'static str,
+    /// The error, with the lane.
+    pub detail: String,
+}
+
+/// One item's result.
+pub(crate) type ItemResult = Result<InferOutput, ItemFailure>;
+
+/// A failed call.
+#[derive(Debug)]
+enum CallError {
+    Model(ModelError),
+    Panic(String),
+}
+
+impl CallError {
+    fn failure(&self) -> Failure {
+        match self {
+            CallError::Model(e) => e.batch_failure(),
+            CallError::Panic(_) => Failure::Item,
+        }
+    }
+}
+
+/// What the thread remembers between batches to tell bad items from a broken runtime.
+#[derive(Default)]
+struct Guard {
+    /// An item the model ran successfully, alone or in a batch.
+    canary: Option<Prepared>,
+    /// Items failed alone since the last success.
+    streak: usize,
+}
+
+/// Start the model thread.
+pub(crate) fn spawn(
+    model: Arc<FusionModel>,
+    mut rx: mpsc::Receiver<ModelJob>,
+    tx: mpsc::Sender<ModelDone>,
+    stats: Arc<Stats>,
+    test_faults: bool,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("fusionstream-model".into())
+        .spawn(move || {
+            let mut guard = Guard::default();
+            while let Some(job) = rx.blocking_recv() {
+                stats.model_queue.fetch_sub(1, Relaxed);
+                // One span per batch, a root linked to the span of every event it serves
+                // (the OpenTelemetry pattern for batch work).
+                let span = tracing::info_span!(
+                    parent: None,
+                    "model_batch",
+                    otel.name = "fusionstream.model_batch",
+                    lane = job.lane.name(),
+                    items = job.parts.len(),
+                );
+                for p in &job.parts {
+                    crate::telemetry::traces::link(&span, &p.ctx.span);
+                }
+                let faults: Vec<Option<Fault>> = job
+                    .parts
+                    .iter()
+                    .map(|p| fault_for(test_faults, p.ctx.event_id()))
+                    .collect();
+                let ids: Vec<String> = job
+                    .parts
+                    .iter()
+                    .map(|p| p.ctx.event_id().to_owned())
+                    .collect();
+                let (prepared, parts): (Vec<_>, Vec<_>) = job
+                    .parts
+                    .into_iter()
+                    .map(|p| (p.prepared, (p.ctx, p.enqueued)))
+                    .unzip();
+                let started = Instant::now();
+                let result = span.in_scope(|| {
+                    run_isolated(
+                        &model, job.lane, &prepared, &faults, &ids, &mut guard, &stats,
+                    )
+                });
+                drop(span);
+                let took = started.elapsed();
+                drop(prepared);
+                let done = ModelDone {
+                    lane: job.lane,
+                    parts,
+                    started,
+                    took,
+                    result,
+                };
+                if tx.blocking_send(done).is_err() {
+                    return;
+                }
+            }
+        })
+}
+
+/// One forward pass under `catch_unwind`, with the injected test faults of its items.
+fn call(
+    model: &FusionModel,
+    items: &[Prepared],
+    faults: &[Option<Fault>],
+) -> Result<Vec<InferOutput>, CallError> {
+    let injected = |msg: &str| {
+        Err(CallError::Model(ModelError::OnnxRun {
+            graph: "test fault".into(),
+            reason: msg.into(),
+        }))
+    };
+    let run = || {
+        for f in faults.iter().flatten() {
+            match f {
+                Fault::ModelError => return injected("injected model fault"),
+                Fault::ModelPanic => panic!("injected model panic"),
+                Fault::OutOfMemory if items.len() > 1 => {
+                    return injected("CUDA_ERROR_OUT_OF_MEMORY: out of memory (injected)")
+                }
+                Fault::DeviceLost => return injected("CUDA_ERROR_ILLEGAL_ADDRESS (injected)"),
+                _ => {}
+            }
+        }
+        model.infer_batch(items).map_err(CallError::Model)
+    };
+    match std::panic::catch_unwind(AssertUnwindSafe(run)) {
+        Ok(r) => r,
+        Err(payload) => Err(CallError::Panic(panic_message(payload.as_ref()))),
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-text payload".to_owned())
+}
+
+/// Run a batch, isolating failing items; `Err` when the runtime itself is broken.
+fn run_isolated(
+    model: &FusionModel,
+    lane: Lane,
+    prepared: &[Prepared],
+    faults: &[Option<Fault>],
+    ids: &[String],
+    guard: &mut Guard,
+    stats: &Stats,
+) -> anyhow::Result<Vec<ItemResult>> {
+    let n = prepared.len();
+    let isolated = isolate(
+        n,
+        |idx: &[usize]| {
+            if idx.len() == n {
+                call(model, prepared, faults)
+            } else {
+                let sub: Vec<Prepared> = idx.iter().map(|i| prepared[*i].clone()).collect();
+                let f: Vec<Option<Fault>> = idx.iter().map(|i| faults[*i]).collect();
+                call(model, &sub, &f)
+            }
+        },
+        CallError::failure,
+    )
+    .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
+    stats
+        .model_splits
+        .fetch_add(isolated.splits as u64, Relaxed);
+    if isolated.oom_splits > 0 {
+        tracing::warn!(
+            lane = lane.name(),
+            items = n,
+            splits = isolated.oom_splits,
+            "out of memory on a batch: ran it in smaller batches"
+        );
+    }
+    let failures = isolated.failures();
+    if failures == 0 {
+        guard.streak = 0;
+        if guard.canary.is_none() {
+            guard.canary = prepared.first().cloned();
+        }
+    } else if failures == n {
+        // Nothing ran: bad items, or a runtime that no longer runs anything?
+        match &guard.canary {
+            Some(c) => {
+                if let Err(e) = call(model, std::slice::from_ref(c), &[None]) {
+                    anyhow::bail!(
+                        "the model fails on an item it ran before, so the runtime is broken: {}",
+                        describe(&e)
+                    );
+                }
+            }
+            None => {
+                guard.streak += failures;
+                if guard.streak >= MAX_FAILURE_STREAK {
+                    anyhow::bail!(
+                        "{} items failed in a row and none has ever succeeded: the runtime is \
+                         broken; last error: {}",
+                        guard.streak,
+                        isolated
+                            .results
+                            .iter()
+                            .rev()
+                            .find_map(|r| r.as_ref().err().map(describe))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+    } else {
+        guard.streak = 0;
+        if let Some(i) = isolated.results.iter().position(Result::is_ok) {
+            guard.canary = Some(prepared[i].clone());
+        }
+    }
+    Ok(isolated
+        .results
+        .into_iter()
+        .zip(ids)
+        .map(|(r, id)| {
+            r.map_err(|e| {
+                let (reason, panicked) = match &e {
+                    CallError::Panic(_) => ("internal_error", true),
+                    CallError::Model(_) => ("model_error", false),
+                };
+                let detail = format!("{} lane: {}", lane.name(), describe(&e));
+                stats.model_item_failures.fetch_add(1, Relaxed);
+                if panicked {
+                    stats.model_panics.fetch_add(1, Relaxed);
+                }
+                tracing::error!(event_id = %id, reason, error = %detail, "model failed on an item alone");
+                ItemFailure { reason, detail }
+            })
+        })
+        .collect())
+}
+
+fn describe(e: &CallError) -> String {
+    match e {
+        CallError::Model(e) => e.to_string(),
+        CallError::Panic(m) => format!("panicked: {m}"),
+    }
+}
