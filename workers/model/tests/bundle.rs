@@ -181,15 +181,19 @@ fn manifest_weight_hashes_are_the_runtimes() {
     let mut seen = Vec::new();
     for part in ["clip", "blip-caption", "blip-vqa"] {
         let dir = bundle(part);
-        let manifest: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("onnx/manifest.json")).unwrap(),
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("onnx/manifest.json")).unwrap())
+                .unwrap();
+        let ours = hex(fusionstream_model::nn::weights_hash(
+            &dir.join("model.safetensors"),
+            "vision_model.",
         )
-        .unwrap();
-        let ours = hex(
-            fusionstream_model::nn::weights_hash(&dir.join("model.safetensors"), "vision_model.")
-                .unwrap(),
+        .unwrap());
+        assert_eq!(
+            manifest["weights_sha256"]["vision"].as_str(),
+            Some(ours.as_str()),
+            "{part}"
         );
-        assert_eq!(manifest["weights_sha256"]["vision"].as_str(), Some(ours.as_str()), "{part}");
         seen.push(ours);
     }
     assert_ne!(seen[0], seen[1], "CLIP and BLIP towers differ");
