@@ -123,18 +123,31 @@ impl PositionTracker {
         self.partitions.get(&partition).map(|p| p.committable())
     }
 
-    /// Partitions whose committable position moved since the last call, with that position;
-    /// marks them committed.
-    pub fn take_commits(&mut self) -> Vec<(PartitionId, u64)> {
-        let mut out = Vec::new();
-        for (id, p) in &mut self.partitions {
-            let c = p.committable();
-            if c != p.committed {
-                p.committed = c;
-                out.push((*id, c));
-            }
+    /// Partitions whose committable position is past their last *confirmed* commit, with
+    /// that position: what to commit now. Nothing is marked: a commit that fails, or whose
+    /// confirmation never comes, is still pending at the next call, so it is retried.
+    pub fn pending_commits(&self) -> Vec<(PartitionId, u64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(id, p)| {
+                let c = p.committable();
+                (c > p.committed).then_some((*id, c))
+            })
+            .collect()
+    }
+
+    /// The store (the broker, the checkpoint file) confirmed `offset` as the partition's
+    /// commit. A late or repeated confirmation never moves it back; one for a partition no
+    /// longer assigned is ignored.
+    pub fn confirm(&mut self, partition: PartitionId, offset: u64) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.committed = p.committed.max(offset);
         }
-        out
+    }
+
+    /// The last confirmed commit of a partition.
+    pub fn confirmed(&self, partition: PartitionId) -> Option<u64> {
+        self.partitions.get(&partition).map(|p| p.committed)
     }
 
     /// Committable position of every partition.
@@ -174,8 +187,15 @@ mod tests {
         assert_eq!(t.committable(0), Some(10), "10 is not done");
         t.complete(0, 10).expect("pending");
         assert_eq!(t.committable(0), Some(14), "gap 12 was never an event");
-        assert_eq!(t.take_commits(), vec![(0, 14)]);
-        assert_eq!(t.take_commits(), vec![]);
+        assert_eq!(t.pending_commits(), vec![(0, 14)]);
+        assert_eq!(
+            t.pending_commits(),
+            vec![(0, 14)],
+            "pending until confirmed"
+        );
+        t.confirm(0, 14);
+        assert_eq!(t.pending_commits(), vec![]);
+        assert_eq!(t.confirmed(0), Some(14));
         t.complete(0, 14).expect("pending");
         assert_eq!(t.committable(0), Some(15));
         assert_eq!(
@@ -186,6 +206,30 @@ mod tests {
             })
         );
         assert!(matches!(t.track(0, 3), Err(TrackError::OutOfOrder { .. })));
+    }
+
+    #[test]
+    fn a_commit_is_pending_until_confirmed_and_never_moves_back() {
+        let mut t = PositionTracker::new();
+        t.assign(0, 0);
+        t.assign(1, 100);
+        for o in 0..4 {
+            t.track(0, o).unwrap();
+            t.complete(0, o).unwrap();
+        }
+        // Attempted (not confirmed): still pending, so a quiet stream retries it.
+        assert_eq!(t.pending_commits(), vec![(0, 4)]);
+        t.track(0, 4).unwrap();
+        t.complete(0, 4).unwrap();
+        // A late confirmation of the earlier attempt leaves the newer position pending.
+        t.confirm(0, 4);
+        assert_eq!(t.pending_commits(), vec![(0, 5)]);
+        t.confirm(0, 5);
+        t.confirm(0, 3);
+        assert_eq!(t.confirmed(0), Some(5), "never moves back");
+        assert_eq!(t.pending_commits(), vec![]);
+        t.confirm(7, 9);
+        assert_eq!(t.confirmed(7), None, "not assigned: ignored");
     }
 
     #[test]

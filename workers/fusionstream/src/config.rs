@@ -411,6 +411,9 @@ pub struct CheckpointConfig {
     /// Write interval.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Bound on the last commit's confirmation at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub commit_timeout: Duration,
 }
 
 /// `[shutdown]`.

@@ -7,7 +7,9 @@
 //!   degraded; down past the retry budget: the events degrade (or, under a dead-letter
 //!   policy, are dead-lettered) with the reason;
 //! - MinIO is down when a backfill starts listing its prefix: the listing retries, and once
-//!   MinIO is back every object gets its outputs.
+//!   MinIO is back every object gets its outputs;
+//! - the broker is down when the worker commits the tail of a stream that then goes quiet:
+//!   the commit is retried until the broker confirms it, without new events to carry it.
 //!
 //! This binary runs alone (cargo runs test binaries one after another), so stopping a
 //! service cannot disturb the other tests; a guard starts it again even when a test fails.
@@ -106,6 +108,49 @@ async fn broker_restart_mid_stream_recovers_without_a_worker_restart() {
         "{n} events across a broker restart ({back} committed when it came back), \
          {dups} duplicate captions (allowed); worker warnings: {}",
         log.lines().filter(|l| l.contains("WARN")).count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_fails_while_the_broker_is_down_is_retried_on_a_quiet_stream() {
+    let Some(broker) = broker() else { return };
+    let _one = ONE_FAULT.lock().await;
+    let t = topics("commit");
+    create(&broker, &t).await;
+    let n = 30;
+    produce(&broker, &t.input, &caption_events(n));
+    // Commits only after 12 s of quiet: the outputs are published well before the first one.
+    let w = worker(
+        &broker,
+        &t,
+        &[("FUSIONSTREAM__CHECKPOINT__INTERVAL", "12s")],
+    );
+    wait_for(
+        || {
+            read_outputs(&broker, &t)
+                .iter()
+                .filter(|(s, ..)| s == "captions")
+                .count()
+                >= n
+        },
+        "every caption published",
+        180,
+    );
+    assert_eq!(committed(&broker, &t), 0, "nothing committed yet");
+    // The stream is now quiet; the broker goes away before the commit and stays away past it.
+    let mut outage = Outage::begin("kafka");
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    outage.end();
+    // No event arrives any more: only a retry can commit the tail.
+    wait_for(
+        || committed(&broker, &t) >= n as i64,
+        "the tail committed after the broker came back",
+        120,
+    );
+    let log = stop(w);
+    eprintln!(
+        "commit across a broker outage on a quiet stream: {} commit warnings in the log",
+        log.lines().filter(|l| l.contains("commit")).count()
     );
 }
 

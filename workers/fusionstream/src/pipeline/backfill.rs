@@ -22,7 +22,7 @@ use fusionstream_io::checkpoint::{BackfillPosition, Checkpoint};
 use fusionstream_io::s3::S3Media;
 use fusionstream_io::source::SourceRecord;
 
-use super::{Committer, Emitter, Source};
+use super::{CommitAck, Committer, Emitter, Source};
 
 /// What to backfill.
 #[derive(Debug, Clone)]
@@ -198,12 +198,12 @@ impl Source for BackfillSource {
 }
 
 impl Committer for BackfillCheckpoint {
-    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()> {
+    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck> {
         let Some(&(_, next)) = positions.iter().find(|(p, _)| *p == 0) else {
-            return Ok(());
+            return Ok(CommitAck::Confirmed);
         };
         if next == 0 {
-            return Ok(());
+            return Ok(CommitAck::Confirmed);
         }
         let mut keys = self
             .keys
@@ -221,7 +221,7 @@ impl Committer for BackfillCheckpoint {
             b.done = self.done_before + next;
         }
         self.state.store(&self.path)?;
-        Ok(())
+        Ok(CommitAck::Confirmed)
     }
 }
 

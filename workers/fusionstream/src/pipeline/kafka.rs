@@ -14,9 +14,13 @@
 //!   assignment is paused and the consumer keeps polling (heartbeats, rebalances,
 //!   `max.poll.interval.ms`) until a slot frees up; librdkafka then resumes fetching from
 //!   the next unread offset.
+//! - **Commits** are asynchronous and count only once the broker confirms them (the commit
+//!   callback); the sink sends what is unconfirmed again at its next interval, so a failed
+//!   commit is retried also on a quiet stream. At shutdown the last commit is synchronous,
+//!   bounded by `checkpoint.commit_timeout`.
 //! - **Lag**: librdkafka's statistics give each assigned partition's high watermark and
-//!   committed offset; their difference, summed, feeds `fusionstream_consumer_lag` and the
-//!   seconds-to-drain gauge.
+//!   committed offset (the broker's, so confirmed commits only); their difference, summed,
+//!   feeds `fusionstream_consumer_lag` and the seconds-to-drain gauge.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,7 +40,7 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{lock, Committer, Emitter, OutputSink, Source, Stats};
+use super::{lock, CommitAck, Committer, Emitter, OutputSink, Source, Stats};
 
 /// A Kafka partition: topic and partition number.
 type TopicPartition = (String, i32);
@@ -256,10 +260,21 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            self.stats.commit_failures.fetch_add(1, Relaxed);
-            tracing::warn!(error = %e, "offset commit failed; the next commit supersedes it");
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            // The broker confirmed: only now do these positions count as committed.
+            Ok(()) => {
+                let mut t = lock(&self.tracker);
+                for e in offsets.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        t.confirm(self.map.id(e.topic(), e.partition()), o.max(0) as u64);
+                    }
+                }
+            }
+            Err(e) => {
+                self.stats.commit_failures.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "offset commit failed; it will be retried");
+            }
         }
     }
 }
@@ -444,24 +459,58 @@ impl KafkaCommitter {
     }
 }
 
-impl Committer for KafkaCommitter {
-    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()> {
-        let Some(consumer) = self.shared.consumer.get() else {
-            return Ok(());
-        };
+impl KafkaCommitter {
+    fn list(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for (id, next) in positions {
             if let Some((topic, p)) = self.shared.map.get(*id) {
                 tpl.add_partition_offset(&topic, p, Offset::Offset(*next as i64))?;
             }
         }
+        Ok(tpl)
+    }
+}
+
+impl Committer for KafkaCommitter {
+    /// An asynchronous commit: confirmed by the commit callback when the broker answers.
+    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck> {
+        let Some(consumer) = self.shared.consumer.get() else {
+            anyhow::bail!("no consumer yet");
+        };
+        let tpl = self.list(positions)?;
         if tpl.count() > 0 {
-            // Async: a lost commit only means a replay; the next commit supersedes it.
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                tracing::warn!(error = %e, "offset commit failed; will retry with the next one");
-            }
+            consumer
+                .commit(&tpl, CommitMode::Async)
+                .context("sending the offset commit")?;
         }
-        Ok(())
+        Ok(CommitAck::Sent)
+    }
+
+    /// A synchronous commit on a helper thread, given up after `timeout` (librdkafka defers
+    /// a commit while no group coordinator is reachable, without a bound of its own).
+    fn commit_and_wait(
+        &mut self,
+        positions: &[(PartitionId, u64)],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let Some(consumer) = self.shared.consumer.get().cloned() else {
+            anyhow::bail!("no consumer");
+        };
+        let tpl = self.list(positions)?;
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("fusionstream-commit".into())
+            .spawn(move || {
+                let _ = tx.send(consumer.commit(&tpl, CommitMode::Sync));
+            })
+            .context("starting the commit thread")?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r.context("committing offsets"),
+            Err(_) => anyhow::bail!("no answer from the group coordinator within {timeout:?}"),
+        }
     }
 }
 

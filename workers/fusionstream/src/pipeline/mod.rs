@@ -77,6 +77,8 @@ pub struct Settings {
     pub policy: Policy,
     /// How often positions are committed.
     pub commit_interval: Duration,
+    /// How long the last commit at shutdown may keep trying for a confirmation.
+    pub commit_timeout: Duration,
     /// Drain budget at shutdown.
     pub drain_timeout: Duration,
     /// Test-only fault injection ([`faults`]): `FUSIONSTREAM_TEST_FAULTS=1`.
@@ -126,6 +128,7 @@ impl Settings {
                 tenants: c.degradation.tenants.clone(),
             },
             commit_interval: c.checkpoint.interval,
+            commit_timeout: c.checkpoint.commit_timeout,
             drain_timeout: c.shutdown.drain_timeout,
             test_faults: faults::from_env(),
         }
@@ -198,10 +201,37 @@ impl OutputSink for JsonlSink {
     }
 }
 
-/// Where acknowledged positions are recorded.
+/// What a committer knows when [`Committer::commit`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitAck {
+    /// Stored: the positions are confirmed.
+    Confirmed,
+    /// Sent: the store confirms later (the Kafka committer's commit callback calls
+    /// [`PositionTracker::confirm`]); until then the positions stay pending and are sent
+    /// again.
+    Sent,
+}
+
+/// Where acknowledged positions are recorded. A position counts as committed only once
+/// confirmed; what is not confirmed is committed again (with backoff after failures), also
+/// on a quiet stream and at shutdown.
 pub trait Committer: Send + 'static {
-    /// Record new committable positions.
-    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()>;
+    /// Commit positions (the next position to read, per partition).
+    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck>;
+
+    /// Commit and wait for the confirmation, at most `timeout` (at shutdown, when nothing
+    /// else will deliver a later confirmation).
+    fn commit_and_wait(
+        &mut self,
+        positions: &[(PartitionId, u64)],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let _ = timeout;
+        match self.commit(positions)? {
+            CommitAck::Confirmed => Ok(()),
+            CommitAck::Sent => anyhow::bail!("commit sent but not confirmed"),
+        }
+    }
 }
 
 /// A local JSONL source with the start positions of its checkpoint.
@@ -274,7 +304,7 @@ impl LocalCheckpoint {
 }
 
 impl Committer for LocalCheckpoint {
-    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()> {
+    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck> {
         for (p, o) in positions {
             let s = self
                 .streams
@@ -284,7 +314,7 @@ impl Committer for LocalCheckpoint {
         }
         self.state.version = 1;
         self.state.store(&self.path)?;
-        Ok(())
+        Ok(CommitAck::Confirmed)
     }
 }
 
@@ -447,7 +477,10 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         tracker.clone(),
         committer.clone(),
         stats.clone(),
-        settings.commit_interval,
+        sink::CommitTiming {
+            interval: settings.commit_interval,
+            final_timeout: settings.commit_timeout,
+        },
     ));
     let assemble_task = tokio::spawn(assemble::run(
         done_rx,
@@ -540,8 +573,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     let finished_source = source_result.context("source task")??;
     if timed_out {
         // Commit the done prefix; the rest replays on the next start.
-        let commits = lock(&tracker).take_commits();
-        lock(&committer).commit(&commits)?;
+        sink::final_commit(&tracker, &committer, &stats, settings.commit_timeout).await;
         let abandoned = lock(&tracker).in_flight();
         return Ok(RunEnd::DrainTimedOut { abandoned });
     }

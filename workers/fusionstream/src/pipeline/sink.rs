@@ -5,6 +5,12 @@
 //! sent again, with backoff, until it is acknowledged: outputs are never dropped, at worst
 //! duplicated. A fatal error (authorisation, a record the broker refuses) stops the worker
 //! with nothing of the group acknowledged.
+//!
+//! Commits: a position counts as committed only when the store confirmed it
+//! ([`PositionTracker::confirm`]). Every `checkpoint.interval`, also on a quiet stream, what is
+//! done but unconfirmed is committed (again): a failed or lost commit is retried, backing off
+//! up to 30 s while commits keep failing. At shutdown the last commit waits for its
+//! confirmation, retrying within `checkpoint.commit_timeout`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -19,7 +25,7 @@ use tokio::sync::mpsc;
 
 use super::assemble::Finished;
 use super::stats::{Stage, Stats};
-use super::{lock, Committer, OutputSink};
+use super::{lock, CommitAck, Committer, OutputSink};
 
 /// Most events written between two flushes (group commit).
 const GROUP: usize = 256;
@@ -32,14 +38,29 @@ const REPUBLISH: Backoff = Backoff {
     retries: u32::MAX,
 };
 
+/// Delays between commits while they keep failing (the first retry is at the next
+/// interval).
+const RECOMMIT_MAX: Duration = Duration::from_secs(30);
+
+/// When commits happen.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CommitTiming {
+    /// Between commits.
+    pub interval: Duration,
+    /// Bound on the last commit at shutdown.
+    pub final_timeout: Duration,
+}
+
 pub(crate) async fn run<K: OutputSink, C: Committer>(
     mut rx: mpsc::Receiver<Finished>,
     mut sink: K,
     tracker: Arc<Mutex<PositionTracker>>,
     committer: Arc<Mutex<C>>,
     stats: Arc<Stats>,
-    interval: Duration,
+    timing: CommitTiming,
 ) -> anyhow::Result<()> {
+    let interval = timing.interval;
+    let mut commits = Commits::new(interval);
     let mut last_commit = Instant::now();
     let mut group = Vec::with_capacity(GROUP);
     loop {
@@ -50,7 +71,7 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
                 None => break,
             },
             _ = tokio::time::sleep(interval) => {
-                commit(&tracker, &committer, &stats);
+                commits.commit(&tracker, &committer, &stats);
                 last_commit = Instant::now();
                 continue;
             }
@@ -85,11 +106,11 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
             drop(f.permit);
         }
         if last_commit.elapsed() >= interval {
-            commit(&tracker, &committer, &stats);
+            commits.commit(&tracker, &committer, &stats);
             last_commit = Instant::now();
         }
     }
-    commit(&tracker, &committer, &stats);
+    final_commit(&tracker, &committer, &stats, timing.final_timeout).await;
     Ok(())
 }
 
@@ -139,19 +160,273 @@ fn class(e: &anyhow::Error) -> ErrorClass {
         .map_or(ErrorClass::Fatal, |k| k.class())
 }
 
-/// Commit the done prefix. A failed commit is not fatal: nothing is lost, those events
-/// replay after a restart, and the next commit supersedes it.
-fn commit<C: Committer>(tracker: &Mutex<PositionTracker>, committer: &Mutex<C>, stats: &Stats) {
-    let commits = lock(tracker).take_commits();
-    if commits.is_empty() {
-        return;
+/// The commit schedule: every interval, backing off while commits fail.
+struct Commits {
+    backoff: Backoff,
+    /// Consecutive failed commits.
+    failures: u32,
+    /// `commit_failures` when last looked at (the Kafka committer's callback counts
+    /// failures that `commit` itself cannot see).
+    seen_failures: u64,
+    not_before: Instant,
+}
+
+impl Commits {
+    fn new(interval: Duration) -> Self {
+        Self {
+            backoff: Backoff {
+                initial: interval,
+                max: RECOMMIT_MAX.max(interval),
+                retries: u32::MAX,
+            },
+            failures: 0,
+            seen_failures: 0,
+            not_before: Instant::now(),
+        }
     }
-    stats.commits.fetch_add(1, Relaxed);
-    if let Err(e) = lock(committer).commit(&commits) {
-        stats.commit_failures.fetch_add(1, Relaxed);
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "committing positions failed; they will be committed with the next ones"
-        );
+
+    /// Commit what is done and unconfirmed, unless backing off. A failed commit is not
+    /// fatal: nothing is lost (those events replay after a restart) and it is retried.
+    fn commit<C: Committer>(
+        &mut self,
+        tracker: &Mutex<PositionTracker>,
+        committer: &Mutex<C>,
+        stats: &Stats,
+    ) {
+        let failed_since = stats.commit_failures.load(Relaxed) > self.seen_failures;
+        self.seen_failures = stats.commit_failures.load(Relaxed);
+        let pending = lock(tracker).pending_commits();
+        stats
+            .uncommitted_partitions
+            .store(pending.len() as i64, Relaxed);
+        if pending.is_empty() {
+            self.failures = 0;
+            return;
+        }
+        if failed_since {
+            self.failures = self.failures.saturating_add(1);
+            let delay = self
+                .backoff
+                .delay(self.failures - 1, super::intake::jitter());
+            self.not_before = Instant::now() + delay.unwrap_or(self.backoff.max);
+        } else if self.failures > 0 && Instant::now() >= self.not_before {
+            // The last retry was not reported as failed: start over at the interval.
+            self.failures = 0;
+        }
+        if Instant::now() < self.not_before {
+            return;
+        }
+        stats.commits.fetch_add(1, Relaxed);
+        match lock(committer).commit(&pending) {
+            Ok(CommitAck::Confirmed) => {
+                let mut t = lock(tracker);
+                for (p, o) in &pending {
+                    t.confirm(*p, *o);
+                }
+                stats.uncommitted_partitions.store(0, Relaxed);
+            }
+            Ok(CommitAck::Sent) => {}
+            Err(e) => {
+                stats.commit_failures.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "committing positions failed; retrying"
+                );
+            }
+        }
+    }
+}
+
+/// The last commit: what is done and unconfirmed is committed and its confirmation awaited,
+/// retried with backoff within `timeout`. What is still unconfirmed after it replays on the
+/// next start (never a loss).
+pub(crate) async fn final_commit<C: Committer>(
+    tracker: &Arc<Mutex<PositionTracker>>,
+    committer: &Arc<Mutex<C>>,
+    stats: &Arc<Stats>,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut attempt = 0u32;
+    loop {
+        let pending = lock(tracker).pending_commits();
+        stats
+            .uncommitted_partitions
+            .store(pending.len() as i64, Relaxed);
+        if pending.is_empty() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        stats.commits.fetch_add(1, Relaxed);
+        let c = committer.clone();
+        let p = pending.clone();
+        // A Kafka commit waits on the broker: off the async workers.
+        let r = tokio::task::spawn_blocking(move || lock(&c).commit_and_wait(&p, left))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("commit task failed: {e}")));
+        match r {
+            Ok(()) => {
+                let mut t = lock(tracker);
+                for (p, o) in &pending {
+                    t.confirm(*p, *o);
+                }
+            }
+            Err(e) => {
+                stats.commit_failures.fetch_add(1, Relaxed);
+                let delay = Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(2),
+                    retries: u32::MAX,
+                }
+                .delay(attempt, super::intake::jitter())
+                .unwrap_or(Duration::from_secs(2));
+                if Instant::now() + delay >= deadline {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        partitions = pending.len(),
+                        "last commit not confirmed within checkpoint.commit_timeout; those \
+                         events replay on the next start"
+                    );
+                    return;
+                }
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    attempt,
+                    "last commit failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use fusionstream_core::position::PartitionId;
+
+    /// A committer that fails its first `fail` commits, then stores or only sends.
+    struct Flaky {
+        fail: usize,
+        ack: CommitAck,
+        calls: Vec<Vec<(PartitionId, u64)>>,
+    }
+
+    impl Committer for Flaky {
+        fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck> {
+            self.calls.push(positions.to_vec());
+            if self.calls.len() <= self.fail {
+                anyhow::bail!("coordinator not available");
+            }
+            Ok(self.ack)
+        }
+    }
+
+    fn done_tracker(n: u64) -> Arc<Mutex<PositionTracker>> {
+        let mut t = PositionTracker::new();
+        t.assign(0, 0);
+        for o in 0..n {
+            t.track(0, o).unwrap();
+            t.complete(0, o).unwrap();
+        }
+        Arc::new(Mutex::new(t))
+    }
+
+    #[test]
+    fn a_failed_commit_is_retried_on_a_quiet_stream_until_confirmed() {
+        let tracker = done_tracker(5);
+        let committer = Mutex::new(Flaky {
+            fail: 3,
+            ack: CommitAck::Confirmed,
+            calls: vec![],
+        });
+        let stats = Stats::default();
+        let mut commits = Commits::new(Duration::from_millis(1));
+        // No new event arrives: only the timer calls commit.
+        let start = Instant::now();
+        while lock(&tracker).confirmed(0) != Some(5) {
+            assert!(start.elapsed() < Duration::from_secs(5), "never confirmed");
+            commits.commit(&tracker, &committer, &stats);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        {
+            let calls = &lock(&committer).calls;
+            assert_eq!(calls.len(), 4, "three failures, then the commit that held");
+            assert!(calls.iter().all(|c| c == &vec![(0, 5)]));
+        }
+        assert_eq!(stats.commit_failures.load(Relaxed), 3);
+        assert_eq!(stats.uncommitted_partitions.load(Relaxed), 0);
+        commits.commit(&tracker, &committer, &stats);
+        assert_eq!(lock(&committer).calls.len(), 4, "nothing left to commit");
+    }
+
+    #[test]
+    fn a_sent_commit_is_sent_again_until_the_store_confirms_it() {
+        let tracker = done_tracker(3);
+        let committer = Mutex::new(Flaky {
+            fail: 0,
+            ack: CommitAck::Sent,
+            calls: vec![],
+        });
+        let stats = Stats::default();
+        let mut commits = Commits::new(Duration::from_millis(1));
+        commits.commit(&tracker, &committer, &stats);
+        commits.commit(&tracker, &committer, &stats);
+        assert_eq!(lock(&committer).calls.len(), 2, "unconfirmed: sent again");
+        assert_eq!(stats.uncommitted_partitions.load(Relaxed), 1);
+        // The callback's confirmation.
+        lock(&tracker).confirm(0, 3);
+        commits.commit(&tracker, &committer, &stats);
+        assert_eq!(lock(&committer).calls.len(), 2);
+        assert_eq!(stats.uncommitted_partitions.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn commits_back_off_while_they_keep_failing() {
+        let tracker = done_tracker(1);
+        let committer = Mutex::new(Flaky {
+            fail: usize::MAX,
+            ack: CommitAck::Confirmed,
+            calls: vec![],
+        });
+        let stats = Stats::default();
+        let mut commits = Commits::new(Duration::from_millis(20));
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(400) {
+            commits.commit(&tracker, &committer, &stats);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Without backoff that would be ~300 attempts; with it (20, 40, 80, 160 ms caps,
+        // full jitter) far fewer.
+        let n = lock(&committer).calls.len();
+        assert!((2..100).contains(&n), "{n} attempts in 400 ms");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_commit_retries_within_its_timeout() {
+        let tracker = done_tracker(4);
+        let committer = Arc::new(Mutex::new(Flaky {
+            fail: 2,
+            ack: CommitAck::Confirmed,
+            calls: vec![],
+        }));
+        let stats = Arc::new(Stats::default());
+        final_commit(&tracker, &committer, &stats, Duration::from_secs(10)).await;
+        assert_eq!(lock(&tracker).confirmed(0), Some(4));
+        assert_eq!(lock(&committer).calls.len(), 3);
+
+        // Never confirmed: gives up at the bound, positions still pending (they replay).
+        let tracker = done_tracker(2);
+        let committer = Arc::new(Mutex::new(Flaky {
+            fail: usize::MAX,
+            ack: CommitAck::Confirmed,
+            calls: vec![],
+        }));
+        let start = Instant::now();
+        final_commit(&tracker, &committer, &stats, Duration::from_millis(300)).await;
+        assert!(start.elapsed() < Duration::from_secs(3));
+        assert_eq!(lock(&tracker).pending_commits(), vec![(0, 2)]);
     }
 }

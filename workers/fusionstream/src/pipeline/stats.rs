@@ -102,6 +102,8 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Failed commits.
     pub commit_failures: AtomicU64,
+    /// Partitions whose done position is not yet confirmed as committed.
+    pub uncommitted_partitions: AtomicI64,
     /// Output groups sent again after a failed acknowledgement.
     pub publish_retries: AtomicU64,
     /// Model batches split to isolate failing items (or out-of-memory).
@@ -153,6 +155,7 @@ impl Default for Stats {
             pauses: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
+            uncommitted_partitions: AtomicI64::new(0),
             publish_retries: AtomicU64::new(0),
             model_splits: AtomicU64::new(0),
             model_item_failures: AtomicU64::new(0),

@@ -261,8 +261,14 @@ impl Collector for StatsCollector {
         counter(
             &mut e,
             "commit_failures",
-            "Position commits that failed (the next commit supersedes them).",
+            "Position commits that failed or were refused by the broker (each is retried).",
             s.commit_failures.load(Relaxed),
+        )?;
+        gauge(
+            &mut e,
+            "uncommitted_partitions",
+            "Partitions whose done position is not yet confirmed as committed (alert if it stays above 0).",
+            s.uncommitted_partitions.load(Relaxed),
         )?;
         counter(
             &mut e,
