@@ -90,6 +90,29 @@ pub enum KafkaSinkError {
     Canceled,
 }
 
+impl KafkaSinkError {
+    /// The broker (or librdkafka's own `message.max.bytes` check) refused a record or a batch
+    /// as too large: not retryable as it is, but the record can be cut or replaced.
+    pub fn is_too_large(&self) -> bool {
+        use rdkafka::error::KafkaError;
+        let KafkaSinkError::Delivery { error, .. } = self else {
+            return false;
+        };
+        let code = match error {
+            KafkaError::MessageProduction(c) => Some(*c),
+            other => other.rdkafka_error_code(),
+        };
+        matches!(
+            code,
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::MessageBatchTooLarge
+            )
+        )
+    }
+}
+
 impl fusionstream_core::Classify for KafkaSinkError {
     /// Errors a later attempt cannot fix (authorisation, records the broker refuses, a
     /// producer in a fatal state) are fatal; the rest (timeouts, brokers away, leaders

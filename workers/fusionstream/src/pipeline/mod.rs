@@ -19,6 +19,7 @@ pub mod faults;
 mod intake;
 pub mod kafka;
 mod model_thread;
+mod oversize;
 mod sink;
 pub mod stats;
 

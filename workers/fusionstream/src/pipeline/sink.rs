@@ -23,7 +23,10 @@ use fusionstream_core::{Classify as _, ErrorClass};
 use fusionstream_io::kafka::KafkaSinkError;
 use tokio::sync::mpsc;
 
+use fusionstream_core::record::Stream;
+
 use super::assemble::Finished;
+use super::oversize;
 use super::stats::{Stage, Stats};
 use super::{lock, CommitAck, Committer, OutputSink};
 
@@ -134,6 +137,12 @@ async fn publish<K: OutputSink>(
         }
         .await;
         let Err(e) = r else { return Ok(()) };
+        if too_large(&e) {
+            // Some record of the group is over the broker's limit: find it by sending the
+            // records one at a time (those already delivered are sent again: duplicates,
+            // never a loss).
+            return publish_each(sink, group, stats).await;
+        }
         if class(&e) == ErrorClass::Fatal {
             return Err(e).context("acknowledging outputs");
         }
@@ -150,6 +159,99 @@ async fn publish<K: OutputSink>(
         tokio::time::sleep(delay).await;
         attempt = attempt.saturating_add(1);
     }
+}
+
+/// Publish the group record by record. A record refused as too large is never fatal: a dead
+/// letter is sent again with its payload cut (halved until it fits, flagged), an output
+/// record is replaced by its event's `output_too_large` dead letter.
+async fn publish_each<K: OutputSink>(
+    sink: &mut K,
+    group: &[Finished],
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    for f in group {
+        for (stream, json) in &f.records {
+            let mut stream = *stream;
+            let mut json = std::borrow::Cow::Borrowed(json.as_slice());
+            loop {
+                match publish_one(sink, stream, &f.key, &json, f.traceparent.as_deref(), stats)
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e) if too_large(&e) => {}
+                    Err(e) => return Err(e).context("acknowledging outputs"),
+                }
+                let replacement = if stream == Stream::DeadLetters {
+                    oversize::shrink_dead_letter(&json)
+                } else {
+                    stats.outputs_too_large.fetch_add(1, Relaxed);
+                    let dl = oversize::output_too_large(stream, &json);
+                    tracing::warn!(
+                        event_id = %f.key,
+                        stream = stream.name(),
+                        bytes = json.len(),
+                        "output record too large for the broker: dead-lettered as output_too_large"
+                    );
+                    stream = Stream::DeadLetters;
+                    dl
+                };
+                match replacement {
+                    Some(r) => json = std::borrow::Cow::Owned(r),
+                    None => {
+                        // Not even a dead letter without payload fits: the broker's limit is
+                        // below any record this worker can write.
+                        anyhow::bail!(
+                            "the broker refuses even a {}-byte dead letter (event {}): raise \
+                             the dead-letter topic's max.message.bytes",
+                            json.len(),
+                            f.key
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One record, sent and acknowledged, retried while the error is retryable.
+async fn publish_one<K: OutputSink>(
+    sink: &mut K,
+    stream: Stream,
+    key: &str,
+    json: &[u8],
+    traceparent: Option<&str>,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    let mut attempt = 0u32;
+    loop {
+        let r = async {
+            sink.write(stream, key, json, traceparent).await?;
+            sink.flush().await
+        }
+        .await;
+        let Err(e) = r else { return Ok(()) };
+        if too_large(&e) || class(&e) == ErrorClass::Fatal {
+            return Err(e);
+        }
+        stats.publish_retries.fetch_add(1, Relaxed);
+        let delay = REPUBLISH
+            .delay(attempt, super::intake::jitter())
+            .unwrap_or(REPUBLISH.max);
+        tracing::warn!(
+            error = format!("{e:#}"),
+            attempt,
+            "output not acknowledged; sending it again"
+        );
+        tokio::time::sleep(delay).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+fn too_large(e: &anyhow::Error) -> bool {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<KafkaSinkError>())
+        .is_some_and(KafkaSinkError::is_too_large)
 }
 
 /// Kafka delivery errors know their class; anything else a sink reports (a local file that

@@ -106,6 +106,9 @@ pub struct Stats {
     pub uncommitted_partitions: AtomicI64,
     /// Output groups sent again after a failed acknowledgement.
     pub publish_retries: AtomicU64,
+    /// Output records the broker refused as too large (replaced by `output_too_large` dead
+    /// letters).
+    pub outputs_too_large: AtomicU64,
     /// Model batches split to isolate failing items (or out-of-memory).
     pub model_splits: AtomicU64,
     /// Items the model failed on alone (dead-lettered `model_error` / `internal_error`).
@@ -157,6 +160,7 @@ impl Default for Stats {
             commit_failures: AtomicU64::new(0),
             uncommitted_partitions: AtomicI64::new(0),
             publish_retries: AtomicU64::new(0),
+            outputs_too_large: AtomicU64::new(0),
             model_splits: AtomicU64::new(0),
             model_item_failures: AtomicU64::new(0),
             model_panics: AtomicU64::new(0),

@@ -278,6 +278,12 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut e,
+            "outputs_too_large",
+            "Output records the broker refused as too large, replaced by output_too_large dead letters.",
+            s.outputs_too_large.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
             "model_batch_splits",
             "Model batches split in halves to isolate the items that fail them (or after out-of-memory).",
             s.model_splits.load(Relaxed),

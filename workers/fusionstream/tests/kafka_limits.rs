@@ -1,0 +1,108 @@
+//! Records over the broker's message limit, against the real broker: topics created with a
+//! small `max.message.bytes`. An output record the broker refuses becomes its event's
+//! `output_too_large` dead letter, a dead letter it refuses is sent again with its payload
+//! cut (flagged), the event's other outputs are published and the worker keeps running with
+//! every offset committed. (Before: the delivery error was fatal and the worker stopped.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::kafka::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+
+/// Create `topic` with one partition and `max.message.bytes` = `limit`.
+async fn create_limited(broker: &str, topic: &str, limit: usize) {
+    let admin: AdminClient<DefaultClientContext> = conn(broker).client_config().create().unwrap();
+    let limit = limit.to_string();
+    let t = NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", &limit);
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics([&t], &opts).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+/// Text that lz4 cannot shrink much (the broker checks the compressed size).
+fn noise(n: usize, seed: u64) -> String {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_over_the_brokers_limit_are_dead_lettered_and_the_worker_goes_on() {
+    let Some(broker) = broker() else { return };
+    let t = topics("limits");
+    // Embedding records (a few KB) can never fit; dead letters of 1.5 KB can.
+    create_limited(&broker, &t.outputs[2], 200).await;
+    create_limited(&broker, &t.outputs[4], 1500).await;
+    create(&broker, &t).await;
+    let n = 8;
+    let mut lines = caption_events(n);
+    // Malformed events (no closing brace) of 6 KB: their dead letters keep the payload, which
+    // must be cut to fit.
+    for i in 0..3 {
+        lines.push(format!(
+            "{{\"id\": \"bad-{i}\", \"text\": \"{}\"",
+            noise(6000, i + 7)
+        ));
+    }
+    produce(&broker, &t.input, &lines);
+    let w = worker(&broker, &t, &[]);
+    wait_for(
+        || committed(&broker, &t) >= lines.len() as i64,
+        "every offset committed",
+        180,
+    );
+    let log = stop(w);
+    let recs = read_outputs(&broker, &t);
+    let mut by_stream: BTreeMap<&str, Vec<&serde_json::Value>> = BTreeMap::new();
+    for (s, v, _) in &recs {
+        by_stream.entry(s.as_str()).or_default().push(v);
+    }
+    assert!(
+        by_stream.get("embeddings").is_none(),
+        "no embedding fits 200 bytes"
+    );
+    let captions = by_stream.get("captions").map_or(0, Vec::len);
+    assert!(
+        captions >= n,
+        "every event keeps its caption: {captions}\n{log}"
+    );
+    let dead = by_stream.get("dead_letters").cloned().unwrap_or_default();
+    let too_large: Vec<_> = dead
+        .iter()
+        .filter(|d| d["reason"] == "output_too_large")
+        .collect();
+    for i in 0..n {
+        let id = format!("ev-{i:04}");
+        let d = too_large
+            .iter()
+            .find(|d| d["event_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id}: no output_too_large dead letter\n{log}"));
+        assert!(d["detail"].as_str().unwrap().contains("embeddings record"));
+    }
+    let malformed: Vec<_> = dead
+        .iter()
+        .filter(|d| d["reason"] == "malformed_json")
+        .collect();
+    assert!(malformed.len() >= 3, "{malformed:?}");
+    for d in malformed {
+        assert_eq!(d["payload_truncated"], true);
+        let p = d["payload"].as_str().unwrap();
+        assert!(
+            p.len() < 6000 && p.starts_with("{\"id\": \"bad-"),
+            "cut, kept from the start: {}",
+            p.len()
+        );
+    }
+}
