@@ -125,6 +125,8 @@ pub struct Event {
 pub enum RejectReason {
     /// Larger than `max_event_bytes`.
     EventTooLarge,
+    /// No bytes at all (a Kafka tombstone, an empty line).
+    EmptyPayload,
     /// Not JSON (or not UTF-8).
     MalformedJson,
     /// JSON, but not an object.
@@ -144,6 +146,7 @@ impl RejectReason {
     pub fn code(self) -> &'static str {
         match self {
             RejectReason::EventTooLarge => "event_too_large",
+            RejectReason::EmptyPayload => "empty_payload",
             RejectReason::MalformedJson => "malformed_json",
             RejectReason::NotAnObject => "not_an_object",
             RejectReason::UnsupportedSchemaVersion => "unsupported_schema_version",
@@ -180,6 +183,13 @@ pub fn parse_event(payload: &[u8], limits: &EventLimits) -> Result<Event, Reject
         return Err(reject(
             RejectReason::EventTooLarge,
             format!("{} bytes, limit {}", payload.len(), limits.max_event_bytes),
+            None,
+        ));
+    }
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Err(reject(
+            RejectReason::EmptyPayload,
+            "no payload (a tombstone or an empty record)",
             None,
         ));
     }
@@ -440,6 +450,8 @@ mod tests {
 
     #[test]
     fn rejections_have_reason_codes() {
+        assert_eq!(code(""), "empty_payload");
+        assert_eq!(code(" \n"), "empty_payload");
         assert_eq!(code("{\"id\":"), "malformed_json");
         assert_eq!(code("\u{1}"), "malformed_json");
         assert_eq!(code("[1,2]"), "not_an_object");
