@@ -140,7 +140,8 @@ pub fn parse_traceparent(v: &str) -> Option<opentelemetry::trace::SpanContext> {
 }
 
 /// The `traceparent` to write on the outputs of the event whose span is `span`: the span's
-/// own context when spans are exported, else the event's incoming value unchanged.
+/// own context when spans are exported, else the event's incoming value unchanged when it is
+/// a valid W3C trace context (a malformed one is dropped, never passed on).
 pub fn traceparent_for(span: &tracing::Span, incoming: Option<&str>) -> Option<String> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
@@ -152,7 +153,9 @@ pub fn traceparent_for(span: &tracing::Span, incoming: Option<&str>) -> Option<S
             sc.trace_flags().to_u8()
         ))
     } else {
-        incoming.map(str::to_owned)
+        incoming
+            .filter(|v| parse_traceparent(v).is_some())
+            .map(|v| v.trim().to_owned())
     }
 }
 
@@ -224,5 +227,14 @@ mod tests {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert_eq!(traceparent_for(&span, Some(tp)).as_deref(), Some(tp));
         assert_eq!(traceparent_for(&span, None), None);
+        // Garbage is dropped, not passed on to the outputs.
+        assert_eq!(traceparent_for(&span, Some("not-a-trace-context")), None);
+        assert_eq!(
+            traceparent_for(
+                &span,
+                Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01")
+            ),
+            None
+        );
     }
 }
