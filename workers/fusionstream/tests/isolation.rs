@@ -221,6 +221,27 @@ async fn a_poison_item_costs_its_batch_mates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_finite_output_dead_letters_its_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events.jsonl");
+    let ids = write_events(&events, 9, &[(4, "nan-output")]);
+    let out = tmp.path().join("out");
+    let c = config(&events, &out);
+    let (end, stats) = run(&c, true).await;
+    assert_eq!(end.unwrap(), RunEnd::Completed);
+    assert_eq!(committed(&c), 9);
+    let recs = records(&out);
+    let dl = dead_letter(&recs, &ids[4]);
+    assert_eq!(dl["reason"], "model_error");
+    assert!(
+        dl["detail"].as_str().unwrap().contains("non-finite"),
+        "{dl}"
+    );
+    assert_eq!(stats.model_item_failures, 1);
+    assert_eq!(recs.len(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_while_preprocessing_finishes_its_event() {
     let tmp = tempfile::tempdir().unwrap();
     let events = tmp.path().join("events.jsonl");

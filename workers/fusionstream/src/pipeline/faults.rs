@@ -30,6 +30,8 @@ pub(crate) enum Fault {
     DeviceLost,
     /// Preprocessing panics (`preprocess-panic`).
     PreprocessPanic,
+    /// The model's output for the item holds a NaN (`nan-output`).
+    NanOutput,
 }
 
 /// The fault the event `id` asks for, when injection is `on`.
@@ -44,6 +46,7 @@ pub(crate) fn fault_for(on: bool, id: &str) -> Option<Fault> {
         k if k.starts_with("oom") => Fault::OutOfMemory,
         k if k.starts_with("device-lost") => Fault::DeviceLost,
         k if k.starts_with("preprocess-panic") => Fault::PreprocessPanic,
+        k if k.starts_with("nan-output") => Fault::NanOutput,
         _ => return None,
     })
 }

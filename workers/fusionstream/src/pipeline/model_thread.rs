@@ -9,6 +9,8 @@
 //!   dead letter (`model_error`, or `internal_error` for a panic) with the error text;
 //! - out-of-memory is the same search: smaller batches first, an item too big alone fails
 //!   alone;
+//! - an output holding a NaN or an infinity is that item's `model_error` (it could not be
+//!   written as JSON and would mean nothing);
 //! - an error only the runtime can cause (a load-time error, a lost device) is fatal at once,
 //!   as is a batch in which every item failed alone when a *canary* (an item the model ran
 //!   before) now fails too: the runtime, not the batch, is broken. Without a canary yet, 32
@@ -163,7 +165,13 @@ fn call(
                 _ => {}
             }
         }
-        model.infer_batch(items).map_err(CallError::Model)
+        let mut outs = model.infer_batch(items).map_err(CallError::Model)?;
+        for (o, f) in outs.iter_mut().zip(faults) {
+            if *f == Some(Fault::NanOutput) {
+                o.fused_embedding = Some(vec![f32::NAN; 4]);
+            }
+        }
+        Ok(outs)
     };
     match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(r) => r,
@@ -261,6 +269,22 @@ fn run_isolated(
         .into_iter()
         .zip(ids)
         .map(|(r, id)| {
+            if let Ok(out) = &r {
+                if let Some(field) = non_finite(out) {
+                    // A NaN or infinity cannot be written as JSON and means nothing: the
+                    // item's outputs are dropped and its event dead-lettered.
+                    let detail = format!(
+                        "{} lane: non-finite model output (NaN or infinity) in {field}",
+                        lane.name()
+                    );
+                    stats.model_item_failures.fetch_add(1, Relaxed);
+                    tracing::error!(event_id = %id, error = %detail, "model output not finite");
+                    return Err(ItemFailure {
+                        reason: "model_error",
+                        detail,
+                    });
+                }
+            }
             r.map_err(|e| {
                 let (reason, panicked) = match &e {
                     CallError::Panic(_) => ("internal_error", true),
@@ -276,6 +300,28 @@ fn run_isolated(
             })
         })
         .collect())
+}
+
+/// The first output field holding a NaN or an infinity.
+fn non_finite(o: &InferOutput) -> Option<&'static str> {
+    let bad = |v: &Option<Vec<f32>>| v.as_ref().is_some_and(|v| v.iter().any(|x| !x.is_finite()));
+    if bad(&o.image_embedding) {
+        Some("image_embedding")
+    } else if bad(&o.text_embedding) {
+        Some("text_embedding")
+    } else if bad(&o.fused_embedding) {
+        Some("fused_embedding")
+    } else if o.match_score.is_some_and(|m| !m.is_finite()) {
+        Some("match_score")
+    } else if o
+        .tags
+        .as_ref()
+        .is_some_and(|t| t.iter().any(|t| !t.score.is_finite()))
+    {
+        Some("tags")
+    } else {
+        None
+    }
 }
 
 fn describe(e: &CallError) -> String {
