@@ -1,8 +1,12 @@
-//! Records over the broker's message limit, against the real broker: topics created with a
-//! small `max.message.bytes`. An output record the broker refuses becomes its event's
-//! `output_too_large` dead letter, a dead letter it refuses is sent again with its payload
-//! cut (flagged), the event's other outputs are published and the worker keeps running with
-//! every offset committed. (Before: the delivery error was fatal and the worker stopped.)
+//! Unusual Kafka records against the real broker:
+//! - records over the broker's message limit (topics created with a small
+//!   `max.message.bytes`): an output record the broker refuses becomes its event's
+//!   `output_too_large` dead letter, a dead letter it refuses is sent again with its payload
+//!   cut (flagged), the event's other outputs are published and the worker keeps running with
+//!   every offset committed (before: the delivery error was fatal and the worker stopped);
+//! - odd input records: a tombstone (null value), a non-UTF-8 value, a 100 KB key, a garbage
+//!   `traceparent` and a non-UTF-8 header: dead letters for the first two, outputs for the
+//!   others, every offset committed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,6 +17,8 @@ use std::time::Duration;
 use common::kafka::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Create `topic` with one partition and `max.message.bytes` = `limit`.
 async fn create_limited(broker: &str, topic: &str, limit: usize) {
@@ -104,5 +110,83 @@ async fn records_over_the_brokers_limit_are_dead_lettered_and_the_worker_goes_on
             "cut, kept from the start: {}",
             p.len()
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_records_are_dead_lettered_or_processed_never_fatal() {
+    let Some(broker) = broker() else { return };
+    let t = topics("odd");
+    create(&broker, &t).await;
+    let producer: FutureProducer = conn(&broker).client_config().create().unwrap();
+    let event = |id: &str| caption_events(1)[0].replace("ev-0000", id);
+    let big_key = "k".repeat(100_000);
+    let (ok1, ok2) = (event("huge-key"), event("odd-headers"));
+    let sends = [
+        // A tombstone: key, no value.
+        FutureRecord::<str, [u8]>::to(&t.input).key("tombstone"),
+        FutureRecord::to(&t.input)
+            .key("binary")
+            .payload(&[0xff, 0xfe, 0x00, 0x9f, 0x92, 0x96][..]),
+        FutureRecord::to(&t.input)
+            .key(big_key.as_str())
+            .payload(ok1.as_bytes()),
+        FutureRecord::to(&t.input)
+            .key("headers")
+            .payload(ok2.as_bytes())
+            .headers(
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: "traceparent",
+                        value: Some("not-a-trace-context"),
+                    })
+                    .insert(Header {
+                        key: "x-binary",
+                        value: Some(&[0xffu8, 0x00][..]),
+                    }),
+            ),
+    ];
+    for r in sends {
+        producer
+            .send(r, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let w = worker(&broker, &t, &[]);
+    wait_for(
+        || committed(&broker, &t) >= 4,
+        "every offset committed",
+        180,
+    );
+    let log = stop(w);
+    let recs = read_outputs(&broker, &t);
+    let dead: Vec<_> = recs
+        .iter()
+        .filter(|(s, ..)| s == "dead_letters")
+        .map(|r| &r.1)
+        .collect();
+    assert_eq!(dead.len(), 2, "{dead:?}\n{log}");
+    let reason = |r: &str| dead.iter().find(|d| d["reason"] == r).copied();
+    let tomb = reason("empty_payload").unwrap_or_else(|| panic!("tombstone: {dead:?}"));
+    assert!(tomb["event_id"].is_null());
+    let bin = reason("malformed_json").unwrap_or_else(|| panic!("binary: {dead:?}"));
+    assert!(
+        bin["payload_base64"].is_string(),
+        "the non-UTF-8 value is kept as base64: {bin}"
+    );
+    for id in ["huge-key", "odd-headers"] {
+        let (_, _, headers) = recs
+            .iter()
+            .find(|(s, v, _)| s == "captions" && v["event_id"] == id)
+            .unwrap_or_else(|| panic!("{id}: no caption\n{log}"));
+        // Tracing is off in this worker: no context is invented, and the garbage one is
+        // never passed on.
+        if let Some(tp) = headers.get("traceparent") {
+            assert!(
+                tp.starts_with("00-") && tp.len() == 55,
+                "a valid trace context: {tp}"
+            );
+        }
     }
 }
