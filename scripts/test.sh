@@ -2,7 +2,8 @@
 # The whole test suite: formatting, lints, every Rust test (unit, parity, pipeline, CLI, the
 # ONNX Runtime backend with the library of the onnxruntime wheel, and the Kafka tests against a
 # real broker that scripts/dev-services.sh installs and starts), the Python tests (the ONNX
-# exporter on fresh checkpoints against transformers), and the Helm chart's checks.
+# exporter on fresh checkpoints against transformers), a brief fuzzing run of the untrusted-input
+# paths (scripts/fuzz.sh), and the Helm chart's checks.
 # Usage: scripts/test.sh            (from anywhere; the cargo target dir is cached)
 #        FUSIONSTREAM_SKIP_SERVICES=1 scripts/test.sh   (no services: the Kafka tests skip)
 set -euo pipefail
@@ -39,6 +40,9 @@ status=${PIPESTATUS[0]}
 set -e
 echo "== pytest models/tests (ONNX exporter against transformers)"
 "$FUSIONSTREAM_PYTHON" -m pytest models/tests -q -p no:cacheprovider 2>&1 | tee -a "$log" || status=1
+echo "== scripts/fuzz.sh (brief: 12 s per target; scripts/fuzz.sh alone runs longer)"
+scripts/fuzz.sh 12 event_decoder image_preprocess tokenizer checkpoint_reader 2>&1 | tee -a "$log" ||
+  status=1
 echo "== helm/test.sh (chart lint, rendered manifests against the Kubernetes API types)"
 helm/test.sh || status=1
 passed=$(grep -oE 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
