@@ -9,7 +9,10 @@ use fusionstream_model::preprocess::ImageProcessorConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let path = std::env::temp_dir().join(format!("fusionstream-fuzz-{}.safetensors", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "fusionstream-fuzz-{}.safetensors",
+        std::process::id()
+    ));
     {
         let mut f = std::fs::File::create(&path).expect("temp file");
         f.write_all(data).expect("write");

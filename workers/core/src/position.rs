@@ -214,13 +214,13 @@ mod tests {
         t.assign(0, 0);
         t.assign(1, 100);
         for o in 0..4 {
-            t.track(0, o).unwrap();
-            t.complete(0, o).unwrap();
+            t.track(0, o).expect("in order");
+            t.complete(0, o).expect("in order");
         }
         // Attempted (not confirmed): still pending, so a quiet stream retries it.
         assert_eq!(t.pending_commits(), vec![(0, 4)]);
-        t.track(0, 4).unwrap();
-        t.complete(0, 4).unwrap();
+        t.track(0, 4).expect("in order");
+        t.complete(0, 4).expect("in order");
         // A late confirmation of the earlier attempt leaves the newer position pending.
         t.confirm(0, 4);
         assert_eq!(t.pending_commits(), vec![(0, 5)]);
