@@ -1,6 +1,7 @@
 //! `fusionstream run` as a user runs it: the embedded default from the repository root,
 //! SIGTERM in the middle of a stream (exit 0, drained, resumed with nothing lost),
-//! invalid configuration refused with every error listed, and a model bundle fetched from
+//! invalid configuration refused with every error listed, a corrupt checkpoint refused with
+//! what to do, and a model bundle fetched from
 //! S3 (the dev MinIO) once and then served from the cache.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -200,6 +201,43 @@ fn invalid_configuration_is_refused_with_every_error() {
     assert!(
         text.contains("[encode_lane]") && text.contains("max_wait = \"10ms\""),
         "{text}"
+    );
+}
+
+/// A corrupt position checkpoint is refused at start with what to do, nothing is processed,
+/// and `--fresh` starts over.
+#[test]
+fn a_corrupt_checkpoint_is_refused_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("checkpoint.json"),
+        b"{\"version\": 1, \"positions\": {\"a\": -",
+    )
+    .unwrap();
+    let r = bin().args(["run", "--out"]).arg(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("checkpoint") && stderr.contains("--fresh"),
+        "{stderr}"
+    );
+    assert!(ids_in(&out).is_empty(), "nothing processed");
+    let fresh = bin()
+        .args(["run", "--fresh", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        fresh.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fresh.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&fresh.stdout).unwrap();
+    assert_eq!(
+        summary["finished"], 36,
+        "every example event, from the start"
     );
 }
 
