@@ -602,6 +602,9 @@ async fn s3_media_from_minio() {
         serde_json::json!({"id": "s3-denied", "image": "s3://not-allowed/scene0.png", "text": "a red circle"}),
         serde_json::json!({"id": "s3-corrupt", "image": format!("s3://{bucket}/truncated.jpg"), "text": "a red circle"}),
         serde_json::json!({"id": "s3-too-large", "image": format!("s3://{bucket}/big.bin"), "text": "a red circle"}),
+        // Content-Type is not trusted: the format is read from the bytes.
+        serde_json::json!({"id": "s3-png-labelled-text", "image": format!("s3://{bucket}/labelled/scene1.txt"), "text": "a red circle"}),
+        serde_json::json!({"id": "s3-text-labelled-png", "image": format!("s3://{bucket}/labelled/notes.png"), "text": "a red circle"}),
     ];
     std::fs::write(
         &events,
@@ -640,10 +643,25 @@ async fn s3_media_from_minio() {
     .await
     .unwrap();
     put("big.bin", vec![0u8; (1 << 20) + 1]).await.unwrap();
+    for (key, file, content_type) in [
+        ("labelled/scene1.txt", "scene1.png", "text/plain"),
+        ("labelled/notes.png", "notes.txt", "image/png"),
+    ] {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(aws_sdk_s3::primitives::ByteStream::from(
+                std::fs::read(media.join(file)).unwrap(),
+            ))
+            .send()
+            .await
+            .unwrap();
+    }
 
     let (end, stats, _) = run(&c, None).await;
     assert_eq!(end, RunEnd::Completed);
-    assert_eq!(stats.finished, 5);
+    assert_eq!(stats.finished, 7);
     let all = outputs(&out);
     let reference = reference();
     assert_eq!(
@@ -660,7 +678,14 @@ async fn s3_media_from_minio() {
         ("s3-denied", "image:image_ref_forbidden"),
         ("s3-corrupt", "image:image_corrupt"),
         ("s3-too-large", "image:image_too_large"),
+        ("s3-text-labelled-png", "image:image_unsupported_format"),
     ] {
         assert_eq!(degraded(one(&all, "embeddings", id)), [flag], "{id}");
     }
+    let png = one(&all, "embeddings", "s3-png-labelled-text");
+    assert!(
+        degraded(png).is_empty(),
+        "a PNG labelled text/plain is used: {png}"
+    );
+    assert!(png["image_embedding"].is_array());
 }
