@@ -117,6 +117,9 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
     Ok(())
 }
 
+/// A record to write: stream, key, JSON, traceparent.
+type Record<'a> = (Stream, &'a str, &'a [u8], Option<&'a str>);
+
 /// Write every record of `group` and wait for the acknowledgement, sending the whole group
 /// again after a retryable failure.
 async fn publish<K: OutputSink>(
@@ -124,27 +127,48 @@ async fn publish<K: OutputSink>(
     group: &[Finished],
     stats: &Stats,
 ) -> anyhow::Result<()> {
+    let records: Vec<Record<'_>> = group
+        .iter()
+        .flat_map(|f| {
+            f.records.iter().map(|(s, json)| {
+                (
+                    *s,
+                    f.key.as_str(),
+                    json.as_slice(),
+                    f.traceparent.as_deref(),
+                )
+            })
+        })
+        .collect();
+    match send(sink, &records, stats).await {
+        // Some record of the group is over the broker's limit: find it by sending the
+        // records one at a time (those already delivered are sent again: duplicates, never
+        // a loss).
+        Err(e) if too_large(&e) => publish_each(sink, group, stats).await,
+        r => r.context("acknowledging outputs"),
+    }
+}
+
+/// Write `records` and wait for the acknowledgement, writing them all again after a
+/// retryable failure (no limit on attempts: the drain timeout bounds them at shutdown); a
+/// fatal or too-large error is returned.
+async fn send<K: OutputSink>(
+    sink: &mut K,
+    records: &[Record<'_>],
+    stats: &Stats,
+) -> anyhow::Result<()> {
     let mut attempt = 0u32;
     loop {
         let r = async {
-            for f in group {
-                for (stream, json) in &f.records {
-                    sink.write(*stream, &f.key, json, f.traceparent.as_deref())
-                        .await?;
-                }
+            for (stream, key, json, traceparent) in records {
+                sink.write(*stream, key, json, *traceparent).await?;
             }
             sink.flush().await
         }
         .await;
         let Err(e) = r else { return Ok(()) };
-        if too_large(&e) {
-            // Some record of the group is over the broker's limit: find it by sending the
-            // records one at a time (those already delivered are sent again: duplicates,
-            // never a loss).
-            return publish_each(sink, group, stats).await;
-        }
-        if class(&e) == ErrorClass::Fatal {
-            return Err(e).context("acknowledging outputs");
+        if too_large(&e) || class(&e) == ErrorClass::Fatal {
+            return Err(e);
         }
         stats.publish_retries.fetch_add(1, Relaxed);
         let delay = REPUBLISH
@@ -153,7 +177,7 @@ async fn publish<K: OutputSink>(
         tracing::warn!(
             error = format!("{e:#}"),
             attempt,
-            events = group.len(),
+            records = records.len(),
             "outputs not acknowledged; sending them again"
         );
         tokio::time::sleep(delay).await;
@@ -174,9 +198,8 @@ async fn publish_each<K: OutputSink>(
             let mut stream = *stream;
             let mut json = std::borrow::Cow::Borrowed(json.as_slice());
             loop {
-                match publish_one(sink, stream, &f.key, &json, f.traceparent.as_deref(), stats)
-                    .await
-                {
+                let record = (stream, f.key.as_str(), &*json, f.traceparent.as_deref());
+                match send(sink, &[record], stats).await {
                     Ok(()) => break,
                     Err(e) if too_large(&e) => {}
                     Err(e) => return Err(e).context("acknowledging outputs"),
@@ -212,40 +235,6 @@ async fn publish_each<K: OutputSink>(
         }
     }
     Ok(())
-}
-
-/// One record, sent and acknowledged, retried while the error is retryable.
-async fn publish_one<K: OutputSink>(
-    sink: &mut K,
-    stream: Stream,
-    key: &str,
-    json: &[u8],
-    traceparent: Option<&str>,
-    stats: &Stats,
-) -> anyhow::Result<()> {
-    let mut attempt = 0u32;
-    loop {
-        let r = async {
-            sink.write(stream, key, json, traceparent).await?;
-            sink.flush().await
-        }
-        .await;
-        let Err(e) = r else { return Ok(()) };
-        if too_large(&e) || class(&e) == ErrorClass::Fatal {
-            return Err(e);
-        }
-        stats.publish_retries.fetch_add(1, Relaxed);
-        let delay = REPUBLISH
-            .delay(attempt, super::intake::jitter())
-            .unwrap_or(REPUBLISH.max);
-        tracing::warn!(
-            error = format!("{e:#}"),
-            attempt,
-            "output not acknowledged; sending it again"
-        );
-        tokio::time::sleep(delay).await;
-        attempt = attempt.saturating_add(1);
-    }
 }
 
 fn too_large(e: &anyhow::Error) -> bool {
