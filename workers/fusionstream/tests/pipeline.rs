@@ -19,24 +19,8 @@ use fusionstream::pipeline::{
 use fusionstream_io::checkpoint::Checkpoint;
 use fusionstream_io::jsonl_sink::JsonlSink;
 use fusionstream_io::media::LocalMedia;
-use fusionstream_model::{FusionModel, RuntimeOptions};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-
-fn model() -> Arc<FusionModel> {
-    static MODEL: std::sync::OnceLock<Arc<FusionModel>> = std::sync::OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            Arc::new(
-                FusionModel::load(
-                    &common::root().join("models/shapes"),
-                    &RuntimeOptions::default(),
-                )
-                .expect("bundle loads"),
-            )
-        })
-        .clone()
-}
 
 fn config(events: &Path, out: &Path, tweak: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config::load(&[], Vec::new()).unwrap();
@@ -55,7 +39,7 @@ async fn run(c: &Config, stop_after: Option<u64>) -> (RunEnd, StatsSnapshot, u64
     let committer = LocalCheckpoint::new(&c.checkpoint.path, source.streams(), checkpoint);
     let parts = Parts {
         settings: Settings::from_config(c),
-        model: model(),
+        model: common::bundle_model(),
         media: Media {
             local: LocalMedia::new(&c.media.root, c.media.max_bytes),
             s3: match c.s3_settings() {

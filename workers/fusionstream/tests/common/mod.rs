@@ -16,6 +16,23 @@ pub fn root() -> PathBuf {
         .join("../..")
 }
 
+/// The shipped `shapes` bundle on candle, loaded once per test binary.
+pub fn bundle_model() -> std::sync::Arc<fusionstream_model::FusionModel> {
+    static MODEL: std::sync::OnceLock<std::sync::Arc<fusionstream_model::FusionModel>> =
+        std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            std::sync::Arc::new(
+                fusionstream_model::FusionModel::load(
+                    &root().join("models/shapes"),
+                    &fusionstream_model::RuntimeOptions::default(),
+                )
+                .expect("bundle loads"),
+            )
+        })
+        .clone()
+}
+
 /// A schema of `schemas/v1` by file name, with `common.schema.json` registered.
 pub fn validator(file: &str) -> jsonschema::Validator {
     let dir = root().join("schemas/v1");
