@@ -1,7 +1,11 @@
 //! The pipeline in-process, on the bundled model and local files: every row of the
 //! degradation matrix and every class of bad event (the shipped examples), outputs checked
 //! against the schemas and against the transformers reference, shutdown mid-stream and
-//! resume with nothing lost, drain timeouts, policy, bounded reads.
+//! resume with nothing lost, drain timeouts, policy, bounded reads, S3 media from MinIO.
+//!
+//! Long (~690 lines) because the matrix test checks each of the 36 example events record by
+//! record in one place; the rest shares its helpers (running, reading and validating
+//! outputs). Failure isolation has its own file (`isolation.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -156,7 +156,7 @@ impl Source for BackfillSource {
                     attempt = 0;
                     p
                 }
-                Err(e) => match (e.class(), s.backoff.delay(attempt, super::intake::jitter())) {
+                Err(e) => match (e.class(), s.backoff.delay(attempt, super::fetch::jitter())) {
                     (ErrorClass::Retryable, Some(wait)) => {
                         tracing::warn!(error = %e, attempt, "listing {stream} failed; retrying");
                         attempt += 1;

@@ -16,29 +16,25 @@ mod assemble;
 pub mod backfill;
 mod batching;
 pub mod faults;
+mod fetch;
 mod intake;
 pub mod kafka;
+mod local;
 mod model_thread;
 mod oversize;
+mod settings;
 mod sink;
 pub mod stats;
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
-use fusionstream_core::backoff::Backoff;
-use fusionstream_core::batch::LanePolicy;
-use fusionstream_core::degrade::Policy;
-use fusionstream_core::event::{EventLimits, ImageSource};
+use fusionstream_core::event::ImageSource;
 use fusionstream_core::position::{PartitionId, PositionTracker};
 use fusionstream_core::record::{BundleRef, Stream};
-use fusionstream_io::checkpoint::Checkpoint;
 use fusionstream_io::jsonl_sink::{JsonlSink, SinkError};
-use fusionstream_io::local_source::LocalSource;
 use fusionstream_io::media::{FetchError, LocalMedia};
 use fusionstream_io::s3::S3Media;
 use fusionstream_io::SourceRecord;
@@ -46,95 +42,9 @@ use fusionstream_model::FusionModel;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LaneConfig};
+pub use local::{LocalCheckpoint, LocalJsonl};
+pub use settings::Settings;
 pub use stats::{Stats, StatsSnapshot};
-
-/// Pipeline settings, from the configuration.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Event limits.
-    pub limits: EventLimits,
-    /// Largest payload kept in a dead letter.
-    pub max_dead_letter_payload: usize,
-    /// Fetches in flight.
-    pub fetch_concurrency: usize,
-    /// Per-attempt fetch timeout.
-    pub fetch_timeout: Duration,
-    /// Fetch retries.
-    pub fetch_backoff: Backoff,
-    /// Preprocessing threads.
-    pub preprocess_threads: usize,
-    /// `[encode, generate]` lane limits.
-    pub lanes: [LanePolicy; 2],
-    /// Events in flight.
-    pub max_in_flight: usize,
-    /// Channel capacity.
-    pub channel_capacity: usize,
-    /// Batches waiting for the model.
-    pub model_queue: usize,
-    /// Dead-letter events past their deadline.
-    pub enforce_deadlines: bool,
-    /// Degradation policy.
-    pub policy: Policy,
-    /// How often positions are committed.
-    pub commit_interval: Duration,
-    /// How long the last commit at shutdown may keep trying for a confirmation.
-    pub commit_timeout: Duration,
-    /// Drain budget at shutdown.
-    pub drain_timeout: Duration,
-    /// Test-only fault injection ([`faults`]): `FUSIONSTREAM_TEST_FAULTS=1`.
-    pub test_faults: bool,
-}
-
-fn lane(c: &LaneConfig) -> LanePolicy {
-    LanePolicy {
-        max_items: c.max_items,
-        max_wait: c.max_wait,
-        max_pixels: c.max_pixels,
-        max_tokens: c.max_tokens,
-    }
-}
-
-impl Settings {
-    /// From a validated configuration.
-    pub fn from_config(c: &Config) -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self {
-            limits: EventLimits {
-                max_event_bytes: c.source.max_event_bytes,
-                max_text_bytes: c.events.max_text_bytes,
-                max_question_bytes: c.events.max_question_bytes,
-                max_inline_image_bytes: c.events.max_inline_image_bytes,
-            },
-            max_dead_letter_payload: c.sink.max_dead_letter_payload_bytes,
-            fetch_concurrency: c.media.concurrency,
-            fetch_timeout: c.media.timeout,
-            fetch_backoff: Backoff {
-                initial: c.media.backoff_initial,
-                max: c.media.backoff_max,
-                retries: c.media.retries,
-            },
-            preprocess_threads: if c.preprocess.threads == 0 {
-                cores
-            } else {
-                c.preprocess.threads
-            },
-            lanes: [lane(&c.encode_lane), lane(&c.generate_lane)],
-            max_in_flight: c.pipeline.max_in_flight,
-            channel_capacity: c.pipeline.channel_capacity,
-            model_queue: c.model.queue,
-            enforce_deadlines: c.pipeline.enforce_deadlines,
-            policy: Policy {
-                on_image_failure: c.degradation.on_image_failure,
-                tenants: c.degradation.tenants.clone(),
-            },
-            commit_interval: c.checkpoint.interval,
-            commit_timeout: c.checkpoint.commit_timeout,
-            drain_timeout: c.shutdown.drain_timeout,
-            test_faults: faults::from_env(),
-        }
-    }
-}
 
 /// Where media comes from.
 #[derive(Debug, Clone)]
@@ -232,90 +142,6 @@ pub trait Committer: Send + 'static {
             CommitAck::Confirmed => Ok(()),
             CommitAck::Sent => anyhow::bail!("commit sent but not confirmed"),
         }
-    }
-}
-
-/// A local JSONL source with the start positions of its checkpoint.
-#[derive(Debug)]
-pub struct LocalJsonl {
-    source: LocalSource,
-    starts: BTreeMap<String, u64>,
-}
-
-impl LocalJsonl {
-    /// Open `path`, resuming from `checkpoint`.
-    pub fn open(
-        path: &Path,
-        max_line_bytes: usize,
-        checkpoint: &Checkpoint,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
-            source: LocalSource::open(path, max_line_bytes)?,
-            starts: checkpoint.positions.clone(),
-        })
-    }
-
-    /// Stream names in partition order.
-    pub fn streams(&self) -> Vec<String> {
-        self.source.streams()
-    }
-}
-
-impl Source for LocalJsonl {
-    fn kind(&self) -> &'static str {
-        "local"
-    }
-    fn partitions(&self) -> Vec<(PartitionId, u64)> {
-        self.source
-            .streams()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i as PartitionId, self.starts.get(s).copied().unwrap_or(0)))
-            .collect()
-    }
-    async fn run(self, emit: Emitter) -> anyhow::Result<bool> {
-        let done = self
-            .source
-            .read(&self.starts, |rec| {
-                let emit = &emit;
-                async move { emit.emit(rec).await }
-            })
-            .await?;
-        Ok(done)
-    }
-}
-
-/// The local checkpoint as a committer.
-#[derive(Debug)]
-pub struct LocalCheckpoint {
-    path: std::path::PathBuf,
-    streams: Vec<String>,
-    state: Checkpoint,
-}
-
-impl LocalCheckpoint {
-    /// Commit positions of `streams` (partition order) into `state`, stored at `path`.
-    pub fn new(path: &Path, streams: Vec<String>, state: Checkpoint) -> Self {
-        Self {
-            path: path.to_owned(),
-            streams,
-            state,
-        }
-    }
-}
-
-impl Committer for LocalCheckpoint {
-    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck> {
-        for (p, o) in positions {
-            let s = self
-                .streams
-                .get(*p as usize)
-                .context("commit for an unknown partition")?;
-            self.state.positions.insert(s.clone(), *o);
-        }
-        self.state.version = 1;
-        self.state.store(&self.path)?;
-        Ok(CommitAck::Confirmed)
     }
 }
 

@@ -172,7 +172,7 @@ async fn send<K: OutputSink>(
         }
         stats.publish_retries.fetch_add(1, Relaxed);
         let delay = REPUBLISH
-            .delay(attempt, super::intake::jitter())
+            .delay(attempt, super::fetch::jitter())
             .unwrap_or(REPUBLISH.max);
         tracing::warn!(
             error = format!("{e:#}"),
@@ -298,7 +298,7 @@ impl Commits {
             self.failures = self.failures.saturating_add(1);
             let delay = self
                 .backoff
-                .delay(self.failures - 1, super::intake::jitter());
+                .delay(self.failures - 1, super::fetch::jitter());
             self.not_before = Instant::now() + delay.unwrap_or(self.backoff.max);
         } else if self.failures > 0 && Instant::now() >= self.not_before {
             // The last retry was not reported as failed: start over at the interval.
@@ -369,7 +369,7 @@ pub(crate) async fn final_commit<C: Committer>(
                     max: Duration::from_secs(2),
                     retries: u32::MAX,
                 }
-                .delay(attempt, super::intake::jitter())
+                .delay(attempt, super::fetch::jitter())
                 .unwrap_or(Duration::from_secs(2));
                 if Instant::now() + delay >= deadline {
                     tracing::warn!(

@@ -1,0 +1,143 @@
+//! Fetching an event's image: a slot of `media.concurrency`, a timeout per attempt, and
+//! jittered retries of retryable errors until the retries are used up.
+
+use std::time::Duration;
+
+use fusionstream_core::event::ImageSource;
+use fusionstream_core::{Classify, ErrorClass};
+use fusionstream_io::media::FetchError;
+
+use super::intake::Shared;
+
+/// Fetch with per-attempt timeout and jittered retries of retryable errors.
+pub(crate) async fn fetch(shared: &Shared, src: &ImageSource) -> Result<Vec<u8>, String> {
+    let s = &shared.settings;
+    let Ok(_slot) = shared.fetch_slots.acquire().await else {
+        return Err("image_fetch_failed".into());
+    };
+    let _running = InFlight::new(&shared.stats.fetches_in_flight);
+    let r = with_retries(s.fetch_timeout, &s.fetch_backoff, || {
+        shared.media.fetch(src)
+    })
+    .await;
+    if let Err(code) = &r {
+        tracing::debug!(reason = %code, "image fetch failed");
+    }
+    r
+}
+
+/// Counts itself in a gauge while alive (also when its future is dropped mid-way).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl<'a> InFlight<'a> {
+    fn new(g: &'a std::sync::atomic::AtomicI64) -> Self {
+        g.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Run `attempt` with a timeout per try; retry retryable errors with jittered backoff until
+/// the retries are used up; return the reason code of the last error.
+pub(crate) async fn with_retries<F, Fut>(
+    timeout: Duration,
+    backoff: &fusionstream_core::backoff::Backoff,
+    mut attempt: F,
+) -> Result<Vec<u8>, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>, FetchError>>,
+{
+    let mut n = 0;
+    loop {
+        let r = match tokio::time::timeout(timeout, attempt()).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout(timeout)),
+        };
+        match r {
+            Ok(b) => return Ok(b),
+            Err(e) if e.class() == ErrorClass::Retryable => match backoff.delay(n, jitter()) {
+                Some(d) => {
+                    tracing::debug!(error = %e, attempt = n, "retrying fetch");
+                    tokio::time::sleep(d).await;
+                    n += 1;
+                }
+                None => return Err(e.reason_code().to_owned()),
+            },
+            Err(e) => return Err(e.reason_code().to_owned()),
+        }
+    }
+}
+
+pub(crate) fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh random hasher per call: enough randomness to spread retries.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fusionstream_core::backoff::Backoff;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn backoff(retries: u32) -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(4),
+            retries,
+        }
+    }
+
+    #[tokio::test]
+    async fn retryable_errors_are_retried_then_succeed() {
+        let calls = AtomicU32::new(0);
+        let r = with_retries(Duration::from_secs(1), &backoff(3), || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(FetchError::Transient("reset".into()))
+                } else {
+                    Ok(vec![7])
+                }
+            }
+        })
+        .await;
+        assert_eq!(r, Ok(vec![7]));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn timeouts_are_retried_then_reported() {
+        let calls = AtomicU32::new(0);
+        let r = with_retries(Duration::from_millis(5), &backoff(2), || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok(vec![])
+            }
+        })
+        .await;
+        assert_eq!(r, Err("image_fetch_timeout".to_owned()));
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "first try + 2 retries");
+    }
+
+    #[tokio::test]
+    async fn poison_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let r = with_retries(Duration::from_secs(1), &backoff(5), || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(FetchError::NotFound("x".into())) }
+        })
+        .await;
+        assert_eq!(r, Err("image_not_found".to_owned()));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}

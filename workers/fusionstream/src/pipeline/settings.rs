@@ -1,0 +1,98 @@
+//! The pipeline's settings, taken from a validated configuration.
+
+use std::time::Duration;
+
+use fusionstream_core::backoff::Backoff;
+use fusionstream_core::batch::LanePolicy;
+use fusionstream_core::degrade::Policy;
+use fusionstream_core::event::EventLimits;
+
+use super::faults;
+use crate::config::{Config, LaneConfig};
+
+/// Pipeline settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Event limits.
+    pub limits: EventLimits,
+    /// Largest payload kept in a dead letter.
+    pub max_dead_letter_payload: usize,
+    /// Fetches in flight.
+    pub fetch_concurrency: usize,
+    /// Per-attempt fetch timeout.
+    pub fetch_timeout: Duration,
+    /// Fetch retries.
+    pub fetch_backoff: Backoff,
+    /// Preprocessing threads.
+    pub preprocess_threads: usize,
+    /// `[encode, generate]` lane limits.
+    pub lanes: [LanePolicy; 2],
+    /// Events in flight.
+    pub max_in_flight: usize,
+    /// Channel capacity.
+    pub channel_capacity: usize,
+    /// Batches waiting for the model.
+    pub model_queue: usize,
+    /// Dead-letter events past their deadline.
+    pub enforce_deadlines: bool,
+    /// Degradation policy.
+    pub policy: Policy,
+    /// How often positions are committed.
+    pub commit_interval: Duration,
+    /// How long the last commit at shutdown may keep trying for a confirmation.
+    pub commit_timeout: Duration,
+    /// Drain budget at shutdown.
+    pub drain_timeout: Duration,
+    /// Test-only fault injection ([`faults`]): `FUSIONSTREAM_TEST_FAULTS=1`.
+    pub test_faults: bool,
+}
+
+fn lane(c: &LaneConfig) -> LanePolicy {
+    LanePolicy {
+        max_items: c.max_items,
+        max_wait: c.max_wait,
+        max_pixels: c.max_pixels,
+        max_tokens: c.max_tokens,
+    }
+}
+
+impl Settings {
+    /// From a validated configuration.
+    pub fn from_config(c: &Config) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            limits: EventLimits {
+                max_event_bytes: c.source.max_event_bytes,
+                max_text_bytes: c.events.max_text_bytes,
+                max_question_bytes: c.events.max_question_bytes,
+                max_inline_image_bytes: c.events.max_inline_image_bytes,
+            },
+            max_dead_letter_payload: c.sink.max_dead_letter_payload_bytes,
+            fetch_concurrency: c.media.concurrency,
+            fetch_timeout: c.media.timeout,
+            fetch_backoff: Backoff {
+                initial: c.media.backoff_initial,
+                max: c.media.backoff_max,
+                retries: c.media.retries,
+            },
+            preprocess_threads: if c.preprocess.threads == 0 {
+                cores
+            } else {
+                c.preprocess.threads
+            },
+            lanes: [lane(&c.encode_lane), lane(&c.generate_lane)],
+            max_in_flight: c.pipeline.max_in_flight,
+            channel_capacity: c.pipeline.channel_capacity,
+            model_queue: c.model.queue,
+            enforce_deadlines: c.pipeline.enforce_deadlines,
+            policy: Policy {
+                on_image_failure: c.degradation.on_image_failure,
+                tenants: c.degradation.tenants.clone(),
+            },
+            commit_interval: c.checkpoint.interval,
+            commit_timeout: c.checkpoint.commit_timeout,
+            drain_timeout: c.shutdown.drain_timeout,
+            test_faults: faults::from_env(),
+        }
+    }
+}
