@@ -9,6 +9,7 @@
 //! | [`degrade`] | the degradation matrix and its policy |
 //! | [`batch`] | the micro-batcher (lanes, max items, max wait, pixel/token budgets) |
 //! | [`isolate`] | bisection of a failed batch down to the item(s) that fail it |
+//! | [`crash_guard`] | the crash-loop guard: marks beside commits, suspect mode, `poison_suspected` |
 //! | [`position`] | per-partition tracker of the contiguous done prefix |
 //! | [`record`] | output records v1 and the output streams |
 //! | [`backoff`] | retry schedule with full jitter |
@@ -18,6 +19,7 @@
 pub mod backfill;
 pub mod backoff;
 pub mod batch;
+pub mod crash_guard;
 pub mod degrade;
 pub mod error;
 pub mod event;

@@ -211,6 +211,9 @@ pub struct DeadLetterRecord {
     pub degraded: Vec<Degradation>,
     /// When it was refused (RFC 3339).
     pub failed_at: String,
+    /// `poison_suspected`: how many times the worker died while the event ran alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 impl DeadLetterRecord {
@@ -236,6 +239,7 @@ impl DeadLetterRecord {
             bundle,
             degraded,
             failed_at,
+            attempts: None,
         }
     }
 
@@ -284,6 +288,7 @@ mod tests {
             },
             degraded: vec![],
             failed_at: String::new(),
+            attempts: None,
         }
     }
 

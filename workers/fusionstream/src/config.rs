@@ -362,6 +362,10 @@ pub struct KafkaConfig {
     /// librdkafka statistics interval (0 = off).
     #[serde(with = "humantime_serde")]
     pub statistics_interval: Duration,
+    /// The consumer's `session.timeout.ms`: how soon the group gives a dead worker's
+    /// partitions to the others.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
 }
 
 impl KafkaConfig {
@@ -414,6 +418,20 @@ pub struct CheckpointConfig {
     /// Bound on the last commit's confirmation at shutdown.
     #[serde(with = "humantime_serde")]
     pub commit_timeout: Duration,
+}
+
+/// `[crash_guard]`: what a worker does after an unclean exit (see
+/// `fusionstream_core::crash_guard`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashGuardConfig {
+    /// Keep marks beside the committed positions and run a dead owner's next events alone.
+    pub enabled: bool,
+    /// Events per partition run alone after an unclean exit (0 = `pipeline.max_in_flight`).
+    pub suspect_events: u32,
+    /// Runs alone that an event may end with the process before it is dead-lettered
+    /// (`poison_suspected`).
+    pub max_attempts: u32,
 }
 
 /// `[shutdown]`.
@@ -504,6 +522,7 @@ sections! {
     kafka: KafkaConfig,
     backfill: BackfillConfig,
     checkpoint: CheckpointConfig,
+    crash_guard: CrashGuardConfig,
     shutdown: ShutdownConfig,
     telemetry: TelemetryConfig,
 }
@@ -590,6 +609,10 @@ impl Config {
         positive("image.max_pixels", self.image.max_pixels);
         positive("model.queue", self.model.queue as u64);
         positive("pipeline.max_in_flight", self.pipeline.max_in_flight as u64);
+        positive(
+            "crash_guard.max_attempts",
+            self.crash_guard.max_attempts as u64,
+        );
         positive(
             "pipeline.channel_capacity",
             self.pipeline.channel_capacity as u64,

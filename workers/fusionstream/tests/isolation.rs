@@ -40,7 +40,12 @@ fn config(events: &Path, out: &Path) -> Config {
 async fn run(c: &Config, faults: bool) -> (anyhow::Result<RunEnd>, StatsSnapshot) {
     let checkpoint = Checkpoint::load(&c.checkpoint.path).unwrap();
     let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint).unwrap();
-    let committer = LocalCheckpoint::new(&c.checkpoint.path, source.streams(), checkpoint);
+    let committer = LocalCheckpoint::new(
+        &c.checkpoint.path,
+        source.streams(),
+        checkpoint,
+        Settings::from_config(c).crash_guard,
+    );
     let mut settings = Settings::from_config(c);
     settings.test_faults = faults;
     let parts = Parts {

@@ -40,7 +40,12 @@ fn config(events: &Path, out: &Path, tweak: impl FnOnce(&mut Config)) -> Config 
 async fn run(c: &Config, stop_after: Option<u64>) -> (RunEnd, StatsSnapshot, u64) {
     let checkpoint = Checkpoint::load(&c.checkpoint.path).unwrap();
     let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint).unwrap();
-    let committer = LocalCheckpoint::new(&c.checkpoint.path, source.streams(), checkpoint);
+    let committer = LocalCheckpoint::new(
+        &c.checkpoint.path,
+        source.streams(),
+        checkpoint,
+        Settings::from_config(c).crash_guard,
+    );
     let parts = Parts {
         settings: Settings::from_config(c),
         model: common::bundle_model(),

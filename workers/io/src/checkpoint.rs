@@ -17,6 +17,9 @@ pub struct Checkpoint {
     /// Where a backfill over an object-store prefix stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillPosition>,
+    /// Stream → the crash-loop guard's mark stored with its position (its text form).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub marks: BTreeMap<String, String>,
 }
 
 /// A backfill's position: every wanted key of its shard up to `start_after` is done.

@@ -306,7 +306,12 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
             let checkpoint = Checkpoint::load(&c.checkpoint.path)?;
             let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint)
                 .with_context(|| format!("opening events {}", c.source.path.display()))?;
-            let committer = LocalCheckpoint::new(&c.checkpoint.path, source.streams(), checkpoint);
+            let committer = LocalCheckpoint::new(
+                &c.checkpoint.path,
+                source.streams(),
+                checkpoint,
+                common.settings.crash_guard,
+            );
             with_sink(&c, common, source, committer).await?
         }
         SourceKind::Backfill => {
@@ -351,9 +356,11 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
                     revoke_timeout: k.revoke_timeout,
                     pause_after: k.pause_after,
                     statistics_interval: k.statistics_interval,
+                    session_timeout: k.session_timeout,
                 },
             );
-            with_sink(&c, common, source, KafkaCommitter::new(shared)).await?
+            let committer = KafkaCommitter::new(shared, common.settings.crash_guard);
+            with_sink(&c, common, source, committer).await?
         }
     };
     let seconds = start.elapsed().as_secs_f64();

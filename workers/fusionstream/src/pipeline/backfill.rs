@@ -124,6 +124,7 @@ pub fn backfill(
             version: 1,
             positions: BTreeMap::new(),
             backfill: Some(resume),
+            marks: BTreeMap::new(),
         },
         keys,
     };

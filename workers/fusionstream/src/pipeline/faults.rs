@@ -1,6 +1,7 @@
 //! Test-only fault injection: lets the tests drive the failure paths of the pipeline (a model
 //! error on one item, a panic, an out-of-memory that depends on the batch, a lost device, a
-//! panic while preprocessing) through the real worker, end to end.
+//! panic while preprocessing, an abort of the whole process) through the real worker, end to
+//! end.
 //!
 //! Off unless the worker runs with `FUSIONSTREAM_TEST_FAULTS=1` (read once into
 //! [`Settings::test_faults`](super::Settings), which in-process tests set directly); then an
@@ -32,6 +33,9 @@ pub(crate) enum Fault {
     PreprocessPanic,
     /// The model's output for the item holds a NaN (`nan-output`).
     NanOutput,
+    /// The process aborts when the model runs a batch that holds the item (`abort`): no
+    /// unwinding, nothing caught (the crash-loop guard's case).
+    Abort,
 }
 
 /// The fault the event `id` asks for, when injection is `on`.
@@ -47,6 +51,7 @@ pub(crate) fn fault_for(on: bool, id: &str) -> Option<Fault> {
         k if k.starts_with("device-lost") => Fault::DeviceLost,
         k if k.starts_with("preprocess-panic") => Fault::PreprocessPanic,
         k if k.starts_with("nan-output") => Fault::NanOutput,
+        k if k.starts_with("abort") => Fault::Abort,
         _ => return None,
     })
 }

@@ -130,6 +130,7 @@ async fn send_dead_letter(
     .with_payload(&t.rec.payload, shared.settings.max_dead_letter_payload);
     // A payload cut by the source was already incomplete.
     rec.payload_truncated |= t.rec.oversized;
+    rec.attempts = t.refused;
     let traceparent =
         crate::telemetry::traces::traceparent_for(&t.span, t.rec.traceparent.as_deref());
     let f = Finished {
@@ -160,6 +161,14 @@ fn availability<T>(i: &Input<T>) -> Availability {
 
 async fn process(shared: Arc<Shared>, t: Taken) {
     let s = &shared.settings;
+    if let Some(attempts) = t.refused {
+        // Set aside by the crash guard: nothing of it runs again, not even its parsing.
+        let detail = format!(
+            "the worker died {attempts} time(s) while this event was processed alone; it is \
+             not run again (the payload is kept: replay it once the cause is fixed)"
+        );
+        return send_dead_letter(&shared, t, None, "poison_suspected", detail, vec![]).await;
+    }
     if t.rec.oversized {
         let detail = format!("event longer than {} bytes", s.limits.max_event_bytes);
         return send_dead_letter(&shared, t, None, "event_too_large", detail, vec![]).await;

@@ -45,7 +45,11 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{lock, CommitAck, Committer, Emitter, OutputSink, Source, Stats};
+use fusionstream_core::crash_guard::{GuardSettings, Mark};
+
+use super::{
+    lock, CommitAck, Committer, CrashGuard, Emitter, MarkStore, OutputSink, Source, Stats,
+};
 
 /// A Kafka partition: topic and partition number.
 type TopicPartition = (String, i32);
@@ -135,6 +139,8 @@ pub struct GroupSettings {
     pub pause_after: Duration,
     /// librdkafka statistics interval (zero: off).
     pub statistics_interval: Duration,
+    /// `session.timeout.ms`.
+    pub session_timeout: Duration,
 }
 
 /// Rebalance, commit and statistics callbacks.
@@ -144,6 +150,7 @@ pub struct GroupContext {
     tracker: Arc<Mutex<PositionTracker>>,
     stats: Arc<Stats>,
     revoke_timeout: Duration,
+    guard: Option<Arc<CrashGuard>>,
 }
 
 impl GroupContext {
@@ -226,6 +233,13 @@ impl ConsumerContext for GroupContext {
         for (id, topic, partition) in &revoked {
             if let Some(next) = lock(&self.tracker).revoke(*id) {
                 let _ = commit.add_partition_offset(topic, *partition, Offset::Offset(next as i64));
+                if let Some(g) = &self.guard {
+                    // Handed over in order: the next owner needs no suspect mode.
+                    set_mark(&mut commit, topic, *partition, g.mark_for(*id, next, true));
+                }
+            }
+            if let Some(g) = &self.guard {
+                g.forget(*id);
             }
         }
         self.stats
@@ -329,6 +343,12 @@ fn record(map: &PartitionMap, msg: &BorrowedMessage<'_>, limit: usize) -> (Sourc
     (rec, map.epoch(partition))
 }
 
+fn set_mark(tpl: &mut TopicPartitionList, topic: &str, partition: i32, mark: Mark) {
+    if let Some(mut e) = tpl.find_partition(topic, partition) {
+        e.set_metadata(mark.encode());
+    }
+}
+
 fn set_paused(consumer: &StreamConsumer<GroupContext>, pause: bool) {
     let r = consumer.assignment().and_then(|a| {
         if pause {
@@ -360,6 +380,7 @@ impl Source for KafkaSource {
             tracker: emit.tracker.clone(),
             stats: stats.clone(),
             revoke_timeout: self.group.revoke_timeout,
+            guard: emit.guard.clone(),
         };
         let consumer: StreamConsumer<GroupContext> = self
             .conn
@@ -373,6 +394,18 @@ impl Source for KafkaSource {
             .set(
                 "statistics.interval.ms",
                 self.group.statistics_interval.as_millis().to_string(),
+            )
+            .set(
+                "session.timeout.ms",
+                self.group.session_timeout.as_millis().to_string(),
+            )
+            // A third of the session (librdkafka's default 3 s at most): a few beats per
+            // session, however short it is set.
+            .set(
+                "heartbeat.interval.ms",
+                (self.group.session_timeout.as_millis() / 3)
+                    .clamp(1, 3000)
+                    .to_string(),
             )
             .create_with_context(ctx)
             .context("creating the Kafka consumer")?;
@@ -444,7 +477,14 @@ impl Source for KafkaSource {
             if !map.is_current(rec.partition, epoch) {
                 continue;
             }
-            if !emit.emit_in(rec, slot).await {
+            let (id, epoch_of) = (rec.partition, epoch);
+            let Some(admit) = emit.admit(&rec, &|| map.is_current(id, epoch_of)).await else {
+                return Ok(false);
+            };
+            if !map.is_current(rec.partition, epoch) {
+                continue;
+            }
+            if !emit.emit_in(rec, slot, admit).await {
                 return Ok(false);
             }
         }
@@ -455,24 +495,115 @@ impl Source for KafkaSource {
 #[derive(Debug)]
 pub struct KafkaCommitter {
     shared: KafkaShared,
+    guard: Option<Arc<CrashGuard>>,
 }
 
 impl KafkaCommitter {
-    /// A committer for the consumer of `shared`.
-    pub fn new(shared: KafkaShared) -> Self {
-        Self { shared }
+    /// A committer for the consumer of `shared`; with `guard`, the crash-loop guard keeps
+    /// its marks in the commits' metadata.
+    pub fn new(shared: KafkaShared, guard: Option<GuardSettings>) -> Self {
+        let guard = guard.map(|s| {
+            CrashGuard::new(
+                s,
+                KafkaMarks {
+                    shared: shared.clone(),
+                },
+            )
+        });
+        Self { shared, guard }
     }
-}
 
-impl KafkaCommitter {
-    fn list(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<TopicPartitionList> {
+    fn list(
+        &self,
+        positions: &[(PartitionId, u64)],
+        clean: bool,
+    ) -> anyhow::Result<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for (id, next) in positions {
             if let Some((topic, p)) = self.shared.map.get(*id) {
                 tpl.add_partition_offset(&topic, p, Offset::Offset(*next as i64))?;
+                if let Some(g) = &self.guard {
+                    set_mark(&mut tpl, &topic, p, g.mark_for(*id, *next, clean));
+                }
             }
         }
         Ok(tpl)
+    }
+}
+
+/// How long a mark's read or write may wait for the group coordinator.
+const MARK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The crash guard's marks in the metadata of the group's offset commits.
+#[derive(Debug)]
+struct KafkaMarks {
+    shared: KafkaShared,
+}
+
+impl KafkaMarks {
+    fn consumer(&self) -> anyhow::Result<Arc<StreamConsumer<GroupContext>>> {
+        self.shared
+            .consumer
+            .get()
+            .cloned()
+            .context("no consumer yet")
+    }
+}
+
+impl MarkStore for KafkaMarks {
+    fn read(&self, partition: PartitionId) -> anyhow::Result<Option<Mark>> {
+        let (topic, p) = self
+            .shared
+            .map
+            .get(partition)
+            .context("unknown partition")?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, p);
+        let got = self
+            .consumer()?
+            .committed_offsets(tpl, MARK_TIMEOUT)
+            .context("reading the committed offset")?;
+        let Some(e) = got.find_partition(&topic, p) else {
+            return Ok(None);
+        };
+        // rdkafka's accessor panics on metadata that is not UTF-8 (written by another
+        // tool): that is no mark.
+        let text =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.metadata().to_owned()))
+                .unwrap_or_default();
+        Ok(Mark::decode(&text))
+    }
+
+    fn write(&self, partition: PartitionId, next: u64, mark: Mark) -> anyhow::Result<()> {
+        let (topic, p) = self
+            .shared
+            .map
+            .get(partition)
+            .context("unknown partition")?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, p, Offset::Offset(next as i64))?;
+        set_mark(&mut tpl, &topic, p, mark);
+        commit_within(self.consumer()?, tpl, MARK_TIMEOUT)
+    }
+}
+
+/// A synchronous commit on a helper thread, given up after `timeout` (librdkafka defers a
+/// commit while no group coordinator is reachable, without a bound of its own).
+fn commit_within(
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    tpl: TopicPartitionList,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("fusionstream-commit".into())
+        .spawn(move || {
+            let _ = tx.send(consumer.commit(&tpl, CommitMode::Sync));
+        })
+        .context("starting the commit thread")?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r.context("committing offsets"),
+        Err(_) => anyhow::bail!("no answer from the group coordinator within {timeout:?}"),
     }
 }
 
@@ -482,7 +613,7 @@ impl Committer for KafkaCommitter {
         let Some(consumer) = self.shared.consumer.get() else {
             anyhow::bail!("no consumer yet");
         };
-        let tpl = self.list(positions)?;
+        let tpl = self.list(positions, false)?;
         if tpl.count() > 0 {
             consumer
                 .commit(&tpl, CommitMode::Async)
@@ -491,8 +622,7 @@ impl Committer for KafkaCommitter {
         Ok(CommitAck::Sent)
     }
 
-    /// A synchronous commit on a helper thread, given up after `timeout` (librdkafka defers
-    /// a commit while no group coordinator is reachable, without a bound of its own).
+    /// The last commit of a clean stop (marks `clean`), bounded by `timeout`.
     fn commit_and_wait(
         &mut self,
         positions: &[(PartitionId, u64)],
@@ -501,21 +631,15 @@ impl Committer for KafkaCommitter {
         let Some(consumer) = self.shared.consumer.get().cloned() else {
             anyhow::bail!("no consumer");
         };
-        let tpl = self.list(positions)?;
+        let tpl = self.list(positions, true)?;
         if tpl.count() == 0 {
             return Ok(());
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("fusionstream-commit".into())
-            .spawn(move || {
-                let _ = tx.send(consumer.commit(&tpl, CommitMode::Sync));
-            })
-            .context("starting the commit thread")?;
-        match rx.recv_timeout(timeout) {
-            Ok(r) => r.context("committing offsets"),
-            Err(_) => anyhow::bail!("no answer from the group coordinator within {timeout:?}"),
-        }
+        commit_within(consumer, tpl, timeout)
+    }
+
+    fn crash_guard(&self) -> Option<Arc<CrashGuard>> {
+        self.guard.clone()
     }
 }
 
@@ -547,6 +671,7 @@ mod tests {
             tracker: Arc::new(Mutex::new(PositionTracker::new())),
             stats: Arc::default(),
             revoke_timeout: timeout,
+            guard: None,
         }
     }
 

@@ -1,15 +1,17 @@
 //! The local adapters: a JSONL file source resuming from its checkpoint, and the checkpoint
-//! file as a committer.
+//! file as a committer (with the crash-loop guard's marks beside the positions).
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
+use fusionstream_core::crash_guard::{GuardSettings, Mark};
 use fusionstream_core::position::PartitionId;
 use fusionstream_io::checkpoint::Checkpoint;
 use fusionstream_io::local_source::LocalSource;
 
-use super::{CommitAck, Committer, Emitter, Source};
+use super::{lock, CommitAck, Committer, CrashGuard, Emitter, MarkStore, Source};
 
 /// A local JSONL source with the start positions of its checkpoint.
 #[derive(Debug)]
@@ -61,36 +63,108 @@ impl Source for LocalJsonl {
     }
 }
 
+/// The checkpoint file and what it holds, shared by the committer and the crash guard's
+/// marks.
+#[derive(Debug)]
+struct Book {
+    path: std::path::PathBuf,
+    streams: Vec<String>,
+    state: Mutex<Checkpoint>,
+}
+
+impl Book {
+    fn stream(&self, p: PartitionId) -> anyhow::Result<&String> {
+        self.streams
+            .get(p as usize)
+            .context("commit for an unknown partition")
+    }
+
+    /// Record positions (and their marks) and store the file.
+    fn write(
+        &self,
+        entries: impl IntoIterator<Item = (PartitionId, u64, Option<Mark>)>,
+    ) -> anyhow::Result<()> {
+        let mut st = lock(&self.state);
+        for (p, next, mark) in entries {
+            let s = self.stream(p)?.clone();
+            if let Some(m) = mark {
+                st.marks.insert(s.clone(), m.encode());
+            }
+            st.positions.insert(s, next);
+        }
+        st.version = 1;
+        st.store(&self.path)?;
+        Ok(())
+    }
+}
+
 /// The local checkpoint as a committer.
 #[derive(Debug)]
 pub struct LocalCheckpoint {
-    path: std::path::PathBuf,
-    streams: Vec<String>,
-    state: Checkpoint,
+    book: Arc<Book>,
+    guard: Option<Arc<CrashGuard>>,
 }
 
 impl LocalCheckpoint {
-    /// Commit positions of `streams` (partition order) into `state`, stored at `path`.
-    pub fn new(path: &Path, streams: Vec<String>, state: Checkpoint) -> Self {
-        Self {
+    /// Commit positions of `streams` (partition order) into `state`, stored at `path`; with
+    /// `guard`, the crash-loop guard keeps its marks in the file too.
+    pub fn new(
+        path: &Path,
+        streams: Vec<String>,
+        state: Checkpoint,
+        guard: Option<GuardSettings>,
+    ) -> Self {
+        let book = Arc::new(Book {
             path: path.to_owned(),
             streams,
-            state,
-        }
+            state: Mutex::new(state),
+        });
+        let guard = guard.map(|s| CrashGuard::new(s, LocalMarks(book.clone())));
+        Self { book, guard }
+    }
+
+    fn write(&self, positions: &[(PartitionId, u64)], clean: bool) -> anyhow::Result<()> {
+        self.book.write(positions.iter().map(|(p, next)| {
+            let mark = self.guard.as_ref().map(|g| g.mark_for(*p, *next, clean));
+            (*p, *next, mark)
+        }))
     }
 }
 
 impl Committer for LocalCheckpoint {
     fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck> {
-        for (p, o) in positions {
-            let s = self
-                .streams
-                .get(*p as usize)
-                .context("commit for an unknown partition")?;
-            self.state.positions.insert(s.clone(), *o);
-        }
-        self.state.version = 1;
-        self.state.store(&self.path)?;
+        self.write(positions, false)?;
         Ok(CommitAck::Confirmed)
+    }
+
+    /// The last commit of a clean stop: marks `clean`.
+    fn commit_and_wait(
+        &mut self,
+        positions: &[(PartitionId, u64)],
+        _timeout: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        self.write(positions, true)
+    }
+
+    fn crash_guard(&self) -> Option<Arc<CrashGuard>> {
+        self.guard.clone()
+    }
+}
+
+/// The crash guard's marks in the checkpoint file.
+#[derive(Debug)]
+struct LocalMarks(Arc<Book>);
+
+impl MarkStore for LocalMarks {
+    fn read(&self, partition: PartitionId) -> anyhow::Result<Option<Mark>> {
+        let s = self.0.stream(partition)?;
+        Ok(lock(&self.0.state)
+            .marks
+            .get(s)
+            .and_then(|m| Mark::decode(m)))
+    }
+
+    fn write(&self, partition: PartitionId, next: u64, mark: Mark) -> anyhow::Result<()> {
+        self.0.write([(partition, next, Some(mark))])
     }
 }

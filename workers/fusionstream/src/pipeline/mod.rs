@@ -15,6 +15,7 @@
 mod assemble;
 pub mod backfill;
 mod batching;
+mod crash_guard;
 pub mod faults;
 mod fetch;
 mod intake;
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
+use fusionstream_core::crash_guard::Admit;
 use fusionstream_core::event::ImageSource;
 use fusionstream_core::position::{PartitionId, PositionTracker};
 use fusionstream_core::record::{BundleRef, Stream};
@@ -42,6 +44,7 @@ use fusionstream_model::FusionModel;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+pub use crash_guard::{CrashGuard, MarkStore};
 pub use local::{LocalCheckpoint, LocalJsonl};
 pub use settings::Settings;
 pub use stats::{Stats, StatsSnapshot};
@@ -143,6 +146,13 @@ pub trait Committer: Send + 'static {
             CommitAck::Sent => anyhow::bail!("commit sent but not confirmed"),
         }
     }
+
+    /// The crash-loop guard whose marks this committer keeps beside its positions (its
+    /// commits carry them; `commit_and_wait`, the last commit of a clean stop, marks them
+    /// clean); `None` when it keeps none.
+    fn crash_guard(&self) -> Option<Arc<CrashGuard>> {
+        None
+    }
 }
 
 /// A record handed from the source to the pipeline, with its in-flight permit.
@@ -155,6 +165,8 @@ pub(crate) struct Taken {
     /// The event's span, parented to the record's `traceparent`; it lives until the
     /// event's outputs are acknowledged.
     span: tracing::Span,
+    /// The crash guard refused it: the worker died this many times while it ran alone.
+    refused: Option<u32>,
 }
 
 /// The source's handle into the pipeline.
@@ -166,6 +178,7 @@ pub struct Emitter {
     pub(crate) cancel: CancellationToken,
     stats: Arc<Stats>,
     pub(crate) max_event_bytes: usize,
+    pub(crate) guard: Option<Arc<CrashGuard>>,
 }
 
 /// Room for one more event in the pipeline.
@@ -175,9 +188,36 @@ pub struct Slot(OwnedSemaphorePermit);
 impl Emitter {
     /// Hand one record to the pipeline, waiting for room; false when shutting down.
     pub async fn emit(&self, rec: SourceRecord) -> bool {
-        match self.slot().await {
-            Some(slot) => self.emit_in(rec, slot).await,
+        let Some(slot) = self.slot().await else {
+            return false;
+        };
+        match self.admit(&rec, &|| true).await {
+            Some(admit) => self.emit_in(rec, slot, admit).await,
             None => false,
+        }
+    }
+
+    /// Ask the crash guard about `rec` (see [`CrashGuard`]): after an unclean exit this may
+    /// wait until nothing else of its partition is in flight. `None` when shutting down.
+    /// `still_ours` tells whether the partition is still this worker's after the wait.
+    pub async fn admit(
+        &self,
+        rec: &SourceRecord,
+        still_ours: &(dyn Fn() -> bool + Sync),
+    ) -> Option<Admit> {
+        match &self.guard {
+            None => Some(Admit::Run),
+            Some(g) => {
+                g.admit(
+                    rec.partition,
+                    rec.offset,
+                    &self.tracker,
+                    &self.cancel,
+                    &self.stats,
+                    still_ours,
+                )
+                .await
+            }
         }
     }
 
@@ -195,9 +235,9 @@ impl Emitter {
         self.permits.clone().try_acquire_owned().ok().map(Slot)
     }
 
-    /// Hand one record to the pipeline in the room `slot` reserved; false when shutting
-    /// down.
-    pub async fn emit_in(&self, rec: SourceRecord, slot: Slot) -> bool {
+    /// Hand one record to the pipeline in the room `slot` reserved, with the crash guard's
+    /// decision on it ([`Emitter::admit`]); false when shutting down.
+    pub async fn emit_in(&self, rec: SourceRecord, slot: Slot, admit: Admit) -> bool {
         let permit = slot.0;
         if let Err(e) = lock(&self.tracker).track(rec.partition, rec.offset) {
             tracing::error!(error = %e, "source positions out of order; stopping");
@@ -224,6 +264,10 @@ impl Emitter {
             received_at: SystemTime::now(),
             started: Instant::now(),
             span,
+            refused: match admit {
+                Admit::Refuse { attempts } => Some(attempts),
+                Admit::Run | Admit::RunAlone(_) => None,
+            },
         };
         // The permit bounds what is in flight, so this send waits only briefly.
         self.tx.send(taken).await.is_ok() && !self.cancel.is_cancelled()
@@ -285,6 +329,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     for (p, start) in source.partitions() {
         lock(&tracker).assign(p, start);
     }
+    let guard = committer.crash_guard();
     let committer = Arc::new(Mutex::new(committer));
     let manifest = model.manifest();
     let bundle = BundleRef {
@@ -307,6 +352,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         sink::CommitTiming {
             interval: settings.commit_interval,
             final_timeout: settings.commit_timeout,
+            mark_clean: guard.is_some(),
         },
     ));
     let assemble_task = tokio::spawn(assemble::run(
@@ -348,6 +394,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         cancel: cancel.clone(),
         stats: stats.clone(),
         max_event_bytes: settings.limits.max_event_bytes,
+        guard: guard.clone(),
     };
     let source_task = tokio::spawn(source.run(emitter));
 
@@ -400,7 +447,8 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     let finished_source = source_result.context("source task")??;
     if timed_out {
         // Commit the done prefix; the rest replays on the next start.
-        sink::final_commit(&tracker, &committer, &stats, settings.commit_timeout).await;
+        let clean = guard.is_some();
+        sink::final_commit(&tracker, &committer, &stats, settings.commit_timeout, clean).await;
         let abandoned = lock(&tracker).in_flight();
         return Ok(RunEnd::DrainTimedOut { abandoned });
     }

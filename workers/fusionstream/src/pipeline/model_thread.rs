@@ -161,6 +161,11 @@ fn call(
                     return injected("CUDA_ERROR_OUT_OF_MEMORY: out of memory (injected)")
                 }
                 Fault::DeviceLost => return injected("CUDA_ERROR_ILLEGAL_ADDRESS (injected)"),
+                Fault::Abort => {
+                    // What a segfault in a native kernel or the OOM killer does: no unwinding.
+                    tracing::error!("injected abort: the process dies now");
+                    std::process::abort()
+                }
                 _ => {}
             }
         }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use fusionstream_core::backoff::Backoff;
 use fusionstream_core::batch::LanePolicy;
+use fusionstream_core::crash_guard::GuardSettings;
 use fusionstream_core::degrade::Policy;
 use fusionstream_core::event::EventLimits;
 
@@ -43,6 +44,8 @@ pub struct Settings {
     pub commit_timeout: Duration,
     /// Drain budget at shutdown.
     pub drain_timeout: Duration,
+    /// The crash-loop guard, when on.
+    pub crash_guard: Option<GuardSettings>,
     /// Test-only fault injection ([`faults`]): `FUSIONSTREAM_TEST_FAULTS=1`.
     pub test_faults: bool,
 }
@@ -92,6 +95,13 @@ impl Settings {
             commit_interval: c.checkpoint.interval,
             commit_timeout: c.checkpoint.commit_timeout,
             drain_timeout: c.shutdown.drain_timeout,
+            crash_guard: c.crash_guard.enabled.then(|| GuardSettings {
+                suspect_events: match c.crash_guard.suspect_events {
+                    0 => u32::try_from(c.pipeline.max_in_flight).unwrap_or(u32::MAX),
+                    n => n,
+                },
+                max_attempts: c.crash_guard.max_attempts,
+            }),
             test_faults: faults::from_env(),
         }
     }

@@ -52,6 +52,8 @@ pub(crate) struct CommitTiming {
     pub interval: Duration,
     /// Bound on the last commit at shutdown.
     pub final_timeout: Duration,
+    /// The committer keeps crash-guard marks: the last commit marks every partition clean.
+    pub mark_clean: bool,
 }
 
 pub(crate) async fn run<K: OutputSink, C: Committer>(
@@ -113,7 +115,14 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
             last_commit = Instant::now();
         }
     }
-    final_commit(&tracker, &committer, &stats, timing.final_timeout).await;
+    final_commit(
+        &tracker,
+        &committer,
+        &stats,
+        timing.final_timeout,
+        timing.mark_clean,
+    )
+    .await;
     Ok(())
 }
 
@@ -330,17 +339,27 @@ impl Commits {
 
 /// The last commit: what is done and unconfirmed is committed and its confirmation awaited,
 /// retried with backoff within `timeout`. What is still unconfirmed after it replays on the
-/// next start (never a loss).
+/// next start (never a loss). With `mark_clean` (the committer keeps crash-guard marks)
+/// every partition's position is committed, confirmed ones too, so that each carries the
+/// `clean` mark of this stop.
 pub(crate) async fn final_commit<C: Committer>(
     tracker: &Arc<Mutex<PositionTracker>>,
     committer: &Arc<Mutex<C>>,
     stats: &Arc<Stats>,
     timeout: Duration,
+    mark_clean: bool,
 ) {
     let deadline = Instant::now() + timeout;
     let mut attempt = 0u32;
     loop {
-        let pending = lock(tracker).pending_commits();
+        let pending = {
+            let t = lock(tracker);
+            if mark_clean {
+                t.snapshot().into_iter().collect()
+            } else {
+                t.pending_commits()
+            }
+        };
         stats
             .uncommitted_partitions
             .store(pending.len() as i64, Relaxed);
@@ -360,6 +379,10 @@ pub(crate) async fn final_commit<C: Committer>(
                 let mut t = lock(tracker);
                 for (p, o) in &pending {
                     t.confirm(*p, *o);
+                }
+                if mark_clean {
+                    stats.uncommitted_partitions.store(0, Relaxed);
+                    return;
                 }
             }
             Err(e) => {
@@ -504,7 +527,7 @@ mod tests {
             calls: vec![],
         }));
         let stats = Arc::new(Stats::default());
-        final_commit(&tracker, &committer, &stats, Duration::from_secs(10)).await;
+        final_commit(&tracker, &committer, &stats, Duration::from_secs(10), false).await;
         assert_eq!(lock(&tracker).confirmed(0), Some(4));
         assert_eq!(lock(&committer).calls.len(), 3);
 
@@ -516,7 +539,14 @@ mod tests {
             calls: vec![],
         }));
         let start = Instant::now();
-        final_commit(&tracker, &committer, &stats, Duration::from_millis(300)).await;
+        final_commit(
+            &tracker,
+            &committer,
+            &stats,
+            Duration::from_millis(300),
+            false,
+        )
+        .await;
         assert!(start.elapsed() < Duration::from_secs(3));
         assert_eq!(lock(&tracker).pending_commits(), vec![(0, 2)]);
     }

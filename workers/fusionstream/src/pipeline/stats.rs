@@ -117,6 +117,10 @@ pub struct Stats {
     pub model_panics: AtomicU64,
     /// Panics caught while an event was decoded or preprocessed.
     pub intake_panics: AtomicU64,
+    /// Partitions resumed after an unclean exit (crash guard: suspect mode).
+    pub suspect_resumes: AtomicU64,
+    /// Events run alone in suspect mode.
+    pub run_alone: AtomicU64,
     /// Rebalances seen (assign and revoke callbacks).
     pub rebalances: AtomicU64,
     /// Revoked in-flight events abandoned after `kafka.revoke_timeout`.
@@ -165,6 +169,8 @@ impl Default for Stats {
             model_item_failures: AtomicU64::new(0),
             model_panics: AtomicU64::new(0),
             intake_panics: AtomicU64::new(0),
+            suspect_resumes: AtomicU64::new(0),
+            run_alone: AtomicU64::new(0),
             rebalances: AtomicU64::new(0),
             revoke_abandoned: AtomicU64::new(0),
             model_loaded: AtomicBool::new(false),
@@ -379,6 +385,7 @@ impl Stats {
             model_item_failures: self.model_item_failures.load(Relaxed),
             model_panics: self.model_panics.load(Relaxed),
             intake_panics: self.intake_panics.load(Relaxed),
+            run_alone: self.run_alone.load(Relaxed),
         }
     }
 }
@@ -420,4 +427,6 @@ pub struct StatsSnapshot {
     pub model_panics: u64,
     /// Panics caught in decoding and preprocessing.
     pub intake_panics: u64,
+    /// Events run alone after an unclean exit (crash guard).
+    pub run_alone: u64,
 }

@@ -308,6 +308,18 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut e,
+            "suspect_resumes",
+            "Partitions resumed after an unclean exit of their last owner (crash guard: their next events run alone).",
+            s.suspect_resumes.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "run_alone",
+            "Events run alone, their attempt recorded first, after an unclean exit (crash guard).",
+            s.run_alone.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
             "rebalances",
             "Consumer-group rebalance callbacks (assign and revoke).",
             s.rebalances.load(Relaxed),
