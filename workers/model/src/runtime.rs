@@ -664,6 +664,26 @@ impl FusionModel {
         })
     }
 
+    /// Bytes of one image's preprocessed pixels, over every vision preprocessor of the
+    /// bundle (f32, three channels, at each model's input size): what a prepared image
+    /// holds while it waits for the model.
+    pub fn prepared_image_bytes(&self) -> u64 {
+        self.preprocessors
+            .iter()
+            .map(|p| {
+                // Every vision model takes a square input (checked at load).
+                let s = match p.config().crop {
+                    Some((h, w)) => h.max(w),
+                    None => {
+                        let (h, w) = p.config().resized_size(1, 1);
+                        h.max(w)
+                    }
+                };
+                12 * u64::from(s) * u64::from(s)
+            })
+            .sum()
+    }
+
     /// Decode an image once and preprocess it for every vision model of the bundle.
     pub fn prepare_image(&self, bytes: &[u8]) -> Result<PreparedImage, ImageError> {
         // The largest size any vision model needs after its resize, per axis.

@@ -15,6 +15,7 @@ use clap::Args;
 use fusionstream::config::{Config, Progress, SinkKind, SourceKind, WarmUp};
 use fusionstream::pipeline::backfill::{backfill, BackfillSpec};
 use fusionstream::pipeline::kafka::{GroupSettings, KafkaCommitter, KafkaSource};
+use fusionstream::pipeline::memory::{self, MemoryBound, SourceBuffers};
 use fusionstream::pipeline::{
     self, Committer, LocalCheckpoint, LocalJsonl, Media, OutputSink, Parts, RunEnd, Settings,
     Source, Stats, StatsSnapshot,
@@ -189,6 +190,10 @@ pub struct Summary {
     pub events_per_second: f64,
     /// Which backend and precision ran each part of the bundle.
     pub backends: String,
+    /// The memory bound derived from the configuration (bytes; `pipeline::memory`).
+    pub memory_bound_bytes: u64,
+    /// The process's peak resident set (bytes; Linux only).
+    pub peak_rss_bytes: Option<u64>,
     /// Counters.
     #[serde(flatten)]
     pub stats: StatsSnapshot,
@@ -267,6 +272,16 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
         "model loaded"
     );
     let backends = model.backend_summary();
+    let bound = MemoryBound::new(
+        &settings,
+        match c.source.kind {
+            SourceKind::Kafka => SourceBuffers::Kafka,
+            SourceKind::Local | SourceKind::Backfill => SourceBuffers::Local,
+        },
+        memory::rss().map_or(0, |r| r.0),
+        model.prepared_image_bytes(),
+    );
+    tracing::info!(bound = %bound.describe(), "memory bound");
 
     let s3 = match c.s3_settings() {
         Some(s) => Some(fusionstream_io::s3::S3Media::new(s).await),
@@ -380,6 +395,8 @@ async fn run_async(c: Config, max_events: Option<u64>) -> anyhow::Result<Summary
         seconds,
         events_per_second: snap.finished as f64 / seconds.max(1e-9),
         backends,
+        memory_bound_bytes: bound.total(),
+        peak_rss_bytes: memory::rss().map(|r| r.1),
         stats: snap,
     };
     print_summary(&summary, &c);
@@ -577,6 +594,13 @@ fn print_summary(s: &Summary, c: &Config) {
         .collect();
     line(format!("  batches     {}", batches.join(", ")));
     line(format!("  model       {}", s.backends));
+    if let Some(peak) = s.peak_rss_bytes {
+        line(format!(
+            "  memory      peak RSS {} MiB; bound {} MiB",
+            peak >> 20,
+            s.memory_bound_bytes >> 20
+        ));
+    }
     line(format!(
         "  throughput  {:.1} events/s over {:.1}s; model busy {:.1}s; latency p50 {:.0} ms, p99 {:.0} ms",
         s.events_per_second, s.seconds, st.model_seconds, st.latency_p50_ms, st.latency_p99_ms

@@ -1,5 +1,5 @@
-//! Fetching an event's image: a slot of `media.concurrency`, a timeout per attempt, and
-//! jittered retries of retryable errors until the retries are used up.
+//! Fetching an event's image: a timeout per attempt and jittered retries of retryable errors
+//! until the retries are used up (under a slot of `media.concurrency` the caller holds).
 
 use std::time::Duration;
 
@@ -9,12 +9,11 @@ use fusionstream_io::media::FetchError;
 
 use super::intake::Shared;
 
-/// Fetch with per-attempt timeout and jittered retries of retryable errors.
+/// Fetch with per-attempt timeout and jittered retries of retryable errors. The caller
+/// holds a slot of `media.concurrency` ([`Shared::fetch_slots`]) from before the fetch until
+/// the bytes are decoded, so fetched images waiting for a CPU are bounded too.
 pub(crate) async fn fetch(shared: &Shared, src: &ImageSource) -> Result<Vec<u8>, String> {
     let s = &shared.settings;
-    let Ok(_slot) = shared.fetch_slots.acquire().await else {
-        return Err("image_fetch_failed".into());
-    };
     let _running = InFlight::new(&shared.stats.fetches_in_flight);
     let r = with_retries(s.fetch_timeout, &s.fetch_backoff, || {
         shared.media.fetch(src)

@@ -208,7 +208,15 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         return send_dead_letter(&shared, t, id, &reason, detail, degraded).await;
     }
 
-    // Fetch.
+    // Fetch. The media slot is held until the bytes are decoded: at most
+    // `media.concurrency` encoded images are in memory, fetched or waiting for a CPU.
+    let media_slot = match &event.image {
+        Input::Present(_) => match shared.fetch_slots.clone().acquire_owned().await {
+            Ok(p) => Some(p),
+            Err(_) => return,
+        },
+        _ => None,
+    };
     let fetch_start = Instant::now();
     let image_bytes = match &event.image {
         Input::Present(src) => {
@@ -244,6 +252,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         })
         .await
     };
+    drop(media_slot);
     let prep = match prepared {
         Ok(p) => p,
         Err(e) => {

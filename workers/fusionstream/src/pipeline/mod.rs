@@ -21,6 +21,7 @@ mod fetch;
 mod intake;
 pub mod kafka;
 mod local;
+pub mod memory;
 mod model_thread;
 mod oversize;
 mod settings;

@@ -18,8 +18,12 @@ pub struct Settings {
     pub limits: EventLimits,
     /// Largest payload kept in a dead letter.
     pub max_dead_letter_payload: usize,
-    /// Fetches in flight.
+    /// Fetches in flight (and encoded images held until decoded).
     pub fetch_concurrency: usize,
+    /// Largest image fetched (`media.max_bytes`).
+    pub max_image_bytes: u64,
+    /// Largest image decoded (`image.max_pixels`).
+    pub max_image_pixels: u64,
     /// Per-attempt fetch timeout.
     pub fetch_timeout: Duration,
     /// Fetch retries.
@@ -72,6 +76,8 @@ impl Settings {
             },
             max_dead_letter_payload: c.sink.max_dead_letter_payload_bytes,
             fetch_concurrency: c.media.concurrency,
+            max_image_bytes: c.media.max_bytes,
+            max_image_pixels: c.image.max_pixels,
             fetch_timeout: c.media.timeout,
             fetch_backoff: Backoff {
                 initial: c.media.backoff_initial,
