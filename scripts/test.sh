@@ -3,7 +3,8 @@
 # ONNX Runtime backend with the library of the onnxruntime wheel, and the Kafka tests against a
 # real broker that scripts/dev-services.sh installs and starts), the Python tests (the ONNX
 # exporter on fresh checkpoints against transformers), a brief fuzzing run of the untrusted-input
-# paths (scripts/fuzz.sh), and the Helm chart's checks.
+# paths (scripts/fuzz.sh), a short chaos soak (benches/chaos.sh: kills, a broker restart, a
+# MinIO outage, poison items; nothing may be lost), and the Helm chart's checks.
 # Usage: scripts/test.sh            (from anywhere; the cargo target dir is cached)
 #        FUSIONSTREAM_SKIP_SERVICES=1 scripts/test.sh   (no services: the Kafka tests skip)
 set -euo pipefail
@@ -27,7 +28,7 @@ eval "$(scripts/python-env.sh)"
 export FUSIONSTREAM_REQUIRE_ORT=1
 
 log=$(mktemp)
-trap 'rm -f "$log"; stop_services' EXIT
+trap 'rm -f "$log" "$log.chaos"; stop_services' EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -43,6 +44,21 @@ echo "== pytest models/tests (ONNX exporter against transformers)"
 echo "== scripts/fuzz.sh (brief: 12 s per target; scripts/fuzz.sh alone runs longer)"
 scripts/fuzz.sh 12 event_decoder image_preprocess tokenizer checkpoint_reader 2>&1 | tee -a "$log" ||
   status=1
+if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
+  # The chaos soak in short (benches/chaos.sh runs the full one): 600 events, 3 SIGKILLs, a
+  # broker restart, MinIO away for 5 s, poison items; fails on a lost event. The test build
+  # of the worker (cargo test built it above).
+  echo "== benches/chaos.sh (short: 600 events, 3 kills, 1 broker restart, MinIO down 5 s)"
+  if BINARY="$CARGO_TARGET_DIR/debug/fusionstream" benches/chaos.sh 600 3 1 5 "$(mktemp)" \
+    > "$log.chaos" 2>&1; then
+    tail -40 "$log.chaos" | grep -E '"(events|lost|events_with_duplicates|worker_starts|peak_rss_mib|memory_bound_mib)"'
+    echo "chaos soak: passed (nothing lost)"
+  else
+    cat "$log.chaos"
+    echo "chaos soak: FAILED"
+    status=1
+  fi
+fi
 echo "== helm/test.sh (chart lint, rendered manifests against the Kubernetes API types)"
 helm/test.sh || status=1
 passed=$(grep -oE 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
