@@ -22,10 +22,11 @@
 //!   committed offset (the broker's, so confirmed commits only); their difference, summed,
 //!   feeds `fusionstream_consumer_lag` and the seconds-to-drain gauge.
 //!
-//! Long (~530 lines before its tests) because the source, its rebalance and commit callbacks
-//! and the committer share the partition map and the consumer; the restructuring (issue 13)
-//! moves this file beside the Kafka client in `workers/io` and splits the source from the
-//! committer there.
+//! The committer and the crash guard's marks in the commit metadata are `kafka_commit.rs`.
+//!
+//! Long (~510 lines before its tests) because the source and its rebalance and commit
+//! callbacks share the partition map, the tracker and the consumer; the restructuring (issue
+//! 13) moves it beside the Kafka client in `workers/io`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -45,11 +46,10 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use fusionstream_core::crash_guard::{GuardSettings, Mark};
+use fusionstream_core::crash_guard::Mark;
 
-use super::{
-    lock, CommitAck, Committer, CrashGuard, Emitter, MarkStore, OutputSink, Source, Stats,
-};
+pub use super::kafka_commit::KafkaCommitter;
+use super::{lock, CrashGuard, Emitter, OutputSink, Source, Stats};
 
 /// A Kafka partition: topic and partition number.
 type TopicPartition = (String, i32);
@@ -83,7 +83,7 @@ impl PartitionMap {
         id
     }
 
-    fn get(&self, id: PartitionId) -> Option<(String, i32)> {
+    pub(super) fn get(&self, id: PartitionId) -> Option<(String, i32)> {
         lock(&self.ids).by_id.get(id as usize).cloned()
     }
 
@@ -113,8 +113,8 @@ impl PartitionMap {
 /// Shared between the source (which owns the consumer) and the committer.
 #[derive(Default, Clone)]
 pub struct KafkaShared {
-    map: Arc<PartitionMap>,
-    consumer: Arc<OnceLock<Arc<StreamConsumer<GroupContext>>>>,
+    pub(super) map: Arc<PartitionMap>,
+    pub(super) consumer: Arc<OnceLock<Arc<StreamConsumer<GroupContext>>>>,
 }
 
 impl std::fmt::Debug for KafkaShared {
@@ -343,7 +343,7 @@ fn record(map: &PartitionMap, msg: &BorrowedMessage<'_>, limit: usize) -> (Sourc
     (rec, map.epoch(partition))
 }
 
-fn set_mark(tpl: &mut TopicPartitionList, topic: &str, partition: i32, mark: Mark) {
+pub(super) fn set_mark(tpl: &mut TopicPartitionList, topic: &str, partition: i32, mark: Mark) {
     if let Some(mut e) = tpl.find_partition(topic, partition) {
         e.set_metadata(mark.encode());
     }
@@ -488,158 +488,6 @@ impl Source for KafkaSource {
                 return Ok(false);
             }
         }
-    }
-}
-
-/// Commits the done prefix as consumer-group offsets.
-#[derive(Debug)]
-pub struct KafkaCommitter {
-    shared: KafkaShared,
-    guard: Option<Arc<CrashGuard>>,
-}
-
-impl KafkaCommitter {
-    /// A committer for the consumer of `shared`; with `guard`, the crash-loop guard keeps
-    /// its marks in the commits' metadata.
-    pub fn new(shared: KafkaShared, guard: Option<GuardSettings>) -> Self {
-        let guard = guard.map(|s| {
-            CrashGuard::new(
-                s,
-                KafkaMarks {
-                    shared: shared.clone(),
-                },
-            )
-        });
-        Self { shared, guard }
-    }
-
-    fn list(
-        &self,
-        positions: &[(PartitionId, u64)],
-        clean: bool,
-    ) -> anyhow::Result<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
-        for (id, next) in positions {
-            if let Some((topic, p)) = self.shared.map.get(*id) {
-                tpl.add_partition_offset(&topic, p, Offset::Offset(*next as i64))?;
-                if let Some(g) = &self.guard {
-                    set_mark(&mut tpl, &topic, p, g.mark_for(*id, *next, clean));
-                }
-            }
-        }
-        Ok(tpl)
-    }
-}
-
-/// How long a mark's read or write may wait for the group coordinator.
-const MARK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The crash guard's marks in the metadata of the group's offset commits.
-#[derive(Debug)]
-struct KafkaMarks {
-    shared: KafkaShared,
-}
-
-impl KafkaMarks {
-    fn consumer(&self) -> anyhow::Result<Arc<StreamConsumer<GroupContext>>> {
-        self.shared
-            .consumer
-            .get()
-            .cloned()
-            .context("no consumer yet")
-    }
-}
-
-impl MarkStore for KafkaMarks {
-    fn read(&self, partition: PartitionId) -> anyhow::Result<Option<Mark>> {
-        let (topic, p) = self
-            .shared
-            .map
-            .get(partition)
-            .context("unknown partition")?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&topic, p);
-        let got = self
-            .consumer()?
-            .committed_offsets(tpl, MARK_TIMEOUT)
-            .context("reading the committed offset")?;
-        let Some(e) = got.find_partition(&topic, p) else {
-            return Ok(None);
-        };
-        // rdkafka's accessor panics on metadata that is not UTF-8 (written by another
-        // tool): that is no mark.
-        let text =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.metadata().to_owned()))
-                .unwrap_or_default();
-        Ok(Mark::decode(&text))
-    }
-
-    fn write(&self, partition: PartitionId, next: u64, mark: Mark) -> anyhow::Result<()> {
-        let (topic, p) = self
-            .shared
-            .map
-            .get(partition)
-            .context("unknown partition")?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, p, Offset::Offset(next as i64))?;
-        set_mark(&mut tpl, &topic, p, mark);
-        commit_within(self.consumer()?, tpl, MARK_TIMEOUT)
-    }
-}
-
-/// A synchronous commit on a helper thread, given up after `timeout` (librdkafka defers a
-/// commit while no group coordinator is reachable, without a bound of its own).
-fn commit_within(
-    consumer: Arc<StreamConsumer<GroupContext>>,
-    tpl: TopicPartitionList,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("fusionstream-commit".into())
-        .spawn(move || {
-            let _ = tx.send(consumer.commit(&tpl, CommitMode::Sync));
-        })
-        .context("starting the commit thread")?;
-    match rx.recv_timeout(timeout) {
-        Ok(r) => r.context("committing offsets"),
-        Err(_) => anyhow::bail!("no answer from the group coordinator within {timeout:?}"),
-    }
-}
-
-impl Committer for KafkaCommitter {
-    /// An asynchronous commit: confirmed by the commit callback when the broker answers.
-    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck> {
-        let Some(consumer) = self.shared.consumer.get() else {
-            anyhow::bail!("no consumer yet");
-        };
-        let tpl = self.list(positions, false)?;
-        if tpl.count() > 0 {
-            consumer
-                .commit(&tpl, CommitMode::Async)
-                .context("sending the offset commit")?;
-        }
-        Ok(CommitAck::Sent)
-    }
-
-    /// The last commit of a clean stop (marks `clean`), bounded by `timeout`.
-    fn commit_and_wait(
-        &mut self,
-        positions: &[(PartitionId, u64)],
-        timeout: Duration,
-    ) -> anyhow::Result<()> {
-        let Some(consumer) = self.shared.consumer.get().cloned() else {
-            anyhow::bail!("no consumer");
-        };
-        let tpl = self.list(positions, true)?;
-        if tpl.count() == 0 {
-            return Ok(());
-        }
-        commit_within(consumer, tpl, timeout)
-    }
-
-    fn crash_guard(&self) -> Option<Arc<CrashGuard>> {
-        self.guard.clone()
     }
 }
 

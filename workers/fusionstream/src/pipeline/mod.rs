@@ -20,6 +20,7 @@ pub mod faults;
 mod fetch;
 mod intake;
 pub mod kafka;
+mod kafka_commit;
 mod local;
 pub mod memory;
 mod model_thread;

@@ -1,0 +1,168 @@
+//! The Kafka committer: the done prefix as consumer-group offsets, asynchronous while
+//! running (confirmed by the commit callback of `kafka.rs`'s group context), synchronous and
+//! bounded at shutdown; with the crash-loop guard on, every commit carries the guard's mark in
+//! its metadata, and the guard reads and writes marks there ([`KafkaMarks`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fusionstream_core::crash_guard::{GuardSettings, Mark};
+use fusionstream_core::position::PartitionId;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::kafka::{set_mark, GroupContext, KafkaShared};
+use super::{CommitAck, Committer, CrashGuard, MarkStore};
+
+/// Commits the done prefix as consumer-group offsets.
+#[derive(Debug)]
+pub struct KafkaCommitter {
+    shared: KafkaShared,
+    guard: Option<Arc<CrashGuard>>,
+}
+
+impl KafkaCommitter {
+    /// A committer for the consumer of `shared`; with `guard`, the crash-loop guard keeps
+    /// its marks in the commits' metadata.
+    pub fn new(shared: KafkaShared, guard: Option<GuardSettings>) -> Self {
+        let guard = guard.map(|s| {
+            CrashGuard::new(
+                s,
+                KafkaMarks {
+                    shared: shared.clone(),
+                },
+            )
+        });
+        Self { shared, guard }
+    }
+
+    fn list(
+        &self,
+        positions: &[(PartitionId, u64)],
+        clean: bool,
+    ) -> anyhow::Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for (id, next) in positions {
+            if let Some((topic, p)) = self.shared.map.get(*id) {
+                tpl.add_partition_offset(&topic, p, Offset::Offset(*next as i64))?;
+                if let Some(g) = &self.guard {
+                    set_mark(&mut tpl, &topic, p, g.mark_for(*id, *next, clean));
+                }
+            }
+        }
+        Ok(tpl)
+    }
+}
+
+/// How long a mark's read or write may wait for the group coordinator.
+const MARK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The crash guard's marks in the metadata of the group's offset commits.
+#[derive(Debug)]
+struct KafkaMarks {
+    shared: KafkaShared,
+}
+
+impl KafkaMarks {
+    fn consumer(&self) -> anyhow::Result<Arc<StreamConsumer<GroupContext>>> {
+        self.shared
+            .consumer
+            .get()
+            .cloned()
+            .context("no consumer yet")
+    }
+}
+
+impl MarkStore for KafkaMarks {
+    fn read(&self, partition: PartitionId) -> anyhow::Result<Option<Mark>> {
+        let (topic, p) = self
+            .shared
+            .map
+            .get(partition)
+            .context("unknown partition")?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, p);
+        let got = self
+            .consumer()?
+            .committed_offsets(tpl, MARK_TIMEOUT)
+            .context("reading the committed offset")?;
+        let Some(e) = got.find_partition(&topic, p) else {
+            return Ok(None);
+        };
+        // rdkafka's accessor panics on metadata that is not UTF-8 (written by another
+        // tool): that is no mark.
+        let text =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.metadata().to_owned()))
+                .unwrap_or_default();
+        Ok(Mark::decode(&text))
+    }
+
+    fn write(&self, partition: PartitionId, next: u64, mark: Mark) -> anyhow::Result<()> {
+        let (topic, p) = self
+            .shared
+            .map
+            .get(partition)
+            .context("unknown partition")?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, p, Offset::Offset(next as i64))?;
+        set_mark(&mut tpl, &topic, p, mark);
+        commit_within(self.consumer()?, tpl, MARK_TIMEOUT)
+    }
+}
+
+/// A synchronous commit on a helper thread, given up after `timeout` (librdkafka defers a
+/// commit while no group coordinator is reachable, without a bound of its own).
+fn commit_within(
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    tpl: TopicPartitionList,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("fusionstream-commit".into())
+        .spawn(move || {
+            let _ = tx.send(consumer.commit(&tpl, CommitMode::Sync));
+        })
+        .context("starting the commit thread")?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r.context("committing offsets"),
+        Err(_) => anyhow::bail!("no answer from the group coordinator within {timeout:?}"),
+    }
+}
+
+impl Committer for KafkaCommitter {
+    /// An asynchronous commit: confirmed by the commit callback when the broker answers.
+    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck> {
+        let Some(consumer) = self.shared.consumer.get() else {
+            anyhow::bail!("no consumer yet");
+        };
+        let tpl = self.list(positions, false)?;
+        if tpl.count() > 0 {
+            consumer
+                .commit(&tpl, CommitMode::Async)
+                .context("sending the offset commit")?;
+        }
+        Ok(CommitAck::Sent)
+    }
+
+    /// The last commit of a clean stop (marks `clean`), bounded by `timeout`.
+    fn commit_and_wait(
+        &mut self,
+        positions: &[(PartitionId, u64)],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let Some(consumer) = self.shared.consumer.get().cloned() else {
+            anyhow::bail!("no consumer");
+        };
+        let tpl = self.list(positions, true)?;
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        commit_within(consumer, tpl, timeout)
+    }
+
+    fn crash_guard(&self) -> Option<Arc<CrashGuard>> {
+        self.guard.clone()
+    }
+}
