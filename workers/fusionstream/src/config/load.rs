@@ -1,0 +1,262 @@
+//! Loading: the layers (defaults → files → environment), per-section extraction with every
+//! error collected, validation, and the settings derived from a loaded configuration.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::{Figment, Provider as _};
+use fusionstream_core::{Task, TaskSet};
+use fusionstream_model::{BackendChoice, Precision};
+
+use super::*;
+
+impl Config {
+    /// Defaults → `files` → environment (`env`: name/value pairs, normally `std::env::vars()`).
+    pub fn load<I>(files: &[PathBuf], env: I) -> Result<Self, ConfigErrors>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut errors = Vec::new();
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        for f in files {
+            // A file that cannot be read or parsed is one error, not one per section.
+            match std::fs::read_to_string(f) {
+                Err(e) => errors.push(format!("config file {}: {e}", f.display())),
+                Ok(text) => match toml::from_str::<toml::Table>(&text) {
+                    Err(e) => errors.push(format!("config file {}: {e}", f.display())),
+                    Ok(_) => fig = fig.merge(Toml::file_exact(f)),
+                },
+            }
+        }
+        // Environment: FUSIONSTREAM__SECTION__KEY=value, values parsed like TOML scalars.
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_lowercase().replace("__", ".");
+            let value: figment::value::Value = value.parse().unwrap_or_else(|_| value.into());
+            fig = fig.merge(Serialized::global(&key, value));
+        }
+        // Unknown top-level keys (sections).
+        match fig.data() {
+            Ok(data) => {
+                for dict in data.values() {
+                    for key in dict.keys() {
+                        if !SECTIONS.contains(&key.as_str()) {
+                            errors.push(format!(
+                                "unknown section or key `{key}` (sections: {})",
+                                SECTIONS.join(", ")
+                            ));
+                        }
+                    }
+                }
+            }
+            Err(e) => errors.extend(e.into_iter().map(|e| e.to_string())),
+        }
+        let cfg = extract_all(&fig, &mut errors);
+        if let Some(c) = &cfg {
+            c.validate(&mut errors);
+        }
+        match cfg {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    fn validate(&self, errors: &mut Vec<String>) {
+        let mut positive = |name: &str, v: u64| {
+            if v == 0 {
+                errors.push(format!("{name} must be at least 1"));
+            }
+        };
+        positive("source.max_event_bytes", self.source.max_event_bytes as u64);
+        positive("media.max_bytes", self.media.max_bytes);
+        positive("media.concurrency", self.media.concurrency as u64);
+        positive("image.max_pixels", self.image.max_pixels);
+        positive("model.queue", self.model.queue as u64);
+        positive("pipeline.max_in_flight", self.pipeline.max_in_flight as u64);
+        positive(
+            "crash_guard.max_attempts",
+            self.crash_guard.max_attempts as u64,
+        );
+        positive(
+            "pipeline.channel_capacity",
+            self.pipeline.channel_capacity as u64,
+        );
+        for (name, lane) in [
+            ("encode_lane", &self.encode_lane),
+            ("generate_lane", &self.generate_lane),
+        ] {
+            positive(&format!("{name}.max_items"), lane.max_items as u64);
+            positive(&format!("{name}.max_pixels"), lane.max_pixels);
+            positive(&format!("{name}.max_tokens"), lane.max_tokens);
+        }
+        if self.media.timeout.is_zero() {
+            errors.push("media.timeout must be more than 0".into());
+        }
+        if self.media.backoff_initial > self.media.backoff_max {
+            errors.push("media.backoff_initial must not exceed media.backoff_max".into());
+        }
+        if let Err(e) = self.model.runtime_device() {
+            errors.push(format!("model.device: {e}"));
+        }
+        if self.model.precision != Precision::F32 && self.model.backend == BackendChoice::Candle {
+            errors.push(format!(
+                "model.precision = \"{}\" needs ONNX graphs: set model.backend to onnx or auto",
+                self.model.precision
+            ));
+        }
+        if let Err(e) = fusionstream_model::dtype(&self.model.dtype) {
+            errors.push(format!("model.dtype: {e}"));
+        }
+        if self.source.kind == SourceKind::Backfill {
+            let b = &self.backfill;
+            if b.bucket_and_prefix().is_none() {
+                errors.push(format!(
+                    "backfill.prefix {:?}: expected s3://bucket/prefix",
+                    b.prefix
+                ));
+            }
+            if !self.s3.enabled {
+                errors.push("source.kind = \"backfill\" needs s3.enabled = true".into());
+            }
+            if b.shards == 0 || b.shard >= b.shards {
+                errors.push(format!(
+                    "backfill.shard {} of backfill.shards {}: expected 0 <= shard < shards",
+                    b.shard, b.shards
+                ));
+            }
+            if b.list_page == 0 || b.list_page > 1000 {
+                errors.push("backfill.list_page must be between 1 and 1000".into());
+            }
+            if let Err(e) = self.backfill_tasks() {
+                errors.push(format!("backfill.tasks: {e}"));
+            }
+        }
+        let uses_kafka = self.source.kind == SourceKind::Kafka || self.sink.kind == SinkKind::Kafka;
+        if uses_kafka {
+            let k = &self.kafka;
+            if k.bootstrap_servers.trim().is_empty() {
+                errors.push("kafka.bootstrap_servers is empty".into());
+            }
+            if self.source.kind == SourceKind::Kafka && k.input_topics.is_empty() {
+                errors.push("kafka.input_topics is empty".into());
+            }
+            if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
+                .contains(&k.security_protocol.as_str())
+            {
+                errors.push(format!(
+                    "kafka.security_protocol {:?}: expected plaintext, ssl, sasl_plaintext or sasl_ssl",
+                    k.security_protocol
+                ));
+            }
+            if k.security_protocol.starts_with("sasl")
+                && !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&k.sasl_mechanism.as_str())
+            {
+                errors.push(format!(
+                    "kafka.sasl_mechanism {:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                    k.sasl_mechanism
+                ));
+            }
+            // TLS and SCRAM need librdkafka built with OpenSSL (the `kafka-ssl` feature).
+            let needs_ssl = k.security_protocol.ends_with("ssl")
+                || (k.security_protocol.starts_with("sasl")
+                    && k.sasl_mechanism.starts_with("SCRAM"));
+            if needs_ssl && !cfg!(feature = "kafka-ssl") {
+                errors.push(format!(
+                    "kafka.security_protocol {:?} with sasl_mechanism {:?} needs TLS/SCRAM support: \
+                     this binary was built without it (cargo build --features kafka-ssl, needs OpenSSL headers)",
+                    k.security_protocol, k.sasl_mechanism
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
+            errors.push(format!("telemetry.log_level: {e}"));
+        }
+        let t = &self.telemetry;
+        if !t.metrics_listen.is_empty() && t.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            errors.push(format!(
+                "telemetry.metrics_listen {:?}: expected host:port, e.g. \"0.0.0.0:9464\"",
+                t.metrics_listen
+            ));
+        }
+        // The exporter is built without TLS: collectors run beside the worker (sidecar or
+        // node agent), reached over plain HTTP.
+        if !t.otlp_endpoint.is_empty() && !t.otlp_endpoint.starts_with("http://") {
+            errors.push(format!(
+                "telemetry.otlp_endpoint {:?}: expected an http:// URL (no TLS to the collector)",
+                t.otlp_endpoint
+            ));
+        }
+        if !(0.0..=1.0).contains(&t.trace_sample_ratio) {
+            errors.push(format!(
+                "telemetry.trace_sample_ratio {} is not between 0 and 1",
+                t.trace_sample_ratio
+            ));
+        }
+    }
+
+    /// The tasks asked of every backfilled object.
+    pub fn backfill_tasks(&self) -> Result<TaskSet, String> {
+        let tasks = TaskSet::parse_list(&self.backfill.tasks.join(","))?;
+        if tasks.is_empty() {
+            return Err("no task".into());
+        }
+        if tasks.contains(Task::Match) || tasks.contains(Task::Answer) {
+            return Err(
+                "match and answer need a text or question, which an object has not \
+                        (use embed, caption, tag)"
+                    .into(),
+            );
+        }
+        Ok(tasks)
+    }
+
+    /// Settings of the S3 media store, when enabled.
+    pub fn s3_settings(&self) -> Option<fusionstream_io::s3::S3Settings> {
+        self.s3.enabled.then(|| fusionstream_io::s3::S3Settings {
+            endpoint: (!self.s3.endpoint.is_empty()).then(|| self.s3.endpoint.clone()),
+            region: self.s3.region.clone(),
+            force_path_style: self.s3.force_path_style,
+            allowed_buckets: self.s3.allowed_buckets.clone(),
+            max_bytes: self.media.max_bytes,
+        })
+    }
+
+    /// S3 client settings for model bundles: the `[s3]` endpoint, region and addressing,
+    /// whether or not media come from S3 (the bundle's bucket is the operator's choice, not
+    /// an event's, so the allowed-bucket list does not apply).
+    pub fn bundle_s3_settings(&self) -> fusionstream_io::s3::S3Settings {
+        fusionstream_io::s3::S3Settings {
+            endpoint: (!self.s3.endpoint.is_empty()).then(|| self.s3.endpoint.clone()),
+            region: self.s3.region.clone(),
+            force_path_style: self.s3.force_path_style,
+            allowed_buckets: Vec::new(),
+            max_bytes: u64::MAX,
+        }
+    }
+
+    /// Folder of bundles downloaded from S3.
+    pub fn bundle_cache_dir(&self) -> PathBuf {
+        if !self.model.cache_dir.as_os_str().is_empty() {
+            return self.model.cache_dir.clone();
+        }
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        home.join(".cache/fusionstream/bundles")
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+
+    /// Resolve a path of the configuration against `base` (when relative).
+    pub fn resolve(base: &Path, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    }
+}
