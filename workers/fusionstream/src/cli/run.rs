@@ -14,7 +14,8 @@ use anyhow::Context as _;
 use clap::Args;
 use fusionstream::config::{Config, Progress, SinkKind, SourceKind, WarmUp};
 use fusionstream::pipeline::backfill::{backfill, BackfillSpec};
-use fusionstream::pipeline::kafka::{GroupSettings, KafkaCommitter, KafkaSource};
+use fusionstream::pipeline::kafka::{GroupSettings, KafkaSource};
+use fusionstream::pipeline::kafka_commit::KafkaCommitter;
 use fusionstream::pipeline::memory::{self, MemoryBound, SourceBuffers};
 use fusionstream::pipeline::{
     self, Committer, LocalCheckpoint, LocalJsonl, Media, OutputSink, Parts, RunEnd, Settings,

@@ -1,146 +1,22 @@
 //! Joining the lane parts of an event back together and turning the model's outputs into
 //! output records.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use fusionstream_core::degrade::Plan;
-use fusionstream_core::event::Event;
 use fusionstream_core::record::{
-    AnswerRecord, BundleRef, CaptionRecord, DeadLetterRecord, EmbeddingRecord, RecordMeta,
-    SourcePosition, Stream, TagRecord, TagScore, Timings, OUTPUT_SCHEMA_VERSION,
+    AnswerRecord, CaptionRecord, DeadLetterRecord, EmbeddingRecord, RecordMeta, Stream, TagRecord,
+    TagScore, Timings, OUTPUT_SCHEMA_VERSION,
 };
-use fusionstream_core::{Lane, SkipReason};
+use fusionstream_core::SkipReason;
 use fusionstream_model::runtime::TagSource;
-use fusionstream_model::{InferOutput, Prepared};
-use serde_json::{Map, Value};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use fusionstream_model::InferOutput;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::intake::rfc3339;
-use super::model_thread::{ItemFailure, ItemResult};
+use super::envelope::{rfc3339, EventCtx, Finished, ModelDone, Partial};
+use super::lock;
 use super::stats::{Outcome, Stage, Stats};
-use super::{lock, Taken};
-
-/// An event on its way through the model, possibly in two lanes at once.
-pub(crate) struct EventCtx {
-    partition: u32,
-    offset: u64,
-    event_id: String,
-    question: Option<String>,
-    tenant: Option<String>,
-    attributes: Option<Map<String, Value>>,
-    position: SourcePosition,
-    bundle: BundleRef,
-    plan: Plan,
-    received_at: SystemTime,
-    started: Instant,
-    fetch_ms: f64,
-    preprocess_ms: f64,
-    /// The payload, cut to the dead-letter limit, for the rare event that ends with no
-    /// output; `(bytes, cut by the source)`.
-    payload: (Vec<u8>, bool),
-    dead_letter_limit: usize,
-    /// The event's span (see [`Taken`]) and the record's incoming `traceparent`.
-    pub span: tracing::Span,
-    traceparent: Option<String>,
-    partial: Mutex<Partial>,
-}
-
-struct Partial {
-    remaining: usize,
-    out: InferOutput,
-    queue_ms: f64,
-    model_ms: f64,
-    permit: Option<OwnedSemaphorePermit>,
-    /// The first lane part the model failed on alone: the event is dead-lettered with it.
-    failure: Option<ItemFailure>,
-}
-
-impl EventCtx {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        t: Taken,
-        event: &Event,
-        position: SourcePosition,
-        bundle: BundleRef,
-        plan: Plan,
-        fetch_ms: f64,
-        preprocess_ms: f64,
-        parts: usize,
-        dead_letter_limit: usize,
-    ) -> Self {
-        let traceparent = t.rec.traceparent;
-        let mut payload = t.rec.payload;
-        // One byte over the limit keeps the "truncated" flag right.
-        payload.truncate(dead_letter_limit.saturating_add(1));
-        payload.shrink_to_fit();
-        Self {
-            partition: t.rec.partition,
-            offset: t.rec.offset,
-            event_id: event.id.clone(),
-            question: event.question.present().cloned(),
-            tenant: event.tenant.clone(),
-            attributes: event.attributes.clone(),
-            position,
-            bundle,
-            plan,
-            received_at: t.received_at,
-            started: t.started,
-            fetch_ms,
-            preprocess_ms,
-            payload: (payload, t.rec.oversized),
-            dead_letter_limit,
-            span: t.span,
-            traceparent,
-            partial: Mutex::new(Partial {
-                remaining: parts,
-                out: InferOutput::default(),
-                queue_ms: 0.0,
-                model_ms: 0.0,
-                permit: Some(t.permit),
-                failure: None,
-            }),
-        }
-    }
-
-    /// The event's id.
-    pub(crate) fn event_id(&self) -> &str {
-        &self.event_id
-    }
-}
-
-/// One lane's share of an event.
-pub(crate) struct Part {
-    pub ctx: Arc<EventCtx>,
-    pub prepared: Prepared,
-    pub enqueued: Instant,
-}
-
-/// Results of one model batch.
-pub(crate) struct ModelDone {
-    pub lane: Lane,
-    pub parts: Vec<(Arc<EventCtx>, Instant)>,
-    pub started: Instant,
-    pub took: Duration,
-    /// One result per part; `Err` when the runtime itself failed (fatal).
-    pub result: anyhow::Result<Vec<ItemResult>>,
-}
-
-/// An event whose records are ready for the sink.
-pub(crate) struct Finished {
-    pub partition: u32,
-    pub offset: u64,
-    pub key: String,
-    pub records: Vec<(Stream, Vec<u8>)>,
-    pub outcome: Outcome,
-    pub latency: Duration,
-    pub permit: Option<OwnedSemaphorePermit>,
-    /// The event's span: it ends when this is dropped, after the acknowledgement.
-    pub span: tracing::Span,
-    /// Trace context for the output headers.
-    pub traceparent: Option<String>,
-}
 
 /// Merge batch results into their events; emit events whose last part is in. An item the
 /// model failed on alone dead-letters its event; a failure of the runtime itself is fatal:

@@ -10,7 +10,7 @@ use fusionstream_core::batch::{Batch, Batcher, Cost, LanePolicy};
 use fusionstream_core::Lane;
 use tokio::sync::mpsc;
 
-use super::assemble::Part;
+use super::envelope::Part;
 use super::model_thread::ModelJob;
 use super::stats::Stats;
 

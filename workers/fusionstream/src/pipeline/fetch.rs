@@ -7,18 +7,19 @@ use fusionstream_core::event::ImageSource;
 use fusionstream_core::{Classify, ErrorClass};
 use fusionstream_io::media::FetchError;
 
-use super::intake::Shared;
+use super::{Media, Settings, Stats};
 
 /// Fetch with per-attempt timeout and jittered retries of retryable errors. The caller
-/// holds a slot of `media.concurrency` ([`Shared::fetch_slots`]) from before the fetch until
+/// holds a slot of `media.concurrency` (the intake's `fetch_slots`) from before the fetch until
 /// the bytes are decoded, so fetched images waiting for a CPU are bounded too.
-pub(crate) async fn fetch(shared: &Shared, src: &ImageSource) -> Result<Vec<u8>, String> {
-    let s = &shared.settings;
-    let _running = InFlight::new(&shared.stats.fetches_in_flight);
-    let r = with_retries(s.fetch_timeout, &s.fetch_backoff, || {
-        shared.media.fetch(src)
-    })
-    .await;
+pub(crate) async fn fetch(
+    media: &Media,
+    s: &Settings,
+    stats: &Stats,
+    src: &ImageSource,
+) -> Result<Vec<u8>, String> {
+    let _running = InFlight::new(&stats.fetches_in_flight);
+    let r = with_retries(s.fetch_timeout, &s.fetch_backoff, || media.fetch(src)).await;
     if let Err(code) = &r {
         tracing::debug!(reason = %code, "image fetch failed");
     }

@@ -14,7 +14,7 @@ use fusionstream_model::{FusionModel, Prepared, PreparedImage};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument as _;
 
-use super::assemble::{EventCtx, Finished, Part};
+use super::envelope::{rfc3339, EventCtx, Finished, Part};
 use super::fetch::fetch;
 use super::stats::{Outcome, Stage, Stats};
 use super::{Media, Settings, Taken};
@@ -103,10 +103,6 @@ fn position(shared: &Shared, t: &Taken) -> SourcePosition {
         partition: t.rec.partition,
         offset: t.rec.offset,
     }
-}
-
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Send a dead letter for `t`: the original payload, the reason, the source position.
@@ -220,7 +216,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
     let fetch_start = Instant::now();
     let image_bytes = match &event.image {
         Input::Present(src) => {
-            let r = fetch(&shared, src)
+            let r = fetch(&shared.media, &shared.settings, &shared.stats, src)
                 .instrument(tracing::info_span!(
                     "fetch",
                     otel.name = "fusionstream.fetch"

@@ -48,7 +48,6 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use fusionstream_core::crash_guard::Mark;
 
-pub use super::kafka_commit::KafkaCommitter;
 use super::{lock, CrashGuard, Emitter, OutputSink, Source, Stats};
 
 /// A Kafka partition: topic and partition number.

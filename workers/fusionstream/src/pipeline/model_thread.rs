@@ -26,7 +26,7 @@ use fusionstream_core::Lane;
 use fusionstream_model::{FusionModel, InferOutput, ModelError, Prepared};
 use tokio::sync::mpsc;
 
-use super::assemble::{EventCtx, ModelDone, Part};
+use super::envelope::{EventCtx, ItemFailure, ItemResult, ModelDone, Part};
 use super::faults::{fault_for, Fault};
 use super::stats::Stats;
 
@@ -39,18 +39,6 @@ pub(crate) struct ModelJob {
     pub lane: Lane,
     pub parts: Vec<Part>,
 }
-
-/// Why one item of a batch has no output.
-#[derive(Debug, Clone)]
-pub(crate) struct ItemFailure {
-    /// Dead-letter reason code: `model_error` or `internal_error` (a panic).
-    pub reason: &'static str,
-    /// The error, with the lane.
-    pub detail: String,
-}
-
-/// One item's result.
-pub(crate) type ItemResult = Result<InferOutput, ItemFailure>;
 
 /// A failed call.
 #[derive(Debug)]

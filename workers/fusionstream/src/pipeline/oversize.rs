@@ -38,7 +38,7 @@ pub(crate) fn output_too_large(stream: Stream, json: &[u8]) -> Option<Vec<u8>> {
         meta.source,
         meta.bundle,
         meta.degraded,
-        super::intake::rfc3339(SystemTime::now()),
+        super::envelope::rfc3339(SystemTime::now()),
     )
     .with_payload(&[], 0);
     dl.payload_truncated = true;

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use fusionstream_core::record::Stream;
 
-use super::assemble::Finished;
+use super::envelope::Finished;
 use super::oversize;
 use super::stats::{Stage, Stats};
 use super::{lock, CommitAck, Committer, OutputSink};
