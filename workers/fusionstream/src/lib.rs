@@ -3,10 +3,12 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`app`] | the worker as one call: `app::run(config, shutdown, max_events) -> Summary` |
 //! | [`config`] | layered, validated configuration (`config/default.toml` embedded) |
 //! | [`pipeline`] | source → fetch → preprocess → batcher → model thread → sink → acknowledge |
 //! | [`telemetry`] | logs, OpenTelemetry traces, Prometheus metrics, `/healthz` `/readyz` |
 
+pub mod app;
 pub mod config;
 pub mod pipeline;
 pub mod telemetry;

@@ -1,0 +1,363 @@
+//! The worker as a library call: [`run`] loads the model the configuration names, builds the
+//! media stores, the source, the sink and the committer, runs the pipeline until the source
+//! ends or shutdown is asked for, and returns the run's [`Summary`]. The binary (`cli/`) parses
+//! arguments into a configuration, turns signals into the shutdown token and prints the
+//! summary; tests and embedders can call [`run`] in-process.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fusionstream_core::record::OUTPUT_SCHEMA_VERSION;
+use fusionstream_io::checkpoint::Checkpoint;
+use fusionstream_io::jsonl_sink::JsonlSink;
+use fusionstream_io::kafka::KafkaSink;
+use fusionstream_io::media::LocalMedia;
+use fusionstream_model::bundle::GenerationSpec;
+use fusionstream_model::preprocess::{DecodeOptions, ImageLimits};
+use fusionstream_model::{FusionModel, RuntimeOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Progress, SinkKind, SourceKind, WarmUp};
+use crate::pipeline::backfill::{backfill, BackfillSpec};
+use crate::pipeline::kafka::{GroupSettings, KafkaSource};
+use crate::pipeline::kafka_commit::KafkaCommitter;
+use crate::pipeline::memory::{self, MemoryBound, SourceBuffers};
+use crate::pipeline::{
+    self, Committer, LocalCheckpoint, LocalJsonl, Media, OutputSink, Parts, RunEnd, Settings,
+    Source, Stats, StatsSnapshot,
+};
+
+/// The end-of-run summary.
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    /// How the run ended.
+    pub end: String,
+    /// Wall time.
+    pub seconds: f64,
+    /// Events per second (finished / wall time, model load excluded).
+    pub events_per_second: f64,
+    /// Which backend and precision ran each part of the bundle.
+    pub backends: String,
+    /// The memory bound derived from the configuration (bytes; `pipeline::memory`).
+    pub memory_bound_bytes: u64,
+    /// The process's peak resident set (bytes; Linux only).
+    pub peak_rss_bytes: Option<u64>,
+    /// Counters.
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+}
+
+/// Run the worker the configuration describes until its source ends, `cancel` fires (the
+/// in-flight events drain) or `max_events` events have finished; returns the summary.
+/// Signals are the caller's: the binary turns SIGINT/SIGTERM into `cancel`.
+pub async fn run(
+    c: &Config,
+    cancel: CancellationToken,
+    max_events: Option<u64>,
+) -> anyhow::Result<Summary> {
+    let settings = Settings::from_config(c);
+    let stats = Arc::new(Stats::default());
+    // Up before the model loads, so liveness answers and readiness says why not yet.
+    let server_stop = cancel.child_token();
+    let _server_guard = server_stop.clone().drop_guard();
+    if !c.telemetry.metrics_listen.is_empty() {
+        let addr = c.telemetry.metrics_listen.parse()?;
+        crate::telemetry::server::spawn(addr, stats.clone(), server_stop).await?;
+    }
+    let opts = RuntimeOptions {
+        decode: DecodeOptions {
+            limits: ImageLimits {
+                max_encoded_bytes: usize::try_from(c.media.max_bytes).unwrap_or(usize::MAX),
+                max_pixels: c.image.max_pixels,
+            },
+            jpeg_dct_scaling: c.image.jpeg_dct_scaling,
+        },
+        generation: None,
+        ..c.model.runtime_options()?
+    };
+    let load_start = Instant::now();
+    let bundle = resolve_bundle(c).await?;
+    let mut model = tokio::task::spawn_blocking(move || FusionModel::load(&bundle, &opts))
+        .await?
+        .with_context(|| format!("loading model bundle {}", c.model.bundle.display()))?;
+    let g = model.generation().clone();
+    let gen = GenerationSpec {
+        max_new_tokens: if c.model.max_new_tokens == 0 {
+            g.max_new_tokens
+        } else {
+            c.model.max_new_tokens
+        },
+        num_beams: if c.model.num_beams == 0 {
+            g.num_beams
+        } else {
+            c.model.num_beams
+        },
+    };
+    model.set_generation(gen.max_new_tokens, gen.num_beams);
+    let warm_up = match c.model.warm_up {
+        WarmUp::Auto => !model.device().is_cpu(),
+        WarmUp::Always => true,
+        WarmUp::Never => false,
+    };
+    if warm_up {
+        // First use of each GPU kernel compiles it: pay that before reporting ready.
+        let started = Instant::now();
+        let (back, warmed) = tokio::task::spawn_blocking(move || {
+            let r = model.warm_up();
+            (model, r)
+        })
+        .await?;
+        model = back;
+        warmed.context("warming up the model")?;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "model warmed up");
+    }
+    stats
+        .model_loaded
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        bundle = %c.model.bundle.display(),
+        id = %model.manifest().id,
+        version = %model.manifest().version,
+        seconds = load_start.elapsed().as_secs_f64(),
+        backends = %model.backend_summary(),
+        "model loaded"
+    );
+    let backends = model.backend_summary();
+    let bound = MemoryBound::new(
+        &settings,
+        match c.source.kind {
+            SourceKind::Kafka => SourceBuffers::Kafka,
+            SourceKind::Local | SourceKind::Backfill => SourceBuffers::Local,
+        },
+        memory::rss().map_or(0, |r| r.0),
+        model.prepared_image_bytes(),
+    );
+    tracing::info!(bound = %bound.describe(), "memory bound");
+
+    let s3 = match c.s3_settings() {
+        Some(s) => Some(fusionstream_io::s3::S3Media::new(s).await),
+        None => None,
+    };
+    let media = Media {
+        local: LocalMedia::new(&c.media.root, c.media.max_bytes),
+        s3,
+    };
+    let show = match c.telemetry.progress {
+        Progress::Always => true,
+        Progress::Never => false,
+        Progress::Auto => std::io::stderr().is_terminal(),
+    };
+    let progress = show.then(|| tokio::spawn(progress(stats.clone())));
+    if let Some(n) = max_events {
+        let (stats, cancel) = (stats.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while stats.finished.load(std::sync::atomic::Ordering::Relaxed) < n {
+                tick.tick().await;
+            }
+            tracing::info!(events = n, "--max-events reached; stopping");
+            cancel.cancel();
+        });
+    }
+    let start = Instant::now();
+    let common = Common {
+        settings,
+        model: Arc::new(model),
+        media,
+        stats: stats.clone(),
+        cancel,
+    };
+    let end = match c.source.kind {
+        SourceKind::Local => {
+            let checkpoint = Checkpoint::load(&c.checkpoint.path)?;
+            let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint)
+                .with_context(|| format!("opening events {}", c.source.path.display()))?;
+            let committer = LocalCheckpoint::new(
+                &c.checkpoint.path,
+                source.streams(),
+                checkpoint,
+                common.settings.crash_guard,
+            );
+            with_sink(c, common, source, committer).await?
+        }
+        SourceKind::Backfill => {
+            let (bucket, prefix) = c
+                .backfill
+                .bucket_and_prefix()
+                .context("backfill.prefix is not an s3:// URL")?;
+            let spec = BackfillSpec {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+                shard: c.backfill.shard,
+                shards: c.backfill.shards,
+                suffixes: c.backfill.include_suffixes.clone(),
+                tasks: c.backfill_tasks().map_err(anyhow::Error::msg)?,
+                page: c.backfill.list_page,
+                backoff: common.settings.fetch_backoff,
+            };
+            let resume = spec.resume_from(&Checkpoint::load(&c.checkpoint.path)?)?;
+            tracing::info!(
+                source = %spec.url(),
+                shard = spec.shard,
+                shards = spec.shards,
+                start_after = resume.start_after.as_deref().unwrap_or(""),
+                done_before = resume.done,
+                "backfill"
+            );
+            let store = common
+                .media
+                .s3
+                .clone()
+                .context("a backfill needs the S3 store (s3.enabled)")?;
+            let (source, committer) = backfill(store, spec, resume, &c.checkpoint.path);
+            with_sink(c, common, source, committer).await?
+        }
+        SourceKind::Kafka => {
+            let k = &c.kafka;
+            let (source, shared) = KafkaSource::new(
+                k.connection(),
+                GroupSettings {
+                    group_id: k.group_id.clone(),
+                    topics: k.input_topics.clone(),
+                    revoke_timeout: k.revoke_timeout,
+                    pause_after: k.pause_after,
+                    statistics_interval: k.statistics_interval,
+                    session_timeout: k.session_timeout,
+                },
+            );
+            let committer = KafkaCommitter::new(shared, common.settings.crash_guard);
+            with_sink(c, common, source, committer).await?
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p.abort();
+        eprint!("\r\x1b[2K");
+    }
+    let snap = stats.snapshot();
+    let summary = Summary {
+        end: match &end {
+            RunEnd::Completed => "completed".into(),
+            RunEnd::Drained => "stopped (drained)".into(),
+            RunEnd::DrainTimedOut { abandoned } => {
+                format!("stopped (drain timed out; {abandoned} events will replay)")
+            }
+        },
+        seconds,
+        events_per_second: snap.finished as f64 / seconds.max(1e-9),
+        backends,
+        memory_bound_bytes: bound.total(),
+        peak_rss_bytes: memory::rss().map(|r| r.1),
+        stats: snap,
+    };
+    Ok(summary)
+}
+
+/// A local bundle folder: `model.bundle` itself, or for an `s3://bucket/prefix` its copy in
+/// the bundle cache (downloaded on first use).
+async fn resolve_bundle(c: &Config) -> anyhow::Result<PathBuf> {
+    let url = c.model.bundle.to_string_lossy().into_owned();
+    if !url.starts_with("s3://") {
+        return Ok(c.model.bundle.clone());
+    }
+    let (bucket, prefix) = fusionstream_core::event::split_s3_url(&url)
+        .with_context(|| format!("model.bundle {url:?} names no bucket"))?;
+    let prefix = prefix.trim_matches('/');
+    let dest = c.bundle_cache_dir().join(bucket).join(prefix);
+    let store = fusionstream_io::s3::S3Media::new(c.bundle_s3_settings()).await;
+    let downloaded = store
+        .download_prefix(bucket, prefix, &dest)
+        .await
+        .with_context(|| format!("fetching the model bundle {url}"))?;
+    tracing::info!(
+        bundle = %url,
+        cache = %dest.display(),
+        downloaded,
+        "model bundle from S3 ({})",
+        if downloaded { "downloaded" } else { "cached copy" }
+    );
+    Ok(dest)
+}
+
+/// What every source/sink combination shares.
+struct Common {
+    settings: Settings,
+    model: Arc<FusionModel>,
+    media: Media,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+}
+
+async fn with_sink<S: Source, C: Committer>(
+    c: &Config,
+    common: Common,
+    source: S,
+    committer: C,
+) -> anyhow::Result<RunEnd> {
+    match c.sink.kind {
+        SinkKind::Local => {
+            let sink = JsonlSink::open(&c.sink.dir).await?;
+            run_with(common, source, sink, committer).await
+        }
+        SinkKind::Kafka => {
+            let m = common.model.manifest();
+            let headers = vec![
+                (
+                    "schema_version".to_owned(),
+                    OUTPUT_SCHEMA_VERSION.to_string(),
+                ),
+                ("bundle_id".to_owned(), m.id.clone()),
+                ("bundle_version".to_owned(), m.version.clone()),
+            ];
+            let sink = KafkaSink::new(&c.kafka.connection(), c.kafka.output_topics(), headers)?;
+            run_with(common, source, sink, committer).await
+        }
+    }
+}
+
+async fn run_with<S: Source, K: OutputSink, C: Committer>(
+    common: Common,
+    source: S,
+    sink: K,
+    committer: C,
+) -> anyhow::Result<RunEnd> {
+    let Common {
+        settings,
+        model,
+        media,
+        stats,
+        cancel,
+    } = common;
+    let parts = Parts {
+        settings,
+        model,
+        media,
+        source,
+        sink,
+        committer,
+    };
+    pipeline::run(parts, stats, cancel).await
+}
+
+async fn progress(stats: Arc<Stats>) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let s = stats.snapshot();
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        eprint!(
+            "\r\x1b[2K{} read, {} done ({} degraded, {} dead-lettered), {:.1} events/s, {:.0}s",
+            s.read,
+            s.finished,
+            s.degraded,
+            s.dead_lettered,
+            s.finished as f64 / secs,
+            secs
+        );
+        let _ = std::io::stderr().flush();
+    }
+}
