@@ -90,12 +90,7 @@ impl MarkStore for KafkaMarks {
         let Some(e) = got.find_partition(&topic, p) else {
             return Ok(None);
         };
-        // rdkafka's accessor panics on metadata that is not UTF-8 (written by another
-        // tool): that is no mark.
-        let text =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.metadata().to_owned()))
-                .unwrap_or_default();
-        Ok(Mark::decode(&text))
+        Ok(mark_of(&e))
     }
 
     fn write(&self, partition: PartitionId, next: u64, mark: Mark) -> anyhow::Result<()> {
@@ -155,7 +150,21 @@ impl Committer for KafkaCommitter {
         let Some(consumer) = self.shared.consumer.get().cloned() else {
             anyhow::bail!("no consumer");
         };
-        let tpl = self.list(positions, true)?;
+        let mut tpl = self.list(positions, true)?;
+        if self.guard.is_some() {
+            for (topic, p, next) in drained_idle_partitions(&consumer, &tpl, timeout / 2) {
+                tpl.add_partition_offset(&topic, p, Offset::Offset(next))?;
+                set_mark(
+                    &mut tpl,
+                    &topic,
+                    p,
+                    Mark {
+                        clean: true,
+                        attempt: None,
+                    },
+                );
+            }
+        }
         if tpl.count() == 0 {
             return Ok(());
         }
@@ -165,4 +174,53 @@ impl Committer for KafkaCommitter {
     fn crash_guard(&self) -> Option<Arc<CrashGuard>> {
         self.guard.clone()
     }
+}
+
+/// The mark in a committed offset's metadata. rdkafka's accessor panics on metadata that is
+/// not UTF-8 (written by another tool): that is no mark.
+fn mark_of(e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>) -> Option<Mark> {
+    let text = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.metadata().to_owned()))
+        .unwrap_or_default();
+    Mark::decode(&text)
+}
+
+/// Partitions assigned to this worker that it read nothing from, marked `running` by a
+/// previous owner, with nothing left to read (committed offset at the high watermark): a
+/// clean stop may mark them clean, since no event of theirs is unprocessed. One with events
+/// left keeps its `running` mark (a killer may be among them), one with an attempt keeps it.
+fn drained_idle_partitions(
+    consumer: &StreamConsumer<GroupContext>,
+    tracked: &TopicPartitionList,
+    timeout: Duration,
+) -> Vec<(String, i32, i64)> {
+    let Ok(assigned) = consumer.assignment() else {
+        return Vec::new();
+    };
+    let mut ask = TopicPartitionList::new();
+    for e in assigned.elements() {
+        if tracked.find_partition(e.topic(), e.partition()).is_none() {
+            ask.add_partition(e.topic(), e.partition());
+        }
+    }
+    if ask.count() == 0 {
+        return Vec::new();
+    }
+    let Ok(got) = consumer.committed_offsets(ask, timeout) else {
+        return Vec::new();
+    };
+    got.elements()
+        .iter()
+        .filter_map(|e| {
+            let Offset::Offset(at) = e.offset() else {
+                return None;
+            };
+            if mark_of(e) != Some(Mark::RUNNING) {
+                return None;
+            }
+            let (_, high) = consumer
+                .fetch_watermarks(e.topic(), e.partition(), timeout)
+                .ok()?;
+            (at >= high).then(|| (e.topic().to_owned(), e.partition(), at))
+        })
+        .collect()
 }
