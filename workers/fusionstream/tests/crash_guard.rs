@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -186,14 +185,7 @@ async fn an_event_that_aborts_a_kafka_worker_is_set_aside_after_a_few_restarts()
         .map(|(_, v, _)| v)
         .collect();
     assert_refused_once(&dead, "ev-0022@fault:abort");
-    let mut captions: BTreeMap<String, usize> = BTreeMap::new();
-    for (s, v, _) in &outputs {
-        if s == "captions" {
-            *captions
-                .entry(v["event_id"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-    }
+    let captions = captions_per_id(&outputs);
     let missing: Vec<String> = (0..n)
         .filter(|i| *i != poison)
         .map(|i| format!("ev-{i:04}"))

@@ -24,9 +24,11 @@
 //!
 //! The committer and the crash guard's marks in the commit metadata are `kafka_commit.rs`.
 //!
-//! Long (~510 lines before its tests) because the source and its rebalance and commit
-//! callbacks share the partition map, the tracker and the consumer; the restructuring (issue
-//! 13) moves it beside the Kafka client in `workers/io`.
+//! Long (~510 lines before its tests) because the source, its consumer loop (pausing,
+//! held records, the crash guard's admission) and its rebalance, commit and statistics
+//! callbacks share the partition map, the tracker and the consumer: split apart they would
+//! need all of it public to each other. The restructuring (issue 13) moves it beside the
+//! Kafka client in `workers/io`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;

@@ -65,6 +65,10 @@ struct KafkaMarks {
 }
 
 impl KafkaMarks {
+    fn partition(&self, id: PartitionId) -> anyhow::Result<(String, i32)> {
+        self.shared.map.get(id).context("unknown partition")
+    }
+
     fn consumer(&self) -> anyhow::Result<Arc<StreamConsumer<GroupContext>>> {
         self.shared
             .consumer
@@ -76,11 +80,7 @@ impl KafkaMarks {
 
 impl MarkStore for KafkaMarks {
     fn read(&self, partition: PartitionId) -> anyhow::Result<Option<Mark>> {
-        let (topic, p) = self
-            .shared
-            .map
-            .get(partition)
-            .context("unknown partition")?;
+        let (topic, p) = self.partition(partition)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&topic, p);
         let got = self
@@ -94,11 +94,7 @@ impl MarkStore for KafkaMarks {
     }
 
     fn write(&self, partition: PartitionId, next: u64, mark: Mark) -> anyhow::Result<()> {
-        let (topic, p) = self
-            .shared
-            .map
-            .get(partition)
-            .context("unknown partition")?;
+        let (topic, p) = self.partition(partition)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, p, Offset::Offset(next as i64))?;
         set_mark(&mut tpl, &topic, p, mark);

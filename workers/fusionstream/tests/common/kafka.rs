@@ -271,18 +271,25 @@ pub fn caption_events(n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Every event of [`caption_events`] has a caption on the output topic (duplicates allowed);
-/// returns the number of duplicates.
-pub fn assert_every_caption(broker: &str, t: &Topics, n: usize) -> usize {
-    let recs = read_outputs(broker, t);
+/// Captions per event id among output records (from [`read_outputs`]).
+pub fn captions_per_id(
+    recs: &[(String, serde_json::Value, BTreeMap<String, String>)],
+) -> BTreeMap<String, usize> {
     let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
-    for (s, v, _) in &recs {
+    for (s, v, _) in recs {
         if s == "captions" {
             *per_id
                 .entry(v["event_id"].as_str().unwrap().to_owned())
                 .or_default() += 1;
         }
     }
+    per_id
+}
+
+/// Every event of [`caption_events`] has a caption on the output topic (duplicates allowed);
+/// returns the number of duplicates.
+pub fn assert_every_caption(broker: &str, t: &Topics, n: usize) -> usize {
+    let per_id = captions_per_id(&read_outputs(broker, t));
     let missing: Vec<String> = (0..n)
         .map(|i| format!("ev-{i:04}"))
         .filter(|i| !per_id.contains_key(i))
