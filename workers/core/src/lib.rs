@@ -30,3 +30,9 @@ pub mod task;
 
 pub use error::{Classify, ErrorClass};
 pub use task::{Lane, SkipReason, Skipped, Task, TaskSet};
+
+/// Lock a mutex, taking the data of a poisoned one: every holder in the worker leaves the
+/// data it guards consistent between statements, so a panic elsewhere is no reason to stop.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -11,24 +11,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fusionstream_core::record::OUTPUT_SCHEMA_VERSION;
-use fusionstream_io::checkpoint::Checkpoint;
-use fusionstream_io::jsonl_sink::JsonlSink;
-use fusionstream_io::kafka::KafkaSink;
+use fusionstream_io::backfill::{backfill, BackfillSpec};
+use fusionstream_io::kafka::{GroupSettings, KafkaCommitter, KafkaSink, KafkaSource};
+use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
+use fusionstream_io::ports::{Committer, OutputSink, Source};
+use fusionstream_io::stores::Media;
 use fusionstream_model::bundle::GenerationSpec;
 use fusionstream_model::preprocess::{DecodeOptions, ImageLimits};
 use fusionstream_model::{FusionModel, RuntimeOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Progress, SinkKind, SourceKind, WarmUp};
-use crate::pipeline::backfill::{backfill, BackfillSpec};
-use crate::pipeline::kafka::{GroupSettings, KafkaSource};
-use crate::pipeline::kafka_commit::KafkaCommitter;
 use crate::pipeline::memory::{self, MemoryBound, SourceBuffers};
-use crate::pipeline::{
-    self, Committer, LocalCheckpoint, LocalJsonl, Media, OutputSink, Parts, RunEnd, Settings,
-    Source, Stats, StatsSnapshot,
-};
+use crate::pipeline::{self, Parts, RunEnd, Settings, Stats, StatsSnapshot};
 
 /// The end-of-run summary.
 #[derive(Debug, serde::Serialize)]

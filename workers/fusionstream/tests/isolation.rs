@@ -13,12 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fusionstream::config::Config;
-use fusionstream::pipeline::{
-    self, LocalCheckpoint, LocalJsonl, Media, Parts, RunEnd, Settings, Stats, StatsSnapshot,
-};
-use fusionstream_io::checkpoint::Checkpoint;
-use fusionstream_io::jsonl_sink::JsonlSink;
+use fusionstream::pipeline::{self, Parts, RunEnd, Settings, Stats, StatsSnapshot};
+use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
+use fusionstream_io::stores::Media;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

@@ -1,21 +1,29 @@
-//! Sources, sinks and media stores of fusionstream.
+//! The ports of the fusionstream pipeline and their adapters, each beside its client.
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`ports`] | `Source`, `SourceHandle`, `OutputSink`, `Committer`: what the engine needs of them |
 //! | [`source`] | the record a source hands to the pipeline |
-//! | [`local_source`] | events from a JSONL file or a folder of them, one partition per file |
-//! | [`checkpoint`] | the local position checkpoint (atomic JSON file) |
-//! | [`media`] | media fetch errors with reason codes; the local file-system store |
-//! | [`jsonl_sink`] | one JSONL file per output stream, durable on flush |
+//! | [`metrics`] | what the adapters count (assignment, lag, pauses, commits, suspect partitions) |
+//! | [`retry`] | the one retry loop (jittered backoff) of fetches, publishing, listing, marks |
+//! | [`crash_guard`] | the crash-loop guard's waiting and its marks beside the committed positions |
+//! | [`local`] | JSONL file source, checkpoint file committer, JSONL output sink |
+//! | [`kafka`] | Kafka connection, consumer-group source, offset committer, output sink, topics |
 //! | [`s3`] | the S3 media store (aws-sdk-s3; MinIO through endpoint and path style) |
-//! | [`kafka`] | Kafka client settings, the Kafka output sink, topic creation |
+//! | [`backfill`] | the backfill source (an S3 prefix listed page by page) and its checkpoint |
+//! | [`media`] | media fetch errors with reason codes; the local file-system store |
+//! | [`stores`] | where an event's image comes from: local files, inline bytes or S3 |
 
-pub mod checkpoint;
-pub mod jsonl_sink;
+pub mod backfill;
+pub mod crash_guard;
 pub mod kafka;
-pub mod local_source;
+pub mod local;
 pub mod media;
+pub mod metrics;
+pub mod ports;
+pub mod retry;
 pub mod s3;
 pub mod source;
+pub mod stores;
 
 pub use source::SourceRecord;

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::Args;
 use fusionstream::app::{self, Summary};
 use fusionstream::config::{Config, SinkKind, SourceKind};
-use fusionstream_io::jsonl_sink::JsonlSink;
+use fusionstream_io::local::JsonlSink;
 use tokio_util::sync::CancellationToken;
 
 /// Arguments of `fusionstream run`.

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::envelope::{rfc3339, EventCtx, Finished, ModelDone, Partial};
-use super::lock;
 use super::stats::{Outcome, Stage, Stats};
+use fusionstream_core::lock;
 
 /// Merge batch results into their events; emit events whose last part is in. An item the
 /// model failed on alone dead-letters its event; a failure of the runtime itself is fatal:

@@ -2,16 +2,16 @@
 //! (the in-flight permit), asks the crash guard about the record, tracks its position and
 //! hands it on as a [`Taken`] with its span.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use fusionstream_core::crash_guard::Admit;
-use fusionstream_core::position::PositionTracker;
+use fusionstream_core::lock;
+use fusionstream_io::ports::{SourceContext, SourceHandle};
 use fusionstream_io::SourceRecord;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 
-use super::{lock, CrashGuard, Stats};
+use super::Stats;
 
 /// A record handed from the source to the pipeline, with its in-flight permit.
 #[derive(Debug)]
@@ -27,51 +27,41 @@ pub(crate) struct Taken {
     pub(crate) refused: Option<u32>,
 }
 
-/// The source's handle into the pipeline.
+/// The source's handle into the pipeline ([`SourceHandle`]).
 #[derive(Debug, Clone)]
 pub struct Emitter {
+    pub(crate) cx: SourceContext,
     pub(crate) permits: Arc<Semaphore>,
-    pub(crate) tracker: Arc<Mutex<PositionTracker>>,
     pub(crate) tx: mpsc::Sender<Taken>,
-    pub(crate) cancel: CancellationToken,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) max_event_bytes: usize,
-    pub(crate) guard: Option<Arc<CrashGuard>>,
 }
 
 /// Room for one more event in the pipeline.
 #[derive(Debug)]
 pub struct Slot(OwnedSemaphorePermit);
 
-impl Emitter {
-    /// Hand one record to the pipeline, waiting for room; false when shutting down.
-    pub async fn emit(&self, rec: SourceRecord) -> bool {
-        let Some(slot) = self.slot().await else {
-            return false;
-        };
-        match self.admit(&rec, &|| true).await {
-            Some(admit) => self.emit_in(rec, slot, admit).await,
-            None => false,
-        }
+impl SourceHandle for Emitter {
+    type Slot = Slot;
+
+    fn context(&self) -> &SourceContext {
+        &self.cx
     }
 
-    /// Ask the crash guard about `rec` (see [`CrashGuard`]): after an unclean exit this may
-    /// wait until nothing else of its partition is in flight. `None` when shutting down.
-    /// `still_ours` tells whether the partition is still this worker's after the wait.
-    pub async fn admit(
+    async fn admit(
         &self,
         rec: &SourceRecord,
         still_ours: &(dyn Fn() -> bool + Sync),
     ) -> Option<Admit> {
-        match &self.guard {
+        let cx = &self.cx;
+        match &cx.guard {
             None => Some(Admit::Run),
             Some(g) => {
                 g.admit(
                     rec.partition,
                     rec.offset,
-                    &self.tracker,
-                    &self.cancel,
-                    &self.stats,
+                    &cx.positions,
+                    &cx.shutdown,
+                    &cx.metrics,
                     still_ours,
                 )
                 .await
@@ -79,27 +69,23 @@ impl Emitter {
         }
     }
 
-    /// Wait for room for one more event; `None` when shutting down.
-    pub async fn slot(&self) -> Option<Slot> {
+    async fn slot(&self) -> Option<Slot> {
         tokio::select! {
             biased;
-            _ = self.cancel.cancelled() => None,
+            _ = self.cx.shutdown.cancelled() => None,
             p = self.permits.clone().acquire_owned() => p.ok().map(Slot),
         }
     }
 
-    /// Room for one more event, if there is some now.
-    pub fn try_slot(&self) -> Option<Slot> {
+    fn try_slot(&self) -> Option<Slot> {
         self.permits.clone().try_acquire_owned().ok().map(Slot)
     }
 
-    /// Hand one record to the pipeline in the room `slot` reserved, with the crash guard's
-    /// decision on it ([`Emitter::admit`]); false when shutting down.
-    pub async fn emit_in(&self, rec: SourceRecord, slot: Slot, admit: Admit) -> bool {
+    async fn emit_in(&self, rec: SourceRecord, slot: Slot, admit: Admit) -> bool {
         let permit = slot.0;
-        if let Err(e) = lock(&self.tracker).track(rec.partition, rec.offset) {
+        if let Err(e) = lock(&self.cx.positions).track(rec.partition, rec.offset) {
             tracing::error!(error = %e, "source positions out of order; stopping");
-            self.cancel.cancel();
+            self.cx.shutdown.cancel();
             return false;
         }
         self.stats
@@ -128,6 +114,6 @@ impl Emitter {
             },
         };
         // The permit bounds what is in flight, so this send waits only briefly.
-        self.tx.send(taken).await.is_ok() && !self.cancel.is_cancelled()
+        self.tx.send(taken).await.is_ok() && !self.cx.shutdown.is_cancelled()
     }
 }

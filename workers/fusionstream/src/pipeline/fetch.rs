@@ -6,8 +6,10 @@ use std::time::Duration;
 use fusionstream_core::event::ImageSource;
 use fusionstream_core::{Classify, ErrorClass};
 use fusionstream_io::media::FetchError;
+use fusionstream_io::retry::retry;
+use fusionstream_io::stores::Media;
 
-use super::{Media, Settings, Stats};
+use super::{Settings, Stats};
 
 /// Fetch with per-attempt timeout and jittered retries of retryable errors. The caller
 /// holds a slot of `media.concurrency` (the intake's `fetch_slots`) from before the fetch until
@@ -53,33 +55,24 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<u8>, FetchError>>,
 {
-    let mut n = 0;
-    loop {
-        let r = match tokio::time::timeout(timeout, attempt()).await {
-            Ok(r) => r,
-            Err(_) => Err(FetchError::Timeout(timeout)),
-        };
-        match r {
-            Ok(b) => return Ok(b),
-            Err(e) if e.class() == ErrorClass::Retryable => match backoff.delay(n, jitter()) {
-                Some(d) => {
-                    tracing::debug!(error = %e, attempt = n, "retrying fetch");
-                    tokio::time::sleep(d).await;
-                    n += 1;
-                }
-                None => return Err(e.reason_code().to_owned()),
-            },
-            Err(e) => return Err(e.reason_code().to_owned()),
+    let timed = || {
+        let fut = attempt();
+        async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(FetchError::Timeout(timeout)),
+            }
         }
-    }
-}
-
-pub(crate) fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    // A fresh random hasher per call: enough randomness to spread retries.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    };
+    retry(backoff, timed, |e, n| {
+        let again = e.class() == ErrorClass::Retryable;
+        if again {
+            tracing::debug!(error = %e, attempt = n, "retrying fetch");
+        }
+        again
+    })
+    .await
+    .map_err(|e| e.reason_code().to_owned())
 }
 
 #[cfg(test)]

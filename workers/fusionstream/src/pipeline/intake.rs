@@ -17,7 +17,9 @@ use tracing::Instrument as _;
 use super::envelope::{rfc3339, EventCtx, Finished, Part};
 use super::fetch::fetch;
 use super::stats::{Outcome, Stage, Stats};
-use super::{Media, Settings, Taken};
+use fusionstream_io::stores::Media;
+
+use super::{Settings, Taken};
 
 /// What every event task shares.
 pub(crate) struct Shared {

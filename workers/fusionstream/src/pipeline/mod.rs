@@ -13,17 +13,12 @@
 //! committed.
 
 mod assemble;
-pub mod backfill;
 mod batching;
-mod crash_guard;
 mod emitter;
 mod envelope;
 pub mod faults;
 mod fetch;
 mod intake;
-pub mod kafka;
-pub mod kafka_commit;
-mod local;
 pub mod memory;
 mod model_thread;
 mod oversize;
@@ -31,137 +26,22 @@ mod settings;
 mod sink;
 pub mod stats;
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context as _;
-use fusionstream_core::event::ImageSource;
-use fusionstream_core::position::{PartitionId, PositionTracker};
-use fusionstream_core::record::{BundleRef, Stream};
-use fusionstream_io::jsonl_sink::{JsonlSink, SinkError};
-use fusionstream_io::media::{FetchError, LocalMedia};
-use fusionstream_io::s3::S3Media;
+use fusionstream_core::lock;
+use fusionstream_core::position::PositionTracker;
+use fusionstream_core::record::BundleRef;
+use fusionstream_io::ports::{Committer, OutputSink, Source, SourceContext};
+use fusionstream_io::stores::Media;
 use fusionstream_model::FusionModel;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-pub use crash_guard::{CrashGuard, MarkStore};
 pub(crate) use emitter::Taken;
 pub use emitter::{Emitter, Slot};
-pub use local::{LocalCheckpoint, LocalJsonl};
 pub use settings::Settings;
 pub use stats::{Stats, StatsSnapshot};
-
-/// Where media comes from.
-#[derive(Debug, Clone)]
-pub struct Media {
-    /// Local files.
-    pub local: LocalMedia,
-    /// S3, when configured.
-    pub s3: Option<S3Media>,
-}
-
-impl Media {
-    /// Fetch the bytes of an image reference (inline images need no fetch).
-    pub async fn fetch(&self, src: &ImageSource) -> Result<Vec<u8>, FetchError> {
-        match src {
-            ImageSource::Local(p) => self.local.fetch(p).await,
-            ImageSource::Inline(b) => Ok(b.clone()),
-            ImageSource::S3 { bucket, key } => match &self.s3 {
-                Some(s3) => s3.fetch(bucket, key).await,
-                None => Err(FetchError::Unconfigured(format!(
-                    "s3://{bucket}/… (this worker has no S3 store configured)"
-                ))),
-            },
-        }
-    }
-}
-
-/// Anything that feeds events into the pipeline.
-pub trait Source: Send + 'static {
-    /// `kind` of the source positions (`local`, `kafka`).
-    fn kind(&self) -> &'static str;
-    /// Partitions and their start positions.
-    fn partitions(&self) -> Vec<(PartitionId, u64)>;
-    /// Read until the end (returns true) or until `emit` returns false (shutdown).
-    fn run(self, emit: Emitter) -> impl Future<Output = anyhow::Result<bool>> + Send;
-}
-
-/// Where outputs go. A record counts as acknowledged when `flush` returns.
-pub trait OutputSink: Send + 'static {
-    /// Queue one record keyed by its event id, with the trace context of its event.
-    fn write(
-        &mut self,
-        stream: Stream,
-        key: &str,
-        json: &[u8],
-        traceparent: Option<&str>,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
-    /// Wait until everything written is acknowledged.
-    fn flush(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
-}
-
-impl OutputSink for JsonlSink {
-    async fn write(
-        &mut self,
-        stream: Stream,
-        _key: &str,
-        json: &[u8],
-        _traceparent: Option<&str>,
-    ) -> anyhow::Result<()> {
-        JsonlSink::write(self, stream, json)
-            .await
-            .map_err(|e: SinkError| e.into())
-    }
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        JsonlSink::flush(self).await.map_err(Into::into)
-    }
-}
-
-/// What a committer knows when [`Committer::commit`] returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommitAck {
-    /// Stored: the positions are confirmed.
-    Confirmed,
-    /// Sent: the store confirms later (the Kafka committer's commit callback calls
-    /// [`PositionTracker::confirm`]); until then the positions stay pending and are sent
-    /// again.
-    Sent,
-}
-
-/// Where acknowledged positions are recorded. A position counts as committed only once
-/// confirmed; what is not confirmed is committed again (with backoff after failures), also
-/// on a quiet stream and at shutdown.
-pub trait Committer: Send + 'static {
-    /// Commit positions (the next position to read, per partition).
-    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck>;
-
-    /// Commit and wait for the confirmation, at most `timeout` (at shutdown, when nothing
-    /// else will deliver a later confirmation).
-    fn commit_and_wait(
-        &mut self,
-        positions: &[(PartitionId, u64)],
-        timeout: Duration,
-    ) -> anyhow::Result<()> {
-        let _ = timeout;
-        match self.commit(positions)? {
-            CommitAck::Confirmed => Ok(()),
-            CommitAck::Sent => anyhow::bail!("commit sent but not confirmed"),
-        }
-    }
-
-    /// The crash-loop guard whose marks this committer keeps beside its positions (its
-    /// commits carry them; `commit_and_wait`, the last commit of a clean stop, marks them
-    /// clean); `None` when it keeps none.
-    fn crash_guard(&self) -> Option<Arc<CrashGuard>> {
-        None
-    }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,13 +153,17 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     });
     let intake_task = tokio::spawn(intake::run(taken_rx, shared));
     let emitter = Emitter {
+        cx: SourceContext {
+            positions: tracker.clone(),
+            metrics: stats.adapter.clone(),
+            guard: guard.clone(),
+            shutdown: cancel.clone(),
+            stopping: stats.stopping.clone(),
+            max_event_bytes: settings.limits.max_event_bytes,
+        },
         permits: Arc::new(Semaphore::new(settings.max_in_flight)),
-        tracker: tracker.clone(),
         tx: taken_tx,
-        cancel: cancel.clone(),
         stats: stats.clone(),
-        max_event_bytes: settings.limits.max_event_bytes,
-        guard: guard.clone(),
     };
     let source_task = tokio::spawn(source.run(emitter));
 
@@ -291,9 +175,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     };
     // Readiness goes away while draining; and from here on nothing new starts (a consumer
     // closing later does not wait for events that can no longer finish).
-    stats
-        .stopping
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    stats.stopping.cancel();
     let (sink_result, timed_out) = match sink_result {
         Some(r) => (Some(r), false),
         None => match tokio::time::timeout(settings.drain_timeout, &mut sink_task).await {

@@ -18,17 +18,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fusionstream_core::backoff::Backoff;
+use fusionstream_core::lock;
 use fusionstream_core::position::PositionTracker;
-use fusionstream_core::{Classify as _, ErrorClass};
-use fusionstream_io::kafka::KafkaSinkError;
-use tokio::sync::mpsc;
-
 use fusionstream_core::record::Stream;
+use fusionstream_io::ports::{CommitAck, Committer, OutputSink, PublishError};
+use fusionstream_io::retry::{jitter, Attempts};
+use tokio::sync::mpsc;
 
 use super::envelope::Finished;
 use super::oversize;
 use super::stats::{Stage, Stats};
-use super::{lock, CommitAck, Committer, OutputSink};
 
 /// Most events written between two flushes (group commit).
 const GROUP: usize = 256;
@@ -153,7 +152,7 @@ async fn publish<K: OutputSink>(
         // Some record of the group is over the broker's limit: find it by sending the
         // records one at a time (those already delivered are sent again: duplicates, never
         // a loss).
-        Err(e) if too_large(&e) => publish_each(sink, group, stats).await,
+        Err(PublishError::TooLarge(_)) => publish_each(sink, group, stats).await,
         r => r.context("acknowledging outputs"),
     }
 }
@@ -165,8 +164,8 @@ async fn send<K: OutputSink>(
     sink: &mut K,
     records: &[Record<'_>],
     stats: &Stats,
-) -> anyhow::Result<()> {
-    let mut attempt = 0u32;
+) -> Result<(), PublishError> {
+    let mut attempts = Attempts::new(&REPUBLISH);
     loop {
         let r = async {
             for (stream, key, json, traceparent) in records {
@@ -175,22 +174,22 @@ async fn send<K: OutputSink>(
             sink.flush().await
         }
         .await;
-        let Err(e) = r else { return Ok(()) };
-        if too_large(&e) || class(&e) == ErrorClass::Fatal {
-            return Err(e);
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e @ PublishError::Retryable(_)) => {
+                stats.publish_retries.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    attempt = attempts.count(),
+                    records = records.len(),
+                    "outputs not acknowledged; sending them again"
+                );
+                if !attempts.wait().await {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
         }
-        stats.publish_retries.fetch_add(1, Relaxed);
-        let delay = REPUBLISH
-            .delay(attempt, super::fetch::jitter())
-            .unwrap_or(REPUBLISH.max);
-        tracing::warn!(
-            error = format!("{e:#}"),
-            attempt,
-            records = records.len(),
-            "outputs not acknowledged; sending them again"
-        );
-        tokio::time::sleep(delay).await;
-        attempt = attempt.saturating_add(1);
     }
 }
 
@@ -210,7 +209,7 @@ async fn publish_each<K: OutputSink>(
                 let record = (stream, f.key.as_str(), &*json, f.traceparent.as_deref());
                 match send(sink, &[record], stats).await {
                     Ok(()) => break,
-                    Err(e) if too_large(&e) => {}
+                    Err(PublishError::TooLarge(_)) => {}
                     Err(e) => return Err(e).context("acknowledging outputs"),
                 }
                 let replacement = if stream == Stream::DeadLetters {
@@ -246,20 +245,6 @@ async fn publish_each<K: OutputSink>(
     Ok(())
 }
 
-fn too_large(e: &anyhow::Error) -> bool {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<KafkaSinkError>())
-        .is_some_and(KafkaSinkError::is_too_large)
-}
-
-/// Kafka delivery errors know their class; anything else a sink reports (a local file that
-/// cannot be written) is fatal.
-fn class(e: &anyhow::Error) -> ErrorClass {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<KafkaSinkError>())
-        .map_or(ErrorClass::Fatal, |k| k.class())
-}
-
 /// The commit schedule: every interval, backing off while commits fail.
 struct Commits {
     backoff: Backoff,
@@ -293,8 +278,8 @@ impl Commits {
         committer: &Mutex<C>,
         stats: &Stats,
     ) {
-        let failed_since = stats.commit_failures.load(Relaxed) > self.seen_failures;
-        self.seen_failures = stats.commit_failures.load(Relaxed);
+        let failed_since = stats.adapter.commit_failures.load(Relaxed) > self.seen_failures;
+        self.seen_failures = stats.adapter.commit_failures.load(Relaxed);
         let pending = lock(tracker).pending_commits();
         stats
             .uncommitted_partitions
@@ -305,9 +290,7 @@ impl Commits {
         }
         if failed_since {
             self.failures = self.failures.saturating_add(1);
-            let delay = self
-                .backoff
-                .delay(self.failures - 1, super::fetch::jitter());
+            let delay = self.backoff.delay(self.failures - 1, jitter());
             self.not_before = Instant::now() + delay.unwrap_or(self.backoff.max);
         } else if self.failures > 0 && Instant::now() >= self.not_before {
             // The last retry was not reported as failed: start over at the interval.
@@ -316,7 +299,7 @@ impl Commits {
         if Instant::now() < self.not_before {
             return;
         }
-        stats.commits.fetch_add(1, Relaxed);
+        stats.adapter.commits.fetch_add(1, Relaxed);
         match lock(committer).commit(&pending) {
             Ok(CommitAck::Confirmed) => {
                 let mut t = lock(tracker);
@@ -327,7 +310,7 @@ impl Commits {
             }
             Ok(CommitAck::Sent) => {}
             Err(e) => {
-                stats.commit_failures.fetch_add(1, Relaxed);
+                stats.adapter.commit_failures.fetch_add(1, Relaxed);
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "committing positions failed; retrying"
@@ -367,7 +350,7 @@ pub(crate) async fn final_commit<C: Committer>(
             return;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        stats.commits.fetch_add(1, Relaxed);
+        stats.adapter.commits.fetch_add(1, Relaxed);
         let c = committer.clone();
         let p = pending.clone();
         // A Kafka commit waits on the broker: off the async workers.
@@ -386,13 +369,13 @@ pub(crate) async fn final_commit<C: Committer>(
                 }
             }
             Err(e) => {
-                stats.commit_failures.fetch_add(1, Relaxed);
+                stats.adapter.commit_failures.fetch_add(1, Relaxed);
                 let delay = Backoff {
                     initial: Duration::from_millis(100),
                     max: Duration::from_secs(2),
                     retries: u32::MAX,
                 }
-                .delay(attempt, super::fetch::jitter())
+                .delay(attempt, jitter())
                 .unwrap_or(Duration::from_secs(2));
                 if Instant::now() + delay >= deadline {
                     tracing::warn!(
@@ -470,7 +453,7 @@ mod tests {
             assert_eq!(calls.len(), 4, "three failures, then the commit that held");
             assert!(calls.iter().all(|c| c == &vec![(0, 5)]));
         }
-        assert_eq!(stats.commit_failures.load(Relaxed), 3);
+        assert_eq!(stats.adapter.commit_failures.load(Relaxed), 3);
         assert_eq!(stats.uncommitted_partitions.load(Relaxed), 0);
         commits.commit(&tracker, &committer, &stats);
         assert_eq!(lock(&committer).calls.len(), 4, "nothing left to commit");

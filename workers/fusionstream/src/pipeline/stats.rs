@@ -2,12 +2,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fusionstream_core::lock;
 use fusionstream_core::record::Stream;
 use fusionstream_core::Lane;
+use fusionstream_io::metrics::AdapterMetrics;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
+use tokio_util::sync::CancellationToken;
 
 /// Most latency samples kept (a uniform sample of the run beyond that).
 const LATENCY_SAMPLES: usize = 100_000;
@@ -90,18 +93,6 @@ pub struct Stats {
     pub fetches_in_flight: AtomicI64,
     /// Each lane's `max_items` (for the batch fill ratio).
     pub lane_max_items: [AtomicU64; 2],
-    /// Partitions assigned to this worker (-1: not a consumer-group source).
-    pub partitions_assigned: AtomicI64,
-    /// Consumer lag summed over the assigned partitions (-1: unknown).
-    pub consumer_lag: AtomicI64,
-    /// Whether the source is paused for back-pressure.
-    pub paused: AtomicBool,
-    /// Times the source paused.
-    pub pauses: AtomicU64,
-    /// Commits of positions, and those that failed.
-    pub commits: AtomicU64,
-    /// Failed commits.
-    pub commit_failures: AtomicU64,
     /// Partitions whose done position is not yet confirmed as committed.
     pub uncommitted_partitions: AtomicI64,
     /// Output groups sent again after a failed acknowledgement.
@@ -117,18 +108,13 @@ pub struct Stats {
     pub model_panics: AtomicU64,
     /// Panics caught while an event was decoded or preprocessed.
     pub intake_panics: AtomicU64,
-    /// Partitions resumed after an unclean exit (crash guard: suspect mode).
-    pub suspect_resumes: AtomicU64,
-    /// Events run alone in suspect mode.
-    pub run_alone: AtomicU64,
-    /// Rebalances seen (assign and revoke callbacks).
-    pub rebalances: AtomicU64,
-    /// Revoked in-flight events abandoned after `kafka.revoke_timeout`.
-    pub revoke_abandoned: AtomicU64,
     /// The model is loaded.
     pub model_loaded: AtomicBool,
-    /// Shutdown has begun.
-    pub stopping: AtomicBool,
+    /// Shutdown has begun: readiness goes away, nothing new starts, nothing waits for
+    /// what can no longer finish.
+    pub stopping: CancellationToken,
+    /// What the source and committer adapters count.
+    pub adapter: Arc<AdapterMetrics>,
     stages: [Histogram; 6],
     batch_size: [Histogram; 2],
     batch_fill: [Histogram; 2],
@@ -156,12 +142,6 @@ impl Default for Stats {
             model_queue: AtomicI64::new(0),
             fetches_in_flight: AtomicI64::new(0),
             lane_max_items: Default::default(),
-            partitions_assigned: AtomicI64::new(-1),
-            consumer_lag: AtomicI64::new(-1),
-            paused: AtomicBool::new(false),
-            pauses: AtomicU64::new(0),
-            commits: AtomicU64::new(0),
-            commit_failures: AtomicU64::new(0),
             uncommitted_partitions: AtomicI64::new(0),
             publish_retries: AtomicU64::new(0),
             outputs_too_large: AtomicU64::new(0),
@@ -169,12 +149,9 @@ impl Default for Stats {
             model_item_failures: AtomicU64::new(0),
             model_panics: AtomicU64::new(0),
             intake_panics: AtomicU64::new(0),
-            suspect_resumes: AtomicU64::new(0),
-            run_alone: AtomicU64::new(0),
-            rebalances: AtomicU64::new(0),
-            revoke_abandoned: AtomicU64::new(0),
             model_loaded: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
+            stopping: CancellationToken::new(),
+            adapter: Arc::default(),
             stages: std::array::from_fn(|_| stage()),
             batch_size: std::array::from_fn(|_| size()),
             batch_fill: std::array::from_fn(|_| fill()),
@@ -222,10 +199,6 @@ impl Outcome {
             Outcome::DeadLetter(_) => "dead_letter",
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Stats {
@@ -329,7 +302,7 @@ impl Stats {
     /// event per second, so a stalled worker with a backlog reads as far behind); 0 without
     /// lag, -1 when the lag is unknown.
     pub fn seconds_to_drain(&self) -> f64 {
-        let lag = self.consumer_lag.load(Relaxed);
+        let lag = self.adapter.consumer_lag.load(Relaxed);
         if lag < 0 {
             return -1.0;
         }
@@ -385,7 +358,7 @@ impl Stats {
             model_item_failures: self.model_item_failures.load(Relaxed),
             model_panics: self.model_panics.load(Relaxed),
             intake_panics: self.intake_panics.load(Relaxed),
-            run_alone: self.run_alone.load(Relaxed),
+            run_alone: self.adapter.run_alone.load(Relaxed),
         }
     }
 }

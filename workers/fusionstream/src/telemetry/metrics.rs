@@ -220,13 +220,13 @@ impl Collector for StatsCollector {
             &mut e,
             "partitions_assigned",
             "Kafka partitions assigned to this worker (-1: not a consumer-group source).",
-            s.partitions_assigned.load(Relaxed),
+            s.adapter.partitions_assigned.load(Relaxed),
         )?;
         gauge(
             &mut e,
             "consumer_lag",
             "Events behind the end of the assigned partitions, from the last committed offsets (-1: unknown).",
-            s.consumer_lag.load(Relaxed),
+            s.adapter.consumer_lag.load(Relaxed),
         )?;
         gauge(
             &mut e,
@@ -244,25 +244,25 @@ impl Collector for StatsCollector {
             &mut e,
             "source_paused",
             "1 while the source is paused because every in-flight slot is taken.",
-            i64::from(s.paused.load(Relaxed)),
+            i64::from(s.adapter.paused.load(Relaxed)),
         )?;
         counter(
             &mut e,
             "source_pauses",
             "Times the source paused for back-pressure.",
-            s.pauses.load(Relaxed),
+            s.adapter.pauses.load(Relaxed),
         )?;
         counter(
             &mut e,
             "commits",
             "Position commits.",
-            s.commits.load(Relaxed),
+            s.adapter.commits.load(Relaxed),
         )?;
         counter(
             &mut e,
             "commit_failures",
             "Position commits that failed or were refused by the broker (each is retried).",
-            s.commit_failures.load(Relaxed),
+            s.adapter.commit_failures.load(Relaxed),
         )?;
         gauge(
             &mut e,
@@ -310,25 +310,25 @@ impl Collector for StatsCollector {
             &mut e,
             "suspect_resumes",
             "Partitions resumed after an unclean exit of their last owner (crash guard: their next events run alone).",
-            s.suspect_resumes.load(Relaxed),
+            s.adapter.suspect_resumes.load(Relaxed),
         )?;
         counter(
             &mut e,
             "run_alone",
             "Events run alone, their attempt recorded first, after an unclean exit (crash guard).",
-            s.run_alone.load(Relaxed),
+            s.adapter.run_alone.load(Relaxed),
         )?;
         counter(
             &mut e,
             "rebalances",
             "Consumer-group rebalance callbacks (assign and revoke).",
-            s.rebalances.load(Relaxed),
+            s.adapter.rebalances.load(Relaxed),
         )?;
         counter(
             &mut e,
             "revoke_abandoned",
             "In-flight events of revoked partitions not finished within kafka.revoke_timeout (replayed by the new owner).",
-            s.revoke_abandoned.load(Relaxed),
+            s.adapter.revoke_abandoned.load(Relaxed),
         )?;
         gauge(
             &mut e,
@@ -398,14 +398,14 @@ mod tests {
         s.finished.store(100, Relaxed);
         s.sample_throughput(t0 + Duration::from_secs(10));
         assert!((s.recent_throughput() - 10.0).abs() < 1e-9);
-        s.consumer_lag.store(500, Relaxed);
+        s.adapter.consumer_lag.store(500, Relaxed);
         assert!((s.seconds_to_drain() - 50.0).abs() < 1e-9);
         // Nothing finishing: the 1 event/s floor.
         s.sample_throughput(t0 + Duration::from_secs(100));
         s.sample_throughput(t0 + Duration::from_secs(200));
         assert_eq!(s.recent_throughput(), 0.0);
         assert!((s.seconds_to_drain() - 500.0).abs() < 1e-9);
-        s.consumer_lag.store(0, Relaxed);
+        s.adapter.consumer_lag.store(0, Relaxed);
         assert_eq!(s.seconds_to_drain(), 0.0);
     }
 }

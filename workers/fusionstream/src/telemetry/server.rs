@@ -29,9 +29,9 @@ struct Endpoints {
 pub fn not_ready(stats: &Stats) -> Option<&'static str> {
     if !stats.model_loaded.load(Relaxed) {
         Some("model not loaded yet")
-    } else if stats.stopping.load(Relaxed) {
+    } else if stats.stopping.is_cancelled() {
         Some("shutting down")
-    } else if stats.partitions_assigned.load(Relaxed) == 0 {
+    } else if stats.adapter.partitions_assigned.load(Relaxed) == 0 {
         Some("no partitions assigned")
     } else {
         None

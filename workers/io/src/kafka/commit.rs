@@ -1,5 +1,5 @@
 //! The Kafka committer: the done prefix as consumer-group offsets, asynchronous while
-//! running (confirmed by the commit callback of `kafka.rs`'s group context), synchronous and
+//! running (confirmed by the commit callback of `consumer.rs`'s group context), synchronous and
 //! bounded at shutdown; with the crash-loop guard on, every commit carries the guard's mark in
 //! its metadata, and the guard reads and writes marks there ([`KafkaMarks`]).
 
@@ -12,8 +12,9 @@ use fusionstream_core::position::PartitionId;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::kafka::{set_mark, GroupContext, KafkaShared};
-use super::{CommitAck, Committer, CrashGuard, MarkStore};
+use super::consumer::{set_mark, GroupContext, KafkaShared};
+use crate::crash_guard::{CrashGuard, MarkStore};
+use crate::ports::{CommitAck, Committer};
 
 /// Commits the done prefix as consumer-group offsets.
 #[derive(Debug)]

@@ -1,75 +1,16 @@
-//! Kafka clients: configuration shared by the consumer and the producer (security settings
-//! passed through), the output sink (idempotent producer, `acks=all`, records keyed by event
-//! id, acknowledged when the broker confirms), and topic creation for tests and set-up.
+//! The Kafka output sink: an idempotent producer (`acks=all`, lz4), records keyed by event
+//! id with the trace context and the worker's headers, acknowledged when the brokers confirm
+//! every queued delivery.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fusionstream_core::record::Stream;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-/// Connection settings of every Kafka client of a worker.
-#[derive(Clone)]
-pub struct KafkaConnection {
-    /// `host:port,…`.
-    pub bootstrap_servers: String,
-    /// Client id reported to the brokers.
-    pub client_id: String,
-    /// librdkafka properties passed through (security.protocol, sasl.*, ssl.*).
-    pub properties: BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for KafkaConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Properties may hold passwords: print their names only.
-        f.debug_struct("KafkaConnection")
-            .field("bootstrap_servers", &self.bootstrap_servers)
-            .field("client_id", &self.client_id)
-            .field("properties", &self.properties.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-impl KafkaConnection {
-    /// A client configuration with these settings.
-    pub fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap_servers)
-            .set("client.id", &self.client_id);
-        for (k, v) in &self.properties {
-            c.set(k, v);
-        }
-        c
-    }
-
-    /// Create `topics` (name, partitions) with replication 1 if they do not exist.
-    pub async fn ensure_topics(
-        &self,
-        topics: &[(&str, i32)],
-    ) -> Result<(), rdkafka::error::KafkaError> {
-        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
-        let new: Vec<NewTopic<'_>> = topics
-            .iter()
-            .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
-            .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for r in admin.create_topics(new.iter(), &opts).await? {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, e)) => {
-                    tracing::error!(topic = %t, error = %e, "cannot create topic");
-                    return Err(rdkafka::error::KafkaError::AdminOp(e));
-                }
-            }
-        }
-        Ok(())
-    }
-}
+use super::KafkaConnection;
+use crate::ports::{OutputSink, PublishError};
 
 /// Errors of the Kafka sink.
 #[derive(Debug, thiserror::Error)]
@@ -252,5 +193,33 @@ impl KafkaSink {
             }
         }
         Ok(())
+    }
+}
+
+/// Delivery errors by what the engine does next: a record refused as too large can be cut
+/// or replaced; the rest by their class.
+fn publish_error(e: KafkaSinkError) -> PublishError {
+    if e.is_too_large() {
+        PublishError::TooLarge(Box::new(e))
+    } else {
+        PublishError::classified(e)
+    }
+}
+
+impl OutputSink for KafkaSink {
+    async fn write(
+        &mut self,
+        stream: Stream,
+        key: &str,
+        json: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        KafkaSink::write(self, stream, key, json, traceparent)
+            .await
+            .map_err(publish_error)
+    }
+
+    async fn flush(&mut self) -> Result<(), PublishError> {
+        KafkaSink::flush(self).await.map_err(publish_error)
     }
 }

@@ -1,5 +1,6 @@
-//! The local adapters: a JSONL file source resuming from its checkpoint, and the checkpoint
-//! file as a committer (with the crash-loop guard's marks beside the positions).
+//! The local ports: a JSONL file source resuming from its checkpoint, the checkpoint file
+//! as a committer (with the crash-loop guard's marks beside the positions), and the JSONL
+//! files as output sink.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,11 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use fusionstream_core::crash_guard::{GuardSettings, Mark};
+use fusionstream_core::lock;
 use fusionstream_core::position::PartitionId;
-use fusionstream_io::checkpoint::Checkpoint;
-use fusionstream_io::local_source::LocalSource;
 
-use super::{lock, CommitAck, Committer, CrashGuard, Emitter, MarkStore, Source};
+use super::checkpoint::Checkpoint;
+use super::sink::{JsonlSink, SinkError};
+use super::source::LocalSource;
+use crate::crash_guard::{CrashGuard, MarkStore};
+use crate::ports::{CommitAck, Committer, OutputSink, PublishError, Source, SourceHandle};
+use fusionstream_core::record::Stream;
 
 /// A local JSONL source with the start positions of its checkpoint.
 #[derive(Debug)]
@@ -51,12 +56,12 @@ impl Source for LocalJsonl {
             .map(|(i, s)| (i as PartitionId, self.starts.get(s).copied().unwrap_or(0)))
             .collect()
     }
-    async fn run(self, emit: Emitter) -> anyhow::Result<bool> {
+    async fn run<H: SourceHandle>(self, handle: H) -> anyhow::Result<bool> {
         let done = self
             .source
             .read(&self.starts, |rec| {
-                let emit = &emit;
-                async move { emit.emit(rec).await }
+                let handle = &handle;
+                async move { handle.emit(rec).await }
             })
             .await?;
         Ok(done)
@@ -166,5 +171,27 @@ impl MarkStore for LocalMarks {
 
     fn write(&self, partition: PartitionId, next: u64, mark: Mark) -> anyhow::Result<()> {
         self.0.write([(partition, next, Some(mark))])
+    }
+}
+
+/// Writing a local file fails only for reasons a retry cannot fix (disk full, permissions):
+/// fatal, nothing unflushed is acknowledged.
+impl OutputSink for JsonlSink {
+    async fn write(
+        &mut self,
+        stream: Stream,
+        _key: &str,
+        json: &[u8],
+        _traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        JsonlSink::write(self, stream, json)
+            .await
+            .map_err(|e: SinkError| PublishError::Fatal(Box::new(e)))
+    }
+
+    async fn flush(&mut self) -> Result<(), PublishError> {
+        JsonlSink::flush(self)
+            .await
+            .map_err(|e| PublishError::Fatal(Box::new(e)))
     }
 }

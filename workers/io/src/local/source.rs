@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::source::SourceRecord;
+use crate::SourceRecord;
 
 /// Errors of the local source.
 #[derive(Debug, thiserror::Error)]

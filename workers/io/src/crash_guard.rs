@@ -1,4 +1,4 @@
-//! The crash-loop guard in the pipeline. The rules (marks, suspect mode, when an event is
+//! The crash-loop guard's waiting and marks. The rules (marks, suspect mode, when an event is
 //! refused) are [`fusionstream_core::crash_guard`]; here the guard reads and writes the
 //! marks through its store (the committer's: Kafka offset-commit metadata, the local
 //! checkpoint file) and holds a suspect partition's next event until nothing else of the
@@ -8,7 +8,7 @@
 //! partition's mark there, and (unless it is suspect) claims it by committing that position
 //! with a `running` mark, so a crash before the first regular commit is known as one too.
 //!
-//! Committers that keep marks hand out their guard ([`super::Committer::crash_guard`]); the
+//! Committers that keep marks hand out their guard ([`crate::ports::Committer::crash_guard`]); the
 //! emitter asks it about every record before the record is tracked; commits carry
 //! [`CrashGuard::mark_for`] (`running`, or `clean` for the last commit of a clean stop and
 //! for a partition handed over in a rebalance).
@@ -23,7 +23,9 @@ use fusionstream_core::crash_guard::{Admit, GuardSettings, Mark, PartitionGuard}
 use fusionstream_core::position::{PartitionId, PositionTracker};
 use tokio_util::sync::CancellationToken;
 
-use super::{lock, Stats};
+use crate::metrics::AdapterMetrics;
+use crate::retry::retry;
+use fusionstream_core::lock;
 
 /// Where marks are kept: beside the committed positions.
 pub trait MarkStore: Send + Sync + 'static {
@@ -93,13 +95,13 @@ impl CrashGuard {
     /// event to run alone this waits until nothing else of the partition is in flight, then
     /// records the attempt (retrying until the store confirms it) unless `still_ours` says
     /// the partition was taken away meanwhile.
-    pub(crate) async fn admit(
+    pub async fn admit(
         self: &Arc<Self>,
         partition: PartitionId,
         offset: u64,
         tracker: &Mutex<PositionTracker>,
         cancel: &CancellationToken,
-        stats: &Stats,
+        stats: &AdapterMetrics,
         still_ours: &(dyn Fn() -> bool + Sync),
     ) -> Option<Admit> {
         let known = lock(&self.parts).contains_key(&partition);
@@ -163,32 +165,39 @@ impl CrashGuard {
         partition: PartitionId,
         cancel: &CancellationToken,
     ) -> Option<Option<Mark>> {
-        for attempt in 0..READ_TRIES {
-            let me = self.clone();
-            let r = tokio::task::spawn_blocking(move || me.store.read(partition))
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("mark read task failed: {e}")));
-            match r {
-                Ok(m) => return Some(m),
-                Err(e) => {
-                    tracing::warn!(
-                        partition,
-                        error = format!("{e:#}"),
-                        "reading the crash-guard mark failed"
-                    );
-                    let delay = backoff().delay(attempt, super::fetch::jitter())?;
-                    tokio::select! {
-                        _ = cancel.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+        let tries = Backoff {
+            retries: READ_TRIES - 1,
+            ..backoff()
+        };
+        let read = retry(
+            &tries,
+            || {
+                let me = self.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || me.store.read(partition))
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("mark read task failed: {e}")))
                 }
-            }
-        }
-        tracing::warn!(
-            partition,
-            "no crash-guard mark could be read: taking the partition as suspect"
+            },
+            |e, _| {
+                tracing::warn!(
+                    partition,
+                    error = format!("{e:#}"),
+                    "reading the crash-guard mark failed"
+                );
+                true
+            },
         );
-        Some(Some(Mark::RUNNING))
+        tokio::select! {
+            _ = cancel.cancelled() => None,
+            r = read => Some(r.unwrap_or_else(|_| {
+                tracing::warn!(
+                    partition,
+                    "no crash-guard mark could be read: taking the partition as suspect"
+                );
+                Some(Mark::RUNNING)
+            })),
+        }
     }
 
     async fn write(
@@ -198,28 +207,32 @@ impl CrashGuard {
         mark: Mark,
         cancel: &CancellationToken,
     ) -> Option<()> {
-        let mut attempt = 0;
-        loop {
-            let me = self.clone();
-            let r = tokio::task::spawn_blocking(move || me.store.write(partition, next, mark))
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("mark write task failed: {e}")));
-            let Err(e) = r else { return Some(()) };
-            // Running the event without its attempt on record could crash-loop: wait.
-            tracing::warn!(
-                partition,
-                next,
-                error = format!("{e:#}"),
-                "recording an attempt failed; retrying before the event runs"
-            );
-            let delay = backoff()
-                .delay(attempt, super::fetch::jitter())
-                .unwrap_or(Duration::from_secs(5));
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = cancel.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
-            }
+        // Running the event without its attempt on record could crash-loop: retry for as
+        // long as it takes (the backoff never runs out).
+        let forever = backoff();
+        let write = retry(
+            &forever,
+            || {
+                let me = self.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || me.store.write(partition, next, mark))
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("mark write task failed: {e}")))
+                }
+            },
+            |e, _| {
+                tracing::warn!(
+                    partition,
+                    next,
+                    error = format!("{e:#}"),
+                    "recording an attempt failed; retrying before the event runs"
+                );
+                true
+            },
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => None,
+            r = write => r.ok(),
         }
     }
 }

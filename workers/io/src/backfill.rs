@@ -18,11 +18,12 @@ use fusionstream_core::backfill::{in_shard, object_event, wanted};
 use fusionstream_core::backoff::Backoff;
 use fusionstream_core::position::PartitionId;
 use fusionstream_core::{Classify as _, ErrorClass, TaskSet};
-use fusionstream_io::checkpoint::{BackfillPosition, Checkpoint};
-use fusionstream_io::s3::S3Media;
-use fusionstream_io::source::SourceRecord;
 
-use super::{CommitAck, Committer, Emitter, Source};
+use crate::local::checkpoint::{BackfillPosition, Checkpoint};
+use crate::ports::{CommitAck, Committer, Source, SourceHandle};
+use crate::retry::retry;
+use crate::s3::S3Media;
+use crate::SourceRecord;
 
 /// What to backfill.
 #[derive(Debug, Clone)]
@@ -140,33 +141,26 @@ impl Source for BackfillSource {
         vec![(0, 0)]
     }
 
-    async fn run(self, emit: Emitter) -> anyhow::Result<bool> {
+    async fn run<H: SourceHandle>(self, emit: H) -> anyhow::Result<bool> {
         let s = &self.spec;
         let stream = s.url();
         let max_keys = i32::try_from(s.page).unwrap_or(1000);
         let mut after = self.start_after.clone();
         let mut next = 0u64;
-        let mut attempt = 0u32;
         loop {
-            let page = match self
-                .store
-                .list_after(&s.bucket, &s.prefix, after.as_deref(), max_keys)
-                .await
-            {
-                Ok(p) => {
-                    attempt = 0;
-                    p
-                }
-                Err(e) => match (e.class(), s.backoff.delay(attempt, super::fetch::jitter())) {
-                    (ErrorClass::Retryable, Some(wait)) => {
-                        tracing::warn!(error = %e, attempt, "listing {stream} failed; retrying");
-                        attempt += 1;
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    _ => return Err(e).with_context(|| format!("listing {stream}")),
-                },
+            let list = || {
+                self.store
+                    .list_after(&s.bucket, &s.prefix, after.as_deref(), max_keys)
             };
+            let page = retry(&s.backoff, list, |e, attempt| {
+                let again = e.class() == ErrorClass::Retryable;
+                if again {
+                    tracing::warn!(error = %e, attempt, "listing {stream} failed; retrying");
+                }
+                again
+            })
+            .await
+            .with_context(|| format!("listing {stream}"))?;
             for key in &page.keys {
                 if !wanted(key, &s.suffixes) || !in_shard(key, s.shard, s.shards) {
                     continue;
@@ -322,7 +316,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(S3Media::new(fusionstream_io::s3::S3Settings {
+            .block_on(S3Media::new(crate::s3::S3Settings {
                 endpoint: Some("http://127.0.0.1:9".into()),
                 region: "us-east-1".into(),
                 ..Default::default()

@@ -1,5 +1,4 @@
-//! The pipeline's Kafka adapters: a consumer-group source whose positions are Kafka offsets,
-//! a committer that commits the contiguous done prefix per partition, and the Kafka sink.
+//! The consumer-group source: its positions are Kafka offsets, committed by `commit.rs`.
 //!
 //! Offsets are never committed automatically (`enable.auto.commit=false`,
 //! `enable.auto.offset.store=false`): only what the position tracker says is done.
@@ -22,13 +21,12 @@
 //!   committed offset (the broker's, so confirmed commits only); their difference, summed,
 //!   feeds `fusionstream_consumer_lag` and the seconds-to-drain gauge.
 //!
-//! The committer and the crash guard's marks in the commit metadata are `kafka_commit.rs`.
+//! The committer and the crash guard's marks in the commit metadata are `commit.rs`.
 //!
-//! Long (~510 lines before its tests) because the source, its consumer loop (pausing,
+//! Long (~480 lines before its tests) because the source, its consumer loop (pausing,
 //! held records, the crash guard's admission) and its rebalance, commit and statistics
 //! callbacks share the partition map, the tracker and the consumer: split apart they would
-//! need all of it public to each other. The restructuring (issue 13) moves it beside the
-//! Kafka client in `workers/io`.
+//! need all of it public to each other.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,10 +34,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use fusionstream_core::lock;
 use fusionstream_core::position::{PartitionId, PositionTracker};
-use fusionstream_core::record::Stream;
-use fusionstream_io::kafka::{KafkaConnection, KafkaSink};
-use fusionstream_io::SourceRecord;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -50,7 +46,12 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use fusionstream_core::crash_guard::Mark;
 
-use super::{lock, CrashGuard, Emitter, OutputSink, Source, Stats};
+use super::KafkaConnection;
+use crate::crash_guard::CrashGuard;
+use crate::metrics::AdapterMetrics;
+use crate::ports::{Source, SourceHandle};
+use crate::SourceRecord;
+use tokio_util::sync::CancellationToken;
 
 /// A Kafka partition: topic and partition number.
 type TopicPartition = (String, i32);
@@ -149,7 +150,8 @@ pub struct GroupSettings {
 pub struct GroupContext {
     map: Arc<PartitionMap>,
     tracker: Arc<Mutex<PositionTracker>>,
-    stats: Arc<Stats>,
+    stats: Arc<AdapterMetrics>,
+    stopping: CancellationToken,
     revoke_timeout: Duration,
     guard: Option<Arc<CrashGuard>>,
 }
@@ -159,7 +161,7 @@ impl GroupContext {
     /// the worker is stopping (the consumer closes after the pipeline has drained or given
     /// up) nothing more will finish: no wait.
     fn wait_in_flight(&self, ids: &[PartitionId]) -> usize {
-        let timeout = if self.stats.stopping.load(Relaxed) {
+        let timeout = if self.stopping.is_cancelled() {
             Duration::ZERO
         } else {
             self.revoke_timeout
@@ -373,15 +375,17 @@ impl Source for KafkaSource {
         Vec::new()
     }
 
-    async fn run(self, emit: Emitter) -> anyhow::Result<bool> {
-        let stats = emit.stats.clone();
+    async fn run<H: SourceHandle>(self, emit: H) -> anyhow::Result<bool> {
+        let cx = emit.context();
+        let stats = cx.metrics.clone();
         stats.partitions_assigned.store(0, Relaxed);
         let ctx = GroupContext {
             map: self.shared.map.clone(),
-            tracker: emit.tracker.clone(),
+            tracker: cx.positions.clone(),
             stats: stats.clone(),
+            stopping: cx.stopping.clone(),
             revoke_timeout: self.group.revoke_timeout,
-            guard: emit.guard.clone(),
+            guard: cx.guard.clone(),
         };
         let consumer: StreamConsumer<GroupContext> = self
             .conn
@@ -415,7 +419,8 @@ impl Source for KafkaSource {
         let consumer = Arc::new(consumer);
         let _ = self.shared.consumer.set(consumer.clone());
         let map = &self.shared.map;
-        let limit = emit.max_event_bytes;
+        let limit = cx.max_event_bytes;
+        let shutdown = cx.shutdown.clone();
         // Records that arrived while paused (a partition assigned during the pause):
         // at most one per newly assigned partition.
         let mut held: VecDeque<(SourceRecord, u64)> = VecDeque::new();
@@ -425,7 +430,7 @@ impl Source for KafkaSource {
                 None => {
                     let msg = tokio::select! {
                         biased;
-                        _ = emit.cancel.cancelled() => return Ok(false),
+                        _ = shutdown.cancelled() => return Ok(false),
                         m = consumer.recv() => m,
                     };
                     match msg {
@@ -492,23 +497,6 @@ impl Source for KafkaSource {
     }
 }
 
-impl OutputSink for KafkaSink {
-    async fn write(
-        &mut self,
-        stream: Stream,
-        key: &str,
-        json: &[u8],
-        traceparent: Option<&str>,
-    ) -> anyhow::Result<()> {
-        KafkaSink::write(self, stream, key, json, traceparent)
-            .await
-            .map_err(Into::into)
-    }
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        KafkaSink::flush(self).await.map_err(Into::into)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -519,6 +507,7 @@ mod tests {
             map: Arc::default(),
             tracker: Arc::new(Mutex::new(PositionTracker::new())),
             stats: Arc::default(),
+            stopping: CancellationToken::new(),
             revoke_timeout: timeout,
             guard: None,
         }
@@ -575,7 +564,7 @@ mod tests {
     fn a_revoke_while_stopping_does_not_wait() {
         let c = ctx(Duration::from_secs(3600));
         lock(&c.tracker).track(0, 0).unwrap();
-        c.stats.stopping.store(true, Relaxed);
+        c.stopping.cancel();
         assert_eq!(c.wait_in_flight(&[0]), 1);
     }
 }

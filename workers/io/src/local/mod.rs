@@ -1,0 +1,20 @@
+//! The local adapters: events from JSONL files ([`LocalJsonl`], one partition per file)
+//! resuming from the checkpoint file, the checkpoint file as committer
+//! ([`LocalCheckpoint`], with the crash guard's marks beside the positions), and outputs to
+//! one JSONL file per stream ([`JsonlSink`]).
+//!
+//! | file | owns |
+//! |---|---|
+//! | `source.rs` | reading a JSONL file or a folder of them, line by line, with positions |
+//! | `checkpoint.rs` | the checkpoint file format (atomic JSON), also the backfill's |
+//! | `sink.rs` | the JSONL output sink, durable on flush |
+//! | `adapters.rs` | the source and committer ports over the above |
+
+mod adapters;
+pub mod checkpoint;
+pub mod sink;
+pub mod source;
+
+pub use adapters::{LocalCheckpoint, LocalJsonl};
+pub use checkpoint::Checkpoint;
+pub use sink::JsonlSink;

@@ -1,0 +1,194 @@
+//! The ports of the pipeline: what a source, an output sink and a committer are to the
+//! engine, so that every adapter (local files, Kafka, the S3 backfill) lives beside its
+//! client here and the engine names none of them.
+//!
+//! - A [`Source`] reads records and hands them to the engine through a [`SourceHandle`]:
+//!   the handle reserves room for one more event (back-pressure), asks the crash guard
+//!   about the record and tracks its position. The engine implements the handle.
+//! - An [`OutputSink`] writes output records; they count as acknowledged when `flush`
+//!   returns. Its errors are typed ([`PublishError`]): the engine retries, cuts or stops
+//!   by their kind, never by looking at a client's error type.
+//! - A [`Committer`] records acknowledged positions; a position counts as committed only once
+//!   confirmed ([`CommitAck`]).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fusionstream_core::crash_guard::Admit;
+use fusionstream_core::position::{PartitionId, PositionTracker};
+use fusionstream_core::record::Stream;
+use fusionstream_core::{Classify, ErrorClass};
+use tokio_util::sync::CancellationToken;
+
+use crate::crash_guard::CrashGuard;
+use crate::metrics::AdapterMetrics;
+use crate::SourceRecord;
+
+/// What a source's callbacks (a consumer group's rebalances and commit confirmations) share
+/// with the engine.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// The positions in flight and done, per partition.
+    pub positions: Arc<Mutex<PositionTracker>>,
+    /// What the adapters count.
+    pub metrics: Arc<AdapterMetrics>,
+    /// The crash guard of the run's committer, if it keeps marks.
+    pub guard: Option<Arc<CrashGuard>>,
+    /// Shutdown was requested: stop reading.
+    pub shutdown: CancellationToken,
+    /// The engine is stopping (draining or given up): nothing in flight will finish any
+    /// more, so nothing should wait for it.
+    pub stopping: CancellationToken,
+    /// Longest payload a record may carry (longer ones are cut and flagged `oversized`).
+    pub max_event_bytes: usize,
+}
+
+/// The source's handle into the engine.
+pub trait SourceHandle: Clone + Send + Sync + 'static {
+    /// Room for one more event in the engine.
+    type Slot: Send + 'static;
+
+    /// What the source's callbacks share with the engine.
+    fn context(&self) -> &SourceContext;
+
+    /// Wait for room for one more event; `None` when shutting down.
+    fn slot(&self) -> impl Future<Output = Option<Self::Slot>> + Send;
+
+    /// Room for one more event, if there is some now.
+    fn try_slot(&self) -> Option<Self::Slot>;
+
+    /// Ask the crash guard about `rec` (see [`CrashGuard`]): after an unclean exit this may
+    /// wait until nothing else of its partition is in flight. `None` when shutting down.
+    /// `still_ours` tells whether the partition is still this worker's after the wait.
+    fn admit(
+        &self,
+        rec: &SourceRecord,
+        still_ours: &(dyn Fn() -> bool + Sync),
+    ) -> impl Future<Output = Option<Admit>> + Send;
+
+    /// Hand one record to the engine in the room `slot` reserved, with the crash guard's
+    /// decision on it; false when shutting down.
+    fn emit_in(
+        &self,
+        rec: SourceRecord,
+        slot: Self::Slot,
+        admit: Admit,
+    ) -> impl Future<Output = bool> + Send;
+
+    /// Hand one record to the engine, waiting for room; false when shutting down.
+    fn emit(&self, rec: SourceRecord) -> impl Future<Output = bool> + Send {
+        async move {
+            let Some(slot) = self.slot().await else {
+                return false;
+            };
+            match self.admit(&rec, &|| true).await {
+                Some(admit) => self.emit_in(rec, slot, admit).await,
+                None => false,
+            }
+        }
+    }
+}
+
+/// Anything that feeds events into the pipeline.
+pub trait Source: Send + 'static {
+    /// `kind` of the source positions (`local`, `kafka`, `s3`).
+    fn kind(&self) -> &'static str;
+    /// Partitions and their start positions.
+    fn partitions(&self) -> Vec<(PartitionId, u64)>;
+    /// Read until the end (returns true) or until the handle refuses a record (shutdown).
+    fn run<H: SourceHandle>(self, handle: H) -> impl Future<Output = anyhow::Result<bool>> + Send;
+}
+
+/// A boxed error of an adapter's client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why outputs were not acknowledged, by what the engine does next.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Transient (a broker away, a timeout): the engine writes the records again.
+    #[error(transparent)]
+    Retryable(BoxError),
+    /// The store refuses a record as too large: it cannot go as it is, but it can be cut or
+    /// replaced by a dead letter.
+    #[error(transparent)]
+    TooLarge(BoxError),
+    /// Nothing later can fix it (authorisation, a file that cannot be written): the worker
+    /// stops; nothing unacknowledged is committed.
+    #[error(transparent)]
+    Fatal(BoxError),
+}
+
+impl PublishError {
+    /// A client error by its class (a too-large refusal is told apart by the adapter).
+    pub fn classified<E: Classify + std::error::Error + Send + Sync + 'static>(e: E) -> Self {
+        match e.class() {
+            ErrorClass::Retryable => Self::Retryable(Box::new(e)),
+            ErrorClass::Poison | ErrorClass::Fatal => Self::Fatal(Box::new(e)),
+        }
+    }
+}
+
+impl Classify for PublishError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Retryable(_) => ErrorClass::Retryable,
+            Self::TooLarge(_) => ErrorClass::Poison,
+            Self::Fatal(_) => ErrorClass::Fatal,
+        }
+    }
+}
+
+/// Where outputs go. A record counts as acknowledged when `flush` returns.
+pub trait OutputSink: Send + 'static {
+    /// Queue one record keyed by its event id, with the trace context of its event.
+    fn write(
+        &mut self,
+        stream: Stream,
+        key: &str,
+        json: &[u8],
+        traceparent: Option<&str>,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Wait until everything written is acknowledged.
+    fn flush(&mut self) -> impl Future<Output = Result<(), PublishError>> + Send;
+}
+
+/// What a committer knows when [`Committer::commit`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitAck {
+    /// Stored: the positions are confirmed.
+    Confirmed,
+    /// Sent: the store confirms later (the Kafka commit callback calls
+    /// [`PositionTracker::confirm`]); until then the positions stay pending and are sent
+    /// again.
+    Sent,
+}
+
+/// Where acknowledged positions are recorded. A position counts as committed only once
+/// confirmed; what is not confirmed is committed again (with backoff after failures), also
+/// on a quiet stream and at shutdown.
+pub trait Committer: Send + 'static {
+    /// Commit positions (the next position to read, per partition).
+    fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck>;
+
+    /// Commit and wait for the confirmation, at most `timeout` (at shutdown, when nothing
+    /// else will deliver a later confirmation).
+    fn commit_and_wait(
+        &mut self,
+        positions: &[(PartitionId, u64)],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let _ = timeout;
+        match self.commit(positions)? {
+            CommitAck::Confirmed => Ok(()),
+            CommitAck::Sent => anyhow::bail!("commit sent but not confirmed"),
+        }
+    }
+
+    /// The crash-loop guard whose marks this committer keeps beside its positions (its
+    /// commits carry them; `commit_and_wait`, the last commit of a clean stop, marks them
+    /// clean); `None` when it keeps none.
+    fn crash_guard(&self) -> Option<Arc<CrashGuard>> {
+        None
+    }
+}
