@@ -11,6 +11,26 @@
 //! partition, so completions in any order never skip an event. Shutdown (the cancel token):
 //! the source stops, in-flight events drain within `shutdown.drain_timeout`, what is done is
 //! committed.
+//!
+//! The engine knows its source, sink and committer only by their ports
+//! (`fusionstream_io::ports`); the adapters are in `fusionstream_io`.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`run`]: the stages wired by bounded channels, the drain |
+//! | `settings.rs` | the engine's settings, derived from the configuration |
+//! | `envelope.rs` | the messages between stages (event context, parts, finished events) |
+//! | `emitter.rs` | the engine's [`fusionstream_io::ports::SourceHandle`]: permits, crash guard, tracking |
+//! | `intake.rs` | one task per event: decode, validate, fetch, preprocess, degrade or dead-letter |
+//! | `fetch.rs` | an image fetch with per-attempt timeout and retries |
+//! | `batching.rs` | the micro-batcher task over `core::batch` |
+//! | `model_thread.rs` | the model's OS thread, failure isolation around each call |
+//! | `assemble.rs` | joining an event's lane parts into output records |
+//! | `sink.rs` | writing, acknowledging, committing the done prefix |
+//! | `oversize.rs` | records too large for the broker: cut dead letters, `output_too_large` |
+//! | `memory.rs` | the worker's memory bound, computed from the configuration |
+//! | `faults.rs` | faults injected for tests (`FUSIONSTREAM_TEST_FAULTS`) |
+//! | `stats.rs` | counters, histograms and the run summary |
 
 mod assemble;
 mod batching;
