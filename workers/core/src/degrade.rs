@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::reason::ReasonCode;
 use crate::task::{Skipped, TaskSet};
 
 /// An input modality.
@@ -36,7 +37,7 @@ pub struct Degradation {
     /// Which one.
     pub modality: Modality,
     /// Reason code (`image_not_found`, `image_corrupt`, `text_too_long`, …).
-    pub reason: String,
+    pub reason: ReasonCode,
 }
 
 /// Whether a modality can be used.
@@ -47,7 +48,7 @@ pub enum Availability {
     /// Usable.
     Usable,
     /// In the event but unusable, with the reason code.
-    Unusable(String),
+    Unusable(ReasonCode),
 }
 
 impl Availability {
@@ -111,7 +112,7 @@ pub enum Decision {
     /// Dead-letter the event.
     DeadLetter {
         /// Reason code.
-        reason: String,
+        reason: ReasonCode,
         /// Detail for people.
         detail: String,
     },
@@ -134,13 +135,13 @@ pub fn decide(
         if let Availability::Unusable(r) = a {
             degraded.push(Degradation {
                 modality: m,
-                reason: r.clone(),
+                reason: *r,
             });
         }
     }
     if let (Availability::Unusable(r), OnImageFailure::DeadLetter) = (image, on_image_failure) {
         return Decision::DeadLetter {
-            reason: r.clone(),
+            reason: *r,
             detail: "image unusable and the policy dead-letters image failures".into(),
         };
     }
@@ -156,18 +157,18 @@ pub fn decide(
     if tasks.is_empty() {
         let (reason, detail) = match degraded.first() {
             Some(d) => (
-                d.reason.clone(),
+                d.reason,
                 format!(
                     "{:?} unusable and nothing else serves a requested task",
                     d.modality
                 ),
             ),
             None if !i && !t && !q => (
-                "no_usable_input".to_owned(),
+                ReasonCode::NoUsableInput,
                 "the event has no image, text or question".to_owned(),
             ),
             None => (
-                "no_servable_task".to_owned(),
+                ReasonCode::NoServableTask,
                 format!(
                     "no requested task ({}) can run on the modalities given",
                     requested
@@ -200,8 +201,8 @@ mod tests {
     fn all() -> TaskSet {
         TaskSet::all()
     }
-    fn bad(r: &str) -> Availability {
-        Unusable(r.into())
+    fn bad(r: ReasonCode) -> Availability {
+        Unusable(r)
     }
     fn plan(d: Decision) -> Plan {
         match d {
@@ -209,7 +210,7 @@ mod tests {
             Decision::DeadLetter { reason, .. } => panic!("dead-lettered: {reason}"),
         }
     }
-    fn dlq(d: Decision) -> String {
+    fn dlq(d: Decision) -> ReasonCode {
         match d {
             Decision::DeadLetter { reason, .. } => reason,
             Decision::Process(p) => panic!("processed: {p:?}"),
@@ -279,7 +280,7 @@ mod tests {
     fn row_image_unusable_degrades_to_text_only() {
         let p = plan(decide(
             all(),
-            &bad("image_not_found"),
+            &bad(ReasonCode::ImageNotFound),
             &Usable,
             &Usable,
             OnImageFailure::Degrade,
@@ -290,12 +291,12 @@ mod tests {
             p.degraded,
             vec![Degradation {
                 modality: Modality::Image,
-                reason: "image_not_found".into()
+                reason: ReasonCode::ImageNotFound
             }]
         );
         let r = dlq(decide(
             all(),
-            &bad("image_corrupt"),
+            &bad(ReasonCode::ImageCorrupt),
             &Usable,
             &Absent,
             OnImageFailure::DeadLetter,
@@ -318,7 +319,7 @@ mod tests {
         assert_eq!(
             dlq(decide(
                 all(),
-                &bad("image_corrupt"),
+                &bad(ReasonCode::ImageCorrupt),
                 &Absent,
                 &Usable,
                 OnImageFailure::Degrade
@@ -359,7 +360,11 @@ mod tests {
     }
 
     fn avail() -> impl Strategy<Value = Availability> {
-        prop_oneof![Just(Absent), Just(Usable), Just(bad("x_reason"))]
+        prop_oneof![
+            Just(Absent),
+            Just(Usable),
+            Just(bad(ReasonCode::ImageCorrupt))
+        ]
     }
 
     proptest! {

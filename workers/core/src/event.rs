@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+use crate::reason::ReasonCode;
 use crate::task::{Task, TaskSet};
 
 /// Schema version this crate reads.
@@ -84,7 +85,7 @@ pub enum Input<T> {
     /// Present and usable so far.
     Present(T),
     /// Present but unusable; the reason code.
-    Unusable(&'static str),
+    Unusable(ReasonCode),
 }
 
 impl<T> Input<T> {
@@ -143,16 +144,16 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Stable reason code.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> ReasonCode {
         match self {
-            RejectReason::EventTooLarge => "event_too_large",
-            RejectReason::EmptyPayload => "empty_payload",
-            RejectReason::MalformedJson => "malformed_json",
-            RejectReason::NotAnObject => "not_an_object",
-            RejectReason::UnsupportedSchemaVersion => "unsupported_schema_version",
-            RejectReason::MissingId => "missing_id",
-            RejectReason::InvalidField => "invalid_field",
-            RejectReason::UnknownField => "unknown_field",
+            RejectReason::EventTooLarge => ReasonCode::EventTooLarge,
+            RejectReason::EmptyPayload => ReasonCode::EmptyPayload,
+            RejectReason::MalformedJson => ReasonCode::MalformedJson,
+            RejectReason::NotAnObject => ReasonCode::NotAnObject,
+            RejectReason::UnsupportedSchemaVersion => ReasonCode::UnsupportedSchemaVersion,
+            RejectReason::MissingId => ReasonCode::MissingId,
+            RejectReason::InvalidField => ReasonCode::InvalidField,
+            RejectReason::UnknownField => ReasonCode::UnknownField,
         }
     }
 }
@@ -263,11 +264,15 @@ pub fn parse_event(payload: &[u8], limits: &EventLimits) -> Result<Event, Reject
         }
     };
 
-    let text = bounded_text(string("text")?, limits.max_text_bytes, "text_too_long");
+    let text = bounded_text(
+        string("text")?,
+        limits.max_text_bytes,
+        ReasonCode::TextTooLong,
+    );
     let question = bounded_text(
         string("question")?,
         limits.max_question_bytes,
-        "question_too_long",
+        ReasonCode::QuestionTooLong,
     );
     let image = match (string("image")?, string("image_base64")?) {
         (Some(_), Some(_)) => {
@@ -328,7 +333,7 @@ pub fn parse_event(payload: &[u8], limits: &EventLimits) -> Result<Event, Reject
     })
 }
 
-fn bounded_text(s: Option<&str>, max: usize, code: &'static str) -> Input<String> {
+fn bounded_text(s: Option<&str>, max: usize, code: ReasonCode) -> Input<String> {
     match s {
         None => Input::Absent,
         Some(s) if s.trim().is_empty() => Input::Absent,
@@ -352,12 +357,12 @@ fn image_ref(r: &str) -> Input<ImageSource> {
                 bucket: bucket.to_owned(),
                 key: key.to_owned(),
             }),
-            _ => Input::Unusable("image_ref_invalid"),
+            _ => Input::Unusable(ReasonCode::ImageRefInvalid),
         };
     }
     if let Some(path) = r.strip_prefix("file://") {
         return if path.is_empty() {
-            Input::Unusable("image_ref_invalid")
+            Input::Unusable(ReasonCode::ImageRefInvalid)
         } else {
             Input::Present(ImageSource::Local(PathBuf::from(path)))
         };
@@ -366,7 +371,7 @@ fn image_ref(r: &str) -> Input<ImageSource> {
         return Input::Absent;
     }
     if r.contains("://") {
-        return Input::Unusable("image_ref_unsupported");
+        return Input::Unusable(ReasonCode::ImageRefUnsupported);
     }
     Input::Present(ImageSource::Local(PathBuf::from(r)))
 }
@@ -379,12 +384,12 @@ fn inline_image(b: &str, max: usize) -> Input<ImageSource> {
     };
     // Refuse from the encoded length, before decoding anything.
     if data.len() / 4 * 3 > max + 2 {
-        return Input::Unusable("image_too_large");
+        return Input::Unusable(ReasonCode::ImageTooLarge);
     }
     match base64::engine::general_purpose::STANDARD.decode(data.trim()) {
-        Ok(bytes) if bytes.len() > max => Input::Unusable("image_too_large"),
+        Ok(bytes) if bytes.len() > max => Input::Unusable(ReasonCode::ImageTooLarge),
         Ok(bytes) => Input::Present(ImageSource::Inline(bytes)),
-        Err(_) => Input::Unusable("image_invalid_base64"),
+        Err(_) => Input::Unusable(ReasonCode::ImageInvalidBase64),
     }
 }
 
@@ -416,7 +421,7 @@ mod tests {
     }
 
     fn code(s: &str) -> &'static str {
-        parse(s).expect_err("rejected").reason.code()
+        parse(s).expect_err("rejected").reason.code().as_str()
     }
 
     #[test]
@@ -493,18 +498,18 @@ mod tests {
         let e =
             parse(r#"{"id":"a","text":"this text is longer than twenty bytes","question":"ok?"}"#)
                 .expect("valid");
-        assert_eq!(e.text, Input::Unusable("text_too_long"));
+        assert_eq!(e.text, Input::Unusable(ReasonCode::TextTooLong));
         assert_eq!(e.question, Input::Present("ok?".into()));
         let e = parse(r#"{"id":"a","image_base64":"not base64!!"}"#).expect("valid");
-        assert_eq!(e.image, Input::Unusable("image_invalid_base64"));
+        assert_eq!(e.image, Input::Unusable(ReasonCode::ImageInvalidBase64));
         let e = parse(r#"{"id":"a","image_base64":"AAAAAAAAAAAAAAAAAAAA"}"#).expect("valid");
-        assert_eq!(e.image, Input::Unusable("image_too_large"));
+        assert_eq!(e.image, Input::Unusable(ReasonCode::ImageTooLarge));
         let e = parse(r#"{"id":"a","image_base64":"data:image/png;base64,AAEC"}"#).expect("valid");
         assert_eq!(e.image, Input::Present(ImageSource::Inline(vec![0, 1, 2])));
         let e = parse(r#"{"id":"a","image":"https://x/y.png"}"#).expect("valid");
-        assert_eq!(e.image, Input::Unusable("image_ref_unsupported"));
+        assert_eq!(e.image, Input::Unusable(ReasonCode::ImageRefUnsupported));
         let e = parse(r#"{"id":"a","image":"s3://bucket-only"}"#).expect("valid");
-        assert_eq!(e.image, Input::Unusable("image_ref_invalid"));
+        assert_eq!(e.image, Input::Unusable(ReasonCode::ImageRefInvalid));
         let e = parse(r#"{"id":"a","image":"media/a.png","text":"  "}"#).expect("valid");
         assert_eq!(
             e.image,

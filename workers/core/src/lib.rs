@@ -12,6 +12,7 @@
 //! | [`crash_guard`] | the crash-loop guard: marks beside commits, suspect mode, `poison_suspected` |
 //! | [`position`] | per-partition tracker of the contiguous done prefix |
 //! | [`record`] | output records v1 and the output streams |
+//! | [`reason`] | every reason code (degradations, dead letters, metric labels) |
 //! | [`backoff`] | retry schedule with full jitter |
 //! | [`backfill`] | backfill over an object-store prefix: shards, object filter, events |
 //! | [`error`] | the retryable / poison / fatal taxonomy |
@@ -25,10 +26,12 @@ pub mod error;
 pub mod event;
 pub mod isolate;
 pub mod position;
+pub mod reason;
 pub mod record;
 pub mod task;
 
 pub use error::{Classify, ErrorClass};
+pub use reason::ReasonCode;
 pub use task::{Lane, SkipReason, Skipped, Task, TaskSet};
 
 /// Lock a mutex, taking the data of a poisoned one: every holder in the worker leaves the

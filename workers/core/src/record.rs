@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::degrade::Degradation;
+use crate::reason::ReasonCode;
 use crate::task::Skipped;
 
 /// Schema version of the records this crate writes.
@@ -192,7 +193,7 @@ pub struct DeadLetterRecord {
     /// The event id, when the payload had one.
     pub event_id: Option<String>,
     /// Reason code.
-    pub reason: String,
+    pub reason: ReasonCode,
     /// Detail for people.
     pub detail: String,
     /// The original payload when it is UTF-8.
@@ -220,7 +221,7 @@ impl DeadLetterRecord {
     /// A dead letter without its payload yet (see [`DeadLetterRecord::with_payload`]).
     pub fn new(
         event_id: Option<String>,
-        reason: &str,
+        reason: ReasonCode,
         detail: String,
         source: SourcePosition,
         bundle: BundleRef,
@@ -230,7 +231,7 @@ impl DeadLetterRecord {
         Self {
             schema_version: OUTPUT_SCHEMA_VERSION,
             event_id,
-            reason: reason.to_owned(),
+            reason,
             detail,
             payload: None,
             payload_base64: None,
@@ -271,7 +272,7 @@ mod tests {
         DeadLetterRecord {
             schema_version: OUTPUT_SCHEMA_VERSION,
             event_id: None,
-            reason: "malformed_json".into(),
+            reason: ReasonCode::MalformedJson,
             detail: String::new(),
             payload: None,
             payload_base64: None,

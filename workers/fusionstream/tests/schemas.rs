@@ -114,3 +114,48 @@ fn configuration_reference_is_generated_from_the_defaults() {
         assert!(fusionstream::config::SECTIONS.contains(&section.as_str()));
     }
 }
+
+fn enum_of(file: &str, pointer: &str) -> Vec<String> {
+    let path = common::root().join("schemas/v1").join(file);
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    schema
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("{file}{pointer} is not an enum"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The schemas list exactly the reason codes the worker can write (every code on a dead
+/// letter, the unusable-modality codes on a degradation), and the architecture page
+/// documents every one of them.
+#[test]
+fn schemas_and_docs_list_every_reason_code() {
+    use fusionstream_core::reason::{ReasonCode, ReasonKind};
+    let codes = |keep: &dyn Fn(ReasonKind) -> bool| -> Vec<String> {
+        ReasonCode::ALL
+            .iter()
+            .filter(|c| keep(c.kind()))
+            .map(|c| c.as_str().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        enum_of("dead_letter.schema.json", "/properties/reason/enum"),
+        codes(&|_| true)
+    );
+    assert_eq!(
+        enum_of(
+            "common.schema.json",
+            "/$defs/degradation/properties/reason/enum"
+        ),
+        codes(&|k| k == ReasonKind::Unusable)
+    );
+    let docs = std::fs::read_to_string(common::root().join("docs/architecture.md")).unwrap();
+    for c in ReasonCode::ALL {
+        assert!(
+            docs.contains(&format!("`{c}`")),
+            "docs/architecture.md does not document `{c}`"
+        );
+    }
+}

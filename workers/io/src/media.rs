@@ -2,6 +2,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use fusionstream_core::ReasonCode;
 use fusionstream_core::{Classify, ErrorClass};
 
 /// Why media could not be fetched. Every variant has a stable reason code.
@@ -37,15 +38,15 @@ pub enum FetchError {
 
 impl FetchError {
     /// Stable reason code (used in degradation flags and dead letters).
-    pub fn reason_code(&self) -> &'static str {
+    pub fn reason_code(&self) -> ReasonCode {
         match self {
-            FetchError::NotFound(_) => "image_not_found",
-            FetchError::AccessDenied(_) => "image_access_denied",
-            FetchError::TooLarge { .. } => "image_too_large",
-            FetchError::Forbidden(_) => "image_ref_forbidden",
-            FetchError::Unconfigured(_) => "image_store_unconfigured",
-            FetchError::Timeout(_) => "image_fetch_timeout",
-            FetchError::Transient(_) => "image_fetch_failed",
+            FetchError::NotFound(_) => ReasonCode::ImageNotFound,
+            FetchError::AccessDenied(_) => ReasonCode::ImageAccessDenied,
+            FetchError::TooLarge { .. } => ReasonCode::ImageTooLarge,
+            FetchError::Forbidden(_) => ReasonCode::ImageRefForbidden,
+            FetchError::Unconfigured(_) => ReasonCode::ImageStoreUnconfigured,
+            FetchError::Timeout(_) => ReasonCode::ImageFetchTimeout,
+            FetchError::Transient(_) => ReasonCode::ImageFetchFailed,
         }
     }
 }

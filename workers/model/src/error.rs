@@ -1,5 +1,6 @@
 //! Typed errors of the model runtime, each classified for the pipeline.
 
+use fusionstream_core::ReasonCode;
 use std::path::PathBuf;
 
 pub use fusionstream_core::error::ErrorClass;
@@ -40,13 +41,13 @@ pub enum ImageError {
 
 impl ImageError {
     /// Stable, machine-readable reason code.
-    pub fn reason_code(&self) -> &'static str {
+    pub fn reason_code(&self) -> ReasonCode {
         match self {
-            ImageError::Empty => "image_empty",
-            ImageError::TooLarge { .. } => "image_too_large",
-            ImageError::TooManyPixels { .. } => "image_too_many_pixels",
-            ImageError::UnsupportedFormat => "image_unsupported_format",
-            ImageError::Corrupt(_) => "image_corrupt",
+            ImageError::Empty => ReasonCode::ImageEmpty,
+            ImageError::TooLarge { .. } => ReasonCode::ImageTooLarge,
+            ImageError::TooManyPixels { .. } => ReasonCode::ImageTooManyPixels,
+            ImageError::UnsupportedFormat => ReasonCode::ImageUnsupportedFormat,
+            ImageError::Corrupt(_) => ReasonCode::ImageCorrupt,
         }
     }
 }

@@ -8,7 +8,7 @@ use fusionstream_core::record::{
     AnswerRecord, CaptionRecord, DeadLetterRecord, EmbeddingRecord, RecordMeta, Stream, TagRecord,
     TagScore, Timings, OUTPUT_SCHEMA_VERSION,
 };
-use fusionstream_core::SkipReason;
+use fusionstream_core::{ReasonCode, SkipReason};
 use fusionstream_model::runtime::TagSource;
 use fusionstream_model::InferOutput;
 use tokio::sync::mpsc;
@@ -187,20 +187,19 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
         // published: the dead letter is the event's replay unit), or every runnable task was
         // skipped by the model (e.g. the bundle lacks the part): nothing may vanish silently.
         let (reason, detail) = match failure {
-            Some(f) => (f.reason.to_owned(), f.detail),
+            Some(f) => (f.reason, f.detail),
             None => (
                 skipped
                     .iter()
                     .find(|s| s.reason == SkipReason::ModelAbsent)
                     .or(skipped.first())
-                    .map_or("no_output", |s| s.reason.code())
-                    .to_owned(),
+                    .map_or(ReasonCode::NoOutput, |s| s.reason.into()),
                 "no requested output could be produced".to_owned(),
             ),
         };
         let dl = DeadLetterRecord::new(
             Some(ctx.event_id.clone()),
-            &reason,
+            reason,
             detail,
             ctx.position.clone(),
             ctx.bundle.clone(),
@@ -229,7 +228,7 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
         key: ctx.event_id.clone(),
         records,
         outcome: Outcome::Processed {
-            degraded: ctx.plan.degraded.iter().map(|d| d.reason.clone()).collect(),
+            degraded: ctx.plan.degraded.iter().map(|d| d.reason).collect(),
             skipped: skipped
                 .iter()
                 .map(|s| format!("{}:{}", s.task, s.reason.code()))

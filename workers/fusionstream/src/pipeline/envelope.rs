@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fusionstream_core::degrade::Plan;
 use fusionstream_core::event::Event;
 use fusionstream_core::record::{BundleRef, SourcePosition, Stream};
-use fusionstream_core::Lane;
+use fusionstream_core::{Lane, ReasonCode};
 use fusionstream_model::{InferOutput, Prepared};
 use serde_json::{Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
@@ -141,7 +141,7 @@ pub(crate) struct Finished {
 #[derive(Debug, Clone)]
 pub(crate) struct ItemFailure {
     /// Dead-letter reason code: `model_error` or `internal_error` (a panic).
-    pub reason: &'static str,
+    pub reason: ReasonCode,
     /// The error, with the lane.
     pub detail: String,
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use fusionstream_core::event::ImageSource;
-use fusionstream_core::{Classify, ErrorClass};
+use fusionstream_core::{Classify, ErrorClass, ReasonCode};
 use fusionstream_io::media::FetchError;
 use fusionstream_io::retry::retry;
 use fusionstream_io::stores::Media;
@@ -19,7 +19,7 @@ pub(crate) async fn fetch(
     s: &Settings,
     stats: &Stats,
     src: &ImageSource,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ReasonCode> {
     let _running = InFlight::new(&stats.fetches_in_flight);
     let r = with_retries(s.fetch_timeout, &s.fetch_backoff, || media.fetch(src)).await;
     if let Err(code) = &r {
@@ -50,7 +50,7 @@ pub(crate) async fn with_retries<F, Fut>(
     timeout: Duration,
     backoff: &fusionstream_core::backoff::Backoff,
     mut attempt: F,
-) -> Result<Vec<u8>, String>
+) -> Result<Vec<u8>, ReasonCode>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<u8>, FetchError>>,
@@ -72,7 +72,7 @@ where
         again
     })
     .await
-    .map_err(|e| e.reason_code().to_owned())
+    .map_err(|e| e.reason_code())
 }
 
 #[cfg(test)]
@@ -118,7 +118,7 @@ mod tests {
             }
         })
         .await;
-        assert_eq!(r, Err("image_fetch_timeout".to_owned()));
+        assert_eq!(r, Err(ReasonCode::ImageFetchTimeout));
         assert_eq!(calls.load(Ordering::SeqCst), 3, "first try + 2 retries");
     }
 
@@ -130,7 +130,7 @@ mod tests {
             async { Err(FetchError::NotFound("x".into())) }
         })
         .await;
-        assert_eq!(r, Err("image_not_found".to_owned()));
+        assert_eq!(r, Err(ReasonCode::ImageNotFound));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -9,7 +9,7 @@ use fusionstream_core::batch::Cost;
 use fusionstream_core::degrade::{decide, Availability, Decision, Degradation, Plan};
 use fusionstream_core::event::{parse_event, Event, Input};
 use fusionstream_core::record::{BundleRef, DeadLetterRecord, SourcePosition, Stream};
-use fusionstream_core::Lane;
+use fusionstream_core::{Lane, ReasonCode};
 use fusionstream_model::{FusionModel, Prepared, PreparedImage};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument as _;
@@ -67,7 +67,7 @@ async fn contained(shared: Arc<Shared>, t: Taken) {
     tracing::error!(%stream, partition, offset, panic = %msg, "event processing panicked");
     let mut rec = DeadLetterRecord::new(
         None,
-        "internal_error",
+        ReasonCode::InternalError,
         format!("processing panicked: {msg} (payload not kept: read it at the source position)"),
         SourcePosition {
             kind: shared.source_kind.to_owned(),
@@ -89,7 +89,7 @@ async fn contained(shared: Arc<Shared>, t: Taken) {
             Stream::DeadLetters,
             serde_json::to_vec(&rec).unwrap_or_default(),
         )],
-        outcome: Outcome::DeadLetter("internal_error".to_owned()),
+        outcome: Outcome::DeadLetter(ReasonCode::InternalError),
         latency: started.elapsed(),
         permit: None,
         traceparent: crate::telemetry::traces::traceparent_for(&span, traceparent.as_deref()),
@@ -112,7 +112,7 @@ async fn send_dead_letter(
     shared: &Shared,
     t: Taken,
     event_id: Option<String>,
-    reason: &str,
+    reason: ReasonCode,
     detail: String,
     degraded: Vec<Degradation>,
 ) {
@@ -139,7 +139,7 @@ async fn send_dead_letter(
             Stream::DeadLetters,
             serde_json::to_vec(&rec).unwrap_or_default(),
         )],
-        outcome: Outcome::DeadLetter(reason.to_owned()),
+        outcome: Outcome::DeadLetter(reason),
         latency: t.started.elapsed(),
         permit: Some(t.permit),
         span: t.span,
@@ -153,7 +153,7 @@ fn availability<T>(i: &Input<T>) -> Availability {
     match i {
         Input::Absent => Availability::Absent,
         Input::Present(_) => Availability::Usable,
-        Input::Unusable(r) => Availability::Unusable((*r).to_owned()),
+        Input::Unusable(r) => Availability::Unusable(*r),
     }
 }
 
@@ -165,11 +165,19 @@ async fn process(shared: Arc<Shared>, t: Taken) {
             "the worker died {attempts} time(s) while this event was processed alone; it is \
              not run again (the payload is kept: replay it once the cause is fixed)"
         );
-        return send_dead_letter(&shared, t, None, "poison_suspected", detail, vec![]).await;
+        return send_dead_letter(
+            &shared,
+            t,
+            None,
+            ReasonCode::PoisonSuspected,
+            detail,
+            vec![],
+        )
+        .await;
     }
     if t.rec.oversized {
         let detail = format!("event longer than {} bytes", s.limits.max_event_bytes);
-        return send_dead_letter(&shared, t, None, "event_too_large", detail, vec![]).await;
+        return send_dead_letter(&shared, t, None, ReasonCode::EventTooLarge, detail, vec![]).await;
     }
     let event = match parse_event(&t.rec.payload, &s.limits) {
         Ok(e) => {
@@ -186,7 +194,15 @@ async fn process(shared: Arc<Shared>, t: Taken) {
             if d < SystemTime::now() {
                 let detail = format!("deadline {} passed", rfc3339(d));
                 let id = Some(event.id.clone());
-                return send_dead_letter(&shared, t, id, "deadline_exceeded", detail, vec![]).await;
+                return send_dead_letter(
+                    &shared,
+                    t,
+                    id,
+                    ReasonCode::DeadlineExceeded,
+                    detail,
+                    vec![],
+                )
+                .await;
             }
         }
     }
@@ -203,7 +219,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
     ) {
         let degraded = degradations(&event);
         let id = Some(event.id.clone());
-        return send_dead_letter(&shared, t, id, &reason, detail, degraded).await;
+        return send_dead_letter(&shared, t, id, reason, detail, degraded).await;
     }
 
     // Fetch. The media slot is held until the bytes are decoded: at most
@@ -271,7 +287,8 @@ async fn process(shared: Arc<Shared>, t: Taken) {
                 format!("preprocessing panicked: {msg}"),
             );
             let degraded = degradations(&event);
-            return send_dead_letter(&shared, t, id, "internal_error", detail, degraded).await;
+            return send_dead_letter(&shared, t, id, ReasonCode::InternalError, detail, degraded)
+                .await;
         }
     };
     let preprocess_ms = ms(pre_start.elapsed());
@@ -279,15 +296,15 @@ async fn process(shared: Arc<Shared>, t: Taken) {
 
     let image = match (&event.image, &prep.image) {
         (Input::Present(_), Ok(Some(_))) => Availability::Usable,
-        (Input::Present(_), Err(code)) => Availability::Unusable(code.clone()),
+        (Input::Present(_), Err(code)) => Availability::Unusable(*code),
         (other, _) => availability(other),
     };
     let text = match (&text, &prep.text) {
-        (Availability::Usable, Err(code)) => Availability::Unusable(code.clone()),
+        (Availability::Usable, Err(code)) => Availability::Unusable(*code),
         (a, _) => a.clone(),
     };
     let question = match (&question, &prep.question) {
-        (Availability::Usable, Err(code)) => Availability::Unusable(code.clone()),
+        (Availability::Usable, Err(code)) => Availability::Unusable(*code),
         (a, _) => a.clone(),
     };
     let plan = match decide(event.tasks, &image, &text, &question, rule) {
@@ -295,7 +312,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         Decision::DeadLetter { reason, detail } => {
             let degraded = degradations_of(&image, &text, &question);
             let id = Some(event.id.clone());
-            return send_dead_letter(&shared, t, id, &reason, detail, degraded).await;
+            return send_dead_letter(&shared, t, id, reason, detail, degraded).await;
         }
     };
     enqueue(&shared, t, event, plan, prep, fetch_ms, preprocess_ms).await;
@@ -320,7 +337,7 @@ fn degradations_of(i: &Availability, t: &Availability, q: &Availability) -> Vec<
     .filter_map(|(m, a)| match a {
         Availability::Unusable(r) => Some(Degradation {
             modality: m,
-            reason: r.clone(),
+            reason: *r,
         }),
         _ => None,
     })
@@ -333,14 +350,14 @@ fn ms(d: Duration) -> f64 {
 
 /// CPU results: each modality prepared, or the reason code it is unusable.
 pub(crate) struct Preprocessed {
-    image: Result<Option<PreparedImage>, String>,
-    text: Result<Option<Vec<u32>>, String>,
-    question: Result<Option<Vec<u32>>, String>,
+    image: Result<Option<PreparedImage>, ReasonCode>,
+    text: Result<Option<Vec<u32>>, ReasonCode>,
+    question: Result<Option<Vec<u32>>, ReasonCode>,
 }
 
 fn prepare(
     model: &FusionModel,
-    image: Option<Result<Vec<u8>, String>>,
+    image: Option<Result<Vec<u8>, ReasonCode>>,
     text: Option<String>,
     question: Option<String>,
 ) -> Preprocessed {
@@ -351,19 +368,19 @@ fn prepare(
             Some(Ok(bytes)) => model
                 .prepare_image(&bytes)
                 .map(Some)
-                .map_err(|e| e.reason_code().to_owned()),
+                .map_err(|e| e.reason_code()),
         },
         text: match text {
             None => Ok(None),
             Some(t) => model
                 .prepare_text(&t)
-                .map_err(|_| "text_untokenizable".to_owned()),
+                .map_err(|_| ReasonCode::TextUntokenizable),
         },
         question: match question {
             None => Ok(None),
             Some(q) => model
                 .prepare_question(&q)
-                .map_err(|_| "question_untokenizable".to_owned()),
+                .map_err(|_| ReasonCode::QuestionUntokenizable),
         },
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fusionstream_core::isolate::{isolate, Failure};
-use fusionstream_core::Lane;
+use fusionstream_core::{Lane, ReasonCode};
 use fusionstream_model::{FusionModel, InferOutput, ModelError, Prepared};
 use tokio::sync::mpsc;
 
@@ -276,22 +276,22 @@ fn run_isolated(
                     stats.model_item_failures.fetch_add(1, Relaxed);
                     tracing::error!(event_id = %id, error = %detail, "model output not finite");
                     return Err(ItemFailure {
-                        reason: "model_error",
+                        reason: ReasonCode::ModelError,
                         detail,
                     });
                 }
             }
             r.map_err(|e| {
                 let (reason, panicked) = match &e {
-                    CallError::Panic(_) => ("internal_error", true),
-                    CallError::Model(_) => ("model_error", false),
+                    CallError::Panic(_) => (ReasonCode::InternalError, true),
+                    CallError::Model(_) => (ReasonCode::ModelError, false),
                 };
                 let detail = format!("{} lane: {}", lane.name(), describe(&e));
                 stats.model_item_failures.fetch_add(1, Relaxed);
                 if panicked {
                     stats.model_panics.fetch_add(1, Relaxed);
                 }
-                tracing::error!(event_id = %id, reason, error = %detail, "model failed on an item alone");
+                tracing::error!(event_id = %id, %reason, error = %detail, "model failed on an item alone");
                 ItemFailure { reason, detail }
             })
         })

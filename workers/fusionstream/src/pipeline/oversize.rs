@@ -7,10 +7,8 @@ use std::time::SystemTime;
 
 use fusionstream_core::degrade::Degradation;
 use fusionstream_core::record::{BundleRef, DeadLetterRecord, SourcePosition, Stream};
+use fusionstream_core::ReasonCode;
 use serde::Deserialize;
-
-/// Dead-letter reason of an output the broker refused as too large.
-pub(crate) const OUTPUT_TOO_LARGE: &str = "output_too_large";
 
 /// The fields of an output record's metadata a dead letter needs.
 #[derive(Deserialize)]
@@ -28,7 +26,7 @@ pub(crate) fn output_too_large(stream: Stream, json: &[u8]) -> Option<Vec<u8>> {
     let meta: Meta = serde_json::from_slice(json).ok()?;
     let mut dl = DeadLetterRecord::new(
         Some(meta.event_id),
-        OUTPUT_TOO_LARGE,
+        ReasonCode::OutputTooLarge,
         format!(
             "the {} record ({} bytes) is larger than the broker accepts; the event's other \
              outputs were published; its payload is at the source position",
@@ -109,7 +107,7 @@ mod tests {
     fn dead_letter_payloads_are_halved_until_nothing_is_left() {
         let dl = DeadLetterRecord::new(
             Some("ev-1".into()),
-            "malformed_json",
+            ReasonCode::MalformedJson,
             "x".into(),
             position(),
             bundle(),
@@ -135,7 +133,7 @@ mod tests {
 
         let bin = DeadLetterRecord::new(
             None,
-            "r",
+            ReasonCode::ModelError,
             "d".into(),
             position(),
             bundle(),

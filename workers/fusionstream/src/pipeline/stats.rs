@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use fusionstream_core::lock;
 use fusionstream_core::record::Stream;
-use fusionstream_core::Lane;
+use fusionstream_core::{Lane, ReasonCode};
 use fusionstream_io::metrics::AdapterMetrics;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use tokio_util::sync::CancellationToken;
@@ -182,12 +182,12 @@ pub enum Outcome {
     /// Outputs written.
     Processed {
         /// Degradation reason codes.
-        degraded: Vec<String>,
+        degraded: Vec<ReasonCode>,
         /// Skipped `task:reason` pairs.
         skipped: Vec<String>,
     },
     /// Dead-lettered with this reason.
-    DeadLetter(String),
+    DeadLetter(ReasonCode),
 }
 
 impl Outcome {
@@ -216,7 +216,7 @@ impl Stats {
                     self.degraded.fetch_add(1, Relaxed);
                 }
                 for d in degraded {
-                    *r.degraded.entry(d.clone()).or_default() += 1;
+                    *r.degraded.entry(d.as_str().to_owned()).or_default() += 1;
                 }
                 for s in skipped {
                     *r.skipped.entry(s.clone()).or_default() += 1;
@@ -224,7 +224,7 @@ impl Stats {
             }
             Outcome::DeadLetter(reason) => {
                 self.dead_lettered.fetch_add(1, Relaxed);
-                *r.dead_letter.entry(reason.clone()).or_default() += 1;
+                *r.dead_letter.entry(reason.as_str().to_owned()).or_default() += 1;
             }
         }
         drop(r);

@@ -352,14 +352,14 @@ mod tests {
         stats.read.store(3, Relaxed);
         stats.finish(
             &Outcome::Processed {
-                degraded: vec!["image_not_found".into()],
+                degraded: vec![fusionstream_core::ReasonCode::ImageNotFound],
                 skipped: vec!["caption:no_image".into()],
             },
             Duration::from_millis(12),
             &[Stream::Embeddings],
         );
         stats.finish(
-            &Outcome::DeadLetter("malformed_json".into()),
+            &Outcome::DeadLetter(fusionstream_core::ReasonCode::MalformedJson),
             Duration::from_millis(1),
             &[Stream::DeadLetters],
         );
