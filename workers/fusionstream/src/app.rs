@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Progress, SinkKind, SourceKind, WarmUp};
 use crate::pipeline::memory::{self, MemoryBound, SourceBuffers};
-use crate::pipeline::{self, Parts, RunEnd, Settings, Stats, StatsSnapshot};
+use crate::pipeline::{self, Parts, RunEnd, Settings};
+use crate::telemetry::health::Health;
+use crate::telemetry::stats::{Stats, StatsSnapshot};
 
 /// The end-of-run summary.
 #[derive(Debug, serde::Serialize)]
@@ -56,12 +58,13 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     let settings = Settings::from_config(c);
     let stats = Arc::new(Stats::default());
+    let health = Arc::new(Health::default());
     // Up before the model loads, so liveness answers and readiness says why not yet.
     let server_stop = cancel.child_token();
     let _server_guard = server_stop.clone().drop_guard();
     if !c.telemetry.metrics_listen.is_empty() {
         let addr = c.telemetry.metrics_listen.parse()?;
-        crate::telemetry::server::spawn(addr, stats.clone(), server_stop).await?;
+        crate::telemetry::server::spawn(addr, stats.clone(), health.clone(), server_stop).await?;
     }
     let opts = RuntimeOptions {
         decode: DecodeOptions {
@@ -110,7 +113,7 @@ pub async fn run(
         warmed.context("warming up the model")?;
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "model warmed up");
     }
-    stats
+    health
         .model_loaded
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
@@ -164,6 +167,7 @@ pub async fn run(
         model: Arc::new(model),
         media,
         stats: stats.clone(),
+        health,
         cancel,
     };
     let end = match c.source.kind {
@@ -284,6 +288,7 @@ struct Common {
     model: Arc<FusionModel>,
     media: Media,
     stats: Arc<Stats>,
+    health: Arc<Health>,
     cancel: CancellationToken,
 }
 
@@ -325,6 +330,7 @@ async fn run_with<S: Source, K: OutputSink, C: Committer>(
         model,
         media,
         stats,
+        health,
         cancel,
     } = common;
     let parts = Parts {
@@ -334,6 +340,7 @@ async fn run_with<S: Source, K: OutputSink, C: Committer>(
         source,
         sink,
         committer,
+        health,
     };
     pipeline::run(parts, stats, cancel).await
 }

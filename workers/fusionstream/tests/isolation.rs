@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fusionstream::config::Config;
-use fusionstream::pipeline::{self, Parts, RunEnd, Settings, Stats, StatsSnapshot};
+use fusionstream::pipeline::{self, Parts, RunEnd, Settings};
+use fusionstream::telemetry::health::Health;
+use fusionstream::telemetry::stats::{Stats, StatsSnapshot};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
 use fusionstream_io::stores::Media;
@@ -56,6 +58,7 @@ async fn run(c: &Config, faults: bool) -> (anyhow::Result<RunEnd>, StatsSnapshot
         source,
         sink: JsonlSink::open(&c.sink.dir).await.unwrap(),
         committer,
+        health: Arc::new(Health::default()),
     };
     let stats = Arc::new(Stats::default());
     let end = pipeline::run(parts, stats.clone(), CancellationToken::new()).await;

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::envelope::{rfc3339, EventCtx, Finished, ModelDone, Partial};
-use super::stats::{Outcome, Stage, Stats};
+use crate::telemetry::stats::{Outcome, Stage, Stats};
 use fusionstream_core::lock;
 
 /// Merge batch results into their events; emit events whose last part is in. An item the

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::envelope::Part;
 use super::model_thread::ModelJob;
-use super::stats::Stats;
+use crate::telemetry::stats::Stats;
 
 /// Collect parts into per-lane batches and hand them to the model thread; `send` waits
 /// while the model's queue is full, so back-pressure reaches the intake.

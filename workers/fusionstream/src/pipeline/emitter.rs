@@ -11,7 +11,7 @@ use fusionstream_io::ports::{SourceContext, SourceHandle};
 use fusionstream_io::SourceRecord;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::Stats;
+use crate::telemetry::stats::Stats;
 
 /// A record handed from the source to the pipeline, with its in-flight permit.
 #[derive(Debug)]

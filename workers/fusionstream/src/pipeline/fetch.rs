@@ -9,7 +9,8 @@ use fusionstream_io::media::FetchError;
 use fusionstream_io::retry::retry;
 use fusionstream_io::stores::Media;
 
-use super::{Settings, Stats};
+use super::Settings;
+use crate::telemetry::stats::Stats;
 
 /// Fetch with per-attempt timeout and jittered retries of retryable errors. The caller
 /// holds a slot of `media.concurrency` (the intake's `fetch_slots`) from before the fetch until

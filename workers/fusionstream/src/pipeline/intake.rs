@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 
 use super::envelope::{rfc3339, EventCtx, Finished, Part};
 use super::fetch::fetch;
-use super::stats::{Outcome, Stage, Stats};
+use crate::telemetry::stats::{Outcome, Stage, Stats};
 use fusionstream_io::stores::Media;
 
 use super::{Settings, Taken};

@@ -30,7 +30,6 @@
 //! | `oversize.rs` | records too large for the broker: cut dead letters, `output_too_large` |
 //! | `memory.rs` | the worker's memory bound, computed from the configuration |
 //! | `faults.rs` | faults injected for tests (`FUSIONSTREAM_TEST_FAULTS`) |
-//! | `stats.rs` | counters, histograms and the run summary |
 
 mod assemble;
 mod batching;
@@ -44,7 +43,6 @@ mod model_thread;
 mod oversize;
 mod settings;
 mod sink;
-pub mod stats;
 
 use std::sync::{Arc, Mutex};
 
@@ -55,13 +53,15 @@ use fusionstream_core::record::BundleRef;
 use fusionstream_io::ports::{Committer, OutputSink, Source, SourceContext};
 use fusionstream_io::stores::Media;
 use fusionstream_model::FusionModel;
+
+use crate::telemetry::health::Health;
+use crate::telemetry::stats::Stats;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use emitter::Taken;
 pub use emitter::{Emitter, Slot};
 pub use settings::Settings;
-pub use stats::{Stats, StatsSnapshot};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +93,8 @@ pub struct Parts<S, K, C> {
     pub sink: K,
     /// Committer.
     pub committer: C,
+    /// Control state: the engine marks the start of its drain (`stopping`).
+    pub health: Arc<Health>,
 }
 
 /// Run the pipeline until the source ends or `cancel` fires.
@@ -108,6 +110,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         source,
         sink,
         committer,
+        health,
     } = parts;
     let cap = settings.channel_capacity;
     let tracker = Arc::new(Mutex::new(PositionTracker::new()));
@@ -178,7 +181,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
             metrics: stats.adapter.clone(),
             guard: guard.clone(),
             shutdown: cancel.clone(),
-            stopping: stats.stopping.clone(),
+            stopping: health.stopping.clone(),
             max_event_bytes: settings.limits.max_event_bytes,
         },
         permits: Arc::new(Semaphore::new(settings.max_in_flight)),
@@ -195,7 +198,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     };
     // Readiness goes away while draining; and from here on nothing new starts (a consumer
     // closing later does not wait for events that can no longer finish).
-    stats.stopping.cancel();
+    health.stopping.cancel();
     let (sink_result, timed_out) = match sink_result {
         Some(r) => (Some(r), false),
         None => match tokio::time::timeout(settings.drain_timeout, &mut sink_task).await {

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::envelope::{EventCtx, ItemFailure, ItemResult, ModelDone, Part};
 use super::faults::{fault_for, Fault};
-use super::stats::Stats;
+use crate::telemetry::stats::Stats;
 
 /// Items failing alone in a row, with no success between them and no canary to tell a
 /// broken runtime from bad items, before the worker stops.

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use super::envelope::Finished;
 use super::oversize;
-use super::stats::{Stage, Stats};
+use crate::telemetry::stats::{Stage, Stats};
 
 /// Most events written between two flushes (group commit).
 const GROUP: usize = 256;

@@ -15,19 +15,20 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::pipeline::stats::Stage;
-use crate::pipeline::Stats;
+use super::health::Health;
+use super::stats::{Stage, Stats};
 
-/// Renders [`Stats`] as Prometheus metrics.
+/// Renders [`Stats`] (with the adapters' counters) and [`Health`] as Prometheus metrics.
 #[derive(Debug)]
 pub struct StatsCollector {
     stats: Arc<Stats>,
+    health: Arc<Health>,
 }
 
 /// A registry holding the pipeline's metrics (names prefixed `fusionstream_`).
-pub fn registry(stats: Arc<Stats>) -> Registry {
+pub fn registry(stats: Arc<Stats>, health: Arc<Health>) -> Registry {
     let mut r = Registry::with_prefix("fusionstream");
-    r.register_collector(Box::new(StatsCollector { stats }));
+    r.register_collector(Box::new(StatsCollector { stats, health }));
     r
 }
 
@@ -334,7 +335,7 @@ impl Collector for StatsCollector {
             &mut e,
             "model_loaded",
             "1 once the model bundle is loaded.",
-            i64::from(s.model_loaded.load(Relaxed)),
+            i64::from(self.health.model_loaded.load(Relaxed)),
         )?;
         Ok(())
     }
@@ -343,7 +344,7 @@ impl Collector for StatsCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::stats::Outcome;
+    use crate::telemetry::stats::Outcome;
     use std::time::{Duration, Instant};
 
     #[test]
@@ -366,7 +367,7 @@ mod tests {
         stats.lane_max_items[0].store(4, Relaxed);
         stats.batch(Lane::Encode, 2, Duration::from_millis(5));
         stats.stage(Stage::Fetch, Duration::from_millis(3));
-        let text = render(&registry(stats));
+        let text = render(&registry(stats, Arc::default()));
         for line in [
             "fusionstream_events_read_total 3",
             "fusionstream_events_total{outcome=\"degraded\"} 1",
@@ -418,7 +419,7 @@ mod catalogue {
     #[test]
     fn every_metric_is_in_the_catalogue() {
         let doc = include_str!("../../../../docs/metrics.md");
-        let text = render(&registry(Arc::new(Stats::default())));
+        let text = render(&registry(Arc::new(Stats::default()), Arc::default()));
         let mut n = 0;
         for line in text.lines() {
             let Some(rest) = line.strip_prefix("# TYPE ") else {

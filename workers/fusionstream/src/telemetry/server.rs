@@ -3,7 +3,6 @@
 //! has partitions assigned, and shutdown has not begun).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,27 +14,16 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::Stats;
+use super::health::Health;
+use super::stats::Stats;
 
 /// How often the recent throughput is sampled.
 const THROUGHPUT_SAMPLE: Duration = Duration::from_secs(5);
 
 struct Endpoints {
     stats: Arc<Stats>,
+    health: Arc<Health>,
     registry: Registry,
-}
-
-/// Why the worker is not ready, or `None` when it is.
-pub fn not_ready(stats: &Stats) -> Option<&'static str> {
-    if !stats.model_loaded.load(Relaxed) {
-        Some("model not loaded yet")
-    } else if stats.stopping.is_cancelled() {
-        Some("shutting down")
-    } else if stats.adapter.partitions_assigned.load(Relaxed) == 0 {
-        Some("no partitions assigned")
-    } else {
-        None
-    }
 }
 
 /// Bind `addr` and serve until `stop` fires; also samples the throughput for the
@@ -43,6 +31,7 @@ pub fn not_ready(stats: &Stats) -> Option<&'static str> {
 pub async fn spawn(
     addr: SocketAddr,
     stats: Arc<Stats>,
+    health: Arc<Health>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -50,8 +39,9 @@ pub async fn spawn(
         .with_context(|| format!("binding the metrics server to {addr}"))?;
     let bound = listener.local_addr()?;
     let state = Arc::new(Endpoints {
-        registry: super::metrics::registry(stats.clone()),
+        registry: super::metrics::registry(stats.clone(), health.clone()),
         stats: stats.clone(),
+        health,
     });
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
@@ -89,7 +79,7 @@ async fn metrics(State(s): State<Arc<Endpoints>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Arc<Endpoints>>) -> impl IntoResponse {
-    match not_ready(&s.stats) {
+    match s.health.not_ready(&s.stats.adapter) {
         None => (StatusCode::OK, "ready\n".to_owned()),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

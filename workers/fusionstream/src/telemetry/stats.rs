@@ -1,7 +1,7 @@
 //! Counters of a run, shared by every stage (lock-free where hot), and the summary.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,6 @@ use fusionstream_core::record::Stream;
 use fusionstream_core::{Lane, ReasonCode};
 use fusionstream_io::metrics::AdapterMetrics;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
-use tokio_util::sync::CancellationToken;
 
 /// Most latency samples kept (a uniform sample of the run beyond that).
 const LATENCY_SAMPLES: usize = 100_000;
@@ -108,11 +107,6 @@ pub struct Stats {
     pub model_panics: AtomicU64,
     /// Panics caught while an event was decoded or preprocessed.
     pub intake_panics: AtomicU64,
-    /// The model is loaded.
-    pub model_loaded: AtomicBool,
-    /// Shutdown has begun: readiness goes away, nothing new starts, nothing waits for
-    /// what can no longer finish.
-    pub stopping: CancellationToken,
     /// What the source and committer adapters count.
     pub adapter: Arc<AdapterMetrics>,
     stages: [Histogram; 6],
@@ -149,8 +143,6 @@ impl Default for Stats {
             model_item_failures: AtomicU64::new(0),
             model_panics: AtomicU64::new(0),
             intake_panics: AtomicU64::new(0),
-            model_loaded: AtomicBool::new(false),
-            stopping: CancellationToken::new(),
             adapter: Arc::default(),
             stages: std::array::from_fn(|_| stage()),
             batch_size: std::array::from_fn(|_| size()),
