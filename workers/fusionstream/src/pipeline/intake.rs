@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 
 use super::envelope::{rfc3339, EventCtx, Finished, Part};
 use super::fetch::fetch;
+use super::preprocess::{availability, degradations, degradations_of, prepare, Preprocessed};
 use crate::telemetry::stats::{Outcome, Stage, Stats};
 use fusionstream_io::stores::Media;
 
@@ -147,14 +148,6 @@ async fn send_dead_letter(
     };
     // A closed sink means the worker is stopping; the event is not acknowledged and replays.
     let _ = shared.to_sink.send(f).await;
-}
-
-fn availability<T>(i: &Input<T>) -> Availability {
-    match i {
-        Input::Absent => Availability::Absent,
-        Input::Present(_) => Availability::Usable,
-        Input::Unusable(r) => Availability::Unusable(*r),
-    }
 }
 
 async fn process(shared: Arc<Shared>, t: Taken) {
@@ -318,71 +311,8 @@ async fn process(shared: Arc<Shared>, t: Taken) {
     enqueue(&shared, t, event, plan, prep, fetch_ms, preprocess_ms).await;
 }
 
-fn degradations(e: &Event) -> Vec<Degradation> {
-    degradations_of(
-        &availability(&e.image),
-        &availability(&e.text),
-        &availability(&e.question),
-    )
-}
-
-fn degradations_of(i: &Availability, t: &Availability, q: &Availability) -> Vec<Degradation> {
-    use fusionstream_core::degrade::Modality;
-    [
-        (Modality::Image, i),
-        (Modality::Text, t),
-        (Modality::Question, q),
-    ]
-    .into_iter()
-    .filter_map(|(m, a)| match a {
-        Availability::Unusable(r) => Some(Degradation {
-            modality: m,
-            reason: *r,
-        }),
-        _ => None,
-    })
-    .collect()
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// CPU results: each modality prepared, or the reason code it is unusable.
-pub(crate) struct Preprocessed {
-    image: Result<Option<PreparedImage>, ReasonCode>,
-    text: Result<Option<Vec<u32>>, ReasonCode>,
-    question: Result<Option<Vec<u32>>, ReasonCode>,
-}
-
-fn prepare(
-    model: &FusionModel,
-    image: Option<Result<Vec<u8>, ReasonCode>>,
-    text: Option<String>,
-    question: Option<String>,
-) -> Preprocessed {
-    Preprocessed {
-        image: match image {
-            None => Ok(None),
-            Some(Err(code)) => Err(code),
-            Some(Ok(bytes)) => model
-                .prepare_image(&bytes)
-                .map(Some)
-                .map_err(|e| e.reason_code()),
-        },
-        text: match text {
-            None => Ok(None),
-            Some(t) => model
-                .prepare_text(&t)
-                .map_err(|_| ReasonCode::TextUntokenizable),
-        },
-        question: match question {
-            None => Ok(None),
-            Some(q) => model
-                .prepare_question(&q)
-                .map_err(|_| ReasonCode::QuestionUntokenizable),
-        },
-    }
 }
 
 async fn enqueue(

@@ -23,16 +23,19 @@
 //! | `emitter.rs` | the engine's [`fusionstream_io::ports::SourceHandle`]: permits, crash guard, tracking |
 //! | `intake.rs` | one task per event: decode, validate, fetch, preprocess, degrade or dead-letter |
 //! | `fetch.rs` | an image fetch with per-attempt timeout and retries |
+//! | `preprocess.rs` | modalities prepared for the model, or why each is unusable |
 //! | `batching.rs` | the micro-batcher task over `core::batch` |
 //! | `model_thread.rs` | the model's OS thread, failure isolation around each call |
 //! | `assemble.rs` | joining an event's lane parts into output records |
-//! | `sink.rs` | writing, acknowledging, committing the done prefix |
+//! | `sink.rs` | writing and acknowledging outputs, completing positions |
+//! | `commit.rs` | the commit schedule: interval, backoff while failing, the last commit |
 //! | `oversize.rs` | records too large for the broker: cut dead letters, `output_too_large` |
 //! | `memory.rs` | the worker's memory bound, computed from the configuration |
 //! | `faults.rs` | faults injected for tests (`FUSIONSTREAM_TEST_FAULTS`) |
 
 mod assemble;
 mod batching;
+mod commit;
 mod emitter;
 mod envelope;
 pub mod faults;
@@ -41,6 +44,7 @@ mod intake;
 pub mod memory;
 mod model_thread;
 mod oversize;
+mod preprocess;
 mod settings;
 mod sink;
 
@@ -137,7 +141,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         tracker.clone(),
         committer.clone(),
         stats.clone(),
-        sink::CommitTiming {
+        commit::CommitTiming {
             interval: settings.commit_interval,
             final_timeout: settings.commit_timeout,
             mark_clean: guard.is_some(),
@@ -238,7 +242,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     if timed_out {
         // Commit the done prefix; the rest replays on the next start.
         let clean = guard.is_some();
-        sink::final_commit(&tracker, &committer, &stats, settings.commit_timeout, clean).await;
+        commit::final_commit(&tracker, &committer, &stats, settings.commit_timeout, clean).await;
         let abandoned = lock(&tracker).in_flight();
         return Ok(RunEnd::DrainTimedOut { abandoned });
     }

@@ -1,0 +1,88 @@
+//! The CPU half of an event's intake: its modalities prepared for the model (image decoded
+//! and resized, text and question tokenised) or the reason code each is unusable, and how
+//! that reads in the degradation matrix (availability, `degraded` entries).
+
+use fusionstream_core::degrade::{Availability, Degradation};
+use fusionstream_core::event::{Event, Input};
+use fusionstream_core::ReasonCode;
+use fusionstream_model::{FusionModel, PreparedImage};
+
+/// Whether a modality of the event can be used, as the degradation matrix sees it.
+pub(crate) fn availability<T>(i: &Input<T>) -> Availability {
+    match i {
+        Input::Absent => Availability::Absent,
+        Input::Present(_) => Availability::Usable,
+        Input::Unusable(r) => Availability::Unusable(*r),
+    }
+}
+
+/// The event's unusable modalities, as `degraded` entries.
+pub(crate) fn degradations(e: &Event) -> Vec<Degradation> {
+    degradations_of(
+        &availability(&e.image),
+        &availability(&e.text),
+        &availability(&e.question),
+    )
+}
+
+/// The unusable modalities among these, as `degraded` entries.
+pub(crate) fn degradations_of(
+    i: &Availability,
+    t: &Availability,
+    q: &Availability,
+) -> Vec<Degradation> {
+    use fusionstream_core::degrade::Modality;
+    [
+        (Modality::Image, i),
+        (Modality::Text, t),
+        (Modality::Question, q),
+    ]
+    .into_iter()
+    .filter_map(|(m, a)| match a {
+        Availability::Unusable(r) => Some(Degradation {
+            modality: m,
+            reason: *r,
+        }),
+        _ => None,
+    })
+    .collect()
+}
+
+/// CPU results: each modality prepared, or the reason code it is unusable.
+pub(crate) struct Preprocessed {
+    pub(crate) image: Result<Option<PreparedImage>, ReasonCode>,
+    pub(crate) text: Result<Option<Vec<u32>>, ReasonCode>,
+    pub(crate) question: Result<Option<Vec<u32>>, ReasonCode>,
+}
+
+/// Decode and resize the image, tokenise text and question (on the blocking pool, under a
+/// CPU slot): each prepared, or the reason code it is unusable.
+pub(crate) fn prepare(
+    model: &FusionModel,
+    image: Option<Result<Vec<u8>, ReasonCode>>,
+    text: Option<String>,
+    question: Option<String>,
+) -> Preprocessed {
+    Preprocessed {
+        image: match image {
+            None => Ok(None),
+            Some(Err(code)) => Err(code),
+            Some(Ok(bytes)) => model
+                .prepare_image(&bytes)
+                .map(Some)
+                .map_err(|e| e.reason_code()),
+        },
+        text: match text {
+            None => Ok(None),
+            Some(t) => model
+                .prepare_text(&t)
+                .map_err(|_| ReasonCode::TextUntokenizable),
+        },
+        question: match question {
+            None => Ok(None),
+            Some(q) => model
+                .prepare_question(&q)
+                .map_err(|_| ReasonCode::QuestionUntokenizable),
+        },
+    }
+}
