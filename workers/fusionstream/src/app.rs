@@ -335,6 +335,7 @@ async fn run_with<S: Source, K: OutputSink, C: Committer>(
     } = common;
     let parts = Parts {
         settings,
+        backend: model.clone(),
         model,
         media,
         source,

@@ -2,7 +2,8 @@
 //! fault hook (`pipeline::faults`): a poison item costs its batch mates nothing and is
 //! dead-lettered, a panic in the model or in preprocessing finishes its event, out-of-memory
 //! shrinks batches, a lost device stops the worker with nothing of its batch acknowledged, and
-//! with the hook off the markers mean nothing.
+//! with the hook off the markers mean nothing. A backend of the test's own (out of memory on
+//! any batch over two items) drives the pipeline too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -19,6 +20,7 @@ use fusionstream::telemetry::stats::{Stats, StatsSnapshot};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
 use fusionstream_io::stores::Media;
+use fusionstream_model::{Backend, FusionModel, InferOutput, ModelError, Prepared};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +40,15 @@ fn config(events: &Path, out: &Path) -> Config {
 }
 
 async fn run(c: &Config, faults: bool) -> (anyhow::Result<RunEnd>, StatsSnapshot) {
+    run_on(c, faults, common::bundle_model()).await
+}
+
+/// The pipeline with its batches run by `backend`.
+async fn run_on(
+    c: &Config,
+    faults: bool,
+    backend: Arc<dyn Backend>,
+) -> (anyhow::Result<RunEnd>, StatsSnapshot) {
     let checkpoint = Checkpoint::load(&c.checkpoint.path).unwrap();
     let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint).unwrap();
     let committer = LocalCheckpoint::new(
@@ -51,6 +62,7 @@ async fn run(c: &Config, faults: bool) -> (anyhow::Result<RunEnd>, StatsSnapshot
     let parts = Parts {
         settings,
         model: common::bundle_model(),
+        backend,
         media: Media {
             local: LocalMedia::new(&c.media.root, c.media.max_bytes),
             s3: None,
@@ -298,5 +310,89 @@ async fn fault_markers_mean_nothing_with_the_hook_off() {
     assert_eq!(
         stats.model_item_failures + stats.intake_panics + stats.model_panics,
         0
+    );
+}
+
+/// The bundled model behind a device that runs out of memory on any batch of more than
+/// `max` items.
+#[derive(Debug)]
+struct Cramped {
+    model: Arc<FusionModel>,
+    max: usize,
+    largest: std::sync::atomic::AtomicUsize,
+}
+
+impl Backend for Cramped {
+    fn infer_batch(&self, items: &[Prepared]) -> Result<Vec<InferOutput>, ModelError> {
+        if items.len() > self.max {
+            return Err(ModelError::OnnxRun {
+                graph: "cramped".into(),
+                reason: "CUDA_ERROR_OUT_OF_MEMORY: out of memory".into(),
+            });
+        }
+        self.largest
+            .fetch_max(items.len(), std::sync::atomic::Ordering::Relaxed);
+        self.model.infer_batch(items)
+    }
+}
+
+/// Answers, captions and tags per event id: what a run produced, without its timings.
+fn answers(out: &Path) -> BTreeMap<String, Vec<String>> {
+    records(out)
+        .into_iter()
+        .map(|(id, streams)| {
+            let mut got = Vec::new();
+            for (stream, recs) in streams {
+                for r in recs {
+                    let v = match stream.as_str() {
+                        "captions" => r["caption"].to_string(),
+                        "answers" => r["answer"].to_string(),
+                        "tags" => r["tags"].to_string(),
+                        "embeddings" => r["match_score"].to_string(),
+                        _ => r["reason"].to_string(),
+                    };
+                    got.push(format!("{stream}: {v}"));
+                }
+            }
+            (id, got)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_out_of_memory_on_full_batches_still_serves_every_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events.jsonl");
+    let ids = write_events(&events, 24, &[]);
+    let (out_a, out_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let mut c = config(&events, &out_a);
+    let (end, plain) = run(&c, false).await;
+    assert_eq!(end.unwrap(), RunEnd::Completed);
+
+    c.sink.dir = out_b.clone();
+    c.checkpoint.path = out_b.join("checkpoint.json");
+    let cramped = Arc::new(Cramped {
+        model: common::bundle_model(),
+        max: 2,
+        largest: Default::default(),
+    });
+    let (end, stats) = run_on(&c, false, cramped.clone()).await;
+    assert_eq!(end.unwrap(), RunEnd::Completed);
+    assert!(
+        plain.batches.iter().any(|(_, n, items)| items > n),
+        "the plain run batched events together"
+    );
+    assert!(stats.model_splits > 0, "full batches were split");
+    assert_eq!(
+        cramped.largest.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "every forward pass that ran fit the device"
+    );
+    assert_eq!(stats.dead_lettered, 0);
+    assert_eq!(committed(&c), ids.len() as u64);
+    assert_eq!(
+        answers(&out_b),
+        answers(&out_a),
+        "split batches give every event the outputs the full ones gave"
     );
 }

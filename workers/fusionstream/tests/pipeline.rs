@@ -49,6 +49,7 @@ async fn run(c: &Config, stop_after: Option<u64>) -> (RunEnd, StatsSnapshot, u64
     let parts = Parts {
         settings: Settings::from_config(c),
         model: common::bundle_model(),
+        backend: common::bundle_model(),
         media: Media {
             local: LocalMedia::new(&c.media.root, c.media.max_bytes),
             s3: match c.s3_settings() {

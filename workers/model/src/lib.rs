@@ -16,7 +16,7 @@
 //! - [`bundle`]: `bundle.toml`, the manifest that groups model directories.
 //! - [`runtime`]: the inference API — [`FusionModel::prepare_image`] and friends (CPU work,
 //!   any thread), then [`FusionModel::infer_batch`] (the model thread).
-//! - [`backend`]: the model on its own OS thread behind a bounded queue.
+//! - [`backend`]: the batch-in / batch-out trait the worker's model thread runs.
 //! - [`error`]: typed errors with reason codes, classified poison / fatal.
 //! - `examples/model_bench.rs` (not part of the library): throughput and f32 parity at real
 //!   sizes on CPU or GPU, the Rust side of `benches/gpu/run.sh`.
@@ -41,7 +41,7 @@ pub mod preprocess;
 pub mod runtime;
 pub mod tokenize;
 
-pub use backend::{Backend, ModelThread};
+pub use backend::Backend;
 pub use engine::BackendKind;
 pub use error::{ErrorClass, ImageError, ModelError};
 pub use onnx::{OnnxOptions, Precision};

@@ -7,8 +7,7 @@ mod common;
 use common::*;
 use fusionstream_model::runtime::TagSource;
 use fusionstream_model::{
-    FusionModel, InferOutput, ModelThread, Prepared, RuntimeOptions, SkipReason, Skipped, Task,
-    TaskSet,
+    Backend, FusionModel, InferOutput, Prepared, RuntimeOptions, SkipReason, Skipped, Task, TaskSet,
 };
 
 fn bundle() -> FusionModel {
@@ -171,13 +170,12 @@ fn beam_search_through_the_api_is_batch_invariant() {
 }
 
 #[test]
-fn the_model_thread_serves_batches() {
+fn the_model_is_a_backend_shared_or_not() {
     let m = bundle();
     let batch = items(&m);
     let direct = m.infer_batch(&batch).unwrap();
-    let thread = ModelThread::spawn(m, 2).unwrap();
-    let via_thread = thread.run(batch).unwrap();
-    assert_eq!(direct, via_thread);
+    let shared: std::sync::Arc<dyn Backend> = std::sync::Arc::new(m);
+    assert_eq!(direct, Backend::infer_batch(&shared, &batch).unwrap());
 }
 
 #[test]

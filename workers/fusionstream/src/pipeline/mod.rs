@@ -56,7 +56,7 @@ use fusionstream_core::position::PositionTracker;
 use fusionstream_core::record::BundleRef;
 use fusionstream_io::ports::{Committer, OutputSink, Source, SourceContext};
 use fusionstream_io::stores::Media;
-use fusionstream_model::FusionModel;
+use fusionstream_model::{Backend, FusionModel};
 
 use crate::telemetry::health::Health;
 use crate::telemetry::stats::Stats;
@@ -87,8 +87,11 @@ pub enum RunEnd {
 pub struct Parts<S, K, C> {
     /// Settings.
     pub settings: Settings,
-    /// The model.
+    /// The model: its manifest, and preprocessing for the intake.
     pub model: Arc<FusionModel>,
+    /// What runs the batches on the model thread: the model itself in production, any
+    /// [`Backend`] in tests.
+    pub backend: Arc<dyn Backend>,
     /// Media stores.
     pub media: Media,
     /// Source.
@@ -110,6 +113,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     let Parts {
         settings,
         model,
+        backend,
         media,
         source,
         sink,
@@ -154,7 +158,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         cancel.clone(),
     ));
     let model_thread = model_thread::spawn(
-        model.clone(),
+        backend,
         job_rx,
         done_tx,
         stats.clone(),

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use fusionstream_core::isolate::{isolate, Failure};
 use fusionstream_core::{Lane, ReasonCode};
-use fusionstream_model::{FusionModel, InferOutput, ModelError, Prepared};
+use fusionstream_model::{Backend, InferOutput, ModelError, Prepared};
 use tokio::sync::mpsc;
 
 use super::envelope::{EventCtx, ItemFailure, ItemResult, ModelDone, Part};
@@ -67,7 +67,7 @@ struct Guard {
 
 /// Start the model thread.
 pub(crate) fn spawn(
-    model: Arc<FusionModel>,
+    model: Arc<dyn Backend>,
     mut rx: mpsc::Receiver<ModelJob>,
     tx: mpsc::Sender<ModelDone>,
     stats: Arc<Stats>,
@@ -108,7 +108,7 @@ pub(crate) fn spawn(
                 let started = Instant::now();
                 let result = span.in_scope(|| {
                     run_isolated(
-                        &model, job.lane, &prepared, &faults, &parts, &mut guard, &stats,
+                        &*model, job.lane, &prepared, &faults, &parts, &mut guard, &stats,
                     )
                 });
                 drop(span);
@@ -130,7 +130,7 @@ pub(crate) fn spawn(
 
 /// One forward pass under `catch_unwind`, with the injected test faults of its items.
 fn call(
-    model: &FusionModel,
+    model: &dyn Backend,
     items: &[Prepared],
     faults: &[Option<Fault>],
 ) -> Result<Vec<InferOutput>, CallError> {
@@ -182,7 +182,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Run a batch, isolating failing items; `Err` when the runtime itself is broken.
 fn run_isolated(
-    model: &FusionModel,
+    model: &dyn Backend,
     lane: Lane,
     prepared: &[Prepared],
     faults: &[Option<Fault>],
