@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 use fusionstream::app::{self, Summary};
-use fusionstream::config::{Config, SinkKind, SourceKind};
+use fusionstream::config::{BackfillOverrides, Config, Overrides, SinkKind, SourceKind};
 use fusionstream_io::local::JsonlSink;
 use tokio_util::sync::CancellationToken;
 
@@ -91,46 +91,41 @@ pub struct BackfillArgs {
 
 /// Run `fusionstream run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut c = Config::load(&args.common.configs, std::env::vars())?;
-    if let Some(e) = args.events {
-        c.source.path = e;
-    }
-    execute(c, args.common)
+    let overrides = Overrides {
+        events: args.events,
+        ..args.common.overrides()
+    };
+    execute(&overrides, args.common)
 }
 
 /// Run `fusionstream backfill`: `run` with the objects under an S3 prefix as its source.
 pub fn backfill_run(args: BackfillArgs) -> anyhow::Result<()> {
-    let mut env: Vec<(String, String)> = std::env::vars().collect();
-    // The source and the S3 store are implied by the command; validation sees them.
-    env.push(("FUSIONSTREAM__SOURCE__KIND".into(), "backfill".into()));
-    env.push(("FUSIONSTREAM__S3__ENABLED".into(), "true".into()));
-    env.push(("FUSIONSTREAM__BACKFILL__PREFIX".into(), args.prefix));
-    if let Some(s) = args.shard {
-        env.push(("FUSIONSTREAM__BACKFILL__SHARD".into(), s.to_string()));
-    }
-    if let Some(n) = args.shards {
-        env.push(("FUSIONSTREAM__BACKFILL__SHARDS".into(), n.to_string()));
-    }
-    if let Some(t) = args.tasks {
-        let list: Vec<String> = t.iter().map(|t| format!("{t:?}")).collect();
-        env.push((
-            "FUSIONSTREAM__BACKFILL__TASKS".into(),
-            format!("[{}]", list.join(",")),
-        ));
-    }
-    let c = Config::load(&args.common.configs, env)?;
-    execute(c, args.common)
+    let overrides = Overrides {
+        backfill: Some(BackfillOverrides {
+            prefix: args.prefix,
+            shard: args.shard,
+            shards: args.shards,
+            tasks: args.tasks,
+        }),
+        ..args.common.overrides()
+    };
+    execute(&overrides, args.common)
 }
 
-/// The overrides both commands share, then the run itself.
-fn execute(mut c: Config, a: CommonArgs) -> anyhow::Result<()> {
-    if let Some(o) = a.out {
-        c.checkpoint.path = o.join("checkpoint.json");
-        c.sink.dir = o;
+impl CommonArgs {
+    /// The overrides both commands share.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            out: self.out.clone(),
+            model: self.model.clone(),
+            ..Overrides::default()
+        }
     }
-    if let Some(m) = a.model {
-        c.model.bundle = m;
-    }
+}
+
+/// Load the configuration with the command line's overrides, then run.
+fn execute(overrides: &Overrides, a: CommonArgs) -> anyhow::Result<()> {
+    let c = Config::load_with(&a.configs, std::env::vars(), overrides)?;
     let telemetry = fusionstream::telemetry::traces::init(&c.telemetry)?;
     if a.fresh {
         fresh(&c)?;

@@ -16,6 +16,18 @@ impl Config {
     where
         I: IntoIterator<Item = (String, String)>,
     {
+        Self::load_with(files, env, &Overrides::default())
+    }
+
+    /// [`Config::load`] with a command line's `overrides` on top, validated with the rest.
+    pub fn load_with<I>(
+        files: &[PathBuf],
+        env: I,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigErrors>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
         let mut errors = Vec::new();
         let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
         for f in files {
@@ -53,8 +65,9 @@ impl Config {
             }
             Err(e) => errors.extend(e.into_iter().map(|e| e.to_string())),
         }
-        let cfg = extract_all(&fig, &mut errors);
-        if let Some(c) = &cfg {
+        let mut cfg = extract_all(&fig, &mut errors);
+        if let Some(c) = &mut cfg {
+            overrides.apply(c);
             c.validate(&mut errors);
         }
         match cfg {

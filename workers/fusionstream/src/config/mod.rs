@@ -1,7 +1,8 @@
 //! Layered, validated configuration.
 //!
 //! Layers, later wins: `config/default.toml` (embedded in the binary, every key documented)
-//! → files given with `--config` → `FUSIONSTREAM__SECTION__KEY` environment variables.
+//! → files given with `--config` → `FUSIONSTREAM__SECTION__KEY` environment variables →
+//! the command line's typed [`Overrides`].
 //! Unknown keys are errors; every error of every section is reported at once; durations
 //! are humantime strings (`"20ms"`); secrets print as `***`.
 //!
@@ -9,9 +10,11 @@
 //! |---|---|
 //! | `sections.rs` | one struct per `[section]`, with its helpers |
 //! | `load.rs` | the layers, the per-section extraction, validation, derived settings |
+//! | `overrides.rs` | the command line's layer (`--events`, `--out`, `--model`, backfill's flags) |
 //! | `reference.rs` | `docs/configuration.md`, generated from the defaults' comments |
 
 mod load;
+mod overrides;
 mod reference;
 mod sections;
 
@@ -19,6 +22,7 @@ use figment::Figment;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use overrides::{BackfillOverrides, Overrides};
 pub use reference::markdown_reference;
 pub use sections::*;
 
