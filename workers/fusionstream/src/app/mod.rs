@@ -2,10 +2,10 @@
 //! media stores, the source, the sink and the committer, runs the pipeline until the source
 //! ends or shutdown is asked for, and returns the run's [`Summary`]. The binary (`cli/`) parses
 //! arguments into a configuration, turns signals into the shutdown token and prints the
-//! summary; tests and embedders can call [`run`] in-process.
+//! summary; tests and embedders can call [`run`] in-process. `model.rs` loads the model for
+//! every command.
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,16 +17,17 @@ use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl}
 use fusionstream_io::media::LocalMedia;
 use fusionstream_io::ports::{Committer, OutputSink, Source};
 use fusionstream_io::stores::Media;
-use fusionstream_model::bundle::GenerationSpec;
 use fusionstream_model::preprocess::{DecodeOptions, ImageLimits};
-use fusionstream_model::{FusionModel, RuntimeOptions};
+use fusionstream_model::FusionModel;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Progress, SinkKind, SourceKind, WarmUp};
+use crate::config::{Config, Progress, SinkKind, SourceKind};
 use crate::pipeline::memory::{self, MemoryBound, SourceBuffers};
 use crate::pipeline::{self, Parts, RunEnd, Settings};
 use crate::telemetry::health::Health;
 use crate::telemetry::stats::{Stats, StatsSnapshot};
+
+pub mod model;
 
 /// The end-of-run summary.
 #[derive(Debug, serde::Serialize)]
@@ -66,53 +67,18 @@ pub async fn run(
         let addr = c.telemetry.metrics_listen.parse()?;
         crate::telemetry::server::spawn(addr, stats.clone(), health.clone(), server_stop).await?;
     }
-    let opts = RuntimeOptions {
-        decode: DecodeOptions {
-            limits: ImageLimits {
-                max_encoded_bytes: usize::try_from(c.media.max_bytes).unwrap_or(usize::MAX),
-                max_pixels: c.image.max_pixels,
-            },
-            jpeg_dct_scaling: c.image.jpeg_dct_scaling,
+    let decode = DecodeOptions {
+        limits: ImageLimits {
+            max_encoded_bytes: usize::try_from(c.media.max_bytes).unwrap_or(usize::MAX),
+            max_pixels: c.image.max_pixels,
         },
-        generation: None,
-        ..c.model.runtime_options()?
+        jpeg_dct_scaling: c.image.jpeg_dct_scaling,
     };
     let load_start = Instant::now();
-    let bundle = resolve_bundle(c).await?;
-    let mut model = tokio::task::spawn_blocking(move || FusionModel::load(&bundle, &opts))
-        .await?
-        .with_context(|| format!("loading model bundle {}", c.model.bundle.display()))?;
-    let g = model.generation().clone();
-    let gen = GenerationSpec {
-        max_new_tokens: if c.model.max_new_tokens == 0 {
-            g.max_new_tokens
-        } else {
-            c.model.max_new_tokens
-        },
-        num_beams: if c.model.num_beams == 0 {
-            g.num_beams
-        } else {
-            c.model.num_beams
-        },
-    };
-    model.set_generation(gen.max_new_tokens, gen.num_beams);
-    let warm_up = match c.model.warm_up {
-        WarmUp::Auto => !model.device().is_cpu(),
-        WarmUp::Always => true,
-        WarmUp::Never => false,
-    };
-    if warm_up {
-        // First use of each GPU kernel compiles it: pay that before reporting ready.
-        let started = Instant::now();
-        let (back, warmed) = tokio::task::spawn_blocking(move || {
-            let r = model.warm_up();
-            (model, r)
-        })
-        .await?;
-        model = back;
-        warmed.context("warming up the model")?;
-        tracing::info!(seconds = started.elapsed().as_secs_f64(), "model warmed up");
-    }
+    let bundle = model::resolve_bundle(c).await?;
+    let model_config = c.model.clone();
+    let model =
+        tokio::task::spawn_blocking(move || model::load(&model_config, &bundle, decode)).await??;
     health
         .model_loaded
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -254,32 +220,6 @@ pub async fn run(
         stats: snap,
     };
     Ok(summary)
-}
-
-/// A local bundle folder: `model.bundle` itself, or for an `s3://bucket/prefix` its copy in
-/// the bundle cache (downloaded on first use).
-async fn resolve_bundle(c: &Config) -> anyhow::Result<PathBuf> {
-    let url = c.model.bundle.to_string_lossy().into_owned();
-    if !url.starts_with("s3://") {
-        return Ok(c.model.bundle.clone());
-    }
-    let (bucket, prefix) = fusionstream_core::event::split_s3_url(&url)
-        .with_context(|| format!("model.bundle {url:?} names no bucket"))?;
-    let prefix = prefix.trim_matches('/');
-    let dest = c.bundle_cache_dir().join(bucket).join(prefix);
-    let store = fusionstream_io::s3::S3Media::new(c.bundle_s3_settings()).await;
-    let downloaded = store
-        .download_prefix(bucket, prefix, &dest)
-        .await
-        .with_context(|| format!("fetching the model bundle {url}"))?;
-    tracing::info!(
-        bundle = %url,
-        cache = %dest.display(),
-        downloaded,
-        "model bundle from S3 ({})",
-        if downloaded { "downloaded" } else { "cached copy" }
-    );
-    Ok(dest)
 }
 
 /// What every source/sink combination shares.

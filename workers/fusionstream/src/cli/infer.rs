@@ -9,10 +9,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use fusionstream_model::bundle::GenerationSpec;
-use fusionstream_model::{
-    BackendChoice, FusionModel, OnnxOptions, Precision, RuntimeOptions, TaskSet,
-};
+use fusionstream::config::{ModelConfig, WarmUp};
+use fusionstream_model::preprocess::DecodeOptions;
+use fusionstream_model::{BackendChoice, Precision, TaskSet};
 
 /// Arguments of `fusionstream infer`.
 #[derive(Debug, Args)]
@@ -63,41 +62,27 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     if args.beam == Some(0) {
         anyhow::bail!("--beam must be at least 1");
     }
-    let backend = BackendChoice::parse(&args.backend)?;
-    let cuda = match args.device.as_str() {
-        "cpu" => None,
-        d => Some(
-            d.strip_prefix("cuda:")
-                .map_or(Ok(0), str::parse::<i32>)
-                .with_context(|| format!("--device {d}"))?,
-        ),
+    if args.max_new_tokens == Some(0) {
+        anyhow::bail!("--max-new-tokens must be at least 1");
+    }
+    // The worker's `[model]` section, from the flags (0 = the bundle's generation settings;
+    // no warm-up for one input): the model loads exactly as `fusionstream run` loads it.
+    let m = ModelConfig {
+        bundle: args.model.clone(),
+        cache_dir: PathBuf::new(),
+        device: args.device.clone(),
+        dtype: args.dtype.clone(),
+        backend: BackendChoice::parse(&args.backend)?,
+        precision: Precision::parse(&args.precision)?,
+        onnxruntime_library: args.onnxruntime_library.clone().unwrap_or_default(),
+        intra_op_threads: 0,
+        intra_op_spinning: false,
+        max_new_tokens: args.max_new_tokens.unwrap_or(0),
+        num_beams: args.beam.unwrap_or(0),
+        queue: 1,
+        warm_up: WarmUp::Never,
     };
-    let opts = RuntimeOptions {
-        // With the ONNX backend candle runs only the fusion head, on the CPU.
-        device: if backend == BackendChoice::Onnx {
-            fusionstream_model::Device::Cpu
-        } else {
-            fusionstream_model::device(&args.device)?
-        },
-        dtype: fusionstream_model::dtype(&args.dtype)?,
-        backend,
-        onnx: OnnxOptions {
-            library: args.onnxruntime_library.clone(),
-            precision: Precision::parse(&args.precision)?,
-            intra_threads: 0,
-            cuda_device: cuda,
-            spinning: false,
-        },
-        ..RuntimeOptions::default()
-    };
-    let mut model = FusionModel::load(&args.model, &opts)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let defaults = model.generation().clone();
-    let gen = GenerationSpec {
-        max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
-        num_beams: args.beam.unwrap_or(defaults.num_beams),
-    };
-    model.set_generation(gen.max_new_tokens, gen.num_beams);
+    let model = fusionstream::app::model::load(&m, &args.model, DecodeOptions::default())?;
 
     let image = match &args.image {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
