@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -156,6 +157,7 @@ impl Source for BackfillSource {
                 let again = e.class() == ErrorClass::Retryable;
                 if again {
                     tracing::warn!(error = %e, attempt, "listing {stream} failed; retrying");
+                    emit.context().metrics.source_retries.fetch_add(1, Relaxed);
                 }
                 again
             })

@@ -1,7 +1,7 @@
-//! What the adapters count: the consumer group's assignment, lag, pauses and rebalances,
-//! commits, and the crash guard's suspect partitions. The engine holds one
-//! [`AdapterMetrics`] and hands it to its source and committer; the worker's `/metrics` and
-//! run summary read it.
+//! What the adapters count: the consumer group's assignment, lag, pauses, rebalances and
+//! revoked partitions, a source's retried requests, commits, and the crash guard's suspect
+//! partitions. The engine holds one [`AdapterMetrics`] and hands it to its source and
+//! committer; the worker's `/metrics` and run summary read it.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 
@@ -18,6 +18,10 @@ pub struct AdapterMetrics {
     pub pauses: AtomicU64,
     /// Rebalances seen (assign and revoke callbacks).
     pub rebalances: AtomicU64,
+    /// Partitions taken from this worker by rebalances.
+    pub partitions_revoked: AtomicU64,
+    /// Source operations retried after a retryable error (a backfill's listing requests).
+    pub source_retries: AtomicU64,
     /// Revoked in-flight events abandoned after `kafka.revoke_timeout`.
     pub revoke_abandoned: AtomicU64,
     /// Commits of positions.
@@ -38,6 +42,8 @@ impl Default for AdapterMetrics {
             paused: AtomicBool::new(false),
             pauses: AtomicU64::new(0),
             rebalances: AtomicU64::new(0),
+            partitions_revoked: AtomicU64::new(0),
+            source_retries: AtomicU64::new(0),
             revoke_abandoned: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),

@@ -327,6 +327,18 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut e,
+            "partitions_revoked",
+            "Partitions taken from this worker by consumer-group rebalances.",
+            s.adapter.partitions_revoked.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "source_retries",
+            "Source requests retried after a retryable error (a backfill's listing of its prefix).",
+            s.adapter.source_retries.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
             "revoke_abandoned",
             "In-flight events of revoked partitions not finished within kafka.revoke_timeout (replayed by the new owner).",
             s.adapter.revoke_abandoned.load(Relaxed),

@@ -351,6 +351,10 @@ impl Stats {
             model_panics: self.model_panics.load(Relaxed),
             intake_panics: self.intake_panics.load(Relaxed),
             run_alone: self.adapter.run_alone.load(Relaxed),
+            source_pauses: self.adapter.pauses.load(Relaxed),
+            source_retries: self.adapter.source_retries.load(Relaxed),
+            partitions_revoked: self.adapter.partitions_revoked.load(Relaxed),
+            commit_failures: self.adapter.commit_failures.load(Relaxed),
         }
     }
 }
@@ -394,4 +398,12 @@ pub struct StatsSnapshot {
     pub intake_panics: u64,
     /// Events run alone after an unclean exit (crash guard).
     pub run_alone: u64,
+    /// Times the source paused for back-pressure.
+    pub source_pauses: u64,
+    /// Source requests retried (a backfill's listing).
+    pub source_retries: u64,
+    /// Partitions taken from this worker by rebalances.
+    pub partitions_revoked: u64,
+    /// Position commits that failed (each retried).
+    pub commit_failures: u64,
 }
