@@ -191,4 +191,9 @@ pub trait Committer: Send + 'static {
     fn crash_guard(&self) -> Option<Arc<CrashGuard>> {
         None
     }
+
+    /// Nothing more will be committed: release what the committer shares with its source
+    /// (a consumer group's consumer leaves the group now, not when its session times out).
+    /// May block; the engine calls it off the async runtime, once, after the last commit.
+    fn close(&mut self) {}
 }

@@ -237,22 +237,33 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     }
 
     // Errors in order of causality: the model, then the sink, then the source.
-    assemble_result.context("assembler task")??;
-    batch_result.context("batcher task")??;
-    if let Some(r) = sink_result {
-        r.context("sink task")??;
-    }
-    let finished_source = source_result.context("source task")??;
-    if timed_out {
-        // Commit the done prefix; the rest replays on the next start.
-        let clean = guard.is_some();
-        commit::final_commit(&tracker, &committer, &stats, settings.commit_timeout, clean).await;
-        let abandoned = lock(&tracker).in_flight();
-        return Ok(RunEnd::DrainTimedOut { abandoned });
-    }
-    Ok(if finished_source && !cancel.is_cancelled() {
-        RunEnd::Completed
-    } else {
-        RunEnd::Drained
-    })
+    let checked = (|| -> anyhow::Result<bool> {
+        assemble_result.context("assembler task")??;
+        batch_result.context("batcher task")??;
+        if let Some(r) = sink_result {
+            r.context("sink task")??;
+        }
+        source_result.context("source task")?
+    })();
+    let end = match checked {
+        Err(e) => Err(e),
+        Ok(_) if timed_out => {
+            // Commit the done prefix; the rest replays on the next start.
+            let clean = guard.is_some();
+            commit::final_commit(&tracker, &committer, &stats, settings.commit_timeout, clean)
+                .await;
+            let abandoned = lock(&tracker).in_flight();
+            Ok(RunEnd::DrainTimedOut { abandoned })
+        }
+        Ok(finished_source) => Ok(if finished_source && !cancel.is_cancelled() {
+            RunEnd::Completed
+        } else {
+            RunEnd::Drained
+        }),
+    };
+    // Nothing more is committed: the committer lets go of what it shares with the source (a
+    // consumer leaves its group now, whatever the outcome, instead of at its session timeout).
+    let closing = committer.clone();
+    let _ = tokio::task::spawn_blocking(move || lock(&closing).close()).await;
+    end
 }

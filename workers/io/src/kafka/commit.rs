@@ -71,11 +71,7 @@ impl KafkaMarks {
     }
 
     fn consumer(&self) -> anyhow::Result<Arc<StreamConsumer<GroupContext>>> {
-        self.shared
-            .consumer
-            .get()
-            .cloned()
-            .context("no consumer yet")
+        self.shared.consumer().context("no consumer yet")
     }
 }
 
@@ -126,7 +122,7 @@ fn commit_within(
 impl Committer for KafkaCommitter {
     /// An asynchronous commit: confirmed by the commit callback when the broker answers.
     fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck> {
-        let Some(consumer) = self.shared.consumer.get() else {
+        let Some(consumer) = self.shared.consumer() else {
             anyhow::bail!("no consumer yet");
         };
         let tpl = self.list(positions, false)?;
@@ -144,7 +140,7 @@ impl Committer for KafkaCommitter {
         positions: &[(PartitionId, u64)],
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let Some(consumer) = self.shared.consumer.get().cloned() else {
+        let Some(consumer) = self.shared.consumer() else {
             anyhow::bail!("no consumer");
         };
         let mut tpl = self.list(positions, true)?;
@@ -170,6 +166,11 @@ impl Committer for KafkaCommitter {
 
     fn crash_guard(&self) -> Option<Arc<CrashGuard>> {
         self.guard.clone()
+    }
+
+    /// The consumer leaves the group now (see [`KafkaShared::close`]).
+    fn close(&mut self) {
+        self.shared.close();
     }
 }
 

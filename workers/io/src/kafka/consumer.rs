@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -112,18 +112,50 @@ impl PartitionMap {
     }
 }
 
-/// Shared between the source (which owns the consumer) and the committer.
+/// Shared between the source (which creates the consumer) and the committer (which commits
+/// through it until the run's last commit, after the source has ended).
+///
+/// The consumer's context reaches this slot again (its crash guard keeps marks through the
+/// committer's consumer), so the slot is emptied by [`KafkaShared::close`] when the run is
+/// over: without that the consumer would never be dropped, never leave the group, and keep
+/// its partitions from the other members until `max.poll.interval.ms` (librdkafka heartbeats
+/// on its own thread).
 #[derive(Default, Clone)]
 pub struct KafkaShared {
     pub(super) map: Arc<PartitionMap>,
-    pub(super) consumer: Arc<OnceLock<Arc<StreamConsumer<GroupContext>>>>,
+    consumer: Arc<Mutex<Option<Arc<StreamConsumer<GroupContext>>>>>,
+}
+
+impl KafkaShared {
+    /// The consumer, once the source has created it (and until [`KafkaShared::close`]).
+    pub(super) fn consumer(&self) -> Option<Arc<StreamConsumer<GroupContext>>> {
+        lock(&self.consumer).clone()
+    }
+
+    /// Drop the shared handle of the consumer: the last one, once the source has ended, so
+    /// the consumer closes here (leaving the group; its revoke callback commits what is
+    /// done). Blocks while librdkafka closes it: call it off the async runtime.
+    pub(super) fn close(&self) {
+        let consumer = lock(&self.consumer).take();
+        if let Some(c) = consumer {
+            let others = Arc::strong_count(&c) - 1;
+            if others > 0 {
+                tracing::warn!(
+                    others,
+                    "the Kafka consumer is still held elsewhere; it closes when they let go"
+                );
+            }
+            drop(c);
+            tracing::info!("Kafka consumer closed");
+        }
+    }
 }
 
 impl std::fmt::Debug for KafkaShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaShared")
             .field("map", &self.map)
-            .field("consumer", &self.consumer.get().is_some())
+            .field("consumer", &self.consumer().is_some())
             .finish()
     }
 }
@@ -225,6 +257,9 @@ impl ConsumerContext for GroupContext {
                 )
             })
             .collect();
+        self.stats
+            .partitions_revoked
+            .fetch_add(revoked.len() as u64, Relaxed);
         // Stop taking their work, then give what is running a bounded time to finish.
         for (id, ..) in &revoked {
             self.map.set_assigned(*id, false);
@@ -417,7 +452,7 @@ impl Source for KafkaSource {
         let topics: Vec<&str> = self.group.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("subscribing")?;
         let consumer = Arc::new(consumer);
-        let _ = self.shared.consumer.set(consumer.clone());
+        *lock(&self.shared.consumer) = Some(consumer.clone());
         let map = &self.shared.map;
         let limit = cx.max_event_bytes;
         let shutdown = cx.shutdown.clone();
