@@ -3,8 +3,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`app`] | the worker as one call: `app::run(config, shutdown, max_events) -> Summary` |
-//! | [`config`] | layered, validated configuration (`config/default.toml` embedded) |
+//! | [`app`] | the worker as one call: `app::run(config, shutdown, max_events) -> Summary`; `app::model` loads the model for every command |
+//! | [`config`] | layered, validated configuration (`config/default.toml` embedded; the command line's typed `Overrides` on top) |
 //! | [`pipeline`] | source → fetch → preprocess → batcher → model thread → sink → acknowledge |
 //! | [`telemetry`] | logs, OpenTelemetry traces, Prometheus metrics, `/healthz` `/readyz` |
 

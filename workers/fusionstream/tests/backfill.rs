@@ -1,4 +1,5 @@
-//! `fusionstream backfill s3://bucket/prefix` against the dev MinIO: every wanted object of
+//! Backfills against the dev MinIO (`fusionstream backfill s3://bucket/prefix` once, then the
+//! same wiring in the test process): every wanted object of
 //! the prefix gets its outputs (captions equal to the transformers reference), objects
 //! outside the prefix or with other suffixes are left alone, two shards split the prefix
 //! with neither loss nor overlap, and a stopped backfill resumes from its checkpoint without
@@ -12,6 +13,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::in_process;
+use fusionstream::app::Summary;
+use fusionstream::config::{BackfillOverrides, Overrides};
 use serde_json::Value;
 
 /// Fixture scenes whose greedy captions the transformers reference holds.
@@ -38,6 +42,34 @@ fn backfill(endpoint: &str, args: &[&str], out: &Path) -> Output {
         .env_remove("JOB_COMPLETION_INDEX")
         .output()
         .unwrap()
+}
+
+/// The same backfill in the test process (`app::run`): shard `shard` of `shards`, only
+/// `tasks` if given, stopping after `max_events`.
+async fn backfill_in_process(
+    endpoint: &str,
+    prefix: &str,
+    shard: Option<(u32, u32)>,
+    tasks: Option<&[&str]>,
+    max_events: Option<u64>,
+    out: &Path,
+) -> Summary {
+    let overrides = Overrides {
+        out: Some(out.to_owned()),
+        backfill: Some(BackfillOverrides {
+            prefix: prefix.to_owned(),
+            shard: shard.map(|s| s.0),
+            shards: shard.map(|s| s.1),
+            tasks: tasks.map(|t| t.iter().map(|t| (*t).to_owned()).collect()),
+        }),
+        ..Overrides::default()
+    };
+    let pairs = [
+        ("FUSIONSTREAM__S3__ENDPOINT", endpoint),
+        ("FUSIONSTREAM__S3__FORCE_PATH_STYLE", "true"),
+    ];
+    let c = in_process::config(&[], &pairs, &overrides);
+    in_process::start_with(c, max_events).finish().await
 }
 
 fn ids(out: &Path, stream: &str) -> Vec<String> {
@@ -108,7 +140,7 @@ async fn every_object_once_across_shards_and_after_a_resume() {
     let validator = common::validator(common::schema_of_stream("captions"));
     let tmp = tempfile::tempdir().unwrap();
 
-    // One shard, all of it.
+    // One shard, all of it: the command itself.
     let all = tmp.path().join("all");
     let o = backfill(&endpoint, &[&prefix], &all);
     assert!(String::from_utf8_lossy(&o.stderr).contains("fusionstream backfill: completed"));
@@ -151,24 +183,16 @@ async fn every_object_once_across_shards_and_after_a_resume() {
         key(SCENES * COPIES - 1).as_str()
     );
     assert_eq!(cp["backfill"]["done"], (SCENES * COPIES + 1) as u64);
-    // Again: the checkpoint covers everything.
-    let again = summary(&backfill(&endpoint, &[&prefix], &all));
-    assert_eq!(again["read"], 0);
+    // Again, from here on in the test process: the checkpoint covers everything.
+    let again = backfill_in_process(&endpoint, &prefix, None, None, None, &all).await;
+    assert_eq!(again.stats.read, 0);
 
     // Two shards: a split with neither loss nor overlap.
     let mut seen = Vec::new();
-    for shard in ["0", "1"] {
+    for shard in [0, 1] {
         let out = tmp.path().join(format!("shard{shard}"));
-        let o = backfill(
-            &endpoint,
-            &[&prefix, "--shards", "2", "--shard", shard],
-            &out,
-        );
-        let s = summary(&o);
-        assert!(
-            s["read"].as_u64().unwrap() > 0,
-            "shard {shard} took nothing"
-        );
+        let s = backfill_in_process(&endpoint, &prefix, Some((shard, 2)), None, None, &out).await;
+        assert!(s.stats.read > 0, "shard {shard} took nothing");
         seen.extend(ids(&out, "captions"));
     }
     assert_eq!(seen.len(), SCENES * COPIES, "no object in both shards");
@@ -176,30 +200,19 @@ async fn every_object_once_across_shards_and_after_a_resume() {
 
     // Stopped after 10 objects, then resumed: every object exactly once over both runs.
     let part = tmp.path().join("part");
-    let first = summary(&backfill(
-        &endpoint,
-        &[&prefix, "--tasks", "caption", "--max-events", "10"],
-        &part,
-    ));
+    let caption = Some(&["caption"][..]);
+    let first = backfill_in_process(&endpoint, &prefix, None, caption, Some(10), &part).await;
     let done: u64 = {
         let cp: Value =
             serde_json::from_str(&std::fs::read_to_string(part.join("checkpoint.json")).unwrap())
                 .unwrap();
         cp["backfill"]["done"].as_u64().unwrap()
     };
-    assert!(done >= 10, "{first}");
+    assert!(done >= 10, "{first:?}");
+    assert_eq!(first.stats.finished, done, "drained stop commits all");
+    let second = backfill_in_process(&endpoint, &prefix, None, caption, None, &part).await;
     assert_eq!(
-        first["finished"].as_u64().unwrap(),
-        done,
-        "drained stop commits all"
-    );
-    let second = summary(&backfill(
-        &endpoint,
-        &[&prefix, "--tasks", "caption"],
-        &part,
-    ));
-    assert_eq!(
-        second["read"].as_u64().unwrap(),
+        second.stats.read,
         (SCENES * COPIES + 1) as u64 - done,
         "the resumed run reads exactly what was left"
     );

@@ -11,17 +11,19 @@
 //! - the broker is down when the worker commits the tail of a stream that then goes quiet:
 //!   the commit is retried until the broker confirms it, without new events to carry it.
 //!
-//! This binary runs alone (cargo runs test binaries one after another), so stopping a
+//! The workers run in the test process (`app::run`). This binary runs alone (cargo runs test binaries one after another), so stopping a
 //! service cannot disturb the other tests; a guard starts it again even when a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::in_process;
 use common::kafka::*;
+use fusionstream::config::{BackfillOverrides, Overrides};
 use serde_json::Value;
 
 /// One test at a time: each stops a service.
@@ -67,7 +69,7 @@ async fn broker_restart_mid_stream_recovers_without_a_worker_restart() {
     create(&broker, &t).await;
     let n = 600;
     produce(&broker, &t.input, &caption_events(n));
-    let mut w = worker(
+    let w = in_process(
         &broker,
         &t,
         &[
@@ -78,11 +80,7 @@ async fn broker_restart_mid_stream_recovers_without_a_worker_restart() {
     wait_for(|| committed(&broker, &t) >= 20, "progress", 180);
     let mut outage = Outage::begin("kafka");
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert!(
-        w.child.try_wait().unwrap().is_none(),
-        "the worker survives the broker's absence:\n{}",
-        w.log()
-    );
+    assert!(w.is_running(), "the worker survives the broker's absence");
     outage.end();
     let mut back = 0;
     wait_for(
@@ -102,12 +100,12 @@ async fn broker_restart_mid_stream_recovers_without_a_worker_restart() {
         "all offsets committed after the restart",
         300,
     );
-    let log = stop(w);
+    let summary = w.stop().await;
     let dups = assert_every_caption(&broker, &t, n);
     eprintln!(
         "{n} events across a broker restart ({back} committed when it came back), \
-         {dups} duplicate captions (allowed); worker warnings: {}",
-        log.lines().filter(|l| l.contains("WARN")).count()
+         {dups} duplicate captions (allowed); {} failed commits",
+        summary.stats.commit_failures
     );
 }
 
@@ -120,7 +118,7 @@ async fn a_commit_that_fails_while_the_broker_is_down_is_retried_on_a_quiet_stre
     let n = 30;
     produce(&broker, &t.input, &caption_events(n));
     // Commits only after 12 s of quiet: the outputs are published well before the first one.
-    let w = worker(
+    let w = in_process(
         &broker,
         &t,
         &[("FUSIONSTREAM__CHECKPOINT__INTERVAL", "12s")],
@@ -147,19 +145,16 @@ async fn a_commit_that_fails_while_the_broker_is_down_is_retried_on_a_quiet_stre
         "the tail committed after the broker came back",
         120,
     );
-    let log = stop(w);
+    let summary = w.stop().await;
     eprintln!(
-        "commit across a broker outage on a quiet stream: {} commit warnings in the log",
-        log.lines().filter(|l| l.contains("commit")).count()
+        "commit across a broker outage on a quiet stream: {} failed commits",
+        summary.stats.commit_failures
     );
 }
 
-/// Run `fusionstream run` on `events` with media in `bucket`, config layered from `toml`.
-fn run_worker(
-    dir: &Path,
-    events: &[Value],
-    toml: &str,
-) -> (std::process::Child, std::path::PathBuf) {
+/// A worker on `events` with media in `bucket`, config layered from `toml`, writing to
+/// `dir/out` (in the test process).
+fn local_worker(dir: &Path, events: &[Value], toml: &str) -> (in_process::Worker, PathBuf) {
     let file = dir.join("events.jsonl");
     std::fs::write(
         &file,
@@ -169,20 +164,13 @@ fn run_worker(
     let cfg = dir.join("config.toml");
     std::fs::write(&cfg, toml).unwrap();
     let out = dir.join("out");
-    let child = Command::new(env!("CARGO_BIN_EXE_fusionstream"))
-        .current_dir(common::root())
-        .args(["run", "--fresh", "--config"])
-        .arg(&cfg)
-        .arg("--events")
-        .arg(&file)
-        .arg("--out")
-        .arg(&out)
-        .env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    (child, out)
+    let overrides = Overrides {
+        events: Some(file),
+        out: Some(out.clone()),
+        ..Overrides::default()
+    };
+    let c = in_process::config(&[cfg], &[], &overrides);
+    (in_process::start(c), out)
 }
 
 async fn upload(endpoint: &str, bucket: &str, n: usize) {
@@ -238,14 +226,14 @@ async fn minio_down_for_a_while_delays_events_and_past_the_budget_degrades_them(
     let generous =
         "retries = 40\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\ntimeout = \"2s\"";
     let mut outage = Outage::begin("minio");
-    let (mut child, out) = run_worker(
+    let (w, out) = local_worker(
         tmp.path(),
         &s3_events(&bucket, n),
         &s3_config(&endpoint, &bucket, generous),
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     outage.end();
-    assert!(child.wait().unwrap().success());
+    assert_eq!(w.finish().await.end, "completed");
     let captions = common::read_records(&out, "captions");
     let embeddings = common::read_records(&out, "embeddings");
     assert_eq!(captions.len(), n, "every event captioned after the outage");
@@ -260,12 +248,12 @@ async fn minio_down_for_a_while_delays_events_and_past_the_budget_degrades_them(
     let tmp = tempfile::tempdir().unwrap();
     let small = "retries = 1\nbackoff_initial = \"50ms\"\nbackoff_max = \"50ms\"\ntimeout = \"1s\"";
     let mut outage = Outage::begin("minio");
-    let (mut child, out) = run_worker(
+    let (w, out) = local_worker(
         tmp.path(),
         &s3_events(&bucket, n),
         &s3_config(&endpoint, &bucket, small),
     );
-    assert!(child.wait().unwrap().success());
+    assert_eq!(w.finish().await.end, "completed");
     outage.end();
     let embeddings = common::read_records(&out, "embeddings");
     let dead = common::read_records(&out, "dead_letters");
@@ -308,30 +296,29 @@ async fn a_backfill_listing_waits_out_a_minio_outage() {
     )
     .unwrap();
     let out = tmp.path().join("out");
+    let overrides = Overrides {
+        out: Some(out.clone()),
+        backfill: Some(BackfillOverrides {
+            prefix: format!("s3://{bucket}/"),
+            ..BackfillOverrides::default()
+        }),
+        ..Overrides::default()
+    };
     let mut outage = Outage::begin("minio");
-    let child = Command::new(env!("CARGO_BIN_EXE_fusionstream"))
-        .current_dir(common::root())
-        .args(["backfill", &format!("s3://{bucket}/"), "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&out)
-        .env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never")
-        .env_remove("JOB_COMPLETION_INDEX")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let w = in_process::start(in_process::config(&[cfg], &[], &overrides));
     tokio::time::sleep(Duration::from_secs(5)).await;
     outage.end();
-    let done = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&done.stderr);
-    assert!(done.status.success(), "{log}");
+    let summary = w.finish().await;
     assert!(
-        log.contains("retrying"),
-        "the listing met the outage: {log}"
+        summary.stats.source_retries > 0,
+        "the listing met the outage: {summary:?}"
     );
     let captions = common::read_records(&out, "captions");
-    assert_eq!(captions.len(), 6, "every object after the outage: {log}");
+    assert_eq!(
+        captions.len(),
+        6,
+        "every object after the outage: {summary:?}"
+    );
     for c in &captions {
         assert_eq!(c["degraded"], serde_json::json!([]), "{c}");
     }

@@ -1,11 +1,15 @@
-//! `fusionstream run` against a real Apache Kafka broker (started by
-//! `scripts/dev-services.sh up`; its address in `FUSIONSTREAM_TEST_KAFKA`): the example events
+//! The worker against a real Apache Kafka broker (started by `scripts/dev-services.sh up`; its
+//! address in `FUSIONSTREAM_TEST_KAFKA`): the example events
 //! produced by Kafka's own console producer, every output on its topic and valid against the
 //! schemas, offsets committed; a worker killed with SIGKILL in the middle of a stream and
 //! restarted, several times: every event has its outputs; a second worker joining and
 //! leaving the group mid-stream: nothing lost; trace context from the producer's
 //! `traceparent` through the worker's spans (received by an OTLP endpoint in this test) to
 //! the output headers, and the worker's /metrics and /readyz while it runs.
+//!
+//! The workers run in the test process (`app::run`), except where the binary itself is under
+//! test: SIGKILL, what it logs (SASL and TLS refusals, a password that must not appear), and
+//! the process-wide trace exporter.
 //!
 //! Without `FUSIONSTREAM_TEST_KAFKA` these tests say so and pass, unless
 //! `FUSIONSTREAM_REQUIRE_SERVICES=1` (set by `.ci/run`), where they fail.
@@ -40,7 +44,7 @@ async fn examples_through_kafka_with_offsets_committed() {
         );
     }
     produce(&broker, &t.input, &lines);
-    let w = worker(&broker, &t, &[]);
+    let w = in_process(&broker, &t, &[]);
     // The embedded run's counts: 10 captions, 6 answers, 21 embeddings, 20 tags, 13 dead letters.
     let expected = [10usize, 6, 21, 20, 13];
     wait_for(
@@ -48,8 +52,13 @@ async fn examples_through_kafka_with_offsets_committed() {
         "all offsets committed",
         180,
     );
-    let err = stop(w);
-    assert!(err.contains("written to  Kafka topics"), "{err}");
+    let summary = w.stop().await;
+    assert_eq!(summary.end, "stopped (drained)");
+    assert_eq!(
+        (summary.stats.read, summary.stats.dead_lettered),
+        (lines.len() as u64, 13),
+        "{summary:?}"
+    );
     let recs = read_outputs(&broker, &t);
     for (i, s) in STREAMS.iter().enumerate() {
         let n = recs.iter().filter(|r| r.0 == *s).count();
@@ -150,7 +159,7 @@ async fn a_worker_joining_and_leaving_mid_stream_loses_nothing() {
         ("FUSIONSTREAM__GENERATE_LANE__MAX_ITEMS", "1"),
         ("FUSIONSTREAM__PIPELINE__MAX_IN_FLIGHT", "16"),
     ];
-    let a = worker(&broker, &t, &slow);
+    let a = in_process(&broker, &t, &slow);
     wait_for(
         || committed(&broker, &t) >= 30,
         "the first worker's progress",
@@ -161,7 +170,7 @@ async fn a_worker_joining_and_leaving_mid_stream_loses_nothing() {
     let listen = format!("127.0.0.1:{port}");
     let mut with_metrics = slow.to_vec();
     with_metrics.push(("FUSIONSTREAM__TELEMETRY__METRICS_LISTEN", &listen));
-    let b = worker(&broker, &t, &with_metrics);
+    let b = in_process(&broker, &t, &with_metrics);
     let b_reads = || {
         common::http_get(port, "/metrics")
             .and_then(|(_, m)| {
@@ -176,32 +185,25 @@ async fn a_worker_joining_and_leaving_mid_stream_loses_nothing() {
         "the second worker's first events",
         180,
     );
-    assert!(
-        b_reads() > 0,
-        "the second worker got no events.\nsecond:\n{}\nfirst:\n{}",
-        b.log(),
-        a.log()
-    );
-    // ... and leaves (SIGTERM: drain, commit, leave the group); the first takes over.
-    let b_log = stop(b);
-    let b_read = events_read(&b_log);
+    assert!(b_reads() > 0, "the second worker got no events");
+    // ... and leaves (drain, commit, leave the group); the first takes over.
+    let b_summary = b.stop().await;
     wait_for(
         || committed(&broker, &t) >= n as i64,
         "all offsets committed",
         300,
     );
-    let a_log = stop(a);
+    let a_summary = a.stop().await;
     assert!(
-        a_log.contains("partitions revoked"),
-        "the first worker gave partitions up:\n{a_log}"
+        a_summary.stats.partitions_revoked > 0,
+        "the first worker gave partitions up: {a_summary:?}"
     );
     let dups = assert_every_caption(&broker, &t, n);
-    for l in a_log.lines().chain(b_log.lines()) {
-        if l.contains("revoked") {
-            eprintln!("{l}");
-        }
-    }
-    eprintln!("{n} events; the second worker read {b_read}; {dups} duplicate captions (allowed)");
+    eprintln!(
+        "{n} events; the first worker gave up {} partitions, the second read {}; \
+         {dups} duplicate captions (allowed)",
+        a_summary.stats.partitions_revoked, b_summary.stats.read
+    );
 }
 
 mod otlp {
@@ -512,7 +514,7 @@ async fn back_pressure_pauses_and_resumes_without_loss() {
     produce(&broker, &t.input, &caption_events(n));
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
-    let w = worker(
+    let w = in_process(
         &broker,
         &t,
         &[
@@ -536,7 +538,11 @@ async fn back_pressure_pauses_and_resumes_without_loss() {
         .find_map(|l| l.strip_prefix("fusionstream_source_pauses_total "))
         .and_then(|v| v.parse().ok())
         .expect("pauses counter");
-    stop(w);
+    let summary = w.stop().await;
+    assert!(
+        summary.stats.source_pauses >= pauses,
+        "the summary counts the pauses too"
+    );
     assert!(pauses >= 5, "the source paused only {pauses} times");
     let dups = assert_every_caption(&broker, &t, n);
     assert_eq!(dups, 0, "a pause needs no replay");

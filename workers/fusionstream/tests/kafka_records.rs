@@ -1,4 +1,4 @@
-//! Unusual Kafka records against the real broker:
+//! Unusual Kafka records against the real broker (the worker in the test process):
 //! - records over the broker's message limit (topics created with a small
 //!   `max.message.bytes`): an output record the broker refuses becomes its event's
 //!   `output_too_large` dead letter, a dead letter it refuses is sent again with its payload
@@ -63,13 +63,14 @@ async fn records_over_the_brokers_limit_are_dead_lettered_and_the_worker_goes_on
         ));
     }
     produce(&broker, &t.input, &lines);
-    let w = worker(&broker, &t, &[]);
+    let w = in_process(&broker, &t, &[]);
     wait_for(
         || committed(&broker, &t) >= lines.len() as i64,
         "every offset committed",
         180,
     );
-    let log = stop(w);
+    // What the run counted, to read beside a failure.
+    let log = format!("{:?}", w.stop().await);
     let recs = read_outputs(&broker, &t);
     let mut by_stream: BTreeMap<&str, Vec<&serde_json::Value>> = BTreeMap::new();
     for (s, v, _) in &recs {
@@ -153,13 +154,14 @@ async fn odd_records_are_dead_lettered_or_processed_never_fatal() {
             .map_err(|(e, _)| e)
             .unwrap();
     }
-    let w = worker(&broker, &t, &[]);
+    let w = in_process(&broker, &t, &[]);
     wait_for(
         || committed(&broker, &t) >= 4,
         "every offset committed",
         180,
     );
-    let log = stop(w);
+    // What the run counted, to read beside a failure.
+    let log = format!("{:?}", w.stop().await);
     let recs = read_outputs(&broker, &t);
     let dead: Vec<_> = recs
         .iter()

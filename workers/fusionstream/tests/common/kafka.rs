@@ -1,6 +1,6 @@
 //! Helpers of the tests against the dev Kafka broker: topics per test, producing with the
-//! broker's own console producer, running the worker binary, reading outputs and committed
-//! offsets back.
+//! broker's own console producer, running a worker (in the test process, or the binary where
+//! the binary itself is under test), reading outputs and committed offsets back.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -116,37 +116,63 @@ impl Worker {
     }
 }
 
-pub fn worker(broker: &str, t: &Topics, extra: &[(&str, &str)]) -> Worker {
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fusionstream"));
-    c.current_dir(root())
-        .arg("run")
-        .env("FUSIONSTREAM__SOURCE__KIND", "kafka")
-        .env("FUSIONSTREAM__SINK__KIND", "kafka")
-        .env("FUSIONSTREAM__KAFKA__BOOTSTRAP_SERVERS", broker)
-        .env("FUSIONSTREAM__KAFKA__GROUP_ID", &t.group)
-        .env(
+/// The `FUSIONSTREAM__…` entries of a Kafka-to-Kafka worker on `t`, then `extra`.
+pub fn kafka_env(broker: &str, t: &Topics, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("FUSIONSTREAM__SOURCE__KIND", "kafka".to_owned()),
+        ("FUSIONSTREAM__SINK__KIND", "kafka".to_owned()),
+        ("FUSIONSTREAM__KAFKA__BOOTSTRAP_SERVERS", broker.to_owned()),
+        ("FUSIONSTREAM__KAFKA__GROUP_ID", t.group.clone()),
+        (
             "FUSIONSTREAM__KAFKA__INPUT_TOPICS",
             format!("[\"{}\"]", t.input),
-        )
-        .env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap());
+        ),
+        ("FUSIONSTREAM__TELEMETRY__PROGRESS", "never".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
     for (s, topic) in STREAMS.iter().zip(&t.outputs) {
         let key = if *s == "dead_letters" {
             "DEAD_LETTERS".to_owned()
         } else {
             s.to_uppercase()
         };
-        c.env(format!("FUSIONSTREAM__KAFKA__{key}_TOPIC"), topic);
+        env.push((format!("FUSIONSTREAM__KAFKA__{key}_TOPIC"), topic.clone()));
     }
-    for (k, v) in extra {
-        c.env(k, v);
-    }
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    env
+}
+
+/// A worker process (`fusionstream run`) on `t`: for the tests of the binary itself
+/// (SIGKILL, what it logs, process-wide tracing).
+pub fn worker(broker: &str, t: &Topics, extra: &[(&str, &str)]) -> Worker {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fusionstream"));
+    c.current_dir(root())
+        .arg("run")
+        .envs(kafka_env(broker, t, extra))
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap());
     Worker {
         child: c.spawn().unwrap(),
         log,
     }
+}
+
+/// A worker on `t` inside the test process (`app::run`, see [`super::in_process`]).
+pub fn in_process(broker: &str, t: &Topics, extra: &[(&str, &str)]) -> super::in_process::Worker {
+    let env = kafka_env(broker, t, extra);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    super::in_process::start(super::in_process::config(
+        &[],
+        &pairs,
+        &fusionstream::config::Overrides::default(),
+    ))
 }
 
 /// Every record of the output topics so far: (stream, value, headers).

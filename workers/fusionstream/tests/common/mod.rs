@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod in_process;
 pub mod kafka;
 
 use serde_json::Value;
