@@ -7,6 +7,14 @@ use clap::Parser;
 
 mod cli;
 
+/// The worker's allocator: jemalloc. With glibc's malloc (an arena per thread that allocates
+/// under contention, up to 8 per core, each keeping what was freed in it) the same flood at
+/// the limits peaked anywhere between 205 and 320 MiB, over the bound `pipeline::memory`
+/// derives in one run of five; with jemalloc 204-212 MiB over four runs (`tests/memory.rs`;
+/// benches/README.md "Memory"). mimalloc was tried too: 343-373 MiB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     pin_cpu_threads();
     let args = cli::Cli::parse();
