@@ -231,15 +231,7 @@ fn decode_jpeg_like_pillow(bytes: &[u8], limits: &ImageLimits) -> Result<Option<
         return Ok(None);
     };
     let (w, h) = (img.width, img.height);
-    let data: Vec<u8> = if img.pitch == w * 3 {
-        img.pixels
-    } else {
-        img.pixels
-            .chunks(img.pitch)
-            .flat_map(|row| &row[..w * 3])
-            .copied()
-            .collect()
-    };
+    let data = packed_rgb(img);
     let orientation =
         image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg)
             .into_decoder()
@@ -374,13 +366,18 @@ fn jpeg_round_trip(rgb: &[u8], width: usize, height: usize, quality: i32) -> Res
             back.width, back.height
         )));
     }
-    if back.pitch == width * 3 {
-        return Ok(back.pixels);
+    Ok(packed_rgb(back))
+}
+
+/// The RGB rows of a decoded image without the row padding libjpeg-turbo may add.
+fn packed_rgb(img: turbojpeg::Image<Vec<u8>>) -> Vec<u8> {
+    let row = img.width * 3;
+    if img.pitch == row {
+        return img.pixels;
     }
-    Ok(back
-        .pixels
-        .chunks(back.pitch)
-        .flat_map(|row| &row[..width * 3])
+    img.pixels
+        .chunks(img.pitch)
+        .flat_map(|r| &r[..row])
         .copied()
-        .collect())
+        .collect()
 }
