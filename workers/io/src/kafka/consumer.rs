@@ -23,7 +23,7 @@
 //!
 //! The committer and the crash guard's marks in the commit metadata are `commit.rs`.
 //!
-//! Long (~500 lines before its tests) because the source, its consumer loop (pausing,
+//! Long (~530 lines before its tests) because the source, its consumer loop (pausing,
 //! held records, the crash guard's admission) and its rebalance, commit and statistics
 //! callbacks share the partition map, the tracker and the consumer: split apart they would
 //! need all of it public to each other.
