@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::Pack;
 use crate::error::{ImageError, ModelError, Result};
 use crate::onnx::{self, f32_view, take_f32, Graph, OnnxOptions};
-use crate::preprocess::{decode, ImageLimits, RgbImage};
+use crate::preprocess::{check_encoded, decode, ImageLimits, RgbImage};
 
 #[derive(Debug, Deserialize)]
 struct Sections {
@@ -132,7 +132,7 @@ impl NsfwClassifier {
     /// orientation apply to both; a JPEG libjpeg-turbo refuses (CMYK, say) falls back to the
     /// worker's decoder, whose error is the one reported.
     pub fn decode(&self, bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
-        if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        if check_encoded(bytes, limits)? == image::ImageFormat::Jpeg {
             if let Some(img) = decode_jpeg_like_pillow(bytes, limits)? {
                 return Ok(img);
             }
@@ -204,18 +204,9 @@ impl NsfwClassifier {
 
 /// A JPEG decoded by libjpeg-turbo with its defaults (islow IDCT, fancy upsampling), EXIF
 /// orientation applied; `None` when libjpeg-turbo cannot (the caller uses the worker's
-/// decoder). The worker's checks run first: size, end-of-image marker, pixels.
+/// decoder). The caller has run [`check_encoded`]; the pixel limit is checked here from the
+/// header, before decoding.
 fn decode_jpeg_like_pillow(bytes: &[u8], limits: &ImageLimits) -> Result<Option<RgbImage>> {
-    if bytes.len() > limits.max_encoded_bytes {
-        return Err(ImageError::TooLarge {
-            bytes: bytes.len(),
-            limit: limits.max_encoded_bytes,
-        }
-        .into());
-    }
-    if !bytes.windows(2).rev().any(|w| w == [0xFF, 0xD9]) {
-        return Ok(None);
-    }
     let Ok(header) = turbojpeg::read_header(bytes) else {
         return Ok(None);
     };

@@ -108,15 +108,10 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
     )
 }
 
-/// Decode like [`decode`], and when `need` is given (the (height, width) the models need for
-/// a displayed image of (height, width)) and DCT scaling is on, decode JPEGs only as large as
-/// needed.
-pub fn decode_for(
-    bytes: &[u8],
-    opts: &DecodeOptions,
-    need: Option<&dyn Fn(u32, u32) -> (u32, u32)>,
-) -> Result<RgbImage, ImageError> {
-    let limits = &opts.limits;
+/// The checks every decoder runs before decoding untrusted bytes: not empty, within
+/// `max_encoded_bytes`, a supported format, and a JPEG with its end-of-image marker.
+/// Returns the format.
+pub fn check_encoded(bytes: &[u8], limits: &ImageLimits) -> Result<ImageFormat, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
@@ -138,6 +133,19 @@ pub fn decode_for(
             "truncated JPEG: no end-of-image marker".into(),
         ));
     }
+    Ok(format)
+}
+
+/// Decode like [`decode`], and when `need` is given (the (height, width) the models need for
+/// a displayed image of (height, width)) and DCT scaling is on, decode JPEGs only as large as
+/// needed.
+pub fn decode_for(
+    bytes: &[u8],
+    opts: &DecodeOptions,
+    need: Option<&dyn Fn(u32, u32) -> (u32, u32)>,
+) -> Result<RgbImage, ImageError> {
+    let limits = &opts.limits;
+    let format = check_encoded(bytes, limits)?;
     if let (ImageFormat::Jpeg, true, Some(need)) = (format, opts.jpeg_dct_scaling, need) {
         if let Some(img) = jpeg_scaled::decode(bytes, limits, need)? {
             return Ok(img);
