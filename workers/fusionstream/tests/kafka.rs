@@ -14,7 +14,7 @@
 //! Without `FUSIONSTREAM_TEST_KAFKA` these tests say so and pass, unless
 //! `FUSIONSTREAM_REQUIRE_SERVICES=1` (set by `.ci/run`), where they fail.
 //!
-//! Long because each real-broker scenario (crash, rebalance, SASL, TLS, back-pressure,
+//! Long (~600 lines) because each real-broker scenario (crash, rebalance, SASL, TLS, back-pressure,
 //! traces) shares one broker, one serialising lock and the helpers of `common::kafka`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
