@@ -14,8 +14,9 @@
 //! Without `FUSIONSTREAM_TEST_KAFKA` these tests say so and pass, unless
 //! `FUSIONSTREAM_REQUIRE_SERVICES=1` (set by `.ci/run`), where they fail.
 //!
-//! Long (~600 lines) because each real-broker scenario (crash, rebalance, SASL, TLS, back-pressure,
-//! traces) shares one broker, one serialising lock and the helpers of `common::kafka`.
+//! Long (~600 lines) because each real-broker scenario (crash, rebalance, SASL, TLS,
+//! back-pressure, traces) shares one broker, one serialising lock and the helpers of
+//! `common::kafka`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
