@@ -16,10 +16,11 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::bert::{BertDims, BertLayer};
 use crate::error::{ModelError, Result};
 use crate::generate::StepDecoder;
 use crate::nn::{self, Activation, PreNormBlock};
@@ -98,6 +99,20 @@ impl Default for BlipTextConfig {
 pub struct BlipConfig {
     pub vision_config: BlipVisionConfig,
     pub text_config: BlipTextConfig,
+}
+
+impl BlipTextConfig {
+    /// The sizes its BERT layers are built with.
+    fn dims(&self) -> BertDims {
+        BertDims {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            cross_hidden: self.encoder_hidden_size,
+            act: self.hidden_act.clone(),
+            eps: self.layer_norm_eps,
+        }
+    }
 }
 
 impl BlipConfig {
@@ -185,98 +200,6 @@ impl BlipVisionModel {
     }
 }
 
-/// One attention sub-layer of the BERT-style text model (post-LayerNorm).
-#[derive(Debug, Clone)]
-struct TextAttention {
-    query: Linear,
-    /// Keys and values fused: one matmul. For cross-attention they read encoder states.
-    kv: Linear,
-    dense: Linear,
-    ln: LayerNorm,
-    heads: usize,
-    scale: f64,
-}
-
-impl TextAttention {
-    fn new(vb: VarBuilder<'_>, c: &BlipTextConfig, kv_in: usize) -> Result<Self> {
-        let d = c.hidden_size;
-        let s = vb.pp("self");
-        Ok(Self {
-            query: candle_nn::linear(d, d, s.pp("query"))?,
-            kv: nn::fused_linear(&s, &["key", "value"], kv_in, d)?,
-            dense: candle_nn::linear(d, d, vb.pp("output").pp("dense"))?,
-            ln: candle_nn::layer_norm(d, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
-            heads: c.num_attention_heads,
-            scale: 1.0 / ((d / c.num_attention_heads) as f64).sqrt(),
-        })
-    }
-
-    /// Keys and values (B, H, T, Dh) of `states`.
-    fn keys_values(&self, states: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let kv = self.kv.forward(states)?;
-        let d = kv.dim(D::Minus1)? / 2;
-        Ok((
-            nn::split_heads(&kv.narrow(D::Minus1, 0, d)?, self.heads)?,
-            nn::split_heads(&kv.narrow(D::Minus1, d, d)?, self.heads)?,
-        ))
-    }
-
-    fn attend(
-        &self,
-        x: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        let q = nn::split_heads(&self.query.forward(x)?, self.heads)?;
-        let ctx = nn::merge_heads(&nn::attention(&q, k, v, mask, self.scale)?)?;
-        self.ln.forward(&(self.dense.forward(&ctx)? + x)?)
-    }
-}
-
-#[derive(Debug, Clone)]
-struct TextLayer {
-    attention: TextAttention,
-    crossattention: Option<TextAttention>,
-    intermediate: Linear,
-    output: Linear,
-    output_ln: LayerNorm,
-    act: Activation,
-}
-
-impl TextLayer {
-    fn new(vb: VarBuilder<'_>, c: &BlipTextConfig, cross: bool) -> Result<Self> {
-        let d = c.hidden_size;
-        Ok(Self {
-            attention: TextAttention::new(vb.pp("attention"), c, d)?,
-            crossattention: if cross {
-                Some(TextAttention::new(
-                    vb.pp("crossattention"),
-                    c,
-                    c.encoder_hidden_size,
-                )?)
-            } else {
-                None
-            },
-            intermediate: candle_nn::linear(
-                d,
-                c.intermediate_size,
-                vb.pp("intermediate").pp("dense"),
-            )?,
-            output: candle_nn::linear(c.intermediate_size, d, vb.pp("output").pp("dense"))?,
-            output_ln: candle_nn::layer_norm(d, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
-            act: Activation::parse(&c.hidden_act)?,
-        })
-    }
-
-    fn feed_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self
-            .output
-            .forward(&self.act.forward(&self.intermediate.forward(x)?)?)?;
-        self.output_ln.forward(&(h + x)?)
-    }
-}
-
 /// Keys/values of the cross-attention of every layer, computed once per batch of encoder
 /// states, plus the encoder key-padding mask.
 #[derive(Debug, Clone)]
@@ -309,7 +232,7 @@ pub struct BlipTextModel {
     word_embeddings: Embedding,
     position_embeddings: Tensor,
     emb_ln: LayerNorm,
-    layers: Vec<TextLayer>,
+    layers: Vec<BertLayer>,
     max_positions: usize,
 }
 
@@ -331,7 +254,7 @@ impl BlipTextModel {
                 .get((c.max_position_embeddings, c.hidden_size), "weight")?,
             emb_ln: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, emb.pp("LayerNorm"))?,
             layers: (0..c.num_hidden_layers)
-                .map(|i| TextLayer::new(vb.pp("encoder").pp("layer").pp(i), c, cross))
+                .map(|i| BertLayer::new(vb.pp("encoder").pp("layer").pp(i), &c.dims(), cross))
                 .collect::<Result<_>>()?,
             max_positions: c.max_position_embeddings,
         })
