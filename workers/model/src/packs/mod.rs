@@ -11,8 +11,10 @@
 //! | file | kind |
 //! |---|---|
 //! | `nsfw.rs` | `nsfw`: an image classifier's not-safe-for-work probability (open_nsfw) |
+//! | `sentence.rs` | `sentence_embedding`: a BERT sentence encoder (all-MiniLM-L6-v2) |
 
 pub mod nsfw;
+pub mod sentence;
 
 use std::path::{Path, PathBuf};
 
