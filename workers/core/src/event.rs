@@ -109,8 +109,11 @@ pub struct Event {
     pub text: Input<String>,
     /// Question about the image.
     pub question: Input<String>,
-    /// Requested tasks (all when the event names none).
+    /// Requested tasks (when the event names none: every task of the bundle, see
+    /// [`TaskSet::unnamed`]).
     pub tasks: TaskSet,
+    /// Whether the event named its tasks.
+    pub tasks_named: bool,
     /// Tenant, for policy and accounting.
     pub tenant: Option<String>,
     /// Free-form attributes, copied to every output.
@@ -285,7 +288,7 @@ pub fn parse_event(payload: &[u8], limits: &EventLimits) -> Result<Event, Reject
         (None, None) => Input::Absent,
     };
     let tasks = match obj.get("tasks") {
-        None | Some(Value::Null) => TaskSet::all(),
+        None | Some(Value::Null) => TaskSet::unnamed(),
         Some(Value::Array(a)) => {
             let mut set = TaskSet::default();
             for v in a {
@@ -327,6 +330,7 @@ pub fn parse_event(payload: &[u8], limits: &EventLimits) -> Result<Event, Reject
         image,
         text,
         question,
+        tasks_named: !matches!(obj.get("tasks"), None | Some(Value::Null)),
         tasks,
         tenant,
         attributes,
@@ -448,7 +452,8 @@ mod tests {
     #[test]
     fn minimal_event_asks_for_everything() {
         let e = parse(r#"{"id":"x","text":"hi"}"#).expect("valid");
-        assert_eq!(e.tasks, TaskSet::all());
+        assert_eq!(e.tasks, TaskSet::unnamed());
+        assert!(!e.tasks_named);
         assert_eq!(e.image, Input::Absent);
         assert_eq!(e.question, Input::Absent);
     }

@@ -8,6 +8,7 @@
 //! | [`event`] | input event v1: parsing, validation, limits, rejection codes |
 //! | [`degrade`] | the degradation matrix and its policy |
 //! | [`batch`] | the micro-batcher (lanes, max items, max wait, pixel/token budgets) |
+//! | [`moderation`] | moderation signals, policy (thresholds, actions, tenants), the decision |
 //! | [`isolate`] | bisection of a failed batch down to the item(s) that fail it |
 //! | [`crash_guard`] | the crash-loop guard: marks beside commits, suspect mode, `poison_suspected` |
 //! | [`position`] | per-partition tracker of the contiguous done prefix |
@@ -25,6 +26,7 @@ pub mod degrade;
 pub mod error;
 pub mod event;
 pub mod isolate;
+pub mod moderation;
 pub mod position;
 pub mod reason;
 pub mod record;

@@ -25,17 +25,23 @@ pub enum Stream {
     Embeddings,
     /// Zero-shot tags.
     Tags,
+    /// Moderation signals and decisions.
+    Moderation,
     /// Dead letters.
     DeadLetters,
 }
 
 impl Stream {
+    /// How many streams there are (the length of per-stream arrays).
+    pub const COUNT: usize = Stream::ALL.len();
+
     /// Every stream.
-    pub const ALL: [Stream; 5] = [
+    pub const ALL: [Stream; 6] = [
         Stream::Captions,
         Stream::Answers,
         Stream::Embeddings,
         Stream::Tags,
+        Stream::Moderation,
         Stream::DeadLetters,
     ];
 
@@ -46,6 +52,7 @@ impl Stream {
             Stream::Answers => "answers",
             Stream::Embeddings => "embeddings",
             Stream::Tags => "tags",
+            Stream::Moderation => "moderation",
             Stream::DeadLetters => "dead_letters",
         }
     }
@@ -183,6 +190,22 @@ pub struct TagRecord {
     pub meta: RecordMeta,
     /// Tags at or above the threshold, best first (may be empty).
     pub tags: Vec<TagScore>,
+}
+
+/// Moderation: every signal measured, the policy's decision and the rules that fired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModerationRecord {
+    /// Common fields.
+    #[serde(flatten)]
+    pub meta: RecordMeta,
+    /// `allow`, `review` or `block`.
+    pub decision: crate::moderation::Action,
+    /// The rules that fired, most severe first.
+    pub rules: Vec<crate::moderation::FiredRule>,
+    /// What the models measured.
+    pub signals: crate::moderation::Signals,
+    /// The policy applied: `default`, or the tenant whose override applied.
+    pub policy: String,
 }
 
 /// A dead letter: the original payload, why, and where it came from.

@@ -19,16 +19,19 @@ pub enum Task {
     Answer,
     /// Zero-shot tags.
     Tag,
+    /// Moderation signals and the policy's decision.
+    Moderate,
 }
 
 impl Task {
     /// Every task, in output order.
-    pub const ALL: [Task; 5] = [
+    pub const ALL: [Task; 6] = [
         Task::Embed,
         Task::Match,
         Task::Caption,
         Task::Answer,
         Task::Tag,
+        Task::Moderate,
     ];
 
     /// Lower-case name.
@@ -39,6 +42,7 @@ impl Task {
             Task::Caption => "caption",
             Task::Answer => "answer",
             Task::Tag => "tag",
+            Task::Moderate => "moderate",
         }
     }
 }
@@ -56,7 +60,7 @@ impl FromStr for Task {
             .into_iter()
             .find(|t| t.name() == s)
             .ok_or_else(|| {
-                format!("unknown task {s:?} (expected one of embed, match, caption, answer, tag)")
+                format!("unknown task {s:?} (expected one of embed, match, caption, answer, tag, moderate)")
             })
     }
 }
@@ -69,6 +73,14 @@ impl TaskSet {
     /// Every task.
     pub fn all() -> Self {
         Task::ALL.into_iter().collect()
+    }
+    /// What an event that names no tasks asks for: every task of the bundle (not
+    /// `moderate`, which the worker's `[moderation]` adds when it serves it).
+    pub fn unnamed() -> Self {
+        Task::ALL
+            .into_iter()
+            .filter(|t| *t != Task::Moderate)
+            .collect()
     }
     /// Whether `t` is in the set.
     pub fn contains(self, t: Task) -> bool {
@@ -143,11 +155,13 @@ pub struct Skipped {
 
 impl Task {
     /// Why this task cannot run on an item with these modalities, or `None` when it can:
-    /// embed and tag need an image or text, match needs both, caption needs an image,
-    /// answer needs an image and a question.
+    /// embed, tag and moderate need an image or text, match needs both, caption needs an
+    /// image, answer needs an image and a question.
     pub fn missing_input(self, image: bool, text: bool, question: bool) -> Option<SkipReason> {
         match self {
-            Task::Embed | Task::Tag if !image && !text => Some(SkipReason::ImageAbsent),
+            Task::Embed | Task::Tag | Task::Moderate if !image && !text => {
+                Some(SkipReason::ImageAbsent)
+            }
             Task::Match | Task::Caption | Task::Answer if !image => Some(SkipReason::ImageAbsent),
             Task::Match if !text => Some(SkipReason::TextAbsent),
             Task::Answer if !question => Some(SkipReason::QuestionAbsent),
@@ -159,7 +173,7 @@ impl Task {
     /// slow caption batch must not hold embeddings back.
     pub fn lane(self) -> Lane {
         match self {
-            Task::Embed | Task::Match | Task::Tag => Lane::Encode,
+            Task::Embed | Task::Match | Task::Tag | Task::Moderate => Lane::Encode,
             Task::Caption | Task::Answer => Lane::Generate,
         }
     }
@@ -233,6 +247,9 @@ mod tests {
         assert_eq!(m(Task::Answer, true, true, false), Some(QuestionAbsent));
         assert_eq!(m(Task::Answer, true, false, true), None);
         assert_eq!(m(Task::Tag, true, false, false), None);
+        assert_eq!(m(Task::Moderate, false, true, false), None);
+        assert_eq!(m(Task::Moderate, true, false, false), None);
+        assert_eq!(m(Task::Moderate, false, false, true), Some(ImageAbsent));
     }
 
     #[test]

@@ -69,7 +69,14 @@ fn output_examples_validate() {
         );
         seen.insert(kind.to_owned());
     }
-    for kind in ["caption", "answer", "embedding", "tags", "dead_letter"] {
+    for kind in [
+        "caption",
+        "answer",
+        "embedding",
+        "tags",
+        "moderation",
+        "dead_letter",
+    ] {
         assert!(seen.contains(kind), "no example for {kind}");
     }
 }

@@ -37,6 +37,7 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod models;
+pub mod moderation;
 pub mod nn;
 pub mod onnx;
 pub mod packs;

@@ -27,10 +27,12 @@ use crate::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
 use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::fusion::{FusionConfig, FusionHead};
 use crate::models::siglip::{SiglipConfig, SiglipModel};
+use crate::moderation::{ModerationInput, ModerationModels};
 use crate::nn;
 use crate::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
 use crate::preprocess::{self, DecodeOptions, ImageProcessorConfig, Pixels, Preprocessor};
 use crate::tokenize::TextTokenizer;
+pub use fusionstream_core::moderation::Signals;
 pub use fusionstream_core::task::{SkipReason, Skipped, Task, TaskSet};
 
 /// Which modality a tag was scored from.
@@ -78,6 +80,9 @@ pub struct InferOutput {
     /// Tags at or above the bundle's threshold, best first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<Tag>>,
+    /// What the moderation models measured (the policy decides later).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<Signals>,
     /// Requested tasks that produced nothing, with reasons.
     pub skipped: Vec<Skipped>,
 }
@@ -110,6 +115,8 @@ pub struct Prepared {
     pub question: Option<Vec<u32>>,
     /// Requested tasks.
     pub tasks: TaskSet,
+    /// The moderation models' inputs, when the item asks for `moderate`.
+    pub moderation: Option<ModerationInput>,
 }
 
 /// How to load a bundle.
@@ -419,6 +426,8 @@ pub struct FusionModel {
     fusion: Option<FusionHead>,
     tags: Option<TagTable>,
     generation: GenerationParams,
+    /// The packs behind the `moderate` task, when the worker serves it.
+    moderation: Option<Arc<ModerationModels>>,
 }
 
 fn slot_for(preprocessors: &mut Vec<Preprocessor>, cfg: ImageProcessorConfig) -> usize {
@@ -559,6 +568,7 @@ impl FusionModel {
             shared_vision,
             fusion,
             tags: None,
+            moderation: None,
         };
         if let (Some(spec), Some(fusion)) = (&model.manifest.fusion, &model.fusion) {
             let want = model.clip.as_ref().map(|c| c.projection_dim);
@@ -694,10 +704,16 @@ impl FusionModel {
                 .fold((1, 1), |a, b| (a.0.max(b.0), a.1.max(b.1)))
         };
         let rgb = preprocess::decode_for(bytes, &self.decode, Some(&need))?;
+        self.prepare_decoded(&rgb)
+    }
+
+    /// Preprocess an image decoded elsewhere (the moderation packs' decoder, shared by every
+    /// model of the event) for every vision model of the bundle.
+    pub fn prepare_decoded(&self, rgb: &preprocess::RgbImage) -> Result<PreparedImage, ImageError> {
         let pixels = self
             .preprocessors
             .iter()
-            .map(|p| p.apply(&rgb).map(Arc::new))
+            .map(|p| p.apply(rgb).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PreparedImage { pixels })
     }
@@ -718,6 +734,22 @@ impl FusionModel {
             .transpose()
     }
 
+    /// How images are decoded (limits, DCT scaling).
+    pub fn decode_options(&self) -> &DecodeOptions {
+        &self.decode
+    }
+
+    /// Serve the `moderate` task with these models.
+    pub fn with_moderation(mut self, models: Arc<ModerationModels>) -> Self {
+        self.moderation = Some(models);
+        self
+    }
+
+    /// The moderation models, when the worker serves `moderate`.
+    pub fn moderation(&self) -> Option<&Arc<ModerationModels>> {
+        self.moderation.as_ref()
+    }
+
     /// Prepare a whole item; an unusable image is an error here (the pipeline degrades
     /// instead by preparing without it).
     pub fn prepare(
@@ -727,7 +759,27 @@ impl FusionModel {
         question: Option<&str>,
         tasks: TaskSet,
     ) -> Result<Prepared> {
+        if let (Some(m), true) = (&self.moderation, tasks.contains(Task::Moderate)) {
+            // One decode, by the moderation packs' decoder, for every model.
+            let rgb = image
+                .map(|b| m.decode(b, &self.decode.limits))
+                .transpose()?;
+            return Ok(Prepared {
+                image: rgb.as_ref().map(|r| self.prepare_decoded(r)).transpose()?,
+                text: match text {
+                    Some(t) => self.prepare_text(t)?,
+                    None => None,
+                },
+                question: match question {
+                    Some(q) => self.prepare_question(q)?,
+                    None => None,
+                },
+                tasks,
+                moderation: Some(m.prepare(rgb.as_ref().map(Ok), text)?),
+            });
+        }
         Ok(Prepared {
+            moderation: None,
             image: image.map(|b| self.prepare_image(b)).transpose()?,
             text: match text {
                 Some(t) => self.prepare_text(t)?,
@@ -887,6 +939,24 @@ impl FusionModel {
             }
         }
 
+        // Moderation: the packs' own batches over the items that ask for it.
+        let mut moderation: Vec<Option<Signals>> = vec![None; n];
+        if let Some(m) = &self.moderation {
+            let rows: Vec<usize> = (0..n)
+                .filter(|&i| items[i].tasks.contains(Task::Moderate))
+                .filter(|&i| items[i].moderation.is_some())
+                .collect();
+            let inputs: Vec<&ModerationInput> = rows
+                .iter()
+                .filter_map(|&i| items[i].moderation.as_ref())
+                .collect();
+            if !inputs.is_empty() {
+                for (&i, s) in rows.iter().zip(m.signals(&inputs)?) {
+                    moderation[i] = Some(s);
+                }
+            }
+        }
+
         for (i, (item, o)) in items.iter().zip(out.iter_mut()).enumerate() {
             let has_img = item.image.is_some();
             let has_txt = item.text.is_some();
@@ -898,6 +968,7 @@ impl FusionModel {
                     Task::Caption => self.caption.is_some(),
                     Task::Answer => self.vqa.is_some(),
                     Task::Tag => self.tags.is_some(),
+                    Task::Moderate => self.moderation.is_some(),
                 };
                 if !model_present {
                     skip(task, SkipReason::ModelAbsent);
@@ -939,6 +1010,7 @@ impl FusionModel {
             }
             o.caption = captions[i].take();
             o.answer = answers[i].take();
+            o.moderation = moderation[i].take();
         }
         Ok(out)
     }

@@ -77,8 +77,11 @@ pub async fn run(
     let load_start = Instant::now();
     let bundle = model::resolve_bundle(c).await?;
     let model_config = c.model.clone();
-    let model =
-        tokio::task::spawn_blocking(move || model::load(&model_config, &bundle, decode)).await??;
+    let moderation = c.moderation.enabled.then(|| c.moderation.clone());
+    let model = tokio::task::spawn_blocking(move || {
+        model::load(&model_config, &bundle, decode, moderation.as_ref())
+    })
+    .await??;
     health
         .model_loaded
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -4,18 +4,25 @@
 //! overrides (`0` = the bundle's) and the warm-up policy.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use fusionstream_model::moderation::ModerationModels;
 use fusionstream_model::preprocess::DecodeOptions;
 use fusionstream_model::{FusionModel, RuntimeOptions};
 
-use crate::config::{Config, ModelConfig, WarmUp};
+use crate::config::{Config, ModelConfig, ModerationConfig, WarmUp};
 
 /// Load the bundle at `bundle` as `m` says (blocking: run it off the async runtime). The
 /// generation settings are the bundle's unless `m` overrides them; the model is warmed up
 /// when `m.warm_up` asks for it.
-pub fn load(m: &ModelConfig, bundle: &Path, decode: DecodeOptions) -> anyhow::Result<FusionModel> {
+pub fn load(
+    m: &ModelConfig,
+    bundle: &Path,
+    decode: DecodeOptions,
+    moderation: Option<&ModerationConfig>,
+) -> anyhow::Result<FusionModel> {
     let opts = RuntimeOptions {
         decode,
         generation: None,
@@ -23,6 +30,17 @@ pub fn load(m: &ModelConfig, bundle: &Path, decode: DecodeOptions) -> anyhow::Re
     };
     let mut model = FusionModel::load(bundle, &opts)
         .with_context(|| format!("loading model bundle {}", bundle.display()))?;
+    if let Some(mc) = moderation {
+        let started = Instant::now();
+        let packs = ModerationModels::load(&mc.options(opts.onnx.clone()))
+            .context("loading the moderation packs ([moderation])")?;
+        tracing::info!(
+            packs = %packs.packs().join(","),
+            seconds = started.elapsed().as_secs_f64(),
+            "moderation packs loaded"
+        );
+        model = model.with_moderation(Arc::new(packs));
+    }
     let bundle_gen = model.generation().clone();
     let or_bundle = |v: usize, default: usize| if v == 0 { default } else { v };
     model.set_generation(

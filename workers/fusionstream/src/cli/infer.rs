@@ -82,7 +82,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         queue: 1,
         warm_up: WarmUp::Never,
     };
-    let model = fusionstream::app::model::load(&m, &args.model, DecodeOptions::default())?;
+    let model = fusionstream::app::model::load(&m, &args.model, DecodeOptions::default(), None)?;
 
     let image = match &args.image {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),

@@ -183,6 +183,9 @@ impl Config {
                 ));
             }
         }
+        if let Err(e) = self.moderation.policies() {
+            errors.extend(e);
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
             errors.push(format!("telemetry.log_level: {e}"));
         }

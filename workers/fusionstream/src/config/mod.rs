@@ -65,6 +65,7 @@ sections! {
     generate_lane: LaneConfig,
     pipeline: PipelineConfig,
     degradation: DegradationConfig,
+    moderation: ModerationConfig,
     sink: SinkConfig,
     kafka: KafkaConfig,
     backfill: BackfillConfig,

@@ -285,6 +285,91 @@ pub struct DegradationConfig {
     pub tenants: BTreeMap<String, OnImageFailure>,
 }
 
+/// `[moderation]`: the `moderate` task — packs, policy, per-tenant overrides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationConfig {
+    /// Serve `moderate` (load the packs at start).
+    pub enabled: bool,
+    /// Folder of installed packs ("" = `$FUSIONSTREAM_PACKS` or the cache default).
+    pub packs_dir: PathBuf,
+    /// NSFW pack ("" = none).
+    pub nsfw_pack: String,
+    /// Sentence-embedding pack ("" = none).
+    pub text_pack: String,
+    /// Add `moderate` to events that name no tasks.
+    pub moderate_unnamed: bool,
+    /// NSFW thresholds of the default policy.
+    pub nsfw: fusionstream_core::moderation::Thresholds,
+    /// Text categories of the default policy.
+    pub categories: Vec<fusionstream_core::moderation::Category>,
+    /// Per-tenant overrides.
+    pub tenants: BTreeMap<String, fusionstream_core::moderation::PolicyOverride>,
+}
+
+impl ModerationConfig {
+    /// The pack folder in use.
+    pub fn packs_dir(&self) -> PathBuf {
+        if self.packs_dir.as_os_str().is_empty() {
+            fusionstream_model::moderation::default_packs_dir()
+        } else {
+            self.packs_dir.clone()
+        }
+    }
+
+    /// The default policy.
+    pub fn policy(&self) -> fusionstream_core::moderation::Policy {
+        fusionstream_core::moderation::Policy {
+            nsfw: self.nsfw,
+            categories: self.categories.clone(),
+        }
+    }
+
+    /// The policies: the default and one per tenant with its override applied.
+    pub fn policies(&self) -> Result<fusionstream_core::moderation::Policies, Vec<String>> {
+        let policy = self.policy();
+        let mut errors = policy.validate("moderation");
+        let mut tenants = BTreeMap::new();
+        for (t, o) in &self.tenants {
+            match policy.with_override(o) {
+                Ok(p) => {
+                    errors.extend(p.validate(&format!("moderation.tenants.{t}")));
+                    tenants.insert(t.clone(), p);
+                }
+                Err(e) => errors.push(format!("moderation.tenants.{t}: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(fusionstream_core::moderation::Policies {
+                default: policy,
+                tenants,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// What the model loader needs.
+    pub fn options(
+        &self,
+        onnx: fusionstream_model::OnnxOptions,
+    ) -> fusionstream_model::moderation::ModerationOptions {
+        let name = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        fusionstream_model::moderation::ModerationOptions {
+            packs_dir: self.packs_dir(),
+            nsfw_pack: name(&self.nsfw_pack),
+            text_pack: name(&self.text_pack),
+            phrases: self
+                .categories
+                .iter()
+                .filter(|c| !c.phrases.is_empty())
+                .map(|c| (c.name.clone(), c.phrases.clone()))
+                .collect(),
+            onnx,
+        }
+    }
+}
+
 /// `[sink]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,6 +412,8 @@ pub struct KafkaConfig {
     pub embeddings_topic: String,
     /// Tags topic.
     pub tags_topic: String,
+    /// Moderation topic.
+    pub moderation_topic: String,
     /// Dead letters topic.
     pub dead_letters_topic: String,
     /// `security.protocol`.
@@ -356,12 +443,13 @@ pub struct KafkaConfig {
 
 impl KafkaConfig {
     /// Output topics in [`fusionstream_core::record::Stream`] order.
-    pub fn output_topics(&self) -> [String; 5] {
+    pub fn output_topics(&self) -> [String; fusionstream_core::record::Stream::COUNT] {
         [
             self.captions_topic.clone(),
             self.answers_topic.clone(),
             self.embeddings_topic.clone(),
             self.tags_topic.clone(),
+            self.moderation_topic.clone(),
             self.dead_letters_topic.clone(),
         ]
     }

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use fusionstream_core::moderation::decide;
 use fusionstream_core::record::{
-    AnswerRecord, CaptionRecord, DeadLetterRecord, EmbeddingRecord, RecordMeta, Stream, TagRecord,
-    TagScore, Timings, OUTPUT_SCHEMA_VERSION,
+    AnswerRecord, CaptionRecord, DeadLetterRecord, EmbeddingRecord, ModerationRecord, RecordMeta,
+    Stream, TagRecord, TagScore, Timings, OUTPUT_SCHEMA_VERSION,
 };
 use fusionstream_core::{ReasonCode, SkipReason};
 use fusionstream_model::runtime::TagSource;
@@ -83,7 +84,8 @@ fn merge(into: &mut InferOutput, from: InferOutput) {
         match_score,
         caption,
         answer,
-        tags
+        tags,
+        moderation
     );
     into.skipped.extend(from.skipped);
 }
@@ -175,6 +177,21 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
             serde_json::to_vec(&TagRecord {
                 meta: meta.clone(),
                 tags,
+            }),
+        );
+    }
+    if let (Some(mut signals), Some(m)) = (out.moderation, &ctx.moderation) {
+        signals.terms.extend(m.terms.iter().cloned());
+        let (policy, name) = m.policies.for_tenant(ctx.tenant.as_deref());
+        let verdict = decide(policy, &signals);
+        push(
+            Stream::Moderation,
+            serde_json::to_vec(&ModerationRecord {
+                meta: meta.clone(),
+                decision: verdict.action,
+                rules: verdict.rules,
+                signals,
+                policy: name.to_owned(),
             }),
         );
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fusionstream_core::degrade::Plan;
 use fusionstream_core::event::Event;
+use fusionstream_core::moderation::{Policies, TermHit};
 use fusionstream_core::record::{BundleRef, SourcePosition, Stream};
 use fusionstream_core::{Lane, ReasonCode};
 use fusionstream_model::{InferOutput, Prepared};
@@ -40,6 +41,14 @@ pub(crate) struct EventCtx {
     pub span: tracing::Span,
     pub(crate) traceparent: Option<String>,
     pub(crate) partial: Mutex<Partial>,
+    /// What the `moderate` task needs besides the models' signals.
+    pub(crate) moderation: Option<ModerationCtx>,
+}
+
+/// The policies and the exact terms found in the event's text (pure work, done at intake).
+pub(crate) struct ModerationCtx {
+    pub(crate) policies: Arc<Policies>,
+    pub(crate) terms: Vec<TermHit>,
 }
 
 pub(crate) struct Partial {
@@ -64,6 +73,7 @@ impl EventCtx {
         preprocess_ms: f64,
         parts: usize,
         dead_letter_limit: usize,
+        moderation: Option<ModerationCtx>,
     ) -> Self {
         let traceparent = t.rec.traceparent;
         let mut payload = t.rec.payload;
@@ -96,6 +106,7 @@ impl EventCtx {
                 permit: Some(t.permit),
                 failure: None,
             }),
+            moderation,
         }
     }
 

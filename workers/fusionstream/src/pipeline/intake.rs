@@ -8,13 +8,14 @@ use std::time::{Duration, Instant, SystemTime};
 use fusionstream_core::batch::Cost;
 use fusionstream_core::degrade::{decide, Availability, Decision, Degradation, Plan};
 use fusionstream_core::event::{parse_event, Event, Input};
+use fusionstream_core::moderation::TextSource;
 use fusionstream_core::record::{BundleRef, DeadLetterRecord, SourcePosition, Stream};
-use fusionstream_core::{Lane, ReasonCode};
+use fusionstream_core::{Lane, ReasonCode, Task};
 use fusionstream_model::{FusionModel, Prepared, PreparedImage};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument as _;
 
-use super::envelope::{rfc3339, EventCtx, Finished, Part};
+use super::envelope::{rfc3339, EventCtx, Finished, ModerationCtx, Part};
 use super::fetch::fetch;
 use super::preprocess::{availability, degradations, degradations_of, prepare, Preprocessed};
 use crate::telemetry::stats::{Outcome, Stage, Stats};
@@ -172,7 +173,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         let detail = format!("event longer than {} bytes", s.limits.max_event_bytes);
         return send_dead_letter(&shared, t, None, ReasonCode::EventTooLarge, detail, vec![]).await;
     }
-    let event = match parse_event(&t.rec.payload, &s.limits) {
+    let mut event = match parse_event(&t.rec.payload, &s.limits) {
         Ok(e) => {
             t.span.record("event.id", e.id.as_str());
             e
@@ -198,6 +199,9 @@ async fn process(shared: Arc<Shared>, t: Taken) {
                 .await;
             }
         }
+    }
+    if !event.tasks_named && s.moderate_unnamed {
+        event.tasks.insert(Task::Moderate);
     }
     let rule = s.policy.for_tenant(event.tenant.as_deref());
     let (text, question) = (availability(&event.text), availability(&event.question));
@@ -247,6 +251,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
             return;
         };
         let model = shared.model.clone();
+        let moderate = event.tasks.contains(Task::Moderate);
         let text = event.text.present().cloned();
         let question = event.question.present().cloned();
         let span = tracing::info_span!("preprocess", otel.name = "fusionstream.preprocess");
@@ -255,7 +260,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
             if fault == Some(super::faults::Fault::PreprocessPanic) {
                 panic!("injected preprocess panic");
             }
-            span.in_scope(|| prepare(&model, image_bytes, text, question))
+            span.in_scope(|| prepare(&model, image_bytes, text, question, moderate))
         })
         .await
     };
@@ -311,6 +316,23 @@ async fn process(shared: Arc<Shared>, t: Taken) {
     enqueue(&shared, t, event, plan, prep, fetch_ms, preprocess_ms).await;
 }
 
+/// The policies and the exact terms of the event's text, when it is moderated.
+fn moderation_ctx(s: &Settings, event: &Event, plan: &Plan) -> Option<ModerationCtx> {
+    let policies = s.moderation.as_ref()?;
+    if !plan.tasks.contains(Task::Moderate) {
+        return None;
+    }
+    let (policy, _) = policies.for_tenant(event.tenant.as_deref());
+    let terms = match (plan.text, event.text.present()) {
+        (true, Some(t)) => policy.find_terms(t, TextSource::EventText),
+        _ => Vec::new(),
+    };
+    Some(ModerationCtx {
+        policies: policies.clone(),
+        terms,
+    })
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -339,6 +361,7 @@ async fn enqueue(
     } else {
         None
     };
+    let mut moderation = prep.moderation;
     let lanes: Vec<Lane> = Lane::ALL
         .into_iter()
         .filter(|l| !plan.tasks.in_lane(*l).is_empty())
@@ -354,6 +377,7 @@ async fn enqueue(
         preprocess_ms,
         lanes.len(),
         shared.settings.max_dead_letter_payload,
+        moderation_ctx(&shared.settings, &event, &plan),
     ));
     for lane in lanes {
         let tasks = plan.tasks.in_lane(lane);
@@ -363,12 +387,18 @@ async fn enqueue(
                 text: text.clone(),
                 question: None,
                 tasks,
+                moderation: if tasks.contains(Task::Moderate) {
+                    moderation.take()
+                } else {
+                    None
+                },
             },
             Lane::Generate => Prepared {
                 image: image.clone(),
                 text: None,
                 question: question.clone(),
                 tasks,
+                moderation: None,
             },
         };
         let cost = Cost {

@@ -5,6 +5,7 @@
 use fusionstream_core::degrade::{Availability, Degradation};
 use fusionstream_core::event::{Event, Input};
 use fusionstream_core::ReasonCode;
+use fusionstream_model::moderation::ModerationInput;
 use fusionstream_model::{FusionModel, PreparedImage};
 
 /// Whether a modality of the event can be used, as the degradation matrix sees it.
@@ -48,22 +49,67 @@ pub(crate) fn degradations_of(
     .collect()
 }
 
-/// CPU results: each modality prepared, or the reason code it is unusable.
+/// CPU results: each modality prepared, or the reason code it is unusable, and the
+/// moderation models' inputs when the event asks for `moderate` and the worker serves it.
 pub(crate) struct Preprocessed {
     pub(crate) image: Result<Option<PreparedImage>, ReasonCode>,
     pub(crate) text: Result<Option<Vec<u32>>, ReasonCode>,
     pub(crate) question: Result<Option<Vec<u32>>, ReasonCode>,
+    pub(crate) moderation: Option<ModerationInput>,
 }
 
 /// Decode and resize the image, tokenise text and question (on the blocking pool, under a
-/// CPU slot): each prepared, or the reason code it is unusable.
+/// CPU slot): each prepared, or the reason code it is unusable. With `moderate` (and the
+/// worker's moderation models), the image is decoded once by the moderation decoder for
+/// every model.
 pub(crate) fn prepare(
     model: &FusionModel,
     image: Option<Result<Vec<u8>, ReasonCode>>,
     text: Option<String>,
     question: Option<String>,
+    moderate: bool,
 ) -> Preprocessed {
+    if let (true, Some(m)) = (moderate, model.moderation()) {
+        let decoded = image.map(|r| {
+            r.and_then(|bytes| {
+                m.decode(&bytes, &model.decode_options().limits)
+                    .map_err(|e| e.reason_code())
+            })
+        });
+        let prepared_image = match &decoded {
+            None => Ok(None),
+            Some(Err(code)) => Err(*code),
+            Some(Ok(rgb)) => model
+                .prepare_decoded(rgb)
+                .map(Some)
+                .map_err(|e| e.reason_code()),
+        };
+        let moderation = m
+            .prepare(
+                decoded.as_ref().map(|d| d.as_ref().map_err(|c| *c)),
+                text.as_deref(),
+            )
+            .unwrap_or_else(|e| {
+                // Preparing the packs' inputs of a decoded image cannot fail on the image;
+                // should it, the signals are missing, not the event.
+                tracing::warn!(error = %e, "moderation inputs could not be prepared");
+                ModerationInput {
+                    missing: vec![(
+                        "moderation".into(),
+                        ReasonCode::InternalError.as_str().into(),
+                    )],
+                    ..ModerationInput::default()
+                }
+            });
+        return Preprocessed {
+            image: prepared_image,
+            text: tokens(model, text),
+            question: question_tokens(model, question),
+            moderation: Some(moderation),
+        };
+    }
     Preprocessed {
+        moderation: None,
         image: match image {
             None => Ok(None),
             Some(Err(code)) => Err(code),
@@ -72,17 +118,28 @@ pub(crate) fn prepare(
                 .map(Some)
                 .map_err(|e| e.reason_code()),
         },
-        text: match text {
-            None => Ok(None),
-            Some(t) => model
-                .prepare_text(&t)
-                .map_err(|_| ReasonCode::TextUntokenizable),
-        },
-        question: match question {
-            None => Ok(None),
-            Some(q) => model
-                .prepare_question(&q)
-                .map_err(|_| ReasonCode::QuestionUntokenizable),
-        },
+        text: tokens(model, text),
+        question: question_tokens(model, question),
+    }
+}
+
+fn tokens(model: &FusionModel, text: Option<String>) -> Result<Option<Vec<u32>>, ReasonCode> {
+    match text {
+        None => Ok(None),
+        Some(t) => model
+            .prepare_text(&t)
+            .map_err(|_| ReasonCode::TextUntokenizable),
+    }
+}
+
+fn question_tokens(
+    model: &FusionModel,
+    question: Option<String>,
+) -> Result<Option<Vec<u32>>, ReasonCode> {
+    match question {
+        None => Ok(None),
+        Some(q) => model
+            .prepare_question(&q)
+            .map_err(|_| ReasonCode::QuestionUntokenizable),
     }
 }

@@ -50,6 +50,10 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// The crash-loop guard, when on.
     pub crash_guard: Option<GuardSettings>,
+    /// Moderation policies, when the worker serves `moderate`.
+    pub moderation: Option<std::sync::Arc<fusionstream_core::moderation::Policies>>,
+    /// Add `moderate` to events that name no tasks.
+    pub moderate_unnamed: bool,
     /// Test-only fault injection ([`faults`]): `FUSIONSTREAM_TEST_FAULTS=1`.
     pub test_faults: bool,
 }
@@ -108,6 +112,13 @@ impl Settings {
                 },
                 max_attempts: c.crash_guard.max_attempts,
             }),
+            moderation: if c.moderation.enabled {
+                // Validated with the configuration.
+                c.moderation.policies().ok().map(std::sync::Arc::new)
+            } else {
+                None
+            },
+            moderate_unnamed: c.moderation.enabled && c.moderation.moderate_unnamed,
             test_faults: faults::from_env(),
         }
     }

@@ -77,7 +77,7 @@ pub struct Stats {
     /// Dead-lettered.
     pub dead_lettered: AtomicU64,
     /// Records written per stream.
-    pub outputs: [AtomicU64; 5],
+    pub outputs: [AtomicU64; Stream::COUNT],
     /// Model batches per lane.
     pub batches: [AtomicU64; 2],
     /// Items in those batches per lane.
@@ -373,7 +373,7 @@ pub struct StatsSnapshot {
     /// Dead-lettered.
     pub dead_lettered: u64,
     /// Records per stream.
-    pub outputs: [(Stream, u64); 5],
+    pub outputs: [(Stream, u64); Stream::COUNT],
     /// (lane, batches, items).
     pub batches: [(Lane, u64, u64); 2],
     /// Model time.

@@ -58,6 +58,7 @@ pub fn schema_of_stream(stream: &str) -> &'static str {
         "answers" => "answer.schema.json",
         "embeddings" => "embedding.schema.json",
         "tags" => "tags.schema.json",
+        "moderation" => "moderation.schema.json",
         "dead_letters" => "dead_letter.schema.json",
         other => panic!("unknown stream {other}"),
     }

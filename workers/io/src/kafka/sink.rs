@@ -90,7 +90,7 @@ impl fusionstream_core::Classify for KafkaSinkError {
 /// Output records to Kafka topics, one per stream.
 pub struct KafkaSink {
     producer: FutureProducer,
-    topics: [String; 5],
+    topics: [String; Stream::COUNT],
     headers: Vec<(String, String)>,
     pending: Vec<(usize, DeliveryFuture)>,
 }
@@ -109,7 +109,7 @@ impl KafkaSink {
     /// `headers` go on every record (schema version, bundle version).
     pub fn new(
         conn: &KafkaConnection,
-        topics: [String; 5],
+        topics: [String; Stream::COUNT],
         headers: Vec<(String, String)>,
     ) -> Result<Self, KafkaSinkError> {
         let producer: FutureProducer = conn

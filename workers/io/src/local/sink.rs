@@ -20,8 +20,8 @@ pub struct SinkError {
 #[derive(Debug)]
 pub struct JsonlSink {
     dir: PathBuf,
-    files: [Option<tokio::io::BufWriter<tokio::fs::File>>; 5],
-    dirty: [bool; 5],
+    files: [Option<tokio::io::BufWriter<tokio::fs::File>>; Stream::COUNT],
+    dirty: [bool; Stream::COUNT],
 }
 
 impl JsonlSink {
@@ -41,7 +41,7 @@ impl JsonlSink {
         Ok(Self {
             dir: dir.to_owned(),
             files: Default::default(),
-            dirty: [false; 5],
+            dirty: [false; Stream::COUNT],
         })
     }
 
