@@ -46,8 +46,9 @@ async fn examples_through_kafka_with_offsets_committed() {
     }
     produce(&broker, &t.input, &lines);
     let w = in_process(&broker, &t, &[]);
-    // The embedded run's counts: 10 captions, 6 answers, 21 embeddings, 20 tags, 13 dead letters.
-    let expected = [10usize, 6, 21, 20, 13];
+    // The embedded run's counts: 10 captions, 6 answers, 21 embeddings, 20 tags, no moderation
+    // (off by default), 13 dead letters.
+    let expected = [10usize, 6, 21, 20, 0, 13];
     wait_for(
         || committed(&broker, &t) == lines.len() as i64,
         "all offsets committed",

@@ -49,8 +49,8 @@ async fn records_over_the_brokers_limit_are_dead_lettered_and_the_worker_goes_on
     let Some(broker) = broker() else { return };
     let t = topics("limits");
     // Embedding records (a few KB) can never fit; dead letters of 1.5 KB can.
-    create_limited(&broker, &t.outputs[2], 200).await;
-    create_limited(&broker, &t.outputs[4], 1500).await;
+    create_limited(&broker, &t.outputs[stream_index("embeddings")], 200).await;
+    create_limited(&broker, &t.outputs[stream_index("dead_letters")], 1500).await;
     create(&broker, &t).await;
     let n = 8;
     let mut lines = caption_events(n);

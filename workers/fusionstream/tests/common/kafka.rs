@@ -25,11 +25,23 @@ pub fn broker() -> Option<String> {
 
 pub struct Topics {
     pub input: String,
-    pub outputs: [String; 5],
+    pub outputs: [String; 6],
     pub group: String,
 }
 
-pub const STREAMS: [&str; 5] = ["captions", "answers", "embeddings", "tags", "dead_letters"];
+pub const STREAMS: [&str; 6] = [
+    "captions",
+    "answers",
+    "embeddings",
+    "tags",
+    "moderation",
+    "dead_letters",
+];
+
+/// Index of a stream in [`STREAMS`] and [`Topics::outputs`].
+pub fn stream_index(name: &str) -> usize {
+    STREAMS.iter().position(|s| *s == name).unwrap()
+}
 
 pub fn topics(tag: &str) -> Topics {
     let run = format!(
