@@ -87,6 +87,18 @@ pub struct TermHit {
     pub term: String,
 }
 
+/// A line of text read in an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextLine {
+    /// The text.
+    pub text: String,
+    /// Mean probability of its characters.
+    pub score: f32,
+    /// Its four corners (top-left, top-right, bottom-right, bottom-left), pixels.
+    #[serde(rename = "box")]
+    pub bbox: [[f32; 2]; 4],
+}
+
 /// A signal that was asked for but could not be measured, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Missing {
@@ -102,9 +114,12 @@ pub struct Signals {
     /// Probability that the image is not safe for work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nsfw: Option<f32>,
-    /// Text read in the image.
+    /// Text read in the image: its lines in reading order, one per line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_text: Option<String>,
+    /// The lines read in the image, with their boxes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_text_lines: Vec<TextLine>,
     /// Best phrase similarity per (text, category).
     #[serde(default)]
     pub similarity: Vec<Similarity>,

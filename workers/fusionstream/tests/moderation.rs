@@ -1,11 +1,12 @@
-//! The `moderate` task end to end, on the real packs (open_nsfw on ONNX Runtime, MiniLM on
-//! candle; `scripts/fetch-packs.sh`):
+//! The `moderate` task end to end, on the real packs (open_nsfw and PP-OCR on ONNX Runtime,
+//! MiniLM on candle; `scripts/fetch-packs.sh`):
 //! - `config/moderation.toml` over `examples/moderation/` in-process: one record per moderated
 //!   event, valid against `moderation.schema.json`, whose decision and rules follow the
 //!   thresholds of the file (recomputed here from the record's signals, independently of the
 //!   crate's policy code), with the tenant override applied to the tenant's event, the exact
-//!   term found, the degraded event judged on its text alone, the NSFW score equal to the
-//!   pack's own for that image, and events that do not ask for `moderate` left alone;
+//!   term found (in the event's text, and in the text read in a sign by the OCR pack), the
+//!   degraded event judged on its text alone, the NSFW score equal to the pack's own for that
+//!   image, and events that do not ask for `moderate` left alone;
 //! - the same events through the real Kafka broker: the same decisions on the moderation
 //!   topic;
 //! - with `[moderation]` off, `moderate` is skipped as `model_absent`;
@@ -27,7 +28,7 @@ use serde_json::Value;
 /// Whether the packs and ONNX Runtime are there (panics when required and missing).
 fn packs_installed() -> bool {
     let dir = fusionstream_model::moderation::default_packs_dir();
-    let ok = ["open_nsfw", "minilm"]
+    let ok = ["open_nsfw", "minilm", "ppocr"]
         .iter()
         .all(|p| dir.join(p).join("pack.toml").is_file())
         && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty());
@@ -213,6 +214,20 @@ fn check_moderation(recs: &[Value]) -> BTreeMap<String, Value> {
         .unwrap()
         .iter()
         .any(|r| r["rule"] == "term:scam" && r["evidence"] == "free crypto"));
+    // The text in the sign is read and screened: the scam term found in it blocks the image.
+    let sign = &by_id["mod-sign-scam"];
+    assert!(sign["signals"]["image_text"]
+        .as_str()
+        .unwrap()
+        .starts_with("FREE CRYPTO"));
+    assert_eq!(decision("mod-sign-scam"), "block");
+    assert!(sign["rules"].as_array().unwrap().iter().any(|r| {
+        r["rule"] == "term:scam" && r["source"] == "image_text" && r["evidence"] == "free crypto"
+    }));
+    assert!(!sign["signals"]["image_text_lines"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     // The tenant's policy applies to its event only, and is stricter on the same image.
     assert_eq!(by_id["mod-skin-kids"]["policy"], "kids");
     assert_eq!(by_id["mod-skin-default"]["policy"], "default");

@@ -5,19 +5,21 @@
 //!
 //! Preparation (any thread, CPU): the image is decoded once for every model of the event by
 //! the NSFW pack's decoder (bit-exact with Pillow for JPEG, which open_nsfw is sensitive to;
-//! the worker's decoder otherwise) and turned into the classifier's input; texts are
-//! tokenized for the sentence encoder. The model thread then runs one NSFW batch and one
-//! sentence-encoder batch per call.
+//! the worker's decoder otherwise) and turned into the classifier's input and the OCR pack's
+//! (BGR, longest side at most 2000); texts are tokenized for the sentence encoder. The model
+//! thread then runs one NSFW batch, OCR image by image (sizes differ), and one
+//! sentence-encoder batch over the events' texts and the texts read in their images.
 
 use std::path::PathBuf;
 
 use candle_core::Device;
-use fusionstream_core::moderation::{Signals, Similarity, TextSource};
+use fusionstream_core::moderation::{Signals, Similarity, TextLine, TextSource};
 use fusionstream_core::ReasonCode;
 
 use crate::error::{ImageError, ModelError, Result};
 use crate::onnx::OnnxOptions;
 use crate::packs::nsfw::NsfwClassifier;
+use crate::packs::ocr::{OcrInput, OcrReader};
 use crate::packs::sentence::SentenceEncoder;
 use crate::preprocess::{ImageLimits, RgbImage};
 
@@ -30,6 +32,8 @@ pub struct ModerationOptions {
     pub nsfw_pack: Option<String>,
     /// The sentence-embedding pack (`None`: no similarity signal).
     pub text_pack: Option<String>,
+    /// The OCR pack (`None`: no text read in images).
+    pub ocr_pack: Option<String>,
     /// Per category, its policy phrases (embedded at load).
     pub phrases: Vec<(String, Vec<String>)>,
     /// ONNX Runtime settings (the NSFW pack runs on it).
@@ -59,6 +63,7 @@ struct Phrase {
 #[derive(Debug)]
 pub struct ModerationModels {
     nsfw: Option<NsfwClassifier>,
+    ocr: Option<OcrReader>,
     encoder: Option<SentenceEncoder>,
     phrases: Vec<Phrase>,
     packs: Vec<String>,
@@ -69,6 +74,8 @@ pub struct ModerationModels {
 pub struct ModerationInput {
     /// The NSFW classifier's input for the image.
     pub nsfw: Option<Vec<f32>>,
+    /// The OCR pack's input for the image.
+    pub ocr: Option<OcrInput>,
     /// Token ids of each text to screen by meaning.
     pub texts: Vec<(TextSource, Vec<u32>)>,
     /// Signals that could not be measured, with reason codes.
@@ -84,6 +91,11 @@ impl ModerationModels {
             .nsfw_pack
             .as_deref()
             .map(|p| NsfwClassifier::load(&dir(p), &opts.onnx))
+            .transpose()?;
+        let ocr = opts
+            .ocr_pack
+            .as_deref()
+            .map(|p| OcrReader::load(&dir(p), &opts.onnx))
             .transpose()?;
         let encoder = opts
             .text_pack
@@ -103,12 +115,17 @@ impl ModerationModels {
                 }
             }
         }
-        let packs = [opts.nsfw_pack.clone(), opts.text_pack.clone()]
-            .into_iter()
-            .flatten()
-            .collect();
+        let packs = [
+            opts.nsfw_pack.clone(),
+            opts.ocr_pack.clone(),
+            opts.text_pack.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         Ok(Self {
             nsfw,
+            ocr,
             encoder,
             phrases,
             packs,
@@ -123,6 +140,13 @@ impl ModerationModels {
     /// Whether an NSFW pack is loaded.
     pub fn has_nsfw(&self) -> bool {
         self.nsfw.is_some()
+    }
+
+    /// The most bytes one item's prepared inputs hold (for the worker's memory bound).
+    pub fn max_input_bytes(&self) -> u64 {
+        let nsfw = self.nsfw.as_ref().map_or(0, |n| n.input_len() as u64 * 4);
+        let ocr = self.ocr.as_ref().map_or(0, OcrReader::max_prepared_bytes);
+        nsfw + ocr
     }
 
     /// Decode untrusted image bytes the way the NSFW pack needs them (or with the worker's
@@ -154,6 +178,17 @@ impl ModerationModels {
                 Some(Ok(img)) => input.nsfw = Some(n.prepare(img)?),
                 Some(Err(code)) => input.missing.push(("nsfw".into(), code.as_str().into())),
                 None => input.missing.push(("nsfw".into(), "image_absent".into())),
+            }
+        }
+        if let Some(o) = &self.ocr {
+            match image {
+                Some(Ok(img)) => input.ocr = Some(o.prepare(img)?),
+                Some(Err(code)) => input
+                    .missing
+                    .push(("image_text".into(), code.as_str().into())),
+                None => input
+                    .missing
+                    .push(("image_text".into(), "image_absent".into())),
             }
         }
         if let Some(enc) = &self.encoder {
@@ -195,6 +230,26 @@ impl ModerationModels {
                 out[i].nsfw = Some(s);
             }
         }
+        // Text in the images, one image at a time (their sizes differ).
+        if let Some(o) = &self.ocr {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(input) = &item.ocr {
+                    let lines = o.run(input)?;
+                    if !lines.is_empty() {
+                        let text: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+                        out[i].image_text = Some(text.join("\n"));
+                    }
+                    out[i].image_text_lines = lines
+                        .into_iter()
+                        .map(|l| TextLine {
+                            text: l.text,
+                            score: l.score,
+                            bbox: l.bbox,
+                        })
+                        .collect();
+                }
+            }
+        }
         if let Some(enc) = &self.encoder {
             let mut at = Vec::new();
             let mut ids = Vec::new();
@@ -202,6 +257,10 @@ impl ModerationModels {
                 for (source, t) in &item.texts {
                     at.push((i, *source));
                     ids.push(t.clone());
+                }
+                if let (Some(text), false) = (&out[i].image_text, self.phrases.is_empty()) {
+                    at.push((i, TextSource::ImageText));
+                    ids.push(enc.tokenize(text)?);
                 }
             }
             for ((i, source), e) in at.into_iter().zip(enc.embed_ids(&ids)?) {

@@ -291,6 +291,16 @@ impl Graph {
         })
     }
 
+    /// A custom metadata entry of the graph (e.g. PP-OCR's `character` dictionary).
+    pub(crate) fn custom_metadata(&self, key: &str) -> Result<Option<String>> {
+        let session = self
+            .session
+            .lock()
+            .map_err(|_| ModelError::OnnxRuntime("session lock poisoned".into()))?;
+        let meta = session.metadata().map_err(ort_err)?;
+        Ok(meta.custom(key))
+    }
+
     /// Run with `inputs`; `f` takes what it needs from the outputs.
     pub(crate) fn run<R>(
         &self,

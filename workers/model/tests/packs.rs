@@ -247,3 +247,82 @@ fn a_minilm_pack_with_an_altered_file_is_refused() {
     assert!(err.contains("not \"sentence_embedding\""), "{err}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn ppocr_reads_what_rapidocr_reads() {
+    use fusionstream_model::packs::ocr::OcrReader;
+    let Some((_, opts)) = pack() else { return };
+    let dir = pack_dir("ppocr");
+    if !installed(&dir) {
+        return;
+    }
+    let reader = OcrReader::load(&dir, &opts).unwrap();
+    let reference = common::reference_json("../ocr");
+    let images = reference["images"].as_object().unwrap();
+    assert!(images.len() >= 30, "{} reference images", images.len());
+    let (mut lines, mut same_text, mut worst_box) = (0usize, 0usize, 0.0f32);
+    let mut report = Vec::new();
+    for (name, want) in images {
+        let bytes = std::fs::read(
+            common::manifest_dir()
+                .join("../../models/fixtures/ocr")
+                .join(name),
+        )
+        .unwrap();
+        let img = fusionstream_model::preprocess::decode(
+            &bytes,
+            &fusionstream_model::preprocess::ImageLimits::default(),
+        )
+        .unwrap();
+        let got = reader.read(&img).unwrap();
+        let want = want.as_array().unwrap();
+        for w in want {
+            lines += 1;
+            let text = w["text"].as_str().unwrap();
+            let corners: Vec<[f32; 2]> = w["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| [p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32])
+                .collect();
+            // The line of ours whose box is nearest.
+            let dist = |g: &fusionstream_model::packs::ocr::OcrLine| {
+                g.bbox
+                    .iter()
+                    .zip(&corners)
+                    .map(|(a, b)| (a[0] - b[0]).abs().max((a[1] - b[1]).abs()))
+                    .fold(0.0f32, f32::max)
+            };
+            let near = got.iter().min_by(|a, b| dist(a).total_cmp(&dist(b)));
+            match near {
+                Some(g) if g.text == text => {
+                    same_text += 1;
+                    worst_box = worst_box.max(dist(g));
+                }
+                Some(g) => report.push(format!(
+                    "{name}: {text:?} read as {:?} (box off by {})",
+                    g.text,
+                    dist(g)
+                )),
+                None => report.push(format!("{name}: {text:?} not found")),
+            }
+        }
+        if got.len() != want.len() {
+            report.push(format!(
+                "{name}: {} lines, the reference {}",
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    eprintln!(
+        "{same_text}/{lines} lines read the same, boxes within {worst_box} px\n{}",
+        report.join("\n")
+    );
+    assert!(
+        same_text * 100 >= lines * 95,
+        "{same_text}/{lines}\n{}",
+        report.join("\n")
+    );
+    assert!(worst_box <= 4.0, "a box off by {worst_box} px");
+}

@@ -101,7 +101,9 @@ pub async fn run(
             SourceKind::Local | SourceKind::Backfill => SourceBuffers::Local,
         },
         memory::rss().map_or(0, |r| r.0),
-        model.prepared_image_bytes(),
+        // What one event's prepared inputs hold: the bundle's pixels, and the moderation
+        // packs' inputs (the OCR image, up to 2000 px a side) when the worker moderates.
+        model.prepared_image_bytes() + model.moderation().map_or(0, |m| m.max_input_bytes()),
     );
     tracing::info!(bound = %bound.describe(), "memory bound");
 

@@ -297,6 +297,8 @@ pub struct ModerationConfig {
     pub nsfw_pack: String,
     /// Sentence-embedding pack ("" = none).
     pub text_pack: String,
+    /// OCR pack ("" = none).
+    pub ocr_pack: String,
     /// Add `moderate` to events that name no tasks.
     pub moderate_unnamed: bool,
     /// NSFW thresholds of the default policy.
@@ -359,6 +361,7 @@ impl ModerationConfig {
             packs_dir: self.packs_dir(),
             nsfw_pack: name(&self.nsfw_pack),
             text_pack: name(&self.text_pack),
+            ocr_pack: name(&self.ocr_pack),
             phrases: self
                 .categories
                 .iter()

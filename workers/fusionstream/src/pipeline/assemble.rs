@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fusionstream_core::moderation::decide;
+use fusionstream_core::moderation::{decide, TextSource};
 use fusionstream_core::record::{
     AnswerRecord, CaptionRecord, DeadLetterRecord, EmbeddingRecord, ModerationRecord, RecordMeta,
     Stream, TagRecord, TagScore, Timings, OUTPUT_SCHEMA_VERSION,
@@ -183,6 +183,10 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
     if let (Some(mut signals), Some(m)) = (out.moderation, &ctx.moderation) {
         signals.terms.extend(m.terms.iter().cloned());
         let (policy, name) = m.policies.for_tenant(ctx.tenant.as_deref());
+        if let Some(text) = &signals.image_text {
+            let found = policy.find_terms(text, TextSource::ImageText);
+            signals.terms.extend(found);
+        }
         let verdict = decide(policy, &signals);
         push(
             Stream::Moderation,

@@ -11,9 +11,11 @@
 //! | file | kind |
 //! |---|---|
 //! | `nsfw.rs` | `nsfw`: an image classifier's not-safe-for-work probability (open_nsfw) |
+//! | `ocr/` | `ocr`: text detection, angle classification and recognition (PP-OCR) |
 //! | `sentence.rs` | `sentence_embedding`: a BERT sentence encoder (all-MiniLM-L6-v2) |
 
 pub mod nsfw;
+pub mod ocr;
 pub mod sentence;
 
 use std::path::{Path, PathBuf};
