@@ -60,7 +60,7 @@ pub(crate) async fn run(
                     // The batch work itself is in the linked model_batch spans.
                     ctx.span.record("event.queue_ms", round(p.queue_ms));
                     ctx.span.record("event.model_ms", round(p.model_ms));
-                    finish(&ctx, &mut p)
+                    finish(&ctx, &mut p, &stats)
                 })
             };
             if let Some(f) = finished {
@@ -90,7 +90,7 @@ fn merge(into: &mut InferOutput, from: InferOutput) {
     into.skipped.extend(from.skipped);
 }
 
-fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
+fn finish(ctx: &EventCtx, p: &mut Partial, stats: &Stats) -> Finished {
     let out = std::mem::take(&mut p.out);
     let latency = ctx.started.elapsed();
     let mut skipped = ctx.plan.skipped.clone();
@@ -188,6 +188,8 @@ fn finish(ctx: &EventCtx, p: &mut Partial) -> Finished {
             signals.terms.extend(found);
         }
         let verdict = decide(policy, &signals);
+        stats.moderation[verdict.action as usize]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         push(
             Stream::Moderation,
             serde_json::to_vec(&ModerationRecord {

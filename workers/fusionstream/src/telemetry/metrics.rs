@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use fusionstream_core::moderation::Action;
 use fusionstream_core::record::Stream;
 use fusionstream_core::Lane;
 use prometheus_client::collector::Collector;
@@ -144,6 +145,14 @@ impl Collector for StatsCollector {
             "Output records acknowledged, by stream.",
             "stream",
             Stream::ALL.map(|st| (st.name(), s.outputs[st.index()].load(Relaxed))),
+        )?;
+        counters(
+            &mut e,
+            "moderation_decisions",
+            "Moderation decisions made, by action.",
+            "action",
+            [Action::Allow, Action::Review, Action::Block]
+                .map(|a| (a.name(), s.moderation[a as usize].load(Relaxed))),
         )?;
         counters(
             &mut e,

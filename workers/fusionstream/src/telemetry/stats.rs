@@ -107,6 +107,8 @@ pub struct Stats {
     pub model_panics: AtomicU64,
     /// Panics caught while an event was decoded or preprocessed.
     pub intake_panics: AtomicU64,
+    /// Moderation decisions made, by action (`allow`, `review`, `block`).
+    pub moderation: [AtomicU64; 3],
     /// What the source and committer adapters count.
     pub adapter: Arc<AdapterMetrics>,
     stages: [Histogram; 6],
@@ -143,6 +145,7 @@ impl Default for Stats {
             model_item_failures: AtomicU64::new(0),
             model_panics: AtomicU64::new(0),
             intake_panics: AtomicU64::new(0),
+            moderation: Default::default(),
             adapter: Arc::default(),
             stages: std::array::from_fn(|_| stage()),
             batch_size: std::array::from_fn(|_| size()),
