@@ -28,7 +28,8 @@ pub struct InferArgs {
     /// Question about the image.
     #[arg(long)]
     question: Option<String>,
-    /// Comma-separated tasks: embed, match, caption, answer, tag (default: all).
+    /// Comma-separated tasks: embed, match, caption, answer, tag (default: all of them;
+    /// `moderate` needs the worker's `[moderation]` packs and is not served here).
     #[arg(long, value_parser = TaskSet::parse_list)]
     tasks: Option<TaskSet>,
     /// Beam width for captions and answers (1: greedy; default: the bundle's).
@@ -88,7 +89,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
     };
-    let tasks = args.tasks.unwrap_or_else(TaskSet::all);
+    let tasks = args.tasks.unwrap_or_else(TaskSet::unnamed);
     let item = model
         .prepare(
             image.as_deref(),
