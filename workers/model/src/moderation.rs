@@ -142,6 +142,12 @@ impl ModerationModels {
         self.nsfw.is_some()
     }
 
+    /// What ONNX Runtime allocates beyond the weights for the largest input (the OCR
+    /// detector's activations), for the worker's memory bound.
+    pub fn max_activation_bytes(&self) -> u64 {
+        self.ocr.as_ref().map_or(0, OcrReader::max_activation_bytes)
+    }
+
     /// The most bytes one item's prepared inputs hold (for the worker's memory bound).
     pub fn max_input_bytes(&self) -> u64 {
         let nsfw = self.nsfw.as_ref().map_or(0, |n| n.input_len() as u64 * 4);

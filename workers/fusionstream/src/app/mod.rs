@@ -104,6 +104,7 @@ pub async fn run(
         // What one event's prepared inputs hold: the bundle's pixels, and the moderation
         // packs' inputs (the OCR image, up to 2000 px a side) when the worker moderates.
         model.prepared_image_bytes() + model.moderation().map_or(0, |m| m.max_input_bytes()),
+        model.moderation().map_or(0, |m| m.max_activation_bytes()),
     );
     tracing::info!(bound = %bound.describe(), "memory bound");
 

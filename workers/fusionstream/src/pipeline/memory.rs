@@ -47,6 +47,7 @@ impl MemoryBound {
         source: SourceBuffers,
         rss_at_start: u64,
         prepared_image_bytes: u64,
+        activations: u64,
     ) -> Self {
         let l = &s.limits;
         let per_event = l.max_event_bytes as u64
@@ -55,6 +56,9 @@ impl MemoryBound {
             + OUTPUTS_PER_EVENT;
         let terms = vec![
             ("model", rss_at_start.saturating_mul(3) / 2),
+            // What the model's runtime allocates for its largest input beyond the weights
+            // measured at start (the OCR detector's activations: its inputs vary in size).
+            ("model activations", activations),
             (
                 "events in flight",
                 (s.max_in_flight as u64).saturating_mul(per_event),
@@ -121,14 +125,16 @@ mod tests {
     fn the_bound_adds_every_term_and_grows_with_each_limit() {
         let c = crate::config::Config::load(&[], Vec::new()).unwrap();
         let s = Settings::from_config(&c);
-        let b = MemoryBound::new(&s, SourceBuffers::Kafka, 400 << 20, 1 << 20);
+        let b = MemoryBound::new(&s, SourceBuffers::Kafka, 400 << 20, 1 << 20, 0);
         assert_eq!(b.total(), b.terms.iter().map(|t| t.1).sum::<u64>());
         assert_eq!(b.terms[0].1, 600 << 20);
         let mut more = s.clone();
         more.max_in_flight *= 2;
-        let b2 = MemoryBound::new(&more, SourceBuffers::Kafka, 400 << 20, 1 << 20);
-        assert_eq!(b2.terms[1].1, 2 * b.terms[1].1);
-        let local = MemoryBound::new(&s, SourceBuffers::Local, 400 << 20, 1 << 20);
+        let b2 = MemoryBound::new(&more, SourceBuffers::Kafka, 400 << 20, 1 << 20, 0);
+        assert_eq!(b2.terms[2].1, 2 * b.terms[2].1);
+        let local = MemoryBound::new(&s, SourceBuffers::Local, 400 << 20, 1 << 20, 0);
+        let ocr = MemoryBound::new(&s, SourceBuffers::Local, 400 << 20, 1 << 20, 700 << 20);
+        assert_eq!(ocr.total(), local.total() + (700 << 20));
         assert!(local.total() < b.total());
         assert!(
             b.describe().contains("events in flight"),

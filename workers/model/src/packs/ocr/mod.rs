@@ -277,6 +277,16 @@ impl OcrReader {
         (self.s.max_side_len as u64).pow(2) * 3
     }
 
+    /// What ONNX Runtime allocates for the detector's largest input beyond its weights:
+    /// measured 2026-12-01 (ONNX Runtime 1.31, CPU, peak RSS of one run) at ~170 bytes per
+    /// input pixel (116 MiB at 736×736, 487 MiB at 736×3200, 678 MiB at 2016×2016); the
+    /// largest input is `max_side_len` rounded up to 32, squared (the letterbox and the
+    /// 736-px floor give smaller ones). With a margin: 200 bytes per pixel.
+    pub fn max_activation_bytes(&self) -> u64 {
+        let side = (self.s.max_side_len as u64).div_ceil(32) * 32;
+        side * side * 200
+    }
+
     /// Detection, classification and recognition of a prepared image (the model thread).
     pub fn run(&self, input: &OcrInput) -> Result<Vec<OcrLine>> {
         let OcrInput {
