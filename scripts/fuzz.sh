@@ -50,7 +50,7 @@ seed() { # target dir: copy the repository's seeds for `target` into `dir`
           [[ -n $line ]] && printf '%s' "$line" > "$d/seed-$((i++))"
         done
       cp schemas/v1/examples/event/* schemas/v1/examples/event-invalid/* "$d/" 2>/dev/null || true ;;
-    image_preprocess) cp examples/media/* "$d/" ;;
+    image_preprocess) find examples/media -maxdepth 1 -type f -exec cp {} "$d/" \; ;;
     tokenizer)
       cat examples/events/*.jsonl | grep -oE '"(text|question)": *"[^"]*"' |
         while IFS= read -r line; do printf '%s' "${line#*: \"}" > "$d/seed-$((i++))"; done ;;

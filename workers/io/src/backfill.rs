@@ -234,7 +234,7 @@ mod tests {
             shard: 1,
             shards: 2,
             suffixes: vec![],
-            tasks: TaskSet::all(),
+            tasks: TaskSet::unnamed(),
             page: 10,
             backoff: Backoff {
                 initial: std::time::Duration::ZERO,

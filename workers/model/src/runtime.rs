@@ -759,37 +759,33 @@ impl FusionModel {
         question: Option<&str>,
         tasks: TaskSet,
     ) -> Result<Prepared> {
-        if let (Some(m), true) = (&self.moderation, tasks.contains(Task::Moderate)) {
-            // One decode, by the moderation packs' decoder, for every model.
-            let rgb = image
-                .map(|b| m.decode(b, &self.decode.limits))
-                .transpose()?;
-            return Ok(Prepared {
-                image: rgb.as_ref().map(|r| self.prepare_decoded(r)).transpose()?,
-                text: match text {
-                    Some(t) => self.prepare_text(t)?,
-                    None => None,
-                },
-                question: match question {
-                    Some(q) => self.prepare_question(q)?,
-                    None => None,
-                },
-                tasks,
-                moderation: Some(m.prepare(rgb.as_ref().map(Ok), text)?),
-            });
-        }
+        let text_ids = match text {
+            Some(t) => self.prepare_text(t)?,
+            None => None,
+        };
+        let question_ids = match question {
+            Some(q) => self.prepare_question(q)?,
+            None => None,
+        };
+        let (image, moderation) = match (&self.moderation, tasks.contains(Task::Moderate)) {
+            (Some(m), true) => {
+                // One decode, by the moderation packs' decoder, for every model.
+                let rgb = image
+                    .map(|b| m.decode(b, &self.decode.limits))
+                    .transpose()?;
+                (
+                    rgb.as_ref().map(|r| self.prepare_decoded(r)).transpose()?,
+                    Some(m.prepare(rgb.as_ref().map(Ok), text)?),
+                )
+            }
+            _ => (image.map(|b| self.prepare_image(b)).transpose()?, None),
+        };
         Ok(Prepared {
-            moderation: None,
-            image: image.map(|b| self.prepare_image(b)).transpose()?,
-            text: match text {
-                Some(t) => self.prepare_text(t)?,
-                None => None,
-            },
-            question: match question {
-                Some(q) => self.prepare_question(q)?,
-                None => None,
-            },
+            image,
+            text: text_ids,
+            question: question_ids,
             tasks,
+            moderation,
         })
     }
 
@@ -1074,12 +1070,12 @@ impl FusionModel {
         let mut png = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .map_err(|e| ModelError::Input(format!("warm-up image: {e}")))?;
-        let item = self.prepare(
-            Some(&png),
-            Some("warm up"),
-            Some("what is this ?"),
-            TaskSet::all(),
-        )?;
+        // Every task the model serves: the bundle's, and `moderate` with its packs attached.
+        let mut tasks = TaskSet::unnamed();
+        if self.moderation.is_some() {
+            tasks.insert(Task::Moderate);
+        }
+        let item = self.prepare(Some(&png), Some("warm up"), Some("what is this ?"), tasks)?;
         let mut out = self.infer_batch(std::slice::from_ref(&item))?;
         out.pop()
             .ok_or_else(|| ModelError::Input("warm-up batch returned nothing".into()))

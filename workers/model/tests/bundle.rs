@@ -130,7 +130,7 @@ fn the_runtime_from_png_files_gives_the_reference_outputs() {
                     Some(&bytes),
                     Some(&texts[i]),
                     Some(&questions[i]),
-                    TaskSet::all(),
+                    TaskSet::unnamed(),
                 )
                 .unwrap()
         })

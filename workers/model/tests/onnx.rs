@@ -217,7 +217,7 @@ fn bundle_items(model: &FusionModel) -> Vec<fusionstream_model::Prepared> {
                     Some(&img(i)),
                     Some("a small red circle"),
                     Some("what colour is the cross ?"),
-                    TaskSet::all(),
+                    TaskSet::unnamed(),
                 )
                 .unwrap()
         })

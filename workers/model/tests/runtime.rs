@@ -19,7 +19,7 @@ fn image(name: &str) -> Vec<u8> {
 }
 
 fn items(m: &FusionModel) -> Vec<Prepared> {
-    let all = TaskSet::all();
+    let all = TaskSet::unnamed();
     let photo = image("photo.jpg");
     let png = image("portrait.png");
     vec![
@@ -186,7 +186,7 @@ fn a_single_model_directory_is_a_bundle() {
             Some(&image("photo.jpg")),
             Some("a red circle"),
             None,
-            TaskSet::all(),
+            TaskSet::unnamed(),
         )
         .unwrap();
     let out = &m.infer_batch(&[item]).unwrap()[0];
@@ -211,7 +211,7 @@ fn a_siglip_directory_serves_as_the_dual_encoder() {
             Some(&image("photo.jpg")),
             Some("a red circle"),
             None,
-            TaskSet::all(),
+            TaskSet::unnamed(),
         )
         .unwrap();
     let out = &m.infer_batch(&[item.clone(), item]).unwrap();
