@@ -1,6 +1,9 @@
 //! Prometheus metrics: a collector that renders the pipeline's [`Stats`] at scrape time, so
 //! the run summary and `/metrics` read the same counters. The catalogue, with what each
 //! metric is for, is `docs/metrics.md` (a test keeps the two in step).
+//!
+//! Long (~465 lines) because it renders the whole catalogue in one collector, in the order of
+//! `docs/metrics.md`, with the test that keeps the two in step.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
