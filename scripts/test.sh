@@ -42,7 +42,8 @@ echo "== cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 set +e
-cargo test --workspace --locked 2>&1 | tee "$log"
+# --no-fail-fast: a failing test binary must not hide the failures of the ones after it.
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 echo "== pytest models/tests (ONNX exporter against transformers)"
