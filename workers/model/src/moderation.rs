@@ -230,8 +230,10 @@ impl ModerationModels {
             let rows: Vec<usize> = (0..items.len())
                 .filter(|&i| items[i].nsfw.is_some())
                 .collect();
-            let inputs: Vec<Vec<f32>> =
-                rows.iter().filter_map(|&i| items[i].nsfw.clone()).collect();
+            let inputs: Vec<&[f32]> = rows
+                .iter()
+                .filter_map(|&i| items[i].nsfw.as_deref())
+                .collect();
             for (&i, s) in rows.iter().zip(n.scores(&inputs)?) {
                 out[i].nsfw = Some(s);
             }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::Pack;
 use crate::error::{ImageError, ModelError, Result};
-use crate::onnx::{self, f32_view, take_f32, Graph, OnnxOptions};
+use crate::onnx::{f32_view, take_f32, Graph, OnnxOptions};
 use crate::preprocess::{check_encoded, decode, ImageLimits, RgbImage};
 
 #[derive(Debug, Deserialize)]
@@ -90,13 +90,7 @@ impl NsfwClassifier {
         if cw == 0 || ch == 0 || cw > rw || ch > rh {
             return Err(ModelError::config(&manifest, "crop must fit inside resize"));
         }
-        let lib = opts.library_path().ok_or_else(|| {
-            ModelError::OnnxRuntime(
-                "an nsfw pack runs on ONNX Runtime: set model.onnxruntime_library or ORT_DYLIB_PATH"
-                    .into(),
-            )
-        })?;
-        onnx::load_library(&lib)?;
+        super::onnx_runtime("nsfw", opts)?;
         let graph = Graph::open_file(
             &pack.manifest.name,
             &pack.file(&s.model.graph)?,
@@ -171,19 +165,22 @@ impl NsfwClassifier {
 
     /// The score (probability of the pack's `score_label`) of each prepared image, in one
     /// batch (the model thread).
-    pub fn scores(&self, prepared: &[Vec<f32>]) -> Result<Vec<f32>> {
+    pub fn scores<T: AsRef<[f32]>>(&self, prepared: &[T]) -> Result<Vec<f32>> {
         if prepared.is_empty() {
             return Ok(Vec::new());
         }
         let n = self.input_len();
-        if let Some(bad) = prepared.iter().find(|p| p.len() != n) {
+        if let Some(bad) = prepared.iter().map(AsRef::as_ref).find(|p| p.len() != n) {
             return Err(ModelError::Input(format!(
                 "{} values for {}, expected {n}",
                 bad.len(),
                 self.name
             )));
         }
-        let flat: Vec<f32> = prepared.concat();
+        let mut flat = Vec::with_capacity(prepared.len() * n);
+        for p in prepared {
+            flat.extend_from_slice(p.as_ref());
+        }
         let [cw, ch] = self.pre.crop;
         let x = f32_view(vec![prepared.len(), ch as usize, cw as usize, 3], &flat)?;
         let (_, probs) = self.graph.run(vec![(self.input.clone().into(), x)], |o| {

@@ -31,7 +31,7 @@ use self::geometry::{mini_box, Pt};
 use self::raster::Img;
 use super::Pack;
 use crate::error::{ModelError, Result};
-use crate::onnx::{self, f32_view, take_f32, Graph, OnnxOptions};
+use crate::onnx::{f32_view, take_f32, Graph, OnnxOptions};
 use crate::preprocess::RgbImage;
 
 #[derive(Debug, Deserialize)]
@@ -190,13 +190,7 @@ impl OcrReader {
                 "batches and max_lines must be at least 1, cls_labels two labels",
             ));
         }
-        let lib = opts.library_path().ok_or_else(|| {
-            ModelError::OnnxRuntime(
-                "an ocr pack runs on ONNX Runtime: set model.onnxruntime_library or ORT_DYLIB_PATH"
-                    .into(),
-            )
-        })?;
-        onnx::load_library(&lib)?;
+        super::onnx_runtime("ocr", opts)?;
         let open = |g: &GraphSpec| {
             Graph::open_file(
                 &format!("{}/{}", pack.manifest.name, g.file),
