@@ -284,19 +284,9 @@ impl Policy {
         Ok(p)
     }
 
-    /// Whether any rule needs the NSFW score.
-    pub fn wants_nsfw(&self) -> bool {
-        self.nsfw != Thresholds::default()
-    }
-
-    /// Whether any category compares phrases by meaning.
-    pub fn wants_similarity(&self) -> bool {
-        self.categories.iter().any(|c| !c.phrases.is_empty())
-    }
-
     /// The exact terms of every category found in `text`.
     pub fn find_terms(&self, text: &str, source: TextSource) -> Vec<TermHit> {
-        let words = words(text);
+        let words = words_of(text);
         let mut hits = Vec::new();
         for c in &self.categories {
             for term in &c.terms {
@@ -415,10 +405,6 @@ pub fn decide(policy: &Policy, signals: &Signals) -> Verdict {
 
 /// Lower-cased words of `text` with accents folded for the common Latin letters: the unit
 /// of exact term matching.
-fn words(text: &str) -> Vec<String> {
-    words_of(text)
-}
-
 fn words_of(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())

@@ -137,11 +137,6 @@ impl ModerationModels {
         &self.packs
     }
 
-    /// Whether an NSFW pack is loaded.
-    pub fn has_nsfw(&self) -> bool {
-        self.nsfw.is_some()
-    }
-
     /// What ONNX Runtime allocates beyond the weights for the largest input (the OCR
     /// detector's activations), for the worker's memory bound.
     pub fn max_activation_bytes(&self) -> u64 {

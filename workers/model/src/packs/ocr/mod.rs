@@ -116,13 +116,6 @@ pub struct OcrInput {
     raw_h: usize,
 }
 
-impl OcrInput {
-    /// Bytes it holds.
-    pub fn bytes(&self) -> usize {
-        self.work.data.len()
-    }
-}
-
 /// A loaded `ocr` pack.
 pub struct OcrReader {
     det: Graph,
