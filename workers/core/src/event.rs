@@ -17,13 +17,14 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use crate::reason::ReasonCode;
+use crate::schedule::Priority;
 use crate::task::{Task, TaskSet};
 
 /// Schema version this crate reads.
 pub const SCHEMA_VERSION: u64 = 1;
 
 /// Fields of a v1 event.
-pub const FIELDS: [&str; 11] = [
+pub const FIELDS: [&str; 12] = [
     "schema_version",
     "id",
     "image",
@@ -35,6 +36,7 @@ pub const FIELDS: [&str; 11] = [
     "attributes",
     "timestamp",
     "deadline",
+    "priority",
 ];
 
 /// Size limits applied while parsing.
@@ -125,6 +127,9 @@ pub struct Event {
     pub timestamp: Option<SystemTime>,
     /// After this instant the event is not worth processing.
     pub deadline: Option<SystemTime>,
+    /// How urgent it is, when the event says (otherwise the worker's default for its tenant,
+    /// topic or source applies).
+    pub priority: Option<Priority>,
 }
 
 /// Why a payload is not an event.
@@ -326,7 +331,21 @@ pub fn parse_event(payload: &[u8], limits: &EventLimits) -> Result<Event, Reject
             })
             .transpose()
     };
+    let priority = match obj.get("priority") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.parse::<Priority>().map_err(&bad)?),
+        Some(Value::Number(n)) => Some(n.as_u64().and_then(Priority::from_level).ok_or_else(
+            || bad(format!("\"priority\" {n}: expected 0 (high), 1 (normal) or 2 (low)")),
+        )?),
+        Some(v) => {
+            return Err(bad(format!(
+                "\"priority\" must be high, normal, low or 0-2, got {}",
+                kind(v)
+            )))
+        }
+    };
     Ok(Event {
+        priority,
         timestamp: time("timestamp")?,
         deadline: time("deadline")?,
         id,
@@ -436,7 +455,8 @@ mod tests {
         let e = parse(
             r#"{"schema_version":1,"id":"e1","image":"s3://b/k/x.jpg","text":"a red circle",
                 "question":"what?","tasks":["caption","embed"],"tenant":"t","attributes":{"a":1},
-                "timestamp":"2026-11-27T10:00:00Z","deadline":"2026-11-27T10:05:00.5Z"}"#,
+                "timestamp":"2026-11-27T10:00:00Z","deadline":"2026-11-27T10:05:00.5Z",
+                "priority":"high"}"#,
         )
         .expect("valid");
         assert_eq!(e.id, "e1");
@@ -450,6 +470,10 @@ mod tests {
         assert_eq!(e.text, Input::Present("a red circle".into()));
         assert_eq!(e.tasks, TaskSet::parse_list("embed,caption").expect("ok"));
         assert!(e.deadline > e.timestamp);
+        assert_eq!(e.priority, Some(Priority::High));
+        let level = |s: &str| parse(s).expect("valid").priority;
+        assert_eq!(level(r#"{"id":"x","text":"t","priority":2}"#), Some(Priority::Low));
+        assert_eq!(level(r#"{"id":"x","text":"t"}"#), None);
     }
 
     #[test]
@@ -488,6 +512,10 @@ mod tests {
             code(r#"{"id":"a","image":"x","image_base64":"AA=="}"#),
             "invalid_field"
         );
+        assert_eq!(code(r#"{"id":"a","priority":"urgent"}"#), "invalid_field");
+        assert_eq!(code(r#"{"id":"a","priority":3}"#), "invalid_field");
+        assert_eq!(code(r#"{"id":"a","priority":-1}"#), "invalid_field");
+        assert_eq!(code(r#"{"id":"a","priority":[1]}"#), "invalid_field");
         assert_eq!(code(r#"{"id":"a","qestion":"typo"}"#), "unknown_field");
         let big = format!(r#"{{"id":"a","text":"{}"}}"#, "x".repeat(5000));
         assert_eq!(code(&big), "event_too_large");

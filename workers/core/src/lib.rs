@@ -8,6 +8,7 @@
 //! | [`event`] | input event v1: parsing, validation, limits, rejection codes |
 //! | [`degrade`] | the degradation matrix and its policy |
 //! | [`batch`] | the micro-batcher (lanes, max items, max wait, pixel/token budgets) |
+//! | [`schedule`] | the model thread's scheduler: priorities, aging, deadlines, lanes, time slices |
 //! | [`moderation`] | moderation signals, policy (thresholds, actions, tenants), the decision |
 //! | [`isolate`] | bisection of a failed batch down to the item(s) that fail it |
 //! | [`crash_guard`] | the crash-loop guard: marks beside commits, suspect mode, `poison_suspected` |
@@ -30,10 +31,12 @@ pub mod moderation;
 pub mod position;
 pub mod reason;
 pub mod record;
+pub mod schedule;
 pub mod task;
 
 pub use error::{Classify, ErrorClass};
 pub use reason::ReasonCode;
+pub use schedule::Priority;
 pub use task::{Lane, SkipReason, Skipped, Task, TaskSet};
 
 /// Lock a mutex, taking the data of a poisoned one: every holder in the worker leaves the
