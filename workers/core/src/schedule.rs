@@ -96,6 +96,50 @@ impl std::fmt::Display for Priority {
     }
 }
 
+/// The priority of events that give none: per tenant, then per input topic, then the
+/// source's default (a backfill's is `low`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PriorityDefaults {
+    /// When nothing else applies.
+    pub default: Priority,
+    /// Per tenant.
+    pub tenants: std::collections::BTreeMap<String, Priority>,
+    /// Per input topic (the source's stream name).
+    pub topics: std::collections::BTreeMap<String, Priority>,
+}
+
+impl PriorityDefaults {
+    /// The priority of an event: its own, else its tenant's, else its topic's, else the
+    /// default.
+    pub fn resolve(&self, given: Option<Priority>, tenant: Option<&str>, topic: &str) -> Priority {
+        given
+            .or_else(|| tenant.and_then(|t| self.tenants.get(t).copied()))
+            .or_else(|| self.topics.get(topic).copied())
+            .unwrap_or(self.default)
+    }
+}
+
+/// The read-ahead window by Little's law: events in flight = the model's capacity × the
+/// latency wanted, within `[min, max]`. The capacity is the events finished per second of
+/// model time (`finished_per_s / busy_fraction`), which a window too small to keep the model
+/// busy does not hide. `None` while the model did nothing (nothing to learn from: keep the
+/// window).
+pub fn read_ahead(
+    finished_per_s: f64,
+    busy_fraction: f64,
+    target: Duration,
+    min: usize,
+    max: usize,
+) -> Option<usize> {
+    if !(finished_per_s > 0.0 && busy_fraction > 0.0) {
+        return None;
+    }
+    // A busy fraction under 5% is mostly noise; clamp so one odd sample cannot explode it.
+    let capacity = finished_per_s / busy_fraction.clamp(0.05, 1.0);
+    let w = (capacity * target.as_secs_f64()).ceil();
+    Some((w.min(max as f64) as usize).clamp(min.min(max), max))
+}
+
 /// The scheduler's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulePolicy {
@@ -465,6 +509,30 @@ mod tests {
         assert_eq!(Priority::from_level(2), Some(Priority::Low));
         assert_eq!(Priority::from_level(3), None);
         assert!(Priority::High < Priority::Low);
+    }
+
+    #[test]
+    fn the_read_ahead_follows_capacity_times_target() {
+        let t = ms(250);
+        // 100 events/s with the model busy a third of the time: capacity 300/s → 75.
+        assert_eq!(read_ahead(100.0, 1.0 / 3.0, t, 8, 256), Some(75));
+        assert_eq!(read_ahead(10_000.0, 1.0, t, 8, 256), Some(256));
+        assert_eq!(read_ahead(4.0, 1.0, t, 8, 256), Some(8));
+        assert_eq!(read_ahead(0.0, 0.0, t, 8, 256), None);
+        assert_eq!(read_ahead(f64::NAN, 1.0, t, 8, 256), None);
+    }
+
+    #[test]
+    fn an_events_own_priority_wins_then_tenant_then_topic() {
+        let d = PriorityDefaults {
+            default: Priority::Low,
+            tenants: [("t".to_owned(), Priority::High)].into(),
+            topics: [("flagged".to_owned(), Priority::Normal)].into(),
+        };
+        assert_eq!(d.resolve(Some(Priority::Low), Some("t"), "flagged"), Priority::Low);
+        assert_eq!(d.resolve(None, Some("t"), "flagged"), Priority::High);
+        assert_eq!(d.resolve(None, Some("u"), "flagged"), Priority::Normal);
+        assert_eq!(d.resolve(None, None, "bulk"), Priority::Low);
     }
 
     #[test]

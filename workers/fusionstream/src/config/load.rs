@@ -88,6 +88,7 @@ impl Config {
         positive("image.max_pixels", self.image.max_pixels);
         positive("model.queue", self.model.queue as u64);
         positive("pipeline.max_in_flight", self.pipeline.max_in_flight as u64);
+        positive("pipeline.min_in_flight", self.pipeline.min_in_flight as u64);
         positive(
             "crash_guard.max_attempts",
             self.crash_guard.max_attempts as u64,
@@ -103,6 +104,16 @@ impl Config {
             positive(&format!("{name}.max_items"), lane.max_items as u64);
             positive(&format!("{name}.max_pixels"), lane.max_pixels);
             positive(&format!("{name}.max_tokens"), lane.max_tokens);
+        }
+        for (name, d) in [
+            ("pipeline.latency_target", self.pipeline.latency_target),
+            ("encode_lane.latency_target", self.encode_lane.latency_target),
+            ("generate_lane.latency_target", self.generate_lane.latency_target),
+            ("scheduler.aging", self.scheduler.aging),
+        ] {
+            if d.is_zero() {
+                errors.push(format!("{name} must be more than 0"));
+            }
         }
         if self.media.timeout.is_zero() {
             errors.push("media.timeout must be more than 0".into());

@@ -64,6 +64,7 @@ sections! {
     encode_lane: LaneConfig,
     generate_lane: LaneConfig,
     pipeline: PipelineConfig,
+    scheduler: SchedulerConfig,
     degradation: DegradationConfig,
     moderation: ModerationConfig,
     sink: SinkConfig,

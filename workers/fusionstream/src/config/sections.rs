@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fusionstream_core::degrade::OnImageFailure;
+use fusionstream_core::Priority;
 use fusionstream_model::{BackendChoice, OnnxOptions, Precision, RuntimeOptions};
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +84,8 @@ pub struct BackfillConfig {
     pub tasks: Vec<String>,
     /// Keys per listing request.
     pub list_page: u32,
+    /// Priority of backfill events.
+    pub priority: Priority,
 }
 
 impl BackfillConfig {
@@ -261,18 +264,53 @@ pub struct LaneConfig {
     pub max_pixels: u64,
     /// Token budget.
     pub max_tokens: u64,
+    /// Latency target of the lane (scheduler).
+    #[serde(with = "humantime_serde")]
+    pub latency_target: Duration,
 }
 
 /// `[pipeline]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Events in flight.
+    /// Events in flight, at most.
     pub max_in_flight: usize,
+    /// Events in flight, at least (the adaptive window's floor).
+    pub min_in_flight: usize,
+    /// Read-to-acknowledged time the read-ahead is sized for.
+    #[serde(with = "humantime_serde")]
+    pub latency_target: Duration,
     /// Channel capacity between stages.
     pub channel_capacity: usize,
     /// Dead-letter events past their deadline.
     pub enforce_deadlines: bool,
+}
+
+/// `[scheduler]`: which batch the model runs next, and the events' default priorities.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// `priority` or `fifo`.
+    pub mode: SchedulerMode,
+    /// Waiting this long raises an item one level.
+    #[serde(with = "humantime_serde")]
+    pub aging: Duration,
+    /// Priority of events that give none.
+    pub default_priority: Priority,
+    /// Per-tenant defaults.
+    pub tenants: BTreeMap<String, Priority>,
+    /// Per-input-topic defaults.
+    pub topics: BTreeMap<String, Priority>,
+}
+
+/// Scheduler modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerMode {
+    /// `fusionstream_core::schedule`.
+    Priority,
+    /// Batches in the order they close.
+    Fifo,
 }
 
 /// `[degradation]`.

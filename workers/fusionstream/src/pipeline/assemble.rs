@@ -9,7 +9,7 @@ use fusionstream_core::record::{
     AnswerRecord, CaptionRecord, DeadLetterRecord, EmbeddingRecord, ModerationRecord, RecordMeta,
     Stream, TagRecord, TagScore, Timings, OUTPUT_SCHEMA_VERSION,
 };
-use fusionstream_core::{ReasonCode, SkipReason};
+use fusionstream_core::{Lane, ReasonCode, SkipReason};
 use fusionstream_model::runtime::TagSource;
 use fusionstream_model::InferOutput;
 use tokio::sync::mpsc;
@@ -19,9 +19,12 @@ use super::envelope::{rfc3339, EventCtx, Finished, ModelDone, Partial};
 use crate::telemetry::stats::{Outcome, Stage, Stats};
 use fusionstream_core::lock;
 
-/// Merge batch results into their events; emit events whose last part is in. An item the
-/// model failed on alone dead-letters its event; a failure of the runtime itself is fatal:
-/// the worker stops and nothing unfinished is acknowledged.
+/// Turn batch results into records: each lane's outputs go to the sink as soon as that lane
+/// is done with the event (its embedding does not wait for its caption); the event's last
+/// piece carries its outcome. An item the model failed on alone dead-letters its event (the
+/// outputs of a lane done before stay published: duplicates on a replay, never a loss); a
+/// failure of the runtime itself is fatal: the worker stops and nothing unfinished is
+/// acknowledged.
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<ModelDone>,
     to_sink: mpsc::Sender<Finished>,
@@ -42,28 +45,30 @@ pub(crate) async fn run(
         };
         stats.batch(done.lane, done.parts.len(), done.took);
         for ((ctx, enqueued), out) in done.parts.into_iter().zip(outputs) {
-            let finished = {
+            let waited = done.started.saturating_duration_since(enqueued);
+            stats.queue_wait(done.lane, ctx.priority, waited);
+            let piece = {
                 let mut p = lock(&ctx.partial);
-                match out {
-                    Ok(out) => merge(&mut p.out, out),
+                let fresh = match out {
+                    Ok(out) => Some(out),
                     Err(f) => {
                         p.failure.get_or_insert(f);
+                        None
                     }
-                }
-                let waited = done.started.saturating_duration_since(enqueued);
+                };
                 p.queue_ms = p.queue_ms.max(waited.as_secs_f64() * 1e3);
                 p.model_ms += done.took.as_secs_f64() * 1e3;
                 p.remaining -= 1;
-                (p.remaining == 0).then(|| {
+                if p.remaining == 0 {
                     stats.stage(Stage::Queue, ms_duration(p.queue_ms));
                     stats.stage(Stage::Model, ms_duration(p.model_ms));
                     // The batch work itself is in the linked model_batch spans.
                     ctx.span.record("event.queue_ms", round(p.queue_ms));
                     ctx.span.record("event.model_ms", round(p.model_ms));
-                    finish(&ctx, &mut p, &stats)
-                })
+                }
+                piece(&ctx, &mut p, fresh, done.lane, &stats)
             };
-            if let Some(f) = finished {
+            if let Some(f) = piece {
                 if to_sink.send(f).await.is_err() {
                     return Ok(());
                 }
@@ -73,29 +78,112 @@ pub(crate) async fn run(
     Ok(())
 }
 
-fn merge(into: &mut InferOutput, from: InferOutput) {
-    macro_rules! take {
-        ($($f:ident),*) => { $( if from.$f.is_some() { into.$f = from.$f; } )* };
+/// The records of one lane's outputs for an event (`None` when there is nothing to send
+/// yet), and on its last lane the event's outcome.
+fn piece(
+    ctx: &EventCtx,
+    p: &mut Partial,
+    out: Option<InferOutput>,
+    lane: Lane,
+    stats: &Stats,
+) -> Option<Finished> {
+    let last = p.remaining == 0;
+    let latency = ctx.started.elapsed();
+    let mut records = Vec::new();
+    if let (Some(out), None) = (out, &p.failure) {
+        p.skipped.extend(out.skipped.iter().copied());
+        records = outputs(ctx, p, out, stats);
     }
-    take!(
-        image_embedding,
-        text_embedding,
-        fused_embedding,
-        match_score,
-        caption,
-        answer,
-        tags,
-        moderation
-    );
-    into.skipped.extend(from.skipped);
+    p.published.extend(records.iter().map(|(s, _)| *s));
+    let span = ctx.span.clone();
+    let traceparent = crate::telemetry::traces::traceparent_for(&span, ctx.traceparent.as_deref());
+    let mut finished = Finished {
+        partition: ctx.partition,
+        offset: ctx.offset,
+        key: ctx.event_id.clone(),
+        records,
+        outcome: None,
+        lane: Some((lane, ctx.priority)),
+        started: ctx.started,
+        latency,
+        permit: None,
+        span,
+        traceparent,
+    };
+    if !last {
+        return (!finished.records.is_empty()).then_some(finished);
+    }
+    finished.permit = p.permit.take();
+    let failure = p.failure.take();
+    if p.published.is_empty() || failure.is_some() {
+        // The model failed on one of the event's parts alone (the dead letter is the event's
+        // replay unit; outputs of a lane done before it stay published), or every runnable
+        // task was skipped by the model (e.g. the bundle lacks the part): nothing may vanish
+        // silently.
+        let skipped = skipped(ctx, p);
+        let (reason, mut detail) = match failure {
+            Some(f) => (f.reason, f.detail),
+            None => (
+                skipped
+                    .iter()
+                    .find(|s| s.reason == SkipReason::ModelAbsent)
+                    .or(skipped.first())
+                    .map_or(ReasonCode::NoOutput, |s| s.reason.into()),
+                "no requested output could be produced".to_owned(),
+            ),
+        };
+        let before: Vec<&str> = p
+            .published
+            .iter()
+            .filter(|s| !finished.records.iter().any(|(r, _)| r == *s))
+            .map(|s| s.name())
+            .collect();
+        if !before.is_empty() {
+            detail.push_str(&format!(" (already published: {})", before.join(", ")));
+        }
+        let dl = DeadLetterRecord::new(
+            Some(ctx.event_id.clone()),
+            reason,
+            detail,
+            ctx.position.clone(),
+            ctx.bundle.clone(),
+            ctx.plan.degraded.clone(),
+            rfc3339(SystemTime::now()),
+        )
+        .with_payload(&ctx.payload.0, ctx.dead_letter_limit);
+        finished.records = vec![(
+            Stream::DeadLetters,
+            serde_json::to_vec(&dl).unwrap_or_default(),
+        )];
+        finished.outcome = Some(Outcome::DeadLetter(reason));
+        return Some(finished);
+    }
+    finished.outcome = Some(Outcome::Processed {
+        degraded: ctx.plan.degraded.iter().map(|d| d.reason).collect(),
+        skipped: skipped(ctx, p)
+            .iter()
+            .map(|s| format!("{}:{}", s.task, s.reason.code()))
+            .collect(),
+    });
+    Some(finished)
 }
 
-fn finish(ctx: &EventCtx, p: &mut Partial, stats: &Stats) -> Finished {
-    let out = std::mem::take(&mut p.out);
-    let latency = ctx.started.elapsed();
+/// The tasks skipped so far: by the plan, and by the model in the lanes done.
+fn skipped(ctx: &EventCtx, p: &Partial) -> Vec<fusionstream_core::Skipped> {
     let mut skipped = ctx.plan.skipped.clone();
-    skipped.extend(out.skipped.iter().copied());
+    skipped.extend(p.skipped.iter().copied());
     skipped.sort_by_key(|s| s.task);
+    skipped
+}
+
+/// The output records of one lane's outputs.
+fn outputs(
+    ctx: &EventCtx,
+    p: &Partial,
+    out: InferOutput,
+    stats: &Stats,
+) -> Vec<(Stream, Vec<u8>)> {
+    let latency = ctx.started.elapsed();
     let meta = RecordMeta {
         schema_version: OUTPUT_SCHEMA_VERSION,
         event_id: ctx.event_id.clone(),
@@ -110,7 +198,7 @@ fn finish(ctx: &EventCtx, p: &mut Partial, stats: &Stats) -> Finished {
             total_ms: round(latency.as_secs_f64() * 1e3),
         },
         degraded: ctx.plan.degraded.clone(),
-        skipped: skipped.clone(),
+        skipped: skipped(ctx, p),
         tenant: ctx.tenant.clone(),
         attributes: ctx.attributes.clone(),
     };
@@ -201,67 +289,7 @@ fn finish(ctx: &EventCtx, p: &mut Partial, stats: &Stats) -> Finished {
             }),
         );
     }
-    let permit = p.permit.take();
-    let span = ctx.span.clone();
-    let traceparent = crate::telemetry::traces::traceparent_for(&span, ctx.traceparent.as_deref());
-    let failure = p.failure.take();
-    if records.is_empty() || failure.is_some() {
-        // The model failed on one of the event's parts alone (its other outputs are not
-        // published: the dead letter is the event's replay unit), or every runnable task was
-        // skipped by the model (e.g. the bundle lacks the part): nothing may vanish silently.
-        let (reason, detail) = match failure {
-            Some(f) => (f.reason, f.detail),
-            None => (
-                skipped
-                    .iter()
-                    .find(|s| s.reason == SkipReason::ModelAbsent)
-                    .or(skipped.first())
-                    .map_or(ReasonCode::NoOutput, |s| s.reason.into()),
-                "no requested output could be produced".to_owned(),
-            ),
-        };
-        let dl = DeadLetterRecord::new(
-            Some(ctx.event_id.clone()),
-            reason,
-            detail,
-            ctx.position.clone(),
-            ctx.bundle.clone(),
-            ctx.plan.degraded.clone(),
-            rfc3339(SystemTime::now()),
-        )
-        .with_payload(&ctx.payload.0, ctx.dead_letter_limit);
-        return Finished {
-            partition: ctx.partition,
-            offset: ctx.offset,
-            key: ctx.event_id.clone(),
-            records: vec![(
-                Stream::DeadLetters,
-                serde_json::to_vec(&dl).unwrap_or_default(),
-            )],
-            outcome: Outcome::DeadLetter(reason),
-            latency,
-            permit,
-            span,
-            traceparent,
-        };
-    }
-    Finished {
-        partition: ctx.partition,
-        offset: ctx.offset,
-        key: ctx.event_id.clone(),
-        records,
-        outcome: Outcome::Processed {
-            degraded: ctx.plan.degraded.iter().map(|d| d.reason).collect(),
-            skipped: skipped
-                .iter()
-                .map(|s| format!("{}:{}", s.task, s.reason.code()))
-                .collect(),
-        },
-        latency,
-        permit,
-        span,
-        traceparent,
-    }
+    records
 }
 
 fn ms_duration(ms: f64) -> Duration {

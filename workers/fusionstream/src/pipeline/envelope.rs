@@ -10,7 +10,7 @@ use fusionstream_core::degrade::Plan;
 use fusionstream_core::event::Event;
 use fusionstream_core::moderation::{Policies, TermHit};
 use fusionstream_core::record::{BundleRef, SourcePosition, Stream};
-use fusionstream_core::{Lane, ReasonCode};
+use fusionstream_core::{Lane, Priority, ReasonCode};
 use fusionstream_model::{InferOutput, Prepared};
 use serde_json::{Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
@@ -41,6 +41,8 @@ pub(crate) struct EventCtx {
     pub span: tracing::Span,
     pub(crate) traceparent: Option<String>,
     pub(crate) partial: Mutex<Partial>,
+    /// How urgent the event is (its own, or the default of its tenant, topic or source).
+    pub(crate) priority: Priority,
     /// What the `moderate` task needs besides the models' signals.
     pub(crate) moderation: Option<ModerationCtx>,
 }
@@ -53,7 +55,10 @@ pub(crate) struct ModerationCtx {
 
 pub(crate) struct Partial {
     pub(crate) remaining: usize,
-    pub(crate) out: InferOutput,
+    /// Tasks the model skipped in the lanes done so far.
+    pub(crate) skipped: Vec<fusionstream_core::Skipped>,
+    /// Streams already handed to the sink (by lanes done before).
+    pub(crate) published: Vec<Stream>,
     pub(crate) queue_ms: f64,
     pub(crate) model_ms: f64,
     pub(crate) permit: Option<OwnedSemaphorePermit>,
@@ -74,6 +79,7 @@ impl EventCtx {
         parts: usize,
         dead_letter_limit: usize,
         moderation: Option<ModerationCtx>,
+        priority: Priority,
     ) -> Self {
         let traceparent = t.rec.traceparent;
         let mut payload = t.rec.payload;
@@ -100,13 +106,15 @@ impl EventCtx {
             traceparent,
             partial: Mutex::new(Partial {
                 remaining: parts,
-                out: InferOutput::default(),
+                skipped: Vec::new(),
+                published: Vec::new(),
                 queue_ms: 0.0,
                 model_ms: 0.0,
                 permit: Some(t.permit),
                 failure: None,
             }),
             moderation,
+            priority,
         }
     }
 
@@ -133,13 +141,21 @@ pub(crate) struct ModelDone {
     pub result: anyhow::Result<Vec<ItemResult>>,
 }
 
-/// An event whose records are ready for the sink.
+/// Records of an event ready for the sink: all of them, or one lane's as soon as that lane is
+/// done (outputs go out per stream as soon as they exist). Only the event's last piece
+/// carries its outcome and its permit, and only its acknowledgement completes the position:
+/// earlier pieces are acknowledged before it (the sink keeps their order).
 pub(crate) struct Finished {
     pub partition: u32,
     pub offset: u64,
     pub key: String,
     pub records: Vec<(Stream, Vec<u8>)>,
-    pub outcome: Outcome,
+    /// The event's outcome, on its last piece; `None` on an earlier one.
+    pub outcome: Option<Outcome>,
+    /// The lane whose outputs these are, and the event's priority (per-lane latency).
+    pub lane: Option<(Lane, Priority)>,
+    /// When the event was read.
+    pub started: Instant,
     pub latency: Duration,
     pub permit: Option<OwnedSemaphorePermit>,
     /// The event's span: it ends when this is dropped, after the acknowledgement.

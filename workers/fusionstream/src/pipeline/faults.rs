@@ -36,6 +36,9 @@ pub(crate) enum Fault {
     /// The process aborts when the model runs a batch that holds the item (`abort`): no
     /// unwinding, nothing caught (the crash-loop guard's case).
     Abort,
+    /// A generation batch that holds the item takes this many more seconds
+    /// (`slow-generate-<seconds>`): the encode lane's outputs go out first.
+    SlowGenerate(u64),
 }
 
 /// The fault the event `id` asks for, when injection is `on`.
@@ -52,6 +55,13 @@ pub(crate) fn fault_for(on: bool, id: &str) -> Option<Fault> {
         k if k.starts_with("preprocess-panic") => Fault::PreprocessPanic,
         k if k.starts_with("nan-output") => Fault::NanOutput,
         k if k.starts_with("abort") => Fault::Abort,
+        k if k.starts_with("slow-generate-") => {
+            let secs = k["slow-generate-".len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())?;
+            Fault::SlowGenerate(secs)
+        }
         _ => return None,
     })
 }

@@ -17,6 +17,7 @@ use tracing::Instrument as _;
 
 use super::envelope::{rfc3339, EventCtx, Finished, ModerationCtx, Part};
 use super::fetch::fetch;
+use super::scheduler::ToModel;
 use super::preprocess::{availability, degradations, degradations_of, prepare, Preprocessed};
 use crate::telemetry::stats::{Outcome, Stage, Stats};
 use fusionstream_io::stores::Media;
@@ -32,7 +33,7 @@ pub(crate) struct Shared {
     pub bundle: BundleRef,
     pub fetch_slots: Arc<Semaphore>,
     pub cpu_slots: Arc<Semaphore>,
-    pub to_batcher: mpsc::Sender<(Lane, Part, Cost)>,
+    pub to_model: ToModel,
     pub to_sink: mpsc::Sender<Finished>,
     pub stats: Arc<Stats>,
 }
@@ -91,7 +92,9 @@ async fn contained(shared: Arc<Shared>, t: Taken) {
             Stream::DeadLetters,
             serde_json::to_vec(&rec).unwrap_or_default(),
         )],
-        outcome: Outcome::DeadLetter(ReasonCode::InternalError),
+        outcome: Some(Outcome::DeadLetter(ReasonCode::InternalError)),
+        lane: None,
+        started,
         latency: started.elapsed(),
         permit: None,
         traceparent: crate::telemetry::traces::traceparent_for(&span, traceparent.as_deref()),
@@ -141,7 +144,9 @@ async fn send_dead_letter(
             Stream::DeadLetters,
             serde_json::to_vec(&rec).unwrap_or_default(),
         )],
-        outcome: Outcome::DeadLetter(reason),
+        outcome: Some(Outcome::DeadLetter(reason)),
+        lane: None,
+        started: t.started,
         latency: t.started.elapsed(),
         permit: Some(t.permit),
         span: t.span,
@@ -367,6 +372,19 @@ async fn enqueue(
         .filter(|l| !plan.tasks.in_lane(*l).is_empty())
         .collect();
     let position = position(shared, &t);
+    let priority = shared.settings.priorities.resolve(
+        event.priority,
+        event.tenant.as_deref(),
+        &t.rec.stream,
+    );
+    // The deadline on the worker's clock (the scheduler makes an item urgent near it).
+    let deadline = event.deadline.map(|d| {
+        let now = (Instant::now(), SystemTime::now());
+        match d.duration_since(now.1) {
+            Ok(left) => now.0 + left,
+            Err(_) => now.0,
+        }
+    });
     let ctx = Arc::new(EventCtx::new(
         t,
         &event,
@@ -378,6 +396,7 @@ async fn enqueue(
         lanes.len(),
         shared.settings.max_dead_letter_payload,
         moderation_ctx(&shared.settings, &event, &plan),
+        priority,
     ));
     for lane in lanes {
         let tasks = plan.tasks.in_lane(lane);
@@ -414,7 +433,7 @@ async fn enqueue(
             prepared,
             enqueued: Instant::now(),
         };
-        if shared.to_batcher.send((lane, part, cost)).await.is_err() {
+        if !shared.to_model.send(lane, part, cost, deadline).await {
             return;
         }
     }

@@ -24,9 +24,11 @@
 //! | `intake.rs` | one task per event: decode, validate, fetch, preprocess, degrade or dead-letter |
 //! | `fetch.rs` | an image fetch with per-attempt timeout and retries |
 //! | `preprocess.rs` | modalities prepared for the model, or why each is unusable |
-//! | `batching.rs` | the micro-batcher task over `core::batch` |
+//! | `scheduler.rs` | the `priority` scheduler's queue: the intake pushes, the model thread takes the batch `core::schedule` picks |
+//! | `batching.rs` | the `fifo` micro-batcher task over `core::batch` |
 //! | `model_thread.rs` | the model's OS thread, failure isolation around each call |
-//! | `assemble.rs` | joining an event's lane parts into output records |
+//! | `window.rs` | the adaptive read-ahead (in-flight permits sized by Little's law) |
+//! | `assemble.rs` | each lane's outputs as records, as soon as the lane is done; the event's outcome |
 //! | `sink.rs` | writing and acknowledging outputs, completing positions |
 //! | `commit.rs` | the commit schedule: interval, backoff while failing, the last commit |
 //! | `oversize.rs` | records too large for the broker: cut dead letters, `output_too_large` |
@@ -45,8 +47,10 @@ pub mod memory;
 mod model_thread;
 mod oversize;
 mod preprocess;
+mod scheduler;
 mod settings;
 mod sink;
+mod window;
 
 use std::sync::{Arc, Mutex};
 
@@ -134,9 +138,41 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     };
 
     let (taken_tx, taken_rx) = mpsc::channel::<Taken>(cap);
-    let (part_tx, part_rx) = mpsc::channel(cap);
-    let (job_tx, job_rx) = mpsc::channel(settings.model_queue);
     let (done_tx, done_rx) = mpsc::channel(settings.model_queue + 1);
+    // The model's input: the priority scheduler's queue, or the FIFO batcher and its channel.
+    let (to_model, jobs, batch_task, queue) = match settings.scheduler {
+        Some(policy) => {
+            for l in fusionstream_core::Lane::ALL {
+                stats.lane_max_items[l.index()].store(
+                    policy.lanes[l.index()].max_items as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            let q = scheduler::ModelQueue::new(policy, stats.clone());
+            (
+                scheduler::ToModel::Scheduled(q.clone()),
+                model_thread::Jobs::Scheduled(q.clone()),
+                None,
+                Some(q),
+            )
+        }
+        None => {
+            let (part_tx, part_rx) = mpsc::channel(cap);
+            let (job_tx, job_rx) = mpsc::channel(settings.model_queue);
+            let task = tokio::spawn(batching::run(
+                part_rx,
+                job_tx,
+                settings.lanes,
+                stats.clone(),
+            ));
+            (
+                scheduler::ToModel::Fifo(part_tx),
+                model_thread::Jobs::Fifo(job_rx),
+                Some(task),
+                None,
+            )
+        }
+    };
     let (fin_tx, fin_rx) = mpsc::channel(cap);
 
     let sink_task = tokio::spawn(sink::run(
@@ -159,17 +195,11 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     ));
     let model_thread = model_thread::spawn(
         backend,
-        job_rx,
+        jobs,
         done_tx,
         stats.clone(),
         settings.test_faults,
     )?;
-    let batch_task = tokio::spawn(batching::run(
-        part_rx,
-        job_tx,
-        settings.lanes,
-        stats.clone(),
-    ));
     let shared = Arc::new(intake::Shared {
         source_kind: source.kind(),
         fetch_slots: Arc::new(Semaphore::new(settings.fetch_concurrency)),
@@ -178,11 +208,20 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         model,
         media,
         bundle,
-        to_batcher: part_tx,
+        to_model,
         to_sink: fin_tx,
         stats: stats.clone(),
     });
     let intake_task = tokio::spawn(intake::run(taken_rx, shared));
+    // The read-ahead starts at its floor and follows the model's capacity.
+    let permits = Arc::new(Semaphore::new(settings.min_in_flight));
+    let window_task = tokio::spawn(window::run(
+        permits.clone(),
+        settings.min_in_flight,
+        settings.max_in_flight,
+        settings.latency_target,
+        stats.clone(),
+    ));
     let emitter = Emitter {
         cx: SourceContext {
             positions: tracker.clone(),
@@ -192,7 +231,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
             stopping: health.stopping.clone(),
             max_event_bytes: settings.limits.max_event_bytes,
         },
-        permits: Arc::new(Semaphore::new(settings.max_in_flight)),
+        permits: permits.clone(),
         tx: taken_tx,
         stats: stats.clone(),
     };
@@ -218,13 +257,19 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         },
     };
     let source_result = source_task.await;
+    window_task.abort();
     intake_task.abort();
-    let batch_result = if timed_out {
-        batch_task.abort();
-        Ok(Ok(()))
-    } else {
-        batch_task.await
+    let batch_result = match batch_task {
+        None => Ok(Ok(())),
+        Some(t) if timed_out => {
+            t.abort();
+            Ok(Ok(()))
+        }
+        Some(t) => t.await,
     };
+    if let (Some(q), true) = (&queue, timed_out) {
+        q.abandon();
+    }
     let assemble_result = if timed_out {
         assemble_task.abort();
         Ok(Ok(()))

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use super::envelope::{EventCtx, ItemFailure, ItemResult, ModelDone, Part};
 use super::faults::{fault_for, Fault};
+use super::scheduler::ModelQueue;
 use crate::telemetry::stats::Stats;
 
 /// Items failing alone in a row, with no success between them and no canary to tell a
@@ -38,6 +39,38 @@ const MAX_FAILURE_STREAK: usize = 32;
 pub(crate) struct ModelJob {
     pub lane: Lane,
     pub parts: Vec<Part>,
+}
+
+/// Where the model thread takes its batches.
+pub(crate) enum Jobs {
+    /// `fifo`: batches closed by the batcher task, in the order they closed.
+    Fifo(mpsc::Receiver<ModelJob>),
+    /// `priority`: the scheduler picks each batch when the thread is free.
+    Scheduled(Arc<ModelQueue>),
+}
+
+impl Jobs {
+    /// The next batch; `None` when no more come.
+    fn next(&mut self, stats: &Stats) -> Option<ModelJob> {
+        match self {
+            Jobs::Fifo(rx) => {
+                let job = rx.blocking_recv()?;
+                stats.model_queue.fetch_sub(1, Relaxed);
+                Some(job)
+            }
+            Jobs::Scheduled(q) => q.take().map(|b| ModelJob {
+                lane: b.lane,
+                parts: b.items,
+            }),
+        }
+    }
+
+    /// Report a batch's time (the scheduler's time slices use it).
+    fn observe(&self, lane: Lane, items: usize, took: std::time::Duration) {
+        if let Jobs::Scheduled(q) = self {
+            q.observe(lane, items, took);
+        }
+    }
 }
 
 /// A failed call.
@@ -68,7 +101,7 @@ struct Guard {
 /// Start the model thread.
 pub(crate) fn spawn(
     model: Arc<dyn Backend>,
-    mut rx: mpsc::Receiver<ModelJob>,
+    mut jobs: Jobs,
     tx: mpsc::Sender<ModelDone>,
     stats: Arc<Stats>,
     test_faults: bool,
@@ -77,8 +110,7 @@ pub(crate) fn spawn(
         .name("fusionstream-model".into())
         .spawn(move || {
             let mut guard = Guard::default();
-            while let Some(job) = rx.blocking_recv() {
-                stats.model_queue.fetch_sub(1, Relaxed);
+            while let Some(job) = jobs.next(&stats) {
                 // One span per batch, a root linked to the span of every event it serves
                 // (the OpenTelemetry pattern for batch work).
                 let span = tracing::info_span!(
@@ -95,7 +127,11 @@ pub(crate) fn spawn(
                 let faults: Vec<Option<Fault>> = if test_faults {
                     job.parts
                         .iter()
-                        .map(|p| fault_for(true, p.ctx.event_id()))
+                        .map(|p| {
+                            fault_for(true, p.ctx.event_id()).filter(|f| {
+                                !matches!(f, Fault::SlowGenerate(_)) || job.lane == Lane::Generate
+                            })
+                        })
                         .collect()
                 } else {
                     Vec::new()
@@ -113,6 +149,7 @@ pub(crate) fn spawn(
                 });
                 drop(span);
                 let took = started.elapsed();
+                jobs.observe(job.lane, prepared.len(), took);
                 drop(prepared);
                 let done = ModelDone {
                     lane: job.lane,
@@ -149,6 +186,9 @@ fn call(
                     return injected("CUDA_ERROR_OUT_OF_MEMORY: out of memory (injected)")
                 }
                 Fault::DeviceLost => return injected("CUDA_ERROR_ILLEGAL_ADDRESS (injected)"),
+                Fault::SlowGenerate(secs) => {
+                    std::thread::sleep(std::time::Duration::from_secs(*secs))
+                }
                 Fault::Abort => {
                     // What a segfault in a native kernel or the OOM killer does: no unwinding.
                     tracing::error!("injected abort: the process dies now");

@@ -7,9 +7,10 @@ use fusionstream_core::batch::LanePolicy;
 use fusionstream_core::crash_guard::GuardSettings;
 use fusionstream_core::degrade::Policy;
 use fusionstream_core::event::EventLimits;
+use fusionstream_core::schedule::{PriorityDefaults, SchedulePolicy};
 
 use super::faults;
-use crate::config::{Config, LaneConfig};
+use crate::config::{Config, LaneConfig, SchedulerMode, SourceKind};
 
 /// Pipeline settings, from the configuration.
 #[derive(Debug, Clone)]
@@ -32,8 +33,16 @@ pub struct Settings {
     pub preprocess_threads: usize,
     /// `[encode, generate]` lane limits.
     pub lanes: [LanePolicy; 2],
-    /// Events in flight.
+    /// Events in flight, at most.
     pub max_in_flight: usize,
+    /// Events in flight, at least (the adaptive read-ahead's floor; = max: fixed).
+    pub min_in_flight: usize,
+    /// Read-to-acknowledged time the adaptive read-ahead is sized for.
+    pub latency_target: std::time::Duration,
+    /// The `priority` scheduler's settings; `None`: `fifo`.
+    pub scheduler: Option<SchedulePolicy>,
+    /// Priorities of events that give none.
+    pub priorities: PriorityDefaults,
     /// Channel capacity.
     pub channel_capacity: usize,
     /// Batches waiting for the model.
@@ -95,6 +104,25 @@ impl Settings {
             },
             lanes: [lane(&c.encode_lane), lane(&c.generate_lane)],
             max_in_flight: c.pipeline.max_in_flight,
+            min_in_flight: c.pipeline.min_in_flight.min(c.pipeline.max_in_flight),
+            latency_target: c.pipeline.latency_target,
+            scheduler: (c.scheduler.mode == SchedulerMode::Priority).then(|| SchedulePolicy {
+                lanes: [lane(&c.encode_lane), lane(&c.generate_lane)],
+                latency_target: [
+                    c.encode_lane.latency_target,
+                    c.generate_lane.latency_target,
+                ],
+                aging: c.scheduler.aging,
+            }),
+            priorities: PriorityDefaults {
+                default: if c.source.kind == SourceKind::Backfill {
+                    c.backfill.priority
+                } else {
+                    c.scheduler.default_priority
+                },
+                tenants: c.scheduler.tenants.clone(),
+                topics: c.scheduler.topics.clone(),
+            },
             channel_capacity: c.pipeline.channel_capacity,
             model_queue: c.model.queue,
             enforce_deadlines: c.pipeline.enforce_deadlines,

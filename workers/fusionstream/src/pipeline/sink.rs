@@ -74,8 +74,10 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
         publish(&mut sink, &group, &stats).await?;
         stats.stage(Stage::Publish, started.elapsed());
         {
+            // Only an event's last piece completes its position: its earlier pieces were in
+            // this group or an earlier one, all acknowledged by now.
             let mut t = lock(&tracker);
-            for f in &group {
+            for f in group.iter().filter(|f| f.outcome.is_some()) {
                 if let Err(e) = t.complete(f.partition, f.offset) {
                     // The partition was revoked while the event was in flight: its outputs
                     // are published, its offset belongs to the new owner (who may repeat it).
@@ -84,12 +86,18 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
             }
         }
         for f in group.drain(..) {
-            f.span.record("event.outcome", f.outcome.name());
             let streams: Vec<_> = f.records.iter().map(|(s, _)| *s).collect();
-            stats.finish(&f.outcome, f.latency, &streams);
-            stats.stage(Stage::Total, f.latency);
-            // Returning the in-flight permit lets the source read one more event; dropping
-            // the span ends the event's trace span.
+            stats.published(&streams);
+            if let Some((lane, priority)) = f.lane {
+                stats.lane_latency(lane, priority, f.started.elapsed());
+            }
+            if let Some(outcome) = &f.outcome {
+                f.span.record("event.outcome", outcome.name());
+                stats.finish(outcome, f.latency);
+                stats.stage(Stage::Total, f.latency);
+            }
+            // Returning the in-flight permit (the last piece holds it) lets the source read
+            // one more event; dropping the span ends the event's trace span.
             drop(f.permit);
         }
         if last_commit.elapsed() >= interval {

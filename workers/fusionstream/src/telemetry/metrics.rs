@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use fusionstream_core::moderation::Action;
 use fusionstream_core::record::Stream;
-use fusionstream_core::Lane;
+use fusionstream_core::schedule::Ready;
+use fusionstream_core::{Lane, Priority};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -187,6 +188,58 @@ impl Collector for StatsCollector {
             None,
             "lane",
             by_lane(fill),
+        )?;
+        {
+            let (wait, latency) = s.lane_histograms();
+            for (name, help, h) in [
+                (
+                    "queue_wait",
+                    "Time a lane part waited for its model batch to start, by lane and priority.",
+                    wait,
+                ),
+                (
+                    "lane_latency",
+                    "Read to a lane's outputs acknowledged, by lane and priority.",
+                    latency,
+                ),
+            ] {
+                let mut f =
+                    e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+                for lane in Lane::ALL {
+                    for p in Priority::ALL {
+                        h[lane.index()][p.level() as usize].encode(
+                            f.encode_family(&[("lane", lane.name()), ("priority", p.name())])?,
+                        )?;
+                    }
+                }
+            }
+        }
+        {
+            let mut f = e.encode_descriptor(
+                "scheduler_decisions",
+                "Batches the scheduler started, by lane and why the lane was ready (full, budget, urgent, waited, drain).",
+                None,
+                MetricType::Counter,
+            )?;
+            for lane in Lane::ALL {
+                for (i, r) in Ready::ALL.iter().enumerate() {
+                    ConstCounter::new(s.decisions[lane.index()][i].load(Relaxed))
+                        .encode(f.encode_family(&[("lane", lane.name()), ("ready", r.name())])?)?;
+                }
+            }
+        }
+        counters(
+            &mut e,
+            "scheduler_slices",
+            "Batches the time slice cut short (the other lane had items waiting), by lane.",
+            "lane",
+            Lane::ALL.map(|l| (l.name(), s.slices[l.index()].load(Relaxed))),
+        )?;
+        gauge(
+            &mut e,
+            "in_flight_window",
+            "Events the source may have in flight now (the adaptive read-ahead).",
+            s.in_flight_window.load(Relaxed) as i64,
         )?;
         histograms(
             &mut e,
@@ -381,13 +434,24 @@ mod tests {
                 skipped: vec!["caption:no_image".into()],
             },
             Duration::from_millis(12),
-            &[Stream::Embeddings],
         );
+        stats.published(&[Stream::Embeddings]);
         stats.finish(
             &Outcome::DeadLetter(fusionstream_core::ReasonCode::MalformedJson),
             Duration::from_millis(1),
-            &[Stream::DeadLetters],
         );
+        stats.published(&[Stream::DeadLetters]);
+        stats.queue_wait(
+            Lane::Generate,
+            fusionstream_core::Priority::High,
+            Duration::from_millis(7),
+        );
+        stats.lane_latency(
+            Lane::Encode,
+            fusionstream_core::Priority::Low,
+            Duration::from_millis(30),
+        );
+        stats.decision(Lane::Generate, fusionstream_core::schedule::Ready::Urgent, true);
         stats.lane_max_items[0].store(4, Relaxed);
         stats.batch(Lane::Encode, 2, Duration::from_millis(5));
         stats.stage(Stage::Fetch, Duration::from_millis(3));
@@ -404,6 +468,10 @@ mod tests {
             "fusionstream_model_batch_size_count{lane=\"encode\"} 1",
             "fusionstream_model_batch_fill_ratio_sum{lane=\"encode\"} 0.5",
             "fusionstream_stage_seconds_count{stage=\"fetch\"} 1",
+            "fusionstream_queue_wait_seconds_count{lane=\"generate\",priority=\"high\"} 1",
+            "fusionstream_lane_latency_seconds_count{lane=\"encode\",priority=\"low\"} 1",
+            "fusionstream_scheduler_decisions_total{lane=\"generate\",ready=\"urgent\"} 1",
+            "fusionstream_scheduler_slices_total{lane=\"generate\"} 1",
             "fusionstream_events_in_flight 1",
             "fusionstream_consumer_lag -1",
             "fusionstream_seconds_to_drain -1.0",

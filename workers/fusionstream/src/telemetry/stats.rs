@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use fusionstream_core::lock;
 use fusionstream_core::record::Stream;
-use fusionstream_core::{Lane, ReasonCode};
+use fusionstream_core::schedule::Ready;
+use fusionstream_core::{Lane, Priority, ReasonCode};
 use fusionstream_io::metrics::AdapterMetrics;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 
@@ -111,7 +112,16 @@ pub struct Stats {
     pub moderation: [AtomicU64; 3],
     /// What the source and committer adapters count.
     pub adapter: Arc<AdapterMetrics>,
+    /// Scheduler decisions per lane, by [`Ready`] reason.
+    pub decisions: [[AtomicU64; 5]; 2],
+    /// Batches the time slice cut short, per lane.
+    pub slices: [AtomicU64; 2],
+    /// The read-ahead window now (events in flight allowed).
+    pub in_flight_window: AtomicU64,
     stages: [Histogram; 6],
+    queue_wait: [[Histogram; 3]; 2],
+    lane_latency: [[Histogram; 3]; 2],
+    lane_samples: Mutex<[[Latencies; 3]; 2]>,
     batch_size: [Histogram; 2],
     batch_fill: [Histogram; 2],
     throughput: Mutex<VecDeque<(Instant, u64)>>,
@@ -147,7 +157,13 @@ impl Default for Stats {
             intake_panics: AtomicU64::new(0),
             moderation: Default::default(),
             adapter: Arc::default(),
+            decisions: Default::default(),
+            slices: Default::default(),
+            in_flight_window: AtomicU64::new(0),
             stages: std::array::from_fn(|_| stage()),
+            queue_wait: std::array::from_fn(|_| std::array::from_fn(|_| stage())),
+            lane_latency: std::array::from_fn(|_| std::array::from_fn(|_| stage())),
+            lane_samples: Mutex::default(),
             batch_size: std::array::from_fn(|_| size()),
             batch_fill: std::array::from_fn(|_| fill()),
             throughput: Mutex::new(VecDeque::new()),
@@ -164,11 +180,48 @@ struct Reasons {
     skipped: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Default)]
+/// A uniform sample of latencies (reservoir), for percentiles in the summary.
+#[derive(Debug, Default, Clone)]
 struct Latencies {
     seen: u64,
     samples: Vec<f32>,
     rng: u64,
+}
+
+impl Latencies {
+    fn add(&mut self, latency: Duration) {
+        self.seen += 1;
+        let ms = latency.as_secs_f32() * 1e3;
+        if self.samples.len() < LATENCY_SAMPLES {
+            self.samples.push(ms);
+        } else {
+            // Reservoir sampling (xorshift; quality is not critical here).
+            if self.rng == 0 {
+                self.rng = 0x9E37_79B9_7F4A_7C15;
+            }
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let j = (self.rng % self.seen) as usize;
+            if j < LATENCY_SAMPLES {
+                self.samples[j] = ms;
+            }
+        }
+    }
+
+    /// (p50, p99, count) in milliseconds.
+    fn percentiles(&self) -> (f64, f64, u64) {
+        let mut lat = self.samples.clone();
+        lat.sort_by(f32::total_cmp);
+        let pct = |p: f64| -> f64 {
+            if lat.is_empty() {
+                0.0
+            } else {
+                lat[((lat.len() - 1) as f64 * p).round() as usize] as f64
+            }
+        };
+        (pct(0.50), pct(0.99), self.seen)
+    }
 }
 
 /// A finished event, as the stats see it.
@@ -197,12 +250,16 @@ impl Outcome {
 }
 
 impl Stats {
-    /// Count a finished event.
-    pub fn finish(&self, outcome: &Outcome, latency: Duration, streams: &[Stream]) {
-        self.finished.fetch_add(1, Relaxed);
+    /// Count acknowledged records.
+    pub fn published(&self, streams: &[Stream]) {
         for s in streams {
             self.outputs[s.index()].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Count a finished event.
+    pub fn finish(&self, outcome: &Outcome, latency: Duration) {
+        self.finished.fetch_add(1, Relaxed);
         let mut r = lock(&self.reasons);
         match outcome {
             Outcome::Processed { degraded, skipped } => {
@@ -223,26 +280,33 @@ impl Stats {
             }
         }
         drop(r);
-        let mut l = lock(&self.latencies);
-        l.seen += 1;
-        let ms = latency.as_secs_f32() * 1e3;
-        if l.samples.len() < LATENCY_SAMPLES {
-            l.samples.push(ms);
-        } else {
-            // Reservoir sampling (xorshift; quality is not critical here).
-            l.rng = if l.rng == 0 {
-                0x9E37_79B9_7F4A_7C15
-            } else {
-                l.rng
-            };
-            l.rng ^= l.rng << 13;
-            l.rng ^= l.rng >> 7;
-            l.rng ^= l.rng << 17;
-            let j = (l.rng % l.seen) as usize;
-            if j < LATENCY_SAMPLES {
-                l.samples[j] = ms;
-            }
+        lock(&self.latencies).add(latency);
+    }
+
+    /// Record the time from an event's read to the acknowledgement of one lane's outputs.
+    pub fn lane_latency(&self, lane: Lane, priority: Priority, d: Duration) {
+        let (l, p) = (lane.index(), priority.level() as usize);
+        self.lane_latency[l][p].observe(d.as_secs_f64());
+        lock(&self.lane_samples)[l][p].add(d);
+    }
+
+    /// Record how long a lane part waited for its batch to start.
+    pub fn queue_wait(&self, lane: Lane, priority: Priority, d: Duration) {
+        self.queue_wait[lane.index()][priority.level() as usize].observe(d.as_secs_f64());
+    }
+
+    /// Count a scheduler decision.
+    pub fn decision(&self, lane: Lane, ready: Ready, sliced: bool) {
+        let r = Ready::ALL.iter().position(|x| *x == ready).unwrap_or(0);
+        self.decisions[lane.index()][r].fetch_add(1, Relaxed);
+        if sliced {
+            self.slices[lane.index()].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Per-lane, per-priority histograms: queue wait, read to lane outputs acknowledged.
+    pub fn lane_histograms(&self) -> (&[[Histogram; 3]; 2], &[[Histogram; 3]; 2]) {
+        (&self.queue_wait, &self.lane_latency)
     }
 
     /// Count a model batch.
@@ -320,15 +384,25 @@ impl Stats {
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self) -> StatsSnapshot {
         let r = lock(&self.reasons);
-        let mut lat = lock(&self.latencies).samples.clone();
-        lat.sort_by(f32::total_cmp);
-        let pct = |p: f64| -> f64 {
-            if lat.is_empty() {
-                0.0
-            } else {
-                lat[((lat.len() - 1) as f64 * p).round() as usize] as f64
+        let (p50, p99, _) = lock(&self.latencies).percentiles();
+        let mut latency_by_lane = BTreeMap::new();
+        let samples = lock(&self.lane_samples);
+        for lane in Lane::ALL {
+            for priority in Priority::ALL {
+                let (p50, p99, n) = samples[lane.index()][priority.level() as usize].percentiles();
+                if n > 0 {
+                    latency_by_lane.insert(
+                        format!("{}/{}", lane.name(), priority.name()),
+                        LaneLatency {
+                            outputs: n,
+                            p50_ms: p50,
+                            p99_ms: p99,
+                        },
+                    );
+                }
             }
-        };
+        }
+        drop(samples);
         StatsSnapshot {
             read: self.read.load(Relaxed),
             finished: self.finished.load(Relaxed),
@@ -347,8 +421,9 @@ impl Stats {
             dead_letter_reasons: r.dead_letter.clone(),
             degraded_reasons: r.degraded.clone(),
             skipped: r.skipped.clone(),
-            latency_p50_ms: pct(0.50),
-            latency_p99_ms: pct(0.99),
+            latency_p50_ms: p50,
+            latency_p99_ms: p99,
+            latency_by_lane,
             model_splits: self.model_splits.load(Relaxed),
             model_item_failures: self.model_item_failures.load(Relaxed),
             model_panics: self.model_panics.load(Relaxed),
@@ -360,6 +435,17 @@ impl Stats {
             commit_failures: self.adapter.commit_failures.load(Relaxed),
         }
     }
+}
+
+/// Latency percentiles of one lane and priority.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LaneLatency {
+    /// Lane outputs acknowledged.
+    pub outputs: u64,
+    /// Median, read → acknowledged.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
 }
 
 /// Counters at one moment.
@@ -391,6 +477,8 @@ pub struct StatsSnapshot {
     pub latency_p50_ms: f64,
     /// 99th percentile event latency.
     pub latency_p99_ms: f64,
+    /// Read → a lane's outputs acknowledged, by `lane/priority`.
+    pub latency_by_lane: BTreeMap<String, LaneLatency>,
     /// Model batches split to isolate failures.
     pub model_splits: u64,
     /// Items the model failed on alone.
