@@ -34,15 +34,15 @@ with open(f"{work}/plain.jsonl") as f, open(f"{work}/events.jsonl", "w") as out,
 EOF
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "events: $n (1/3 image+text+question all tasks, 1/3 image caption+embed+tag, 1/3 text only; every 10th high-priority); backend $backend"
-summary() {
-  "$py" -c '
+cat > "$work/summary.py" <<'EOF'
 import json, sys
 s = json.load(sys.stdin)
-print(f"  {s[\"events_per_second\"]:.1f} events/s, p50 {s[\"latency_p50_ms\"]:.0f} ms, p99 {s[\"latency_p99_ms\"]:.0f} ms, model {s[\"model_seconds\"]:.1f} of {s[\"seconds\"]:.1f} s")
+print("  %.1f events/s, p50 %.0f ms, p99 %.0f ms, model busy %.1f of %.1f s" % (
+    s["events_per_second"], s["latency_p50_ms"], s["latency_p99_ms"], s["model_seconds"], s["seconds"]))
 for k, v in s.get("latency_by_lane", {}).items():
-    print(f"  {k:16} {v[\"outputs\"]:6} outputs  p50 {v[\"p50_ms\"]:7.0f} ms  p99 {v[\"p99_ms\"]:7.0f} ms")
-'
-}
+    print("  %-16s %6d outputs  p50 %7.0f ms  p99 %7.0f ms" % (k, v["outputs"], v["p50_ms"], v["p99_ms"]))
+EOF
+summary() { "$py" "$work/summary.py"; }
 run() {
   local events="$1"; shift
   rm -rf "$work/rust"
