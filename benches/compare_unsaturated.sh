@@ -75,7 +75,8 @@ for side in rust py; do
   if [ "$side" = rust ]; then rust rust-paced "$m" > "$work/summary-$side.json" &
   else python py-paced "$m" > "$work/summary-$side.json" & fi
   worker=$!
-  sleep 3
+  # Load starts once the worker has joined its group and holds partitions (model loaded).
+  "$py" benches/kafka_paced.py wait-group "$broker" "$run.$side-paced"
   "$py" benches/kafka_paced.py produce "$broker" "$run.$side-paced.events" "$work/paced-$side.jsonl" "$rate"
   wait "$worker"
   echo "   worker: $(cat "$work/summary-$side.json" | "$py" -c 'import json,sys; s=json.load(sys.stdin); print({k: s.get(k) for k in ["events_per_second","latency_p50_ms","latency_p99_ms"]})')"

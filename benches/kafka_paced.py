@@ -2,6 +2,8 @@
 
   python benches/kafka_paced.py produce BOOTSTRAP TOPIC EVENTS.jsonl RATE
       produce the events at RATE per second (evenly spaced), keyed by their line number;
+  python benches/kafka_paced.py wait-group BOOTSTRAP GROUP
+      wait until the consumer group has a member with partitions (the worker is ready);
   python benches/kafka_paced.py latency BOOTSTRAP INPUT_TOPIC OUT_PREFIX
       per event, the time from its input record's timestamp (the producer's create time) to
       the timestamp of each of its output records (the worker's producer's create time):
@@ -57,6 +59,21 @@ def read_all(bootstrap: str, topic: str, partitions: int):
     c.close()
 
 
+def wait_group(bootstrap: str, group: str) -> None:
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            g = admin.describe_consumer_groups([group])[group].result(10)
+            if any(m.assignment.topic_partitions for m in g.members):
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"group {group} never got partitions")
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return round(xs[round((len(xs) - 1) * p)], 1) if xs else None
@@ -88,5 +105,7 @@ def latency(bootstrap: str, input_topic: str, prefix: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "produce":
         produce(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+    elif sys.argv[1] == "wait-group":
+        wait_group(sys.argv[2], sys.argv[3])
     else:
         latency(sys.argv[2], sys.argv[3], sys.argv[4])
