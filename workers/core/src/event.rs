@@ -7,7 +7,7 @@
 //! invalid base64, an unsupported image reference) only makes that modality unusable: the
 //! degradation matrix then decides what the event still gets.
 //!
-//! Long (~525 lines, half of them tests) because every field's parsing and its rejection
+//! Long (~565 lines, half of them tests) because every field's parsing and its rejection
 //! codes read as one table; the tests cover each code.
 
 use std::path::PathBuf;
@@ -334,9 +334,13 @@ pub fn parse_event(payload: &[u8], limits: &EventLimits) -> Result<Event, Reject
     let priority = match obj.get("priority") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.parse::<Priority>().map_err(&bad)?),
-        Some(Value::Number(n)) => Some(n.as_u64().and_then(Priority::from_level).ok_or_else(
-            || bad(format!("\"priority\" {n}: expected 0 (high), 1 (normal) or 2 (low)")),
-        )?),
+        Some(Value::Number(n)) => {
+            Some(n.as_u64().and_then(Priority::from_level).ok_or_else(|| {
+                bad(format!(
+                    "\"priority\" {n}: expected 0 (high), 1 (normal) or 2 (low)"
+                ))
+            })?)
+        }
         Some(v) => {
             return Err(bad(format!(
                 "\"priority\" must be high, normal, low or 0-2, got {}",
@@ -472,7 +476,10 @@ mod tests {
         assert!(e.deadline > e.timestamp);
         assert_eq!(e.priority, Some(Priority::High));
         let level = |s: &str| parse(s).expect("valid").priority;
-        assert_eq!(level(r#"{"id":"x","text":"t","priority":2}"#), Some(Priority::Low));
+        assert_eq!(
+            level(r#"{"id":"x","text":"t","priority":2}"#),
+            Some(Priority::Low)
+        );
         assert_eq!(level(r#"{"id":"x","text":"t"}"#), None);
     }
 

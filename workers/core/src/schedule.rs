@@ -32,6 +32,9 @@
 //!
 //! The time per item is what the caller reports with [`Scheduler::observe`] after each batch
 //! (an exponentially weighted mean per lane); before the first report there is no slice.
+//!
+//! Long (~840 lines, half of them tests) because the rules, the argument that they never
+//! starve an item and the property tests that check that argument read best side by side.
 
 use std::time::{Duration, Instant};
 
@@ -42,8 +45,9 @@ use crate::task::Lane;
 
 /// How urgent an event is; events v1 carry it in `priority` (`"high"`, `"normal"`, `"low"`,
 /// or the level `0`, `1`, `2`: lower is more urgent, as Triton's priority levels).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[derive(Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// Served first (a flagged upload, an interactive request).
@@ -469,6 +473,7 @@ impl<T> Scheduler<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -485,7 +490,10 @@ mod tests {
 
     fn policy(max_items: usize, wait_ms: u64, aging_ms: u64) -> SchedulePolicy {
         SchedulePolicy {
-            lanes: [lane_policy(max_items, wait_ms), lane_policy(max_items, wait_ms)],
+            lanes: [
+                lane_policy(max_items, wait_ms),
+                lane_policy(max_items, wait_ms),
+            ],
             latency_target: [Duration::from_millis(100), Duration::from_millis(400)],
             aging: Duration::from_millis(aging_ms),
         }
@@ -529,7 +537,10 @@ mod tests {
             tenants: [("t".to_owned(), Priority::High)].into(),
             topics: [("flagged".to_owned(), Priority::Normal)].into(),
         };
-        assert_eq!(d.resolve(Some(Priority::Low), Some("t"), "flagged"), Priority::Low);
+        assert_eq!(
+            d.resolve(Some(Priority::Low), Some("t"), "flagged"),
+            Priority::Low
+        );
         assert_eq!(d.resolve(None, Some("t"), "flagged"), Priority::High);
         assert_eq!(d.resolve(None, Some("u"), "flagged"), Priority::Normal);
         assert_eq!(d.resolve(None, None, "bulk"), Priority::Low);
@@ -706,7 +717,7 @@ mod tests {
             let mut queued: std::collections::BTreeSet<u64> = Default::default();
             let mut ran: Vec<u64> = Vec::new();
             let mut next_id = 0u64;
-            let mut check = |b: Scheduled<u64>, now: Instant, queued: &mut std::collections::BTreeSet<u64>,
+            let check = |b: Scheduled<u64>, now: Instant, queued: &mut std::collections::BTreeSet<u64>,
                              items: &BTreeMap<u64, Item>, ran: &mut Vec<u64>| -> Result<(), TestCaseError> {
                 prop_assert!(!b.items.is_empty());
                 prop_assert!(b.items.len() <= max_items);

@@ -165,7 +165,13 @@ async fn sigkill_between_an_embedding_and_its_caption_loses_nothing() {
     // The slow event's embedding is on its topic while its caption is being generated (the
     // model thread is asleep in its batch: the other events' captions may wait behind it).
     wait_for(
-        || has(&read_outputs(&broker, &t), "embeddings", "slow@fault:slow-generate-600") == 1,
+        || {
+            has(
+                &read_outputs(&broker, &t),
+                "embeddings",
+                "slow@fault:slow-generate-600",
+            ) == 1
+        },
         "the slow event's embedding",
         180,
     );

@@ -107,8 +107,14 @@ impl Config {
         }
         for (name, d) in [
             ("pipeline.latency_target", self.pipeline.latency_target),
-            ("encode_lane.latency_target", self.encode_lane.latency_target),
-            ("generate_lane.latency_target", self.generate_lane.latency_target),
+            (
+                "encode_lane.latency_target",
+                self.encode_lane.latency_target,
+            ),
+            (
+                "generate_lane.latency_target",
+                self.generate_lane.latency_target,
+            ),
             ("scheduler.aging", self.scheduler.aging),
         ] {
             if d.is_zero() {

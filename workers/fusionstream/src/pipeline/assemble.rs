@@ -177,12 +177,7 @@ fn skipped(ctx: &EventCtx, p: &Partial) -> Vec<fusionstream_core::Skipped> {
 }
 
 /// The output records of one lane's outputs.
-fn outputs(
-    ctx: &EventCtx,
-    p: &Partial,
-    out: InferOutput,
-    stats: &Stats,
-) -> Vec<(Stream, Vec<u8>)> {
+fn outputs(ctx: &EventCtx, p: &Partial, out: InferOutput, stats: &Stats) -> Vec<(Stream, Vec<u8>)> {
     let latency = ctx.started.elapsed();
     let meta = RecordMeta {
         schema_version: OUTPUT_SCHEMA_VERSION,

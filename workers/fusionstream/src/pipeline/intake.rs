@@ -17,8 +17,8 @@ use tracing::Instrument as _;
 
 use super::envelope::{rfc3339, EventCtx, Finished, ModerationCtx, Part};
 use super::fetch::fetch;
-use super::scheduler::ToModel;
 use super::preprocess::{availability, degradations, degradations_of, prepare, Preprocessed};
+use super::scheduler::ToModel;
 use crate::telemetry::stats::{Outcome, Stage, Stats};
 use fusionstream_io::stores::Media;
 
@@ -372,11 +372,11 @@ async fn enqueue(
         .filter(|l| !plan.tasks.in_lane(*l).is_empty())
         .collect();
     let position = position(shared, &t);
-    let priority = shared.settings.priorities.resolve(
-        event.priority,
-        event.tenant.as_deref(),
-        &t.rec.stream,
-    );
+    let priority =
+        shared
+            .settings
+            .priorities
+            .resolve(event.priority, event.tenant.as_deref(), &t.rec.stream);
     // The deadline on the worker's clock (the scheduler makes an item urgent near it).
     let deadline = event.deadline.map(|d| {
         let now = (Instant::now(), SystemTime::now());

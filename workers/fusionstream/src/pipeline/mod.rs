@@ -193,13 +193,8 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         stats.clone(),
         cancel.clone(),
     ));
-    let model_thread = model_thread::spawn(
-        backend,
-        jobs,
-        done_tx,
-        stats.clone(),
-        settings.test_faults,
-    )?;
+    let model_thread =
+        model_thread::spawn(backend, jobs, done_tx, stats.clone(), settings.test_faults)?;
     let shared = Arc::new(intake::Shared {
         source_kind: source.kind(),
         fetch_slots: Arc::new(Semaphore::new(settings.fetch_concurrency)),

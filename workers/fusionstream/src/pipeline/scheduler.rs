@@ -91,7 +91,9 @@ impl ModelQueue {
                     return Some(b);
                 }
                 Next::WaitUntil(t) => {
-                    let wait = t.saturating_duration_since(now).max(Duration::from_micros(50));
+                    let wait = t
+                        .saturating_duration_since(now)
+                        .max(Duration::from_micros(50));
                     s = self
                         .wake
                         .wait_timeout(s, wait)

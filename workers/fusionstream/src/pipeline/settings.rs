@@ -108,10 +108,7 @@ impl Settings {
             latency_target: c.pipeline.latency_target,
             scheduler: (c.scheduler.mode == SchedulerMode::Priority).then(|| SchedulePolicy {
                 lanes: [lane(&c.encode_lane), lane(&c.generate_lane)],
-                latency_target: [
-                    c.encode_lane.latency_target,
-                    c.generate_lane.latency_target,
-                ],
+                latency_target: [c.encode_lane.latency_target, c.generate_lane.latency_target],
                 aging: c.scheduler.aging,
             }),
             priorities: PriorityDefaults {
@@ -149,5 +146,29 @@ impl Settings {
             moderate_unnamed: c.moderation.enabled && c.moderation.moderate_unnamed,
             test_faults: faults::from_env(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fusionstream_core::Priority;
+
+    #[test]
+    fn backfill_events_default_to_low_and_fifo_turns_the_scheduler_off() {
+        let mut c = Config::load(&[], Vec::new()).expect("defaults");
+        let s = Settings::from_config(&c);
+        assert_eq!(s.priorities.default, Priority::Normal);
+        assert!(s.scheduler.is_some());
+        c.source.kind = SourceKind::Backfill;
+        c.scheduler.mode = SchedulerMode::Fifo;
+        c.pipeline.min_in_flight = 1000;
+        let s = Settings::from_config(&c);
+        assert_eq!(s.priorities.default, Priority::Low);
+        assert!(s.scheduler.is_none());
+        assert_eq!(
+            s.min_in_flight, s.max_in_flight,
+            "the floor is at most the bound"
+        );
     }
 }

@@ -32,12 +32,20 @@ pub(crate) async fn run(
     if min >= max {
         return;
     }
-    let mut last = (Instant::now(), stats.finished.load(Relaxed), stats.model_ns.load(Relaxed));
+    let mut last = (
+        Instant::now(),
+        stats.finished.load(Relaxed),
+        stats.model_ns.load(Relaxed),
+    );
     // Smoothed capacity estimate, as the window it gives.
     let mut smooth: Option<f64> = None;
     loop {
         tokio::time::sleep(TICK).await;
-        let now = (Instant::now(), stats.finished.load(Relaxed), stats.model_ns.load(Relaxed));
+        let now = (
+            Instant::now(),
+            stats.finished.load(Relaxed),
+            stats.model_ns.load(Relaxed),
+        );
         let secs = now.0.duration_since(last.0).as_secs_f64();
         let rate = now.1.saturating_sub(last.1) as f64 / secs;
         let busy = now.2.saturating_sub(last.2) as f64 / 1e9 / secs;

@@ -2,7 +2,7 @@
 //! the run summary and `/metrics` read the same counters. The catalogue, with what each
 //! metric is for, is `docs/metrics.md` (a test keeps the two in step).
 //!
-//! Long (~465 lines) because it renders the whole catalogue in one collector, in the order of
+//! Long (~540 lines) because it renders the whole catalogue in one collector, in the order of
 //! `docs/metrics.md`, with the test that keeps the two in step.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -451,7 +451,11 @@ mod tests {
             fusionstream_core::Priority::Low,
             Duration::from_millis(30),
         );
-        stats.decision(Lane::Generate, fusionstream_core::schedule::Ready::Urgent, true);
+        stats.decision(
+            Lane::Generate,
+            fusionstream_core::schedule::Ready::Urgent,
+            true,
+        );
         stats.lane_max_items[0].store(4, Relaxed);
         stats.batch(Lane::Encode, 2, Duration::from_millis(5));
         stats.stage(Stage::Fetch, Duration::from_millis(3));

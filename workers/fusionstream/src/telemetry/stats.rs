@@ -1,4 +1,7 @@
 //! Counters of a run, shared by every stage (lock-free where hot), and the summary.
+//!
+//! Long (~500 lines) because every counter, gauge and histogram of the worker lives here,
+//! next to the summary that reads them: one place to add a figure.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
