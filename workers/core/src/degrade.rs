@@ -375,7 +375,7 @@ mod tests {
         /// letter happens exactly when nothing requested can run (or policy says so).
         #[test]
         fn decisions_account_for_every_task(
-            bits in 1u8..32, img in avail(), txt in avail(), q in avail(), strict in any::<bool>()
+            bits in 1u8..128, img in avail(), txt in avail(), q in avail(), strict in any::<bool>()
         ) {
             let req: TaskSet = Task::ALL.into_iter().filter(|t| bits & (1 << *t as u8) != 0).collect();
             let pol = if strict { OnImageFailure::DeadLetter } else { OnImageFailure::Degrade };

@@ -169,6 +169,18 @@ pub struct EmbeddingRecord {
     /// Cosine similarity of image and text, in [-1, 1].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_score: Option<f32>,
+    /// The image's PDQ perceptual hash (task `hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pdq: Option<PdqRecord>,
+}
+
+/// A PDQ hash in a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PdqRecord {
+    /// 64 hex digits (the reference's format).
+    pub hash: String,
+    /// 0–100.
+    pub quality: u32,
 }
 
 /// One tag.

@@ -21,17 +21,20 @@ pub enum Task {
     Tag,
     /// Moderation signals and the policy's decision.
     Moderate,
+    /// The image's PDQ perceptual hash (no model: computed while preprocessing).
+    Hash,
 }
 
 impl Task {
     /// Every task, in output order.
-    pub const ALL: [Task; 6] = [
+    pub const ALL: [Task; 7] = [
         Task::Embed,
         Task::Match,
         Task::Caption,
         Task::Answer,
         Task::Tag,
         Task::Moderate,
+        Task::Hash,
     ];
 
     /// Lower-case name.
@@ -43,6 +46,7 @@ impl Task {
             Task::Answer => "answer",
             Task::Tag => "tag",
             Task::Moderate => "moderate",
+            Task::Hash => "hash",
         }
     }
 }
@@ -60,7 +64,7 @@ impl FromStr for Task {
             .into_iter()
             .find(|t| t.name() == s)
             .ok_or_else(|| {
-                format!("unknown task {s:?} (expected one of embed, match, caption, answer, tag, moderate)")
+                format!("unknown task {s:?} (expected one of embed, match, caption, answer, tag, moderate, hash)")
             })
     }
 }
@@ -75,11 +79,12 @@ impl TaskSet {
         Task::ALL.into_iter().collect()
     }
     /// What an event that names no tasks asks for: every task of the bundle (not
-    /// `moderate`, which the worker's `[moderation]` adds when it serves it).
+    /// `moderate`, which the worker's `[moderation]` adds when it serves it, nor `hash`,
+    /// asked for by name).
     pub fn unnamed() -> Self {
         Task::ALL
             .into_iter()
-            .filter(|t| *t != Task::Moderate)
+            .filter(|t| !matches!(t, Task::Moderate | Task::Hash))
             .collect()
     }
     /// Whether `t` is in the set.
@@ -156,13 +161,15 @@ pub struct Skipped {
 impl Task {
     /// Why this task cannot run on an item with these modalities, or `None` when it can:
     /// embed, tag and moderate need an image or text, match needs both, caption needs an
-    /// image, answer needs an image and a question.
+    /// image, answer needs an image and a question, hash needs an image.
     pub fn missing_input(self, image: bool, text: bool, question: bool) -> Option<SkipReason> {
         match self {
             Task::Embed | Task::Tag | Task::Moderate if !image && !text => {
                 Some(SkipReason::ImageAbsent)
             }
-            Task::Match | Task::Caption | Task::Answer if !image => Some(SkipReason::ImageAbsent),
+            Task::Match | Task::Caption | Task::Answer | Task::Hash if !image => {
+                Some(SkipReason::ImageAbsent)
+            }
             Task::Match if !text => Some(SkipReason::TextAbsent),
             Task::Answer if !question => Some(SkipReason::QuestionAbsent),
             _ => None,
@@ -173,7 +180,7 @@ impl Task {
     /// slow caption batch must not hold embeddings back.
     pub fn lane(self) -> Lane {
         match self {
-            Task::Embed | Task::Match | Task::Tag | Task::Moderate => Lane::Encode,
+            Task::Embed | Task::Match | Task::Tag | Task::Moderate | Task::Hash => Lane::Encode,
             Task::Caption | Task::Answer => Lane::Generate,
         }
     }

@@ -77,9 +77,15 @@ impl std::fmt::Display for PdqHash {
     }
 }
 
+impl serde::Serialize for PdqHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
 /// A hash and its quality (0–100; the reference suggests ignoring hashes under 50 when
-/// matching: flat or tiny images hash poorly).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// matching: flat or tiny images hash poorly). Serialises as `{"hash": hex, "quality": n}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Pdq {
     /// The hash.
     pub hash: PdqHash,
@@ -105,6 +111,11 @@ pub fn luma_from_rgb(rgb: &[u8], width: usize, height: usize) -> Vec<f32> {
             (f64::from(p[0]) * 0.299 + f64::from(p[1]) * 0.587 + f64::from(p[2]) * 0.114) as f32
         })
         .collect()
+}
+
+/// The PDQ hash of a decoded image.
+pub fn hash_image(img: &crate::preprocess::RgbImage) -> Pdq {
+    hash_rgb(&img.data, img.width as usize, img.height as usize)
 }
 
 /// The PDQ hash of packed RGB pixels.

@@ -30,6 +30,7 @@ use crate::models::siglip::{SiglipConfig, SiglipModel};
 use crate::moderation::{ModerationInput, ModerationModels};
 use crate::nn;
 use crate::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
+use crate::pdq::Pdq;
 use crate::preprocess::{self, DecodeOptions, ImageProcessorConfig, Pixels, Preprocessor};
 use crate::tokenize::TextTokenizer;
 pub use fusionstream_core::moderation::Signals;
@@ -83,6 +84,9 @@ pub struct InferOutput {
     /// What the moderation models measured (the policy decides later).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub moderation: Option<Signals>,
+    /// The image's PDQ hash (task `hash`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdq: Option<Pdq>,
     /// Requested tasks that produced nothing, with reasons.
     pub skipped: Vec<Skipped>,
 }
@@ -117,6 +121,8 @@ pub struct Prepared {
     pub tasks: TaskSet,
     /// The moderation models' inputs, when the item asks for `moderate`.
     pub moderation: Option<ModerationInput>,
+    /// The image's PDQ hash, computed while preprocessing, when the item asks for `hash`.
+    pub pdq: Option<Pdq>,
 }
 
 /// How to load a bundle.
@@ -767,18 +773,34 @@ impl FusionModel {
             Some(q) => self.prepare_question(q)?,
             None => None,
         };
-        let (image, moderation) = match (&self.moderation, tasks.contains(Task::Moderate)) {
-            (Some(m), true) => {
-                // One decode, by the moderation packs' decoder, for every model.
-                let rgb = image
-                    .map(|b| m.decode(b, &self.decode.limits))
-                    .transpose()?;
-                (
-                    rgb.as_ref().map(|r| self.prepare_decoded(r)).transpose()?,
-                    Some(m.prepare(rgb.as_ref().map(Ok), text)?),
-                )
-            }
-            _ => (image.map(|b| self.prepare_image(b)).transpose()?, None),
+        let moderate = self.moderation.is_some() && tasks.contains(Task::Moderate);
+        let (image, moderation, pdq) = if moderate || tasks.contains(Task::Hash) {
+            // One decode, as Pillow decodes (the packs' and PDQ's reference pixels), for
+            // every model.
+            let limits = &self.decode.limits;
+            let rgb = image
+                .map(|b| match (&self.moderation, moderate) {
+                    (Some(m), true) => m.decode(b, limits),
+                    _ => crate::preprocess::decode_like_pillow(b, limits),
+                })
+                .transpose()?;
+            let moderation = match (&self.moderation, moderate) {
+                (Some(m), true) => Some(m.prepare(rgb.as_ref().map(Ok), text)?),
+                _ => None,
+            };
+            (
+                rgb.as_ref().map(|r| self.prepare_decoded(r)).transpose()?,
+                moderation,
+                rgb.as_ref()
+                    .filter(|_| tasks.contains(Task::Hash))
+                    .map(crate::pdq::hash_image),
+            )
+        } else {
+            (
+                image.map(|b| self.prepare_image(b)).transpose()?,
+                None,
+                None,
+            )
         };
         Ok(Prepared {
             image,
@@ -786,6 +808,7 @@ impl FusionModel {
             question: question_ids,
             tasks,
             moderation,
+            pdq,
         })
     }
 
@@ -965,12 +988,16 @@ impl FusionModel {
                     Task::Answer => self.vqa.is_some(),
                     Task::Tag => self.tags.is_some(),
                     Task::Moderate => self.moderation.is_some(),
+                    Task::Hash => true,
                 };
                 if !model_present {
                     skip(task, SkipReason::ModelAbsent);
                 } else if let Some(reason) = task.missing_input(has_img, has_txt, has_q) {
                     skip(task, reason);
                 }
+            }
+            if item.tasks.contains(Task::Hash) {
+                o.pdq = item.pdq;
             }
             if item.tasks.contains(Task::Match) {
                 if let (Some(a), Some(b)) = (&img_emb[i], &txt_emb[i]) {

@@ -28,8 +28,8 @@ pub struct InferArgs {
     /// Question about the image.
     #[arg(long)]
     question: Option<String>,
-    /// Comma-separated tasks: embed, match, caption, answer, tag (default: all of them;
-    /// `moderate` needs the worker's `[moderation]` packs and is not served here).
+    /// Comma-separated tasks: embed, match, caption, answer, tag, hash (default: the first
+    /// five; `moderate` needs the worker's `[moderation]` packs and is not served here).
     #[arg(long, value_parser = TaskSet::parse_list)]
     tasks: Option<TaskSet>,
     /// Beam width for captions and answers (1: greedy; default: the bundle's).

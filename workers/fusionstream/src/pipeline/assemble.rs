@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use fusionstream_core::moderation::{decide, TextSource};
 use fusionstream_core::record::{
-    AnswerRecord, CaptionRecord, DeadLetterRecord, EmbeddingRecord, ModerationRecord, RecordMeta,
-    Stream, TagRecord, TagScore, Timings, OUTPUT_SCHEMA_VERSION,
+    AnswerRecord, CaptionRecord, DeadLetterRecord, EmbeddingRecord, ModerationRecord, PdqRecord,
+    RecordMeta, Stream, TagRecord, TagScore, Timings, OUTPUT_SCHEMA_VERSION,
 };
 use fusionstream_core::{Lane, ReasonCode, SkipReason};
 use fusionstream_model::runtime::TagSource;
@@ -210,7 +210,11 @@ fn outputs(ctx: &EventCtx, p: &Partial, out: InferOutput, stats: &Stats) -> Vec<
     ]
     .iter()
     .find_map(|e| e.as_ref().map(Vec::len));
-    if dim.is_some() || out.match_score.is_some() {
+    let pdq = out.pdq.map(|p| PdqRecord {
+        hash: p.hash.to_hex(),
+        quality: p.quality,
+    });
+    if dim.is_some() || out.match_score.is_some() || pdq.is_some() {
         push(
             Stream::Embeddings,
             serde_json::to_vec(&EmbeddingRecord {
@@ -220,6 +224,7 @@ fn outputs(ctx: &EventCtx, p: &Partial, out: InferOutput, stats: &Stats) -> Vec<
                 text_embedding: out.text_embedding,
                 fused_embedding: out.fused_embedding,
                 match_score: out.match_score,
+                pdq,
             }),
         );
     }

@@ -257,6 +257,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         };
         let model = shared.model.clone();
         let moderate = event.tasks.contains(Task::Moderate);
+        let hash = event.tasks.contains(Task::Hash);
         let text = event.text.present().cloned();
         let question = event.question.present().cloned();
         let span = tracing::info_span!("preprocess", otel.name = "fusionstream.preprocess");
@@ -265,7 +266,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
             if fault == Some(super::faults::Fault::PreprocessPanic) {
                 panic!("injected preprocess panic");
             }
-            span.in_scope(|| prepare(&model, image_bytes, text, question, moderate))
+            span.in_scope(|| prepare(&model, image_bytes, text, question, moderate, hash))
         })
         .await
     };
@@ -411,6 +412,9 @@ async fn enqueue(
                 } else {
                     None
                 },
+                pdq: prep
+                    .pdq
+                    .filter(|_| tasks.contains(Task::Hash) && image.is_some()),
             },
             Lane::Generate => Prepared {
                 image: image.clone(),
@@ -418,6 +422,7 @@ async fn enqueue(
                 question: question.clone(),
                 tasks,
                 moderation: None,
+                pdq: None,
             },
         };
         let cost = Cost {

@@ -6,6 +6,7 @@ use fusionstream_core::degrade::{Availability, Degradation};
 use fusionstream_core::event::{Event, Input};
 use fusionstream_core::ReasonCode;
 use fusionstream_model::moderation::ModerationInput;
+use fusionstream_model::pdq::Pdq;
 use fusionstream_model::{FusionModel, PreparedImage};
 
 /// Whether a modality of the event can be used, as the degradation matrix sees it.
@@ -56,26 +57,38 @@ pub(crate) struct Preprocessed {
     pub(crate) text: Result<Option<Vec<u32>>, ReasonCode>,
     pub(crate) question: Result<Option<Vec<u32>>, ReasonCode>,
     pub(crate) moderation: Option<ModerationInput>,
+    /// The image's PDQ hash, when the event asks for `hash` and has a usable image.
+    pub(crate) pdq: Option<Pdq>,
 }
 
 /// Decode and resize the image, tokenise text and question (on the blocking pool, under a
 /// CPU slot): each prepared, or the reason code it is unusable. With `moderate` (and the
-/// worker's moderation models), the image is decoded once by the moderation decoder for
-/// every model.
+/// worker's moderation models) or `hash`, the image is decoded once — as Pillow decodes it,
+/// the pixels the packs and PDQ's reference were measured on — for every model and the hash.
 pub(crate) fn prepare(
     model: &FusionModel,
     image: Option<Result<Vec<u8>, ReasonCode>>,
     text: Option<String>,
     question: Option<String>,
     moderate: bool,
+    hash: bool,
 ) -> Preprocessed {
-    if let (true, Some(m)) = (moderate, model.moderation()) {
+    let moderation_models = model.moderation().filter(|_| moderate);
+    if moderation_models.is_some() || hash {
+        let limits = &model.decode_options().limits;
         let decoded = image.map(|r| {
             r.and_then(|bytes| {
-                m.decode(&bytes, &model.decode_options().limits)
-                    .map_err(|e| e.reason_code())
+                match moderation_models {
+                    Some(m) => m.decode(&bytes, limits),
+                    None => fusionstream_model::preprocess::decode_like_pillow(&bytes, limits),
+                }
+                .map_err(|e| e.reason_code())
             })
         });
+        let pdq = match (&decoded, hash) {
+            (Some(Ok(rgb)), true) => Some(fusionstream_model::pdq::hash_image(rgb)),
+            _ => None,
+        };
         let prepared_image = match &decoded {
             None => Ok(None),
             Some(Err(code)) => Err(*code),
@@ -84,8 +97,8 @@ pub(crate) fn prepare(
                 .map(Some)
                 .map_err(|e| e.reason_code()),
         };
-        let moderation = m
-            .prepare(
+        let moderation = moderation_models.map(|m| {
+            m.prepare(
                 decoded.as_ref().map(|d| d.as_ref().map_err(|c| *c)),
                 text.as_deref(),
             )
@@ -100,16 +113,19 @@ pub(crate) fn prepare(
                     )],
                     ..ModerationInput::default()
                 }
-            });
+            })
+        });
         return Preprocessed {
             image: prepared_image,
             text: tokens(model, text),
             question: question_tokens(model, question),
-            moderation: Some(moderation),
+            moderation,
+            pdq,
         };
     }
     Preprocessed {
         moderation: None,
+        pdq: None,
         image: match image {
             None => Ok(None),
             Some(Err(code)) => Err(code),

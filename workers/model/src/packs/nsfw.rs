@@ -15,9 +15,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::Pack;
-use crate::error::{ImageError, ModelError, Result};
+use crate::error::{ModelError, Result};
 use crate::onnx::{f32_view, take_f32, Graph, OnnxOptions};
-use crate::preprocess::{check_encoded, decode, ImageLimits, RgbImage};
+use crate::preprocess::{decode_like_pillow, packed_rgb, ImageLimits, RgbImage};
 
 #[derive(Debug, Deserialize)]
 struct Sections {
@@ -126,12 +126,7 @@ impl NsfwClassifier {
     /// orientation apply to both; a JPEG libjpeg-turbo refuses (CMYK, say) falls back to the
     /// worker's decoder, whose error is the one reported.
     pub fn decode(&self, bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
-        if check_encoded(bytes, limits)? == image::ImageFormat::Jpeg {
-            if let Some(img) = decode_jpeg_like_pillow(bytes, limits)? {
-                return Ok(img);
-            }
-        }
-        Ok(decode(bytes, limits)?)
+        Ok(decode_like_pillow(bytes, limits)?)
     }
 
     /// A decoded image as the graph's input: NHWC, BGR, mean subtracted (CPU work, any
@@ -197,47 +192,6 @@ impl NsfwClassifier {
             .map(|p| p[self.score_index])
             .collect())
     }
-}
-
-/// A JPEG decoded by libjpeg-turbo with its defaults (islow IDCT, fancy upsampling), EXIF
-/// orientation applied; `None` when libjpeg-turbo cannot (the caller uses the worker's
-/// decoder). The caller has run [`check_encoded`]; the pixel limit is checked here from the
-/// header, before decoding.
-fn decode_jpeg_like_pillow(bytes: &[u8], limits: &ImageLimits) -> Result<Option<RgbImage>> {
-    let Ok(header) = turbojpeg::read_header(bytes) else {
-        return Ok(None);
-    };
-    if header.width as u64 * header.height as u64 > limits.max_pixels {
-        return Err(ImageError::TooManyPixels {
-            width: header.width as u32,
-            height: header.height as u32,
-            limit: limits.max_pixels,
-        }
-        .into());
-    }
-    let Ok(img) = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB) else {
-        return Ok(None);
-    };
-    let (w, h) = (img.width, img.height);
-    let data = packed_rgb(img);
-    let orientation =
-        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg)
-            .into_decoder()
-            .ok()
-            .and_then(|mut d| image::ImageDecoder::orientation(&mut d).ok());
-    let Some(buf) = image::RgbImage::from_raw(w as u32, h as u32, data) else {
-        return Ok(None);
-    };
-    let mut dynamic = image::DynamicImage::ImageRgb8(buf);
-    if let Some(o) = orientation {
-        dynamic.apply_orientation(o);
-    }
-    let rgb = dynamic.into_rgb8();
-    Ok(Some(RgbImage {
-        width: rgb.width(),
-        height: rgb.height(),
-        data: rgb.into_raw(),
-    }))
 }
 
 /// Fixed-point precision of PIL's 8-bit resampling (`Resample.c`: 32 - 8 - 2).
@@ -360,17 +314,4 @@ fn jpeg_round_trip(rgb: &[u8], width: usize, height: usize, quality: i32) -> Res
         )));
     }
     Ok(packed_rgb(back))
-}
-
-/// The RGB rows of a decoded image without the row padding libjpeg-turbo may add.
-fn packed_rgb(img: turbojpeg::Image<Vec<u8>>) -> Vec<u8> {
-    let row = img.width * 3;
-    if img.pitch == row {
-        return img.pixels;
-    }
-    img.pixels
-        .chunks(img.pitch)
-        .flat_map(|r| &r[..row])
-        .copied()
-        .collect()
 }

@@ -108,6 +108,74 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
     )
 }
 
+/// Decode untrusted bytes as Pillow does: JPEGs with libjpeg-turbo (islow IDCT, fancy
+/// upsampling: the worker's own JPEG decoder differs from it by about ±1 level per pixel,
+/// which moves scores calibrated on Pillow's pixels and flips bits of perceptual hashes),
+/// other formats — lossless, or decoded by the same library either way — with [`decode`].
+/// Limits and EXIF orientation apply to both; a JPEG libjpeg-turbo refuses (CMYK, say) falls
+/// back to [`decode`], whose error is the one reported.
+pub fn decode_like_pillow(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+    if check_encoded(bytes, limits)? == ImageFormat::Jpeg {
+        if let Some(img) = jpeg_like_pillow(bytes, limits)? {
+            return Ok(img);
+        }
+    }
+    decode(bytes, limits)
+}
+
+/// A JPEG decoded by libjpeg-turbo with its defaults (islow IDCT, fancy upsampling), EXIF
+/// orientation applied; `None` when libjpeg-turbo cannot (the caller uses the worker's
+/// decoder). The caller has run [`check_encoded`]; the pixel limit is checked here from the
+/// header, before decoding.
+fn jpeg_like_pillow(bytes: &[u8], limits: &ImageLimits) -> Result<Option<RgbImage>, ImageError> {
+    let Ok(header) = turbojpeg::read_header(bytes) else {
+        return Ok(None);
+    };
+    if header.width as u64 * header.height as u64 > limits.max_pixels {
+        return Err(ImageError::TooManyPixels {
+            width: header.width as u32,
+            height: header.height as u32,
+            limit: limits.max_pixels,
+        });
+    }
+    let Ok(img) = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB) else {
+        return Ok(None);
+    };
+    let (w, h) = (img.width, img.height);
+    let data = packed_rgb(img);
+    let orientation =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg)
+            .into_decoder()
+            .ok()
+            .and_then(|mut d| image::ImageDecoder::orientation(&mut d).ok());
+    let Some(buf) = image::RgbImage::from_raw(w as u32, h as u32, data) else {
+        return Ok(None);
+    };
+    let mut dynamic = image::DynamicImage::ImageRgb8(buf);
+    if let Some(o) = orientation {
+        dynamic.apply_orientation(o);
+    }
+    let rgb = dynamic.into_rgb8();
+    Ok(Some(RgbImage {
+        width: rgb.width(),
+        height: rgb.height(),
+        data: rgb.into_raw(),
+    }))
+}
+
+/// The RGB rows of a decoded image without the row padding libjpeg-turbo may add.
+pub(crate) fn packed_rgb(img: turbojpeg::Image<Vec<u8>>) -> Vec<u8> {
+    let row = img.width * 3;
+    if img.pitch == row {
+        return img.pixels;
+    }
+    img.pixels
+        .chunks(img.pitch)
+        .flat_map(|r| &r[..row])
+        .copied()
+        .collect()
+}
+
 /// The checks every decoder runs before decoding untrusted bytes: not empty, within
 /// `max_encoded_bytes`, a supported format, and a JPEG with its end-of-image marker.
 /// Returns the format.
