@@ -13,6 +13,10 @@
 //! A hash prints as 64 hex digits, the reference's format: its 16-bit words from the 16th to
 //! the first, so that bit `k` (coefficient row `k / 16`, column `k % 16`) is bit `k` of the
 //! 256-bit number.
+//!
+//! Long (~485 lines, a quarter of them tests) because the filter, the DCT, the quality score
+//! and the dihedral rules are one algorithm whose arithmetic must stay in lockstep with the
+//! reference's.
 
 /// Smallest side hashed; smaller images get the zero hash and quality 0 (as the reference).
 pub const MIN_SIDE: usize = 5;
