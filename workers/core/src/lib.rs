@@ -9,6 +9,7 @@
 //! | [`degrade`] | the degradation matrix and its policy |
 //! | [`batch`] | the micro-batcher (lanes, max items, max wait, pixel/token budgets) |
 //! | [`schedule`] | the model thread's scheduler: priorities, aging, deadlines, lanes, time slices |
+//! | [`hashlist`] | lists of known perceptual hashes: format, multi-index search within a distance |
 //! | [`moderation`] | moderation signals, policy (thresholds, actions, tenants), the decision |
 //! | [`isolate`] | bisection of a failed batch down to the item(s) that fail it |
 //! | [`crash_guard`] | the crash-loop guard: marks beside commits, suspect mode, `poison_suspected` |
@@ -26,6 +27,7 @@ pub mod crash_guard;
 pub mod degrade;
 pub mod error;
 pub mod event;
+pub mod hashlist;
 pub mod isolate;
 pub mod moderation;
 pub mod position;
