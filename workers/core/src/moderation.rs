@@ -129,9 +129,30 @@ pub struct Signals {
     /// Exact terms found.
     #[serde(default)]
     pub terms: Vec<TermHit>,
+    /// Entries of known-hash lists the image matched (docs/matching.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<ListMatch>,
     /// Signals that could not be measured.
     #[serde(default)]
     pub missing: Vec<Missing>,
+}
+
+/// A match of the image against an entry of a known-hash list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListMatch {
+    /// The list's id.
+    pub list: String,
+    /// The entry's item id.
+    pub item: String,
+    /// The entry's label, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Hamming distance from the nearest of the image's 8 dihedral PDQ hashes.
+    pub distance: u32,
+    /// The most distance the list matches at.
+    pub max_distance: u32,
+    /// What a match of this list asks for.
+    pub action: Action,
 }
 
 /// Thresholds of one score: the lowest score that asks for review, and for a block.
@@ -393,6 +414,22 @@ pub fn decide(policy: &Policy, signals: &Signals) -> Verdict {
                 threshold: 1.0,
                 action: c.term_action,
                 evidence: Some(t.term.clone()),
+            });
+        }
+    }
+    for m in &signals.matches {
+        if m.action > Action::Allow {
+            // For a list, the score is the distance and fires at or under the threshold.
+            rules.push(FiredRule {
+                rule: format!("list:{}", m.list),
+                source: None,
+                score: m.distance as f32,
+                threshold: m.max_distance as f32,
+                action: m.action,
+                evidence: Some(match &m.label {
+                    Some(l) => format!("{} ({l})", m.item),
+                    None => m.item.clone(),
+                }),
             });
         }
     }

@@ -447,3 +447,93 @@ async fn the_moderation_example_through_kafka() {
         .collect();
     check_moderation(&moderation);
 }
+
+/// `[matching]`: an image on a known-hash list is blocked by the `list:` rule, and so are its
+/// mirrored and halved copies (through the 8 dihedral hashes); another image is not. The
+/// list holds the reference implementation's hash of the image
+/// (`models/fixtures/pdq/reference.json`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_on_a_known_hash_list_are_blocked_with_their_copies() {
+    if !packs_installed() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let media = tmp.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let root = common::root();
+    for (from, to) in [
+        ("models/fixtures/nsfw/smooth-1.jpg", "listed.jpg"),
+        ("models/fixtures/pdq/images/copy-mirror.jpg", "mirror.jpg"),
+        ("models/fixtures/pdq/images/copy-half.jpg", "half.jpg"),
+        ("examples/media/scene0.png", "other.png"),
+    ] {
+        std::fs::copy(root.join(from), media.join(to)).unwrap();
+    }
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("models/fixtures/pdq/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let hash = reference["images"]["models/fixtures/nsfw/smooth-1.jpg"]["hash"]
+        .as_str()
+        .unwrap();
+    let list = tmp.path().join("known.txt");
+    std::fs::write(&list, format!("# test list\n{hash} case-7 test label\n")).unwrap();
+    let events = tmp.path().join("events.jsonl");
+    let lines: Vec<String> = ["listed.jpg", "mirror.jpg", "half.jpg", "other.png"]
+        .iter()
+        .map(|f| format!(r#"{{"id": "{f}", "image": "{f}", "tasks": ["moderate"]}}"#))
+        .collect();
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let extra = tmp.path().join("matching.toml");
+    std::fs::write(
+        &extra,
+        format!(
+            "[matching.hash_lists.known]\npath = {:?}\naction = \"block\"\n",
+            list.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let (out_s, media_s, events_s) = (
+        out.display().to_string(),
+        media.display().to_string(),
+        events.display().to_string(),
+    );
+    let checkpoint = format!("{out_s}/checkpoint.json");
+    let c = in_process::config(
+        &[example_config(), extra],
+        &[
+            ("FUSIONSTREAM__SINK__DIR", out_s.as_str()),
+            ("FUSIONSTREAM__CHECKPOINT__PATH", checkpoint.as_str()),
+            ("FUSIONSTREAM__MEDIA__ROOT", media_s.as_str()),
+            ("FUSIONSTREAM__SOURCE__PATH", events_s.as_str()),
+        ],
+        &Overrides::default(),
+    );
+    let summary = in_process::start(c).finish().await;
+    assert_eq!(summary.end, "completed");
+    let recs = records(&out, "moderation");
+    let by_id: BTreeMap<&str, &Value> = recs
+        .iter()
+        .map(|r| (r["event_id"].as_str().unwrap(), r))
+        .collect();
+    for id in ["listed.jpg", "mirror.jpg", "half.jpg"] {
+        let r = by_id[id];
+        assert_eq!(r["decision"], "block", "{id}: {r}");
+        let m = &r["signals"]["matches"][0];
+        assert_eq!(
+            (m["list"].as_str(), m["item"].as_str()),
+            (Some("known"), Some("case-7"))
+        );
+        assert_eq!(m["label"], "test label");
+        assert!(m["distance"].as_u64().unwrap() <= 31, "{id}: {m}");
+        assert!(r["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|rule| rule["rule"] == "list:known"));
+    }
+    assert_eq!(by_id["listed.jpg"]["signals"]["matches"][0]["distance"], 0);
+    let other = by_id["other.png"];
+    assert!(other["signals"].get("matches").is_none(), "{other}");
+}

@@ -51,6 +51,15 @@ impl PdqHash {
             .sum()
     }
 
+    /// The same bits as a [`fusionstream_core::hashlist::Hash256`] (for list search).
+    pub fn to_hash256(&self) -> fusionstream_core::hashlist::Hash256 {
+        let mut words = [0u64; 4];
+        for (w, v) in self.words.iter().enumerate() {
+            words[w / 4] |= u64::from(*v) << (16 * (w % 4));
+        }
+        fusionstream_core::hashlist::Hash256 { words }
+    }
+
     /// 64 lower-case hex digits (the reference's format).
     pub fn to_hex(&self) -> String {
         self.words
@@ -415,6 +424,7 @@ mod tests {
         assert_eq!(PdqHash::from_hex(&hex).unwrap(), h);
         assert_eq!(h.distance(&PdqHash::default()), 3);
         assert!(PdqHash::from_hex("abc").is_err());
+        assert_eq!(h.to_hash256().to_hex(), hex);
         assert!(PdqHash::from_hex(&"g".repeat(64)).is_err());
     }
 

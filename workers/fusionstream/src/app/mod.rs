@@ -27,6 +27,7 @@ use crate::pipeline::{self, Parts, RunEnd, Settings};
 use crate::telemetry::health::Health;
 use crate::telemetry::stats::{Stats, StatsSnapshot};
 
+mod lists;
 pub mod model;
 
 /// The end-of-run summary.
@@ -57,7 +58,11 @@ pub async fn run(
     cancel: CancellationToken,
     max_events: Option<u64>,
 ) -> anyhow::Result<Summary> {
-    let settings = Settings::from_config(c);
+    let mut settings = Settings::from_config(c);
+    settings.lists = lists::load(&c.matching)?;
+    if let Some(l) = &settings.lists {
+        lists::spawn_reload(l.clone(), &c.matching, cancel.clone());
+    }
     let stats = Arc::new(Stats::default());
     let health = Arc::new(Health::default());
     // Up before the model loads, so liveness answers and readiness says why not yet.

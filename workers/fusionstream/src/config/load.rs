@@ -203,6 +203,29 @@ impl Config {
         if let Err(e) = self.moderation.policies() {
             errors.extend(e);
         }
+        let m = &self.matching;
+        if m.max_distance > 255 {
+            errors.push("matching.max_distance must be at most 255".into());
+        }
+        if m.min_quality > 100 {
+            errors.push("matching.min_quality must be at most 100".into());
+        }
+        if m.reload_interval.is_zero() {
+            errors.push("matching.reload_interval must be more than 0".into());
+        }
+        for (id, l) in &m.hash_lists {
+            if l.action == fusionstream_core::moderation::Action::Allow {
+                errors.push(format!(
+                    "matching.hash_lists.{id}.action: a list's action is review or block"
+                ));
+            }
+        }
+        if !m.hash_lists.is_empty() && !self.moderation.enabled {
+            errors.push(
+                "matching.hash_lists are matched by the moderate task: set moderation.enabled = true"
+                    .into(),
+            );
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
             errors.push(format!("telemetry.log_level: {e}"));
         }

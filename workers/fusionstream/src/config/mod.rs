@@ -67,6 +67,7 @@ sections! {
     scheduler: SchedulerConfig,
     degradation: DegradationConfig,
     moderation: ModerationConfig,
+    matching: MatchingConfig,
     sink: SinkConfig,
     kafka: KafkaConfig,
     backfill: BackfillConfig,

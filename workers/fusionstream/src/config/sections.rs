@@ -303,6 +303,31 @@ pub struct SchedulerConfig {
     pub topics: BTreeMap<String, Priority>,
 }
 
+/// `[matching]`: known-hash lists matched by the `moderate` task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchingConfig {
+    /// Lists by id.
+    pub hash_lists: BTreeMap<String, HashListConfig>,
+    /// Most bits apart that match.
+    pub max_distance: u32,
+    /// Least hash quality matched.
+    pub min_quality: u32,
+    /// How often list files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+/// One known-hash list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashListConfig {
+    /// The list file.
+    pub path: PathBuf,
+    /// What a match asks for.
+    pub action: fusionstream_core::moderation::Action,
+}
+
 /// Scheduler modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

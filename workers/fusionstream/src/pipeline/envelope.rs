@@ -51,6 +51,8 @@ pub(crate) struct EventCtx {
 pub(crate) struct ModerationCtx {
     pub(crate) policies: Arc<Policies>,
     pub(crate) terms: Vec<TermHit>,
+    /// Known-hash list entries the image matched (matched while preprocessing).
+    pub(crate) matches: Vec<fusionstream_core::moderation::ListMatch>,
 }
 
 pub(crate) struct Partial {

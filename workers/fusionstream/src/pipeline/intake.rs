@@ -258,6 +258,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         let model = shared.model.clone();
         let moderate = event.tasks.contains(Task::Moderate);
         let hash = event.tasks.contains(Task::Hash);
+        let lists = s.lists.clone();
         let text = event.text.present().cloned();
         let question = event.question.present().cloned();
         let span = tracing::info_span!("preprocess", otel.name = "fusionstream.preprocess");
@@ -266,7 +267,17 @@ async fn process(shared: Arc<Shared>, t: Taken) {
             if fault == Some(super::faults::Fault::PreprocessPanic) {
                 panic!("injected preprocess panic");
             }
-            span.in_scope(|| prepare(&model, image_bytes, text, question, moderate, hash))
+            span.in_scope(|| {
+                prepare(
+                    &model,
+                    image_bytes,
+                    text,
+                    question,
+                    moderate,
+                    hash,
+                    lists.as_deref(),
+                )
+            })
         })
         .await
     };
@@ -323,7 +334,12 @@ async fn process(shared: Arc<Shared>, t: Taken) {
 }
 
 /// The policies and the exact terms of the event's text, when it is moderated.
-fn moderation_ctx(s: &Settings, event: &Event, plan: &Plan) -> Option<ModerationCtx> {
+fn moderation_ctx(
+    s: &Settings,
+    event: &Event,
+    plan: &Plan,
+    matches: Vec<fusionstream_core::moderation::ListMatch>,
+) -> Option<ModerationCtx> {
     let policies = s.moderation.as_ref()?;
     if !plan.tasks.contains(Task::Moderate) {
         return None;
@@ -336,6 +352,8 @@ fn moderation_ctx(s: &Settings, event: &Event, plan: &Plan) -> Option<Moderation
     Some(ModerationCtx {
         policies: policies.clone(),
         terms,
+        // Matched only when the image is usable (the plan may have dropped it).
+        matches: if plan.image { matches } else { Vec::new() },
     })
 }
 
@@ -368,6 +386,7 @@ async fn enqueue(
         None
     };
     let mut moderation = prep.moderation;
+    let mut matches = prep.matches;
     let lanes: Vec<Lane> = Lane::ALL
         .into_iter()
         .filter(|l| !plan.tasks.in_lane(*l).is_empty())
@@ -396,7 +415,12 @@ async fn enqueue(
         preprocess_ms,
         lanes.len(),
         shared.settings.max_dead_letter_payload,
-        moderation_ctx(&shared.settings, &event, &plan),
+        moderation_ctx(
+            &shared.settings,
+            &event,
+            &plan,
+            std::mem::take(&mut matches),
+        ),
         priority,
     ));
     for lane in lanes {

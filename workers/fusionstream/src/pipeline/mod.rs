@@ -31,6 +31,7 @@
 //! | `assemble.rs` | each lane's outputs as records, as soon as the lane is done; the event's outcome |
 //! | `sink.rs` | writing and acknowledging outputs, completing positions |
 //! | `commit.rs` | the commit schedule: interval, backoff while failing, the last commit |
+//! | `lists.rs` | known-hash lists: the snapshot, swapped on reload, and an image's matches |
 //! | `oversize.rs` | records too large for the broker: cut dead letters, `output_too_large` |
 //! | `memory.rs` | the worker's memory bound, computed from the configuration |
 //! | `faults.rs` | faults injected for tests (`FUSIONSTREAM_TEST_FAULTS`) |
@@ -43,6 +44,7 @@ mod envelope;
 pub mod faults;
 mod fetch;
 mod intake;
+pub mod lists;
 pub mod memory;
 mod model_thread;
 mod oversize;

@@ -4,9 +4,12 @@
 
 use fusionstream_core::degrade::{Availability, Degradation};
 use fusionstream_core::event::{Event, Input};
+use fusionstream_core::moderation::ListMatch;
 use fusionstream_core::ReasonCode;
 use fusionstream_model::moderation::ModerationInput;
 use fusionstream_model::pdq::Pdq;
+
+use super::lists::KnownLists;
 use fusionstream_model::{FusionModel, PreparedImage};
 
 /// Whether a modality of the event can be used, as the degradation matrix sees it.
@@ -59,6 +62,8 @@ pub(crate) struct Preprocessed {
     pub(crate) moderation: Option<ModerationInput>,
     /// The image's PDQ hash, when the event asks for `hash` and has a usable image.
     pub(crate) pdq: Option<Pdq>,
+    /// Known-hash list entries the image matches (with `moderate` and lists configured).
+    pub(crate) matches: Vec<ListMatch>,
 }
 
 /// Decode and resize the image, tokenise text and question (on the blocking pool, under a
@@ -72,6 +77,7 @@ pub(crate) fn prepare(
     question: Option<String>,
     moderate: bool,
     hash: bool,
+    lists: Option<&KnownLists>,
 ) -> Preprocessed {
     let moderation_models = model.moderation().filter(|_| moderate);
     if moderation_models.is_some() || hash {
@@ -88,6 +94,14 @@ pub(crate) fn prepare(
         let pdq = match (&decoded, hash) {
             (Some(Ok(rgb)), true) => Some(fusionstream_model::pdq::hash_image(rgb)),
             _ => None,
+        };
+        let matches = match (&decoded, lists, moderation_models.is_some()) {
+            (Some(Ok(rgb)), Some(l), true) => l.matches(&fusionstream_model::pdq::dihedral_rgb(
+                &rgb.data,
+                rgb.width as usize,
+                rgb.height as usize,
+            )),
+            _ => Vec::new(),
         };
         let prepared_image = match &decoded {
             None => Ok(None),
@@ -121,11 +135,13 @@ pub(crate) fn prepare(
             question: question_tokens(model, question),
             moderation,
             pdq,
+            matches,
         };
     }
     Preprocessed {
         moderation: None,
         pdq: None,
+        matches: Vec::new(),
         image: match image {
             None => Ok(None),
             Some(Err(code)) => Err(code),

@@ -63,6 +63,8 @@ pub struct Settings {
     pub moderation: Option<std::sync::Arc<fusionstream_core::moderation::Policies>>,
     /// Add `moderate` to events that name no tasks.
     pub moderate_unnamed: bool,
+    /// Known-hash lists `moderate` matches images against (loaded by the app; none here).
+    pub lists: Option<std::sync::Arc<super::lists::KnownLists>>,
     /// Test-only fault injection ([`faults`]): `FUSIONSTREAM_TEST_FAULTS=1`.
     pub test_faults: bool,
 }
@@ -144,6 +146,7 @@ impl Settings {
                 None
             },
             moderate_unnamed: c.moderation.enabled && c.moderation.moderate_unnamed,
+            lists: None,
             test_faults: faults::from_env(),
         }
     }

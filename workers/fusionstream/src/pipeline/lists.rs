@@ -1,0 +1,87 @@
+//! Known-hash lists as the pipeline sees them (`[matching]`, docs/matching.md): a snapshot of
+//! every list, replaced list by list when a file changes (`app/lists.rs` loads and reloads),
+//! and the match of an image's 8 dihedral PDQ hashes against them, on the preprocessing pool.
+
+use std::sync::{Arc, RwLock};
+
+use fusionstream_core::hashlist::HashList;
+use fusionstream_core::moderation::{Action, ListMatch};
+use fusionstream_model::pdq::Dihedral;
+
+/// One loaded list.
+#[derive(Debug)]
+pub struct LoadedList {
+    /// Its id (`matching.hash_lists.<id>`).
+    pub id: String,
+    /// What a match asks for.
+    pub action: Action,
+    /// The entries, indexed.
+    pub list: HashList,
+}
+
+/// Every list, swapped whole.
+#[derive(Debug)]
+pub struct KnownLists {
+    current: RwLock<Arc<Vec<Arc<LoadedList>>>>,
+    /// Most bits apart that match.
+    pub max_distance: u32,
+    /// Least hash quality matched.
+    pub min_quality: u32,
+}
+
+impl KnownLists {
+    /// These lists.
+    pub fn new(lists: Vec<LoadedList>, max_distance: u32, min_quality: u32) -> KnownLists {
+        KnownLists {
+            current: RwLock::new(Arc::new(lists.into_iter().map(Arc::new).collect())),
+            max_distance,
+            min_quality,
+        }
+    }
+
+    /// The lists now.
+    pub fn snapshot(&self) -> Arc<Vec<Arc<LoadedList>>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replace the list of the same id (events being matched keep the snapshot they took).
+    pub fn replace(&self, list: LoadedList) {
+        let mut cur = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next: Vec<Arc<LoadedList>> = cur.iter().cloned().collect();
+        match next.iter_mut().find(|l| l.id == list.id) {
+            Some(slot) => *slot = Arc::new(list),
+            None => next.push(Arc::new(list)),
+        }
+        *cur = Arc::new(next);
+    }
+
+    /// The entries an image matches, nearest first; none for a hash under `min_quality`.
+    pub fn matches(&self, image: &Dihedral) -> Vec<ListMatch> {
+        if image.quality < self.min_quality {
+            return Vec::new();
+        }
+        let queries: Vec<_> = image.hashes.iter().map(|h| h.to_hash256()).collect();
+        let mut out = Vec::new();
+        for l in self.snapshot().iter() {
+            for hit in l.list.search(&queries, self.max_distance) {
+                let e = &l.list.entries()[hit.entry];
+                out.push(ListMatch {
+                    list: l.id.clone(),
+                    item: e.item.clone(),
+                    label: e.label.clone(),
+                    distance: hit.distance,
+                    max_distance: self.max_distance,
+                    action: l.action,
+                });
+            }
+        }
+        out.sort_by_key(|m| m.distance);
+        out
+    }
+}
