@@ -155,6 +155,51 @@ impl S3Media {
     }
 }
 
+/// An object of a listing and what identifies its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    /// Key.
+    pub key: String,
+    /// ETag (changes with the content).
+    pub etag: String,
+    /// Size, bytes.
+    pub size: i64,
+}
+
+impl S3Media {
+    /// Every object under `prefix`, in key order, with its ETag and size (all pages).
+    pub async fn objects_under(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<ObjectVersion>, FetchError> {
+        self.allow(bucket)?;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut req = self.client.list_objects_v2().bucket(bucket).prefix(prefix);
+            if let Some(t) = &token {
+                req = req.continuation_token(t);
+            }
+            let page = req
+                .send()
+                .await
+                .map_err(|e| classify_any(e, &format!("s3://{bucket}/{prefix}")))?;
+            out.extend(page.contents().iter().filter_map(|o| {
+                Some(ObjectVersion {
+                    key: o.key()?.to_owned(),
+                    etag: o.e_tag().unwrap_or_default().to_owned(),
+                    size: o.size().unwrap_or(0),
+                })
+            }));
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated().unwrap_or(false) => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
 /// Errors of [`S3Media::download_prefix`].
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {

@@ -1,98 +1,188 @@
-//! Loading the known-hash lists of `[matching]` and reloading each when its file changes
-//! (size or modification time), every `matching.reload_interval`. A list that fails to load at
-//! start stops the start; a new version that fails to read or parse keeps the list loaded
-//! before, with a warning naming the line.
+//! Loading the known-hash lists of `[matching]` — a file, or every object under an
+//! `s3://bucket/prefix` (concatenated in key order: a big list can be split over objects) — and
+//! reloading each when it changes, checked every `matching.reload_interval` (a file: size and
+//! modification time; S3: the keys, ETags and sizes under the prefix). A list that fails to
+//! load at start stops the start; a new version that fails to read or parse keeps the list
+//! loaded before, with a warning naming the line, until it changes again.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
+use fusionstream_core::event::split_s3_url;
 use fusionstream_core::hashlist::HashList;
+use fusionstream_core::moderation::Action;
+use fusionstream_io::s3::{ObjectVersion, S3Media};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MatchingConfig;
 use crate::pipeline::lists::{KnownLists, LoadedList};
 
-/// What identifies a version of a file.
-type Stamp = (u64, Option<SystemTime>);
-
-fn stamp(path: &Path) -> std::io::Result<Stamp> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.len(), m.modified().ok()))
+/// Where a list is.
+#[derive(Debug, Clone)]
+enum Source {
+    File(PathBuf),
+    S3 { bucket: String, prefix: String },
 }
 
-fn read(path: &Path) -> anyhow::Result<HashList> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    HashList::parse(&text)
-        .map_err(|e| anyhow::anyhow!(e))
-        .with_context(|| format!("{}", path.display()))
+/// What identifies a version of a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stamp {
+    File(u64, Option<SystemTime>),
+    S3(Vec<ObjectVersion>),
 }
 
-/// Load every list; `None` when there are none.
-pub fn load(c: &MatchingConfig) -> anyhow::Result<Option<Arc<KnownLists>>> {
+/// The lists and how to reach them.
+struct Sources {
+    lists: Vec<(String, Source, Action)>,
+    s3: Option<S3Media>,
+}
+
+impl Sources {
+    async fn new(c: &MatchingConfig, s3: fusionstream_io::s3::S3Settings) -> anyhow::Result<Self> {
+        let mut lists = Vec::new();
+        for (id, l) in &c.hash_lists {
+            let text = l.path.to_string_lossy();
+            let source = if text.starts_with("s3://") {
+                let (bucket, prefix) = split_s3_url(&text).with_context(|| {
+                    format!("matching.hash_lists.{id}.path {text:?}: expected s3://bucket/prefix")
+                })?;
+                Source::S3 {
+                    bucket: bucket.to_owned(),
+                    prefix: prefix.to_owned(),
+                }
+            } else {
+                Source::File(l.path.clone())
+            };
+            lists.push((id.clone(), source, l.action));
+        }
+        let s3 = if lists.iter().any(|(_, s, _)| matches!(s, Source::S3 { .. })) {
+            Some(S3Media::new(s3).await)
+        } else {
+            None
+        };
+        Ok(Sources { lists, s3 })
+    }
+
+    async fn stamp(&self, source: &Source) -> anyhow::Result<Stamp> {
+        Ok(match source {
+            Source::File(p) => {
+                let m = std::fs::metadata(p).with_context(|| p.display().to_string())?;
+                Stamp::File(m.len(), m.modified().ok())
+            }
+            Source::S3 { bucket, prefix } => Stamp::S3(
+                self.s3()?
+                    .objects_under(bucket, prefix)
+                    .await
+                    .with_context(|| format!("s3://{bucket}/{prefix}"))?,
+            ),
+        })
+    }
+
+    fn s3(&self) -> anyhow::Result<&S3Media> {
+        self.s3.as_ref().context("no S3 client")
+    }
+
+    /// Read and parse a list (parsing on the blocking pool).
+    async fn read(&self, source: &Source, stamp: &Stamp) -> anyhow::Result<HashList> {
+        let (text, name) = match (source, stamp) {
+            (Source::File(p), _) => (
+                std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
+                p.display().to_string(),
+            ),
+            (Source::S3 { bucket, prefix }, Stamp::S3(objects)) => {
+                let mut text = String::new();
+                for o in objects {
+                    let bytes = self
+                        .s3()?
+                        .fetch(bucket, &o.key)
+                        .await
+                        .with_context(|| format!("s3://{bucket}/{}", o.key))?;
+                    text.push_str(
+                        &String::from_utf8(bytes)
+                            .with_context(|| format!("s3://{bucket}/{}: not UTF-8", o.key))?,
+                    );
+                    text.push('\n');
+                }
+                if objects.is_empty() {
+                    anyhow::bail!("s3://{bucket}/{prefix}: no object under the prefix");
+                }
+                (text, format!("s3://{bucket}/{prefix}"))
+            }
+            (Source::S3 { .. }, Stamp::File(..)) => anyhow::bail!("stamp of another source"),
+        };
+        tokio::task::spawn_blocking(move || HashList::parse(&text))
+            .await?
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))
+    }
+}
+
+/// Load every list, then reload changed ones until `cancel` fires; `None` when there are
+/// none. `s3` reaches the lists on S3 (the operator's buckets: no media limits).
+pub async fn load_and_watch(
+    c: &MatchingConfig,
+    s3: fusionstream_io::s3::S3Settings,
+    cancel: CancellationToken,
+) -> anyhow::Result<Option<Arc<KnownLists>>> {
     if c.hash_lists.is_empty() {
         return Ok(None);
     }
-    let mut lists = Vec::new();
-    for (id, l) in &c.hash_lists {
-        let list = read(&l.path).with_context(|| format!("matching.hash_lists.{id}"))?;
-        tracing::info!(list = %id, entries = list.len(), path = %l.path.display(), "hash list loaded");
-        lists.push(LoadedList {
+    let sources = Sources::new(c, s3).await?;
+    let mut loaded = Vec::new();
+    let mut seen = Vec::new();
+    for (id, source, action) in &sources.lists {
+        let at = || format!("matching.hash_lists.{id}");
+        let stamp = sources.stamp(source).await.with_context(at)?;
+        let list = sources.read(source, &stamp).await.with_context(at)?;
+        tracing::info!(list = %id, entries = list.len(), "hash list loaded");
+        loaded.push(LoadedList {
             id: id.clone(),
-            action: l.action,
+            action: *action,
             list,
         });
+        seen.push(stamp);
     }
-    Ok(Some(Arc::new(KnownLists::new(
-        lists,
-        c.max_distance,
-        c.min_quality,
-    ))))
-}
-
-/// Reload changed lists until `cancel` fires.
-pub fn spawn_reload(lists: Arc<KnownLists>, c: &MatchingConfig, cancel: CancellationToken) {
-    let sources: Vec<(String, PathBuf, fusionstream_core::moderation::Action)> = c
-        .hash_lists
-        .iter()
-        .map(|(id, l)| (id.clone(), l.path.clone(), l.action))
-        .collect();
+    let lists = Arc::new(KnownLists::new(loaded, c.max_distance, c.min_quality));
     let interval = c.reload_interval;
-    // The versions loaded (taken now, right after the load at start).
-    let mut seen: Vec<Option<Stamp>> = sources.iter().map(|(_, p, _)| stamp(p).ok()).collect();
+    let watched = lists.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            for (i, (id, path, action)) in sources.iter().enumerate() {
-                let now = stamp(path).ok();
-                if now.is_none() || now == seen[i] {
+            for (i, (id, source, action)) in sources.lists.iter().enumerate() {
+                let now = match sources.stamp(source).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(list = %id, error = format!("{e:#}"), "hash list not reachable; the loaded version stays");
+                        continue;
+                    }
+                };
+                if now == seen[i] {
                     continue;
                 }
-                seen[i] = now;
-                let p = path.clone();
-                match tokio::task::spawn_blocking(move || read(&p)).await {
-                    Ok(Ok(list)) => {
+                match sources.read(source, &now).await {
+                    Ok(list) => {
                         tracing::info!(list = %id, entries = list.len(), "hash list reloaded");
-                        lists.replace(LoadedList {
+                        watched.replace(LoadedList {
                             id: id.clone(),
                             action: *action,
                             list,
                         });
                     }
-                    Ok(Err(e)) => tracing::warn!(
+                    Err(e) => tracing::warn!(
                         list = %id,
                         error = format!("{e:#}"),
                         "hash list changed but could not be loaded; the previous version stays"
                     ),
-                    Err(e) => tracing::warn!(list = %id, error = %e, "hash list reload failed"),
                 }
+                seen[i] = now;
             }
         }
     });
+    Ok(Some(lists))
 }
 
 #[cfg(test)]
@@ -125,7 +215,11 @@ mod tests {
             min_quality: 50,
             reload_interval: Duration::from_millis(20),
         };
-        let lists = load(&c).unwrap().unwrap();
+        let cancel = CancellationToken::new();
+        let lists = load_and_watch(&c, Default::default(), cancel.clone())
+            .await
+            .unwrap()
+            .unwrap();
         let items = |l: &KnownLists| -> Vec<String> {
             l.snapshot()[0]
                 .list
@@ -135,8 +229,6 @@ mod tests {
                 .collect()
         };
         assert_eq!(items(&lists), ["one"]);
-        let cancel = CancellationToken::new();
-        spawn_reload(lists.clone(), &c, cancel.clone());
         let wait_for = |want: &'static [&'static str]| {
             let lists = lists.clone();
             async move {
@@ -163,9 +255,101 @@ mod tests {
         cancel.cancel();
         // A list that cannot be read stops the start.
         std::fs::write(&path, "bad\n").unwrap();
-        assert!(load(&c)
-            .unwrap_err()
-            .to_string()
-            .contains("matching.hash_lists.l"));
+        let err = load_and_watch(&c, Default::default(), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("matching.hash_lists.l"),
+            "{err:#}"
+        );
+    }
+
+    /// A list split over objects under an `s3://` prefix of the dev MinIO
+    /// (`FUSIONSTREAM_TEST_S3_ENDPOINT`; skipped without it unless
+    /// `FUSIONSTREAM_REQUIRE_SERVICES=1`): loaded whole, reloaded when an object changes.
+    #[tokio::test]
+    async fn a_list_on_s3_loads_from_every_object_and_reloads() {
+        let Ok(endpoint) = std::env::var("FUSIONSTREAM_TEST_S3_ENDPOINT") else {
+            assert!(
+                std::env::var("FUSIONSTREAM_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "FUSIONSTREAM_REQUIRE_SERVICES=1 but FUSIONSTREAM_TEST_S3_ENDPOINT is not set"
+            );
+            eprintln!("skipped: no FUSIONSTREAM_TEST_S3_ENDPOINT");
+            return;
+        };
+        let settings = fusionstream_io::s3::S3Settings {
+            endpoint: Some(endpoint),
+            region: "us-east-1".into(),
+            force_path_style: true,
+            allowed_buckets: Vec::new(),
+            max_bytes: u64::MAX,
+        };
+        let s3 = S3Media::new(settings.clone()).await;
+        let bucket = format!(
+            "lists-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        s3.client()
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        let put = |key: &'static str, body: String| {
+            let (s3, bucket) = (s3.clone(), bucket.clone());
+            async move {
+                s3.client()
+                    .put_object()
+                    .bucket(&bucket)
+                    .key(key)
+                    .body(body.into_bytes().into())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        };
+        put("known/part-1.txt", line('a', "one")).await;
+        put("known/part-2.txt", line('b', "two")).await;
+        let c = MatchingConfig {
+            hash_lists: [(
+                "s3list".to_owned(),
+                HashListConfig {
+                    path: PathBuf::from(format!("s3://{bucket}/known/")),
+                    action: Action::Block,
+                },
+            )]
+            .into(),
+            max_distance: 31,
+            min_quality: 50,
+            reload_interval: Duration::from_millis(50),
+        };
+        let cancel = CancellationToken::new();
+        let lists = load_and_watch(&c, settings, cancel.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        let items = |l: &KnownLists| -> Vec<String> {
+            l.snapshot()[0]
+                .list
+                .entries()
+                .iter()
+                .map(|e| e.item.clone())
+                .collect()
+        };
+        assert_eq!(items(&lists), ["one", "two"]);
+        put("known/part-2.txt", line('b', "two") + &line('c', "three")).await;
+        let mut reloaded = false;
+        for _ in 0..200 {
+            if items(&lists) == ["one", "two", "three"] {
+                reloaded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        assert!(reloaded, "{:?}", items(&lists));
     }
 }

@@ -59,10 +59,8 @@ pub async fn run(
     max_events: Option<u64>,
 ) -> anyhow::Result<Summary> {
     let mut settings = Settings::from_config(c);
-    settings.lists = lists::load(&c.matching)?;
-    if let Some(l) = &settings.lists {
-        lists::spawn_reload(l.clone(), &c.matching, cancel.clone());
-    }
+    settings.lists =
+        lists::load_and_watch(&c.matching, c.bundle_s3_settings(), cancel.clone()).await?;
     let stats = Arc::new(Stats::default());
     let health = Arc::new(Health::default());
     // Up before the model loads, so liveness answers and readiness says why not yet.
