@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MatchingConfig;
 use crate::pipeline::lists::{KnownLists, LoadedList};
+use crate::telemetry::stats::Stats;
 
 /// Where a list is.
 #[derive(Debug, Clone)]
@@ -123,6 +124,7 @@ impl Sources {
 pub async fn load_and_watch(
     c: &MatchingConfig,
     s3: fusionstream_io::s3::S3Settings,
+    stats: Arc<Stats>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Option<Arc<KnownLists>>> {
     if c.hash_lists.is_empty() {
@@ -172,11 +174,16 @@ pub async fn load_and_watch(
                             list,
                         });
                     }
-                    Err(e) => tracing::warn!(
-                        list = %id,
-                        error = format!("{e:#}"),
-                        "hash list changed but could not be loaded; the previous version stays"
-                    ),
+                    Err(e) => {
+                        stats
+                            .list_reload_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(
+                            list = %id,
+                            error = format!("{e:#}"),
+                            "hash list changed but could not be loaded; the previous version stays"
+                        )
+                    }
                 }
                 seen[i] = now;
             }
@@ -216,7 +223,8 @@ mod tests {
             reload_interval: Duration::from_millis(20),
         };
         let cancel = CancellationToken::new();
-        let lists = load_and_watch(&c, Default::default(), cancel.clone())
+        let stats = Arc::new(Stats::default());
+        let lists = load_and_watch(&c, Default::default(), stats.clone(), cancel.clone())
             .await
             .unwrap()
             .unwrap();
@@ -250,14 +258,26 @@ mod tests {
             ["one", "two"],
             "a broken file keeps the old list"
         );
+        assert_eq!(
+            stats
+                .list_reload_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "the broken version counted once"
+        );
         std::fs::write(&path, line('c', "three")).unwrap();
         assert!(wait_for(&["three"]).await, "fixed file reloaded");
         cancel.cancel();
         // A list that cannot be read stops the start.
         std::fs::write(&path, "bad\n").unwrap();
-        let err = load_and_watch(&c, Default::default(), CancellationToken::new())
-            .await
-            .unwrap_err();
+        let err = load_and_watch(
+            &c,
+            Default::default(),
+            Arc::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
         assert!(
             format!("{err:#}").contains("matching.hash_lists.l"),
             "{err:#}"
@@ -327,7 +347,7 @@ mod tests {
             reload_interval: Duration::from_millis(50),
         };
         let cancel = CancellationToken::new();
-        let lists = load_and_watch(&c, settings, cancel.clone())
+        let lists = load_and_watch(&c, settings, Arc::default(), cancel.clone())
             .await
             .unwrap()
             .unwrap();

@@ -59,9 +59,14 @@ pub async fn run(
     max_events: Option<u64>,
 ) -> anyhow::Result<Summary> {
     let mut settings = Settings::from_config(c);
-    settings.lists =
-        lists::load_and_watch(&c.matching, c.bundle_s3_settings(), cancel.clone()).await?;
     let stats = Arc::new(Stats::default());
+    settings.lists = lists::load_and_watch(
+        &c.matching,
+        c.bundle_s3_settings(),
+        stats.clone(),
+        cancel.clone(),
+    )
+    .await?;
     let health = Arc::new(Health::default());
     // Up before the model loads, so liveness answers and readiness says why not yet.
     let server_stop = cancel.child_token();

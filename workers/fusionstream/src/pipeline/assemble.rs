@@ -271,6 +271,12 @@ fn outputs(ctx: &EventCtx, p: &Partial, out: InferOutput, stats: &Stats) -> Vec<
     if let (Some(mut signals), Some(m)) = (out.moderation, &ctx.moderation) {
         signals.terms.extend(m.terms.iter().cloned());
         signals.matches.extend(m.matches.iter().cloned());
+        if !m.matches.is_empty() {
+            let mut counts = lock(&stats.list_matches);
+            for hit in &m.matches {
+                *counts.entry(hit.list.clone()).or_default() += 1;
+            }
+        }
         let (policy, name) = m.policies.for_tenant(ctx.tenant.as_deref());
         if let Some(text) = &signals.image_text {
             let found = policy.find_terms(text, TextSource::ImageText);

@@ -158,6 +158,22 @@ impl Collector for StatsCollector {
             [Action::Allow, Action::Review, Action::Block]
                 .map(|a| (a.name(), s.moderation[a as usize].load(Relaxed))),
         )?;
+        {
+            let matches = fusionstream_core::lock(&s.list_matches).clone();
+            counters(
+                &mut e,
+                "list_matches",
+                "Known-hash list entries matched on moderation records, by list.",
+                "list",
+                matches.iter().map(|(k, v)| (k.as_str(), *v)),
+            )?;
+        }
+        counter(
+            &mut e,
+            "list_reload_failures",
+            "Known-hash list versions that changed but could not be loaded (the previous version stays).",
+            s.list_reload_failures.load(Relaxed),
+        )?;
         counters(
             &mut e,
             "model_batches",

@@ -113,6 +113,10 @@ pub struct Stats {
     pub intake_panics: AtomicU64,
     /// Moderation decisions made, by action (`allow`, `review`, `block`).
     pub moderation: [AtomicU64; 3],
+    /// Known-hash list matches on moderation records, by list.
+    pub list_matches: Mutex<BTreeMap<String, u64>>,
+    /// Known-hash list versions that changed but could not be loaded.
+    pub list_reload_failures: AtomicU64,
     /// What the source and committer adapters count.
     pub adapter: Arc<AdapterMetrics>,
     /// Scheduler decisions per lane, by [`Ready`] reason.
@@ -159,6 +163,8 @@ impl Default for Stats {
             model_panics: AtomicU64::new(0),
             intake_panics: AtomicU64::new(0),
             moderation: Default::default(),
+            list_matches: Mutex::default(),
+            list_reload_failures: AtomicU64::new(0),
             adapter: Arc::default(),
             decisions: Default::default(),
             slices: Default::default(),
