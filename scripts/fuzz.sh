@@ -26,7 +26,7 @@ seconds="${1:-300}"
 shift || true
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-  targets=(event_decoder image_preprocess tokenizer checkpoint_reader config_loader)
+  targets=(event_decoder image_preprocess tokenizer checkpoint_reader hash_list config_loader)
 fi
 
 log() { echo "fuzz: $*" >&2; }
@@ -60,6 +60,9 @@ seed() { # target dir: copy the repository's seeds for `target` into `dir`
       done
       cp models/shapes/clip/preprocessor_config.json "$d/preprocessor_config.json"
       printf '{"version":1,"positions":{"events.jsonl":42}}' > "$d/checkpoint.json" ;;
+    hash_list)
+      printf '# seed\n%s item-1 a label\n%s\titem-2\n' "$(printf 'a%.0s' {1..64})" \
+        "8a66ca6fc473470cfdcc199b38e799669427c79c7d99e9986999099c2a660663" > "$d/seed-list" ;;
     config_loader) cp config/default.toml "$d/default.toml" ;;
   esac
 }

@@ -262,7 +262,7 @@ impl Config {
         if tasks.contains(Task::Match) || tasks.contains(Task::Answer) {
             return Err(
                 "match and answer need a text or question, which an object has not \
-                        (use embed, caption, tag)"
+                        (use embed, caption, tag, hash)"
                     .into(),
             );
         }
