@@ -200,6 +200,16 @@ mod tests {
     use fusionstream_core::moderation::Action;
     use std::time::Duration;
 
+    /// The item ids of the first list now.
+    fn items(l: &KnownLists) -> Vec<String> {
+        l.snapshot()[0]
+            .list
+            .entries()
+            .iter()
+            .map(|e| e.item.clone())
+            .collect()
+    }
+
     fn line(hex_digit: char, item: &str) -> String {
         format!("{} {item}\n", hex_digit.to_string().repeat(64))
     }
@@ -228,14 +238,6 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let items = |l: &KnownLists| -> Vec<String> {
-            l.snapshot()[0]
-                .list
-                .entries()
-                .iter()
-                .map(|e| e.item.clone())
-                .collect()
-        };
         assert_eq!(items(&lists), ["one"]);
         let wait_for = |want: &'static [&'static str]| {
             let lists = lists.clone();
@@ -351,14 +353,6 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let items = |l: &KnownLists| -> Vec<String> {
-            l.snapshot()[0]
-                .list
-                .entries()
-                .iter()
-                .map(|e| e.item.clone())
-                .collect()
-        };
         assert_eq!(items(&lists), ["one", "two"]);
         put("known/part-2.txt", line('b', "two") + &line('c', "three")).await;
         let mut reloaded = false;
