@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::in_process;
 use fusionstream::app::Summary;
@@ -23,15 +23,8 @@ const SCENES: usize = 8;
 /// Copies of each scene under the prefix.
 const COPIES: usize = 3;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fusionstream"));
-    c.current_dir(common::root());
-    c.env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never");
-    c
-}
-
 fn backfill(endpoint: &str, args: &[&str], out: &Path) -> Output {
-    bin()
+    common::bin()
         .arg("backfill")
         .args(args)
         .arg("--json")
@@ -229,7 +222,7 @@ async fn every_object_once_across_shards_and_after_a_resume() {
 #[test]
 fn bad_backfill_settings_are_refused_with_every_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = bin()
+    let o = common::bin()
         .args([
             "backfill", "photos/", "--shards", "2", "--shard", "2", "--tasks", "answer", "--out",
         ])
@@ -247,7 +240,7 @@ fn bad_backfill_settings_are_refused_with_every_error() {
         assert!(log.contains(expected), "missing {expected:?} in {log}");
     }
     // A bucket outside s3.allowed_buckets: refused before anything is listed.
-    let o = bin()
+    let o = common::bin()
         .args(["backfill", "s3://private/photos/", "--out"])
         .arg(tmp.path())
         .env("FUSIONSTREAM__S3__ALLOWED_BUCKETS", "[\"media\"]")
@@ -262,7 +255,7 @@ fn bad_backfill_settings_are_refused_with_every_error() {
         "{log}"
     );
     // The shard comes from an indexed Job's JOB_COMPLETION_INDEX when not given.
-    let o = bin()
+    let o = common::bin()
         .args(["backfill", "photos/", "--shards", "2", "--out"])
         .arg(tmp.path())
         .env("JOB_COMPLETION_INDEX", "5")

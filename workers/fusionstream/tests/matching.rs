@@ -1,12 +1,19 @@
-//! The `hash` task as a user runs it: `fusionstream run` on events that name it, the PDQ hash
-//! on the event's embedding record equal to the reference implementation's
-//! (`models/fixtures/pdq/reference.json`, from the `pdqhash` package) for a PNG and a JPEG,
-//! records valid against the schema, and an event without an image skipping the task.
+//! Matching as a user runs it: the `hash` task through `fusionstream run` (the PDQ hash on the
+//! event's embedding record equal to the reference implementation's,
+//! `models/fixtures/pdq/reference.json` from the `pdqhash` package, for a PNG and a JPEG;
+//! records valid against the schema; an event without an image skipping the task), and
+//! known-hash lists matched by `moderate` in-process on the real packs (a listed image and its
+//! copies blocked, another image not). The packs test needs `scripts/fetch-packs.sh`, like
+//! `moderation.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::process::Command;
+use std::collections::BTreeMap;
+
+use common::in_process;
+use fusionstream::config::Overrides;
+use serde_json::Value;
 
 #[test]
 fn hash_events_get_the_reference_pdq_on_their_embedding_record() {
@@ -20,9 +27,7 @@ fn hash_events_get_the_reference_pdq_on_their_embedding_record() {
         r#"{"id": "h-none", "text": "a red circle", "tasks": ["hash"]}"#,
     ];
     std::fs::write(&events, lines.join("\n") + "\n").unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_fusionstream"))
-        .current_dir(common::root())
-        .env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never")
+    let run = common::bin()
         .args(["run", "--events"])
         .arg(&events)
         .arg("--out")
@@ -75,4 +80,94 @@ fn hash_events_get_the_reference_pdq_on_their_embedding_record() {
         .any(|s| s["task"] == "hash" && s["reason"] == "image_absent"));
     let dead = common::read_records(&out, "dead_letters");
     assert!(dead.iter().any(|d| d["event_id"] == "h-none"), "{dead:?}");
+}
+
+/// `[matching]`: an image on a known-hash list is blocked by the `list:` rule, and so are its
+/// mirrored and halved copies (through the 8 dihedral hashes); another image is not. The
+/// list holds the reference implementation's hash of the image
+/// (`models/fixtures/pdq/reference.json`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_on_a_known_hash_list_are_blocked_with_their_copies() {
+    if !common::packs_installed() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let media = tmp.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let root = common::root();
+    for (from, to) in [
+        ("models/fixtures/nsfw/smooth-1.jpg", "listed.jpg"),
+        ("models/fixtures/pdq/images/copy-mirror.jpg", "mirror.jpg"),
+        ("models/fixtures/pdq/images/copy-half.jpg", "half.jpg"),
+        ("examples/media/scene0.png", "other.png"),
+    ] {
+        std::fs::copy(root.join(from), media.join(to)).unwrap();
+    }
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("models/fixtures/pdq/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let hash = reference["images"]["models/fixtures/nsfw/smooth-1.jpg"]["hash"]
+        .as_str()
+        .unwrap();
+    let list = tmp.path().join("known.txt");
+    std::fs::write(&list, format!("# test list\n{hash} case-7 test label\n")).unwrap();
+    let events = tmp.path().join("events.jsonl");
+    let lines: Vec<String> = ["listed.jpg", "mirror.jpg", "half.jpg", "other.png"]
+        .iter()
+        .map(|f| format!(r#"{{"id": "{f}", "image": "{f}", "tasks": ["moderate"]}}"#))
+        .collect();
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let extra = tmp.path().join("matching.toml");
+    std::fs::write(
+        &extra,
+        format!(
+            "[matching.hash_lists.known]\npath = {:?}\naction = \"block\"\n",
+            list.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let (out_s, media_s, events_s) = (
+        out.display().to_string(),
+        media.display().to_string(),
+        events.display().to_string(),
+    );
+    let checkpoint = format!("{out_s}/checkpoint.json");
+    let c = in_process::config(
+        &[common::root().join("config/moderation.toml"), extra],
+        &[
+            ("FUSIONSTREAM__SINK__DIR", out_s.as_str()),
+            ("FUSIONSTREAM__CHECKPOINT__PATH", checkpoint.as_str()),
+            ("FUSIONSTREAM__MEDIA__ROOT", media_s.as_str()),
+            ("FUSIONSTREAM__SOURCE__PATH", events_s.as_str()),
+        ],
+        &Overrides::default(),
+    );
+    let summary = in_process::start(c).finish().await;
+    assert_eq!(summary.end, "completed");
+    let recs = common::validated_records(&out, "moderation");
+    let by_id: BTreeMap<&str, &Value> = recs
+        .iter()
+        .map(|r| (r["event_id"].as_str().unwrap(), r))
+        .collect();
+    for id in ["listed.jpg", "mirror.jpg", "half.jpg"] {
+        let r = by_id[id];
+        assert_eq!(r["decision"], "block", "{id}: {r}");
+        let m = &r["signals"]["matches"][0];
+        assert_eq!(
+            (m["list"].as_str(), m["item"].as_str()),
+            (Some("known"), Some("case-7"))
+        );
+        assert_eq!(m["label"], "test label");
+        assert!(m["distance"].as_u64().unwrap() <= 31, "{id}: {m}");
+        assert!(r["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|rule| rule["rule"] == "list:known"));
+    }
+    assert_eq!(by_id["listed.jpg"]["signals"]["matches"][0]["distance"], 0);
+    let other = by_id["other.png"];
+    assert!(other["signals"].get("matches").is_none(), "{other}");
 }

@@ -19,30 +19,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::in_process;
 use fusionstream::config::Overrides;
 use serde_json::Value;
-
-/// Whether the packs and ONNX Runtime are there (panics when required and missing).
-fn packs_installed() -> bool {
-    let dir = fusionstream_model::moderation::default_packs_dir();
-    let ok = ["open_nsfw", "minilm", "ppocr"]
-        .iter()
-        .all(|p| dir.join(p).join("pack.toml").is_file())
-        && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty());
-    if !ok {
-        assert!(
-            std::env::var("FUSIONSTREAM_REQUIRE_PACKS").as_deref() != Ok("1"),
-            "FUSIONSTREAM_REQUIRE_PACKS=1 but the packs under {} or ORT_DYLIB_PATH are \
-             missing: run scripts/fetch-packs.sh",
-            dir.display()
-        );
-        eprintln!("skipped: no packs (scripts/fetch-packs.sh) or no ORT_DYLIB_PATH");
-    }
-    ok
-}
 
 fn example_config() -> PathBuf {
     common::root().join("config/moderation.toml")
@@ -53,22 +34,6 @@ fn example_events() -> Vec<Value> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// Records of one output file, validated against the stream's schema.
-fn records(out: &Path, stream: &str) -> Vec<Value> {
-    let schema = common::validator(common::schema_of_stream(stream));
-    let Ok(text) = std::fs::read_to_string(out.join(format!("{stream}.jsonl"))) else {
-        return Vec::new();
-    };
-    text.lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let errs = common::errors(&schema, &v);
-            assert!(errs.is_empty(), "{stream}: {errs:?} in {v}");
-            v
-        })
         .collect()
 }
 
@@ -252,7 +217,7 @@ fn check_moderation(recs: &[Value]) -> BTreeMap<String, Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_moderation_example_follows_its_policy() {
-    if !packs_installed() {
+    if !common::packs_installed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -271,7 +236,7 @@ async fn the_moderation_example_follows_its_policy() {
     let events = example_events();
     assert_eq!(summary.stats.read, events.len() as u64);
     assert_eq!(summary.stats.dead_lettered, 0);
-    let by_id = check_moderation(&records(tmp.path(), "moderation"));
+    let by_id = check_moderation(&common::validated_records(tmp.path(), "moderation"));
     // The NSFW score is the pack's own for that image (the parity test ties the pack to the
     // reference package): the shared decode changes nothing.
     let dir = fusionstream_model::moderation::default_packs_dir().join("open_nsfw");
@@ -294,10 +259,10 @@ async fn the_moderation_example_follows_its_policy() {
     assert!((got - f64::from(want)).abs() < 1e-5, "{got} vs {want}");
     // The event that names no tasks got moderation and every bundle output; the others the
     // tasks they named.
-    let captions = records(tmp.path(), "captions");
+    let captions = common::validated_records(tmp.path(), "captions");
     assert!(captions.iter().any(|r| r["event_id"] == "mod-benign-scene"));
     assert!(captions.iter().any(|r| r["event_id"] == "mod-sign-scam"));
-    let embeddings = records(tmp.path(), "embeddings");
+    let embeddings = common::validated_records(tmp.path(), "embeddings");
     let embedded: Vec<&str> = embeddings
         .iter()
         .map(|r| r["event_id"].as_str().unwrap())
@@ -325,13 +290,13 @@ async fn without_moderation_the_task_is_skipped_as_model_absent() {
     );
     let summary = in_process::start(c).finish().await;
     assert_eq!(summary.end, "completed");
-    assert!(records(tmp.path(), "moderation").is_empty());
+    assert!(common::validated_records(tmp.path(), "moderation").is_empty());
     // Asked for `moderate` alone: nothing can serve it, the dead letter says why.
-    let dead = records(tmp.path(), "dead_letters");
+    let dead = common::validated_records(tmp.path(), "dead_letters");
     let threat = dead.iter().find(|r| r["event_id"] == "mod-threat").unwrap();
     assert_eq!(threat["reason"], "model_absent");
     // Asked for it beside other tasks: skipped in their records.
-    let caps = records(tmp.path(), "captions");
+    let caps = common::validated_records(tmp.path(), "captions");
     let sign = caps
         .iter()
         .find(|r| r["event_id"] == "mod-sign-scam")
@@ -410,7 +375,7 @@ categories = { nope = { term_action = "block" } }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_moderation_example_through_kafka() {
     use common::kafka::*;
-    if !packs_installed() {
+    if !common::packs_installed() {
         return;
     }
     let Some(broker) = broker() else { return };
@@ -446,94 +411,4 @@ async fn the_moderation_example_through_kafka() {
         })
         .collect();
     check_moderation(&moderation);
-}
-
-/// `[matching]`: an image on a known-hash list is blocked by the `list:` rule, and so are its
-/// mirrored and halved copies (through the 8 dihedral hashes); another image is not. The
-/// list holds the reference implementation's hash of the image
-/// (`models/fixtures/pdq/reference.json`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn images_on_a_known_hash_list_are_blocked_with_their_copies() {
-    if !packs_installed() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let media = tmp.path().join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    let root = common::root();
-    for (from, to) in [
-        ("models/fixtures/nsfw/smooth-1.jpg", "listed.jpg"),
-        ("models/fixtures/pdq/images/copy-mirror.jpg", "mirror.jpg"),
-        ("models/fixtures/pdq/images/copy-half.jpg", "half.jpg"),
-        ("examples/media/scene0.png", "other.png"),
-    ] {
-        std::fs::copy(root.join(from), media.join(to)).unwrap();
-    }
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("models/fixtures/pdq/reference.json")).unwrap(),
-    )
-    .unwrap();
-    let hash = reference["images"]["models/fixtures/nsfw/smooth-1.jpg"]["hash"]
-        .as_str()
-        .unwrap();
-    let list = tmp.path().join("known.txt");
-    std::fs::write(&list, format!("# test list\n{hash} case-7 test label\n")).unwrap();
-    let events = tmp.path().join("events.jsonl");
-    let lines: Vec<String> = ["listed.jpg", "mirror.jpg", "half.jpg", "other.png"]
-        .iter()
-        .map(|f| format!(r#"{{"id": "{f}", "image": "{f}", "tasks": ["moderate"]}}"#))
-        .collect();
-    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
-    let extra = tmp.path().join("matching.toml");
-    std::fs::write(
-        &extra,
-        format!(
-            "[matching.hash_lists.known]\npath = {:?}\naction = \"block\"\n",
-            list.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = tmp.path().join("out");
-    let (out_s, media_s, events_s) = (
-        out.display().to_string(),
-        media.display().to_string(),
-        events.display().to_string(),
-    );
-    let checkpoint = format!("{out_s}/checkpoint.json");
-    let c = in_process::config(
-        &[example_config(), extra],
-        &[
-            ("FUSIONSTREAM__SINK__DIR", out_s.as_str()),
-            ("FUSIONSTREAM__CHECKPOINT__PATH", checkpoint.as_str()),
-            ("FUSIONSTREAM__MEDIA__ROOT", media_s.as_str()),
-            ("FUSIONSTREAM__SOURCE__PATH", events_s.as_str()),
-        ],
-        &Overrides::default(),
-    );
-    let summary = in_process::start(c).finish().await;
-    assert_eq!(summary.end, "completed");
-    let recs = records(&out, "moderation");
-    let by_id: BTreeMap<&str, &Value> = recs
-        .iter()
-        .map(|r| (r["event_id"].as_str().unwrap(), r))
-        .collect();
-    for id in ["listed.jpg", "mirror.jpg", "half.jpg"] {
-        let r = by_id[id];
-        assert_eq!(r["decision"], "block", "{id}: {r}");
-        let m = &r["signals"]["matches"][0];
-        assert_eq!(
-            (m["list"].as_str(), m["item"].as_str()),
-            (Some("known"), Some("case-7"))
-        );
-        assert_eq!(m["label"], "test label");
-        assert!(m["distance"].as_u64().unwrap() <= 31, "{id}: {m}");
-        assert!(r["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|rule| rule["rule"] == "list:known"));
-    }
-    assert_eq!(by_id["listed.jpg"]["signals"]["matches"][0]["distance"], 0);
-    let other = by_id["other.png"];
-    assert!(other["signals"].get("matches").is_none(), "{other}");
 }

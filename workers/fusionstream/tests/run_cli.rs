@@ -12,13 +12,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fusionstream"));
-    c.current_dir(common::root());
-    c.env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never");
-    c
-}
-
 fn ids_in(out: &Path) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
     for s in ["captions", "answers", "embeddings", "tags", "dead_letters"] {
@@ -37,7 +30,7 @@ fn ids_in(out: &Path) -> BTreeSet<String> {
 fn embedded_default_runs_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let run = bin()
+    let run = common::bin()
         .args(["run", "--out"])
         .arg(&out)
         .arg("--json")
@@ -58,14 +51,14 @@ fn embedded_default_runs_and_resumes() {
     }
     assert!(out.join("checkpoint.json").is_file());
     // Again: nothing new. With --fresh: everything again.
-    let again = bin()
+    let again = common::bin()
         .args(["run", "--json", "--out"])
         .arg(&out)
         .output()
         .unwrap();
     let s: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(s["read"], 0);
-    let fresh = bin()
+    let fresh = common::bin()
         .args(["run", "--fresh", "--json", "--out"])
         .arg(&out)
         .output()
@@ -83,7 +76,7 @@ fn embedded_default_runs_and_resumes() {
 #[test]
 fn warm_up_runs_before_the_events_when_asked() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = bin()
+    let run = common::bin()
         .env("FUSIONSTREAM__MODEL__WARM_UP", "always")
         .args(["run", "--json", "--out"])
         .arg(tmp.path())
@@ -116,7 +109,7 @@ fn sigterm_drains_exits_zero_and_the_rerun_loses_nothing() {
         body.push_str(&format!("{line}\n"));
     }
     std::fs::write(&events, body).unwrap();
-    let child = bin()
+    let child = common::bin()
         .args(["run", "--events"])
         .arg(&events)
         .arg("--out")
@@ -163,7 +156,7 @@ fn sigterm_drains_exits_zero_and_the_rerun_loses_nothing() {
         .unwrap();
     assert!(committed as usize <= first.len());
 
-    let rerun = bin()
+    let rerun = common::bin()
         .args(["run", "--json", "--events"])
         .arg(&events)
         .arg("--out")
@@ -183,7 +176,7 @@ fn sigterm_drains_exits_zero_and_the_rerun_loses_nothing() {
 
 #[test]
 fn invalid_configuration_is_refused_with_every_error() {
-    let r = bin()
+    let r = common::bin()
         .args(["run"])
         .env("FUSIONSTREAM__ENCODE_LANE__MAX_ITEMS", "0")
         .env("FUSIONSTREAM__MODEL__DTYPE", "f8")
@@ -195,7 +188,7 @@ fn invalid_configuration_is_refused_with_every_error() {
     assert!(stderr.contains("invalid configuration"), "{stderr}");
     // The type error of [media] and the value errors are reported together.
     assert!(stderr.contains("whenever"), "{stderr}");
-    let c = bin().args(["config"]).output().unwrap();
+    let c = common::bin().args(["config"]).output().unwrap();
     assert!(c.status.success());
     let text = String::from_utf8_lossy(&c.stdout);
     assert!(
@@ -216,7 +209,11 @@ fn a_corrupt_checkpoint_is_refused_with_what_to_do() {
         b"{\"version\": 1, \"positions\": {\"a\": -",
     )
     .unwrap();
-    let r = bin().args(["run", "--out"]).arg(&out).output().unwrap();
+    let r = common::bin()
+        .args(["run", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success(), "{stderr}");
     assert!(
@@ -224,7 +221,7 @@ fn a_corrupt_checkpoint_is_refused_with_what_to_do() {
         "{stderr}"
     );
     assert!(ids_in(&out).is_empty(), "nothing processed");
-    let fresh = bin()
+    let fresh = common::bin()
         .args(["run", "--fresh", "--json", "--out"])
         .arg(&out)
         .output()
@@ -283,7 +280,7 @@ async fn bundle_from_s3_is_downloaded_once_and_cached() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let run = |endpoint: &str, out: &str| {
-        bin()
+        common::bin()
             .args(["run", "--fresh", "--out"])
             .arg(tmp.path().join(out))
             .env(

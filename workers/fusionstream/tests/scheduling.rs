@@ -12,17 +12,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::kafka::*;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fusionstream"));
-    c.current_dir(common::root());
-    c.env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never");
-    c
-}
 
 fn caption_event(id: &str, i: usize, priority: Option<&str>) -> String {
     let mut v = serde_json::json!({
@@ -42,7 +35,7 @@ fn caption_order(dir: &Path, events: &[String], mode: &str) -> Vec<String> {
     let file = dir.join(format!("{mode}.jsonl"));
     std::fs::write(&file, events.join("\n") + "\n").unwrap();
     let out = dir.join(format!("out-{mode}"));
-    let run = bin()
+    let run = common::bin()
         .args(["run", "--events"])
         .arg(&file)
         .arg("--out")
@@ -104,7 +97,7 @@ fn an_embedding_goes_out_before_the_caption_of_its_event() {
         "tasks": ["caption", "embed"],
     });
     std::fs::write(&file, format!("{event}\n")).unwrap();
-    let mut child = bin()
+    let mut child = common::bin()
         .args(["run", "--events"])
         .arg(&file)
         .arg("--out")

@@ -1,6 +1,11 @@
 //! Per event: decode the payload, apply the degradation matrix, fetch and preprocess media,
-//! and hand lane parts to the batcher or a dead letter to the sink (the fetch itself, with its
-//! retries, is `fetch.rs`).
+//! and hand lane parts to the model's queue (with the event's priority and deadline) or a
+//! dead letter to the sink (the fetch itself, with its retries, is `fetch.rs`; the CPU work,
+//! `preprocess.rs`).
+//!
+//! Long (~470 lines) because it is one event's path from payload to lane parts, read top to
+//! bottom, with every exit that dead-letters on the way; the steps with a life of their own
+//! (fetch, preprocess, the queue) are already their own files.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

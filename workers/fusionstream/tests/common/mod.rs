@@ -17,6 +17,14 @@ pub fn root() -> PathBuf {
         .join("../..")
 }
 
+/// The worker binary, run from the repository root without a progress line.
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_fusionstream"));
+    c.current_dir(root());
+    c.env("FUSIONSTREAM__TELEMETRY__PROGRESS", "never");
+    c
+}
+
 /// The shipped `shapes` bundle on candle, loaded once per test binary.
 pub fn bundle_model() -> std::sync::Arc<fusionstream_model::FusionModel> {
     static MODEL: std::sync::OnceLock<std::sync::Arc<fusionstream_model::FusionModel>> =
@@ -142,5 +150,40 @@ pub fn read_records(out: &Path, stream: &str) -> Vec<Value> {
         .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Whether the packs and ONNX Runtime are there (panics when required and missing).
+pub fn packs_installed() -> bool {
+    let dir = fusionstream_model::moderation::default_packs_dir();
+    let ok = ["open_nsfw", "minilm", "ppocr"]
+        .iter()
+        .all(|p| dir.join(p).join("pack.toml").is_file())
+        && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty());
+    if !ok {
+        assert!(
+            std::env::var("FUSIONSTREAM_REQUIRE_PACKS").as_deref() != Ok("1"),
+            "FUSIONSTREAM_REQUIRE_PACKS=1 but the packs under {} or ORT_DYLIB_PATH are \
+             missing: run scripts/fetch-packs.sh",
+            dir.display()
+        );
+        eprintln!("skipped: no packs (scripts/fetch-packs.sh) or no ORT_DYLIB_PATH");
+    }
+    ok
+}
+
+/// Records of one output file, validated against the stream's schema.
+pub fn validated_records(out: &Path, stream: &str) -> Vec<Value> {
+    let schema = validator(schema_of_stream(stream));
+    let Ok(text) = std::fs::read_to_string(out.join(format!("{stream}.jsonl"))) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let errs = errors(&schema, &v);
+            assert!(errs.is_empty(), "{stream}: {errs:?} in {v}");
+            v
+        })
         .collect()
 }
