@@ -109,6 +109,7 @@ pub fn recall(exact: &[Vec<usize>], approximate: &[Vec<usize>]) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use proptest::prelude::*;
 

@@ -167,8 +167,9 @@ impl SnapshotDir {
             for e in entries.flatten() {
                 let p = e.path();
                 let n = e.file_name().to_string_lossy().into_owned();
-                let stale = (n.starts_with("snap-") && p != dir && Some(&p) != keep_previous.as_ref())
-                    || n.starts_with(".tmp-snap-");
+                let stale =
+                    (n.starts_with("snap-") && p != dir && Some(&p) != keep_previous.as_ref())
+                        || n.starts_with(".tmp-snap-");
                 if stale && p.is_dir() {
                     let _ = fs::remove_dir_all(&p);
                 }
@@ -263,6 +264,7 @@ fn io(path: &Path, e: std::io::Error) -> IndexError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::exact::random_unit_vectors;
@@ -320,7 +322,10 @@ mod tests {
         let (back, _) = store.load().unwrap().unwrap();
         assert_eq!(back.len(Kind::Fused), 1);
         ix.upsert(Kind::Fused, "b", &[0.0, 1.0]).unwrap();
-        assert_eq!(store.save(&ix, &SnapshotMeta::default()).unwrap().sequence, 2);
+        assert_eq!(
+            store.save(&ix, &SnapshotMeta::default()).unwrap().sequence,
+            2
+        );
         assert!(!dir.path().join(".tmp-snap-00000002").exists());
         // A damaged current snapshot is an error, not an empty index.
         let (cur, _) = store.current().unwrap().unwrap();

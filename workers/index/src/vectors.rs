@@ -295,7 +295,9 @@ impl VectorIndex {
     /// of the true nearest.
     pub fn set_expansion_search(&mut self, n: usize) -> Result<(), IndexError> {
         if n == 0 {
-            return Err(IndexError::Invalid("expansion_search must be at least 1".into()));
+            return Err(IndexError::Invalid(
+                "expansion_search must be at least 1".into(),
+            ));
         }
         self.params.expansion_search = n;
         for p in self.kinds.iter().flatten() {
@@ -306,7 +308,8 @@ impl VectorIndex {
 
     /// Whether `event_id` has a `kind` vector.
     pub fn contains(&self, kind: Kind, event_id: &str) -> bool {
-        self.part(kind).is_some_and(|p| p.keys.contains_key(event_id))
+        self.part(kind)
+            .is_some_and(|p| p.keys.contains_key(event_id))
     }
 
     /// Entries of `kind`.
@@ -361,6 +364,7 @@ pub(crate) fn usearch_error(e: impl std::fmt::Display) -> IndexError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -373,7 +377,8 @@ mod tests {
         let mut ix = VectorIndex::new(Params::default()).unwrap();
         for i in 0..200 {
             assert_eq!(
-                ix.upsert(Kind::Image, &format!("e{i}"), &unit(i, 32)).unwrap(),
+                ix.upsert(Kind::Image, &format!("e{i}"), &unit(i, 32))
+                    .unwrap(),
                 Added::New
             );
         }

@@ -6,6 +6,7 @@
 //! nearest neighbours are barely nearer than any other point, and HNSW (usearch's or
 //! faiss's) finds a fraction of them at any practical setting; their figures are in
 //! `benches/README.md`.
+#![allow(clippy::unwrap_used)]
 
 use fusionstream_index::exact::{random_embeddings, random_unit_vectors, recall, top_k};
 use fusionstream_index::{Kind, Params, Storage, VectorIndex};

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod index;
 mod infer;
 mod run;
 
@@ -23,6 +24,10 @@ enum Command {
     Config(run::ConfigArgs),
     /// Run the model on one input and print one JSON object.
     Infer(infer::InferArgs),
+    /// Keep a live vector index of the embeddings the workers write (serves /search).
+    Index(index::IndexArgs),
+    /// Search the index by text or image with the bundle's CLIP; prints JSON.
+    Search(index::SearchArgs),
 }
 
 /// Dispatch a parsed command line.
@@ -32,5 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backfill(args) => run::backfill_run(args),
         Command::Config(args) => run::print_config(args),
         Command::Infer(args) => infer::run(args),
+        Command::Index(args) => index::run_index(args),
+        Command::Search(args) => index::run_search(args),
     }
 }

@@ -183,8 +183,9 @@ fn spawn_signal_handler(cancel: CancellationToken) {
     });
 }
 
+/// SIGINT or SIGTERM.
 #[cfg(unix)]
-async fn wait_signal() {
+pub(super) async fn wait_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
@@ -200,7 +201,7 @@ async fn wait_signal() {
 }
 
 #[cfg(not(unix))]
-async fn wait_signal() {
+pub(super) async fn wait_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 

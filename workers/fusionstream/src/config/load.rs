@@ -226,6 +226,24 @@ impl Config {
                     .into(),
             );
         }
+        let ix = &self.index;
+        if let Err(e) = ix.params().validate() {
+            errors.push(format!("index: {e}"));
+        }
+        if ix.kinds.is_empty() {
+            errors.push("index.kinds must name at least one of image, text, fused".into());
+        }
+        if ix.snapshot_interval.is_zero() || ix.snapshot_records == 0 {
+            errors.push(
+                "index.snapshot_interval and index.snapshot_records must be more than 0".into(),
+            );
+        }
+        if ix.max_k == 0 {
+            errors.push("index.max_k must be at least 1".into());
+        }
+        if !ix.listen.is_empty() && ix.listen.parse::<std::net::SocketAddr>().is_err() {
+            errors.push(format!("index.listen {:?} is not host:port", ix.listen));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
             errors.push(format!("telemetry.log_level: {e}"));
         }

@@ -68,6 +68,7 @@ sections! {
     degradation: DegradationConfig,
     moderation: ModerationConfig,
     matching: MatchingConfig,
+    index: IndexConfig,
     sink: SinkConfig,
     kafka: KafkaConfig,
     backfill: BackfillConfig,

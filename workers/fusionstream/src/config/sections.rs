@@ -328,6 +328,47 @@ pub struct HashListConfig {
     pub action: fusionstream_core::moderation::Action,
 }
 
+/// `[index]`: the live vector index (`fusionstream index`, `fusionstream search`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Snapshot folder.
+    pub dir: PathBuf,
+    /// Embeddings indexed.
+    pub kinds: Vec<fusionstream_index::Kind>,
+    /// Vector storage.
+    pub storage: fusionstream_index::Storage,
+    /// HNSW M.
+    pub connectivity: usize,
+    /// HNSW efConstruction.
+    pub expansion_add: usize,
+    /// HNSW efSearch.
+    pub expansion_search: usize,
+    /// Time between snapshots (when something changed).
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Records between snapshots.
+    pub snapshot_records: u64,
+    /// Consumer group of the index's commits.
+    pub group_id: String,
+    /// HTTP listen address ("" = none).
+    pub listen: String,
+    /// Largest k.
+    pub max_k: usize,
+}
+
+impl IndexConfig {
+    /// The HNSW parameters.
+    pub fn params(&self) -> fusionstream_index::Params {
+        fusionstream_index::Params {
+            storage: self.storage,
+            connectivity: self.connectivity,
+            expansion_add: self.expansion_add,
+            expansion_search: self.expansion_search,
+        }
+    }
+}
+
 /// Scheduler modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
