@@ -88,13 +88,29 @@ pub fn free_port() -> u16 {
 
 /// `GET path` on 127.0.0.1:port: (status, body), or None when nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, None)
+}
+
+/// `POST path` with a JSON body on 127.0.0.1:port: (status, body).
+pub fn http_post_json(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    http_request(port, "POST", path, Some(body))
+}
+
+fn http_request(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .ok()?;
+    let content = body.map_or(String::new(), |b| {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        )
+    });
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{content}Connection: close\r\n\r\n{}",
+        body.unwrap_or_default()
     )
     .ok()?;
     let mut raw = String::new();
