@@ -94,19 +94,7 @@ impl Shared {
         stats: Arc<IndexStats>,
         max_k: usize,
     ) -> Arc<Shared> {
-        let search_seconds =
-            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]);
-        let mut registry = Registry::with_prefix("fusionstream_index");
-        registry.register_with_unit(
-            "search",
-            "Time to answer a /search: embedding the query and searching",
-            Unit::Seconds,
-            search_seconds.clone(),
-        );
-        registry.register_collector(Box::new(IndexCollector {
-            ingest: ingest.clone(),
-            stats: stats.clone(),
-        }));
+        let (registry, search_seconds) = registry(ingest.clone(), stats.clone());
         Arc::new(Shared {
             ingest,
             model,
@@ -161,6 +149,21 @@ impl Shared {
         self.stats.searches.fetch_add(1, Relaxed);
         Ok(r)
     }
+}
+
+/// The index's metrics (names prefixed `fusionstream_index_`) and its search-time histogram.
+fn registry(ingest: Arc<RwLock<Ingest>>, stats: Arc<IndexStats>) -> (Registry, Histogram) {
+    let search_seconds =
+        Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]);
+    let mut registry = Registry::with_prefix("fusionstream_index");
+    registry.register_with_unit(
+        "search",
+        "Time to answer a search: embedding the query and searching",
+        Unit::Seconds,
+        search_seconds.clone(),
+    );
+    registry.register_collector(Box::new(IndexCollector { ingest, stats }));
+    (registry, search_seconds)
 }
 
 #[derive(Debug)]
@@ -372,4 +375,38 @@ fn bad_request(e: anyhow::Error) -> Response {
         Json(serde_json::json!({"error": format!("{e:#}")})),
     )
         .into_response()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use fusionstream_index::{Params, SnapshotMeta, VectorIndex};
+
+    use super::*;
+
+    /// Every metric the index exposes is described in docs/metrics.md.
+    #[test]
+    fn metrics_catalogue_is_complete() {
+        let ingest = Ingest::new(
+            VectorIndex::new(Params::default()).unwrap(),
+            SnapshotMeta::default(),
+            vec![Kind::Image],
+        );
+        let (registry, _) = registry(Arc::new(RwLock::new(ingest)), Arc::default());
+        let text = crate::telemetry::metrics::render(&registry);
+        let doc = include_str!("../../../../docs/metrics.md");
+        let mut seen = 0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let name = ["_bucket", "_sum", "_count", "_created"]
+                .iter()
+                .fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is not in docs/metrics.md"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 11, "{text}");
+    }
 }
