@@ -9,6 +9,7 @@
 //! | [`degrade`] | the degradation matrix and its policy |
 //! | [`batch`] | the micro-batcher (lanes, max items, max wait, pixel/token budgets) |
 //! | [`schedule`] | the model thread's scheduler: priorities, aging, deadlines, lanes, time slices |
+//! | [`embedlist`] | lists of known embeddings: format, matching by cosine similarity |
 //! | [`hashlist`] | lists of known perceptual hashes: format, multi-index search within a distance |
 //! | [`moderation`] | moderation signals, policy (thresholds, actions, tenants), the decision |
 //! | [`isolate`] | bisection of a failed batch down to the item(s) that fail it |
@@ -25,6 +26,7 @@ pub mod backoff;
 pub mod batch;
 pub mod crash_guard;
 pub mod degrade;
+pub mod embedlist;
 pub mod error;
 pub mod event;
 pub mod hashlist;

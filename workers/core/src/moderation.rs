@@ -133,6 +133,9 @@ pub struct Signals {
     /// Entries of known-hash lists the image matched (docs/matching.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<ListMatch>,
+    /// Entries of known-embedding lists the image matched (docs/matching.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embedding_matches: Vec<EmbeddingMatch>,
     /// Signals that could not be measured.
     #[serde(default)]
     pub missing: Vec<Missing>,
@@ -152,6 +155,24 @@ pub struct ListMatch {
     pub distance: u32,
     /// The most distance the list matches at.
     pub max_distance: u32,
+    /// What a match of this list asks for.
+    pub action: Action,
+}
+
+/// A match of the image's embedding against an entry of a known-embedding list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingMatch {
+    /// The list's id.
+    pub list: String,
+    /// The entry's item id.
+    pub item: String,
+    /// The entry's label, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Cosine similarity of the image's embedding and the entry's.
+    pub similarity: f32,
+    /// The least similarity the list matches at.
+    pub min_similarity: f32,
     /// What a match of this list asks for.
     pub action: Action,
 }
@@ -426,6 +447,21 @@ pub fn decide(policy: &Policy, signals: &Signals) -> Verdict {
                 source: None,
                 score: m.distance as f32,
                 threshold: m.max_distance as f32,
+                action: m.action,
+                evidence: Some(match &m.label {
+                    Some(l) => format!("{} ({l})", m.item),
+                    None => m.item.clone(),
+                }),
+            });
+        }
+    }
+    for m in &signals.embedding_matches {
+        if m.action > Action::Allow {
+            rules.push(FiredRule {
+                rule: format!("list:{}", m.list),
+                source: None,
+                score: m.similarity,
+                threshold: m.min_similarity,
                 action: m.action,
                 evidence: Some(match &m.label {
                     Some(l) => format!("{} ({l})", m.item),

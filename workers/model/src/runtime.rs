@@ -87,6 +87,10 @@ pub struct InferOutput {
     /// The image's PDQ hash (task `hash`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pdq: Option<Pdq>,
+    /// The CLIP image embedding of a `moderate` item, for known-embedding lists (see
+    /// [`FusionModel::with_list_embeddings`]); not an output of its own.
+    #[serde(skip)]
+    pub list_embedding: Option<Vec<f32>>,
     /// Requested tasks that produced nothing, with reasons.
     pub skipped: Vec<Skipped>,
 }
@@ -434,6 +438,9 @@ pub struct FusionModel {
     generation: GenerationParams,
     /// The packs behind the `moderate` task, when the worker serves it.
     moderation: Option<Arc<ModerationModels>>,
+    /// Whether `moderate` items also get the CLIP image embedding (for known-embedding
+    /// lists), as [`InferOutput::list_embedding`].
+    list_embeddings: bool,
 }
 
 fn slot_for(preprocessors: &mut Vec<Preprocessor>, cfg: ImageProcessorConfig) -> usize {
@@ -575,6 +582,7 @@ impl FusionModel {
             fusion,
             tags: None,
             moderation: None,
+            list_embeddings: false,
         };
         if let (Some(spec), Some(fusion)) = (&model.manifest.fusion, &model.fusion) {
             let want = model.clip.as_ref().map(|c| c.projection_dim);
@@ -751,6 +759,13 @@ impl FusionModel {
         self
     }
 
+    /// Give `moderate` items the CLIP image embedding too (the worker matches it against
+    /// lists of known embeddings), whether or not they ask for `embed`.
+    pub fn with_list_embeddings(mut self, on: bool) -> Self {
+        self.list_embeddings = on;
+        self
+    }
+
     /// The moderation models, when the worker serves `moderate`.
     pub fn moderation(&self) -> Option<&Arc<ModerationModels>> {
         self.moderation.as_ref()
@@ -857,13 +872,18 @@ impl FusionModel {
         let mut out = vec![InferOutput::default(); n];
         let wants = |it: &Prepared, ts: &[Task]| ts.iter().any(|t| it.tasks.contains(*t));
         let encoder_tasks = [Task::Embed, Task::Match, Task::Tag];
+        let wants_list_embedding =
+            |it: &Prepared| self.list_embeddings && it.tasks.contains(Task::Moderate);
 
         // CLIP image and text embeddings: two independent sub-batches.
         let mut img_emb: Vec<Option<Vec<f32>>> = vec![None; n];
         let mut txt_emb: Vec<Option<Vec<f32>>> = vec![None; n];
         if let Some(clip) = &self.clip {
             let rows: Vec<usize> = (0..n)
-                .filter(|&i| items[i].image.is_some() && wants(&items[i], &encoder_tasks))
+                .filter(|&i| {
+                    items[i].image.is_some()
+                        && (wants(&items[i], &encoder_tasks) || wants_list_embedding(&items[i]))
+                })
                 .collect();
             if !rows.is_empty() {
                 let batch: Vec<&Prepared> = rows.iter().map(|&i| &items[i]).collect();
@@ -1017,6 +1037,9 @@ impl FusionModel {
                             Some(table.score(&scorer.label_probs(e, &table.embeddings), source));
                     }
                 }
+            }
+            if wants_list_embedding(item) {
+                o.list_embedding = img_emb[i].clone();
             }
             if item.tasks.contains(Task::Embed) {
                 o.image_embedding = img_emb[i].take();

@@ -1,4 +1,4 @@
-//! Loading the known-hash lists of `[matching]` — a file, or every object under an
+//! Loading the known lists of `[matching]` (hash lists and embedding lists) — a file, or every object under an
 //! `s3://bucket/prefix` (concatenated in key order: a big list can be split over objects) — and
 //! reloading each when it changes, checked every `matching.reload_interval` (a file: size and
 //! modification time; S3: the keys, ETags and sizes under the prefix). A list that fails to
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
+use fusionstream_core::embedlist::EmbeddingList;
 use fusionstream_core::event::split_s3_url;
 use fusionstream_core::hashlist::HashList;
 use fusionstream_core::moderation::Action;
@@ -17,7 +18,7 @@ use fusionstream_io::s3::{ObjectVersion, S3Media};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MatchingConfig;
-use crate::pipeline::lists::{KnownLists, LoadedList};
+use crate::pipeline::lists::{KnownLists, ListBody, LoadedList};
 use crate::telemetry::stats::Stats;
 
 /// Where a list is.
@@ -34,20 +35,51 @@ enum Stamp {
     S3(Vec<ObjectVersion>),
 }
 
+/// What a list holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Hashes,
+    Embeddings,
+}
+
+impl Kind {
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Hashes => "hash_lists",
+            Kind::Embeddings => "embedding_lists",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Hashes => "hash list",
+            Kind::Embeddings => "embedding list",
+        }
+    }
+}
+
 /// The lists and how to reach them.
 struct Sources {
-    lists: Vec<(String, Source, Action)>,
+    lists: Vec<(String, Source, Action, Kind)>,
     s3: Option<S3Media>,
 }
 
 impl Sources {
     async fn new(c: &MatchingConfig, s3: fusionstream_io::s3::S3Settings) -> anyhow::Result<Self> {
         let mut lists = Vec::new();
-        for (id, l) in &c.hash_lists {
+        let hashes = c.hash_lists.iter().map(|(id, l)| (id, l, Kind::Hashes));
+        let embeddings = c
+            .embedding_lists
+            .iter()
+            .map(|(id, l)| (id, l, Kind::Embeddings));
+        for (id, l, kind) in hashes.chain(embeddings) {
             let text = l.path.to_string_lossy();
             let source = if text.starts_with("s3://") {
                 let (bucket, prefix) = split_s3_url(&text).with_context(|| {
-                    format!("matching.hash_lists.{id}.path {text:?}: expected s3://bucket/prefix")
+                    format!(
+                        "matching.{}.{id}.path {text:?}: expected s3://bucket/prefix",
+                        kind.key()
+                    )
                 })?;
                 Source::S3 {
                     bucket: bucket.to_owned(),
@@ -56,9 +88,12 @@ impl Sources {
             } else {
                 Source::File(l.path.clone())
             };
-            lists.push((id.clone(), source, l.action));
+            lists.push((id.clone(), source, l.action, kind));
         }
-        let s3 = if lists.iter().any(|(_, s, _)| matches!(s, Source::S3 { .. })) {
+        let s3 = if lists
+            .iter()
+            .any(|(_, s, _, _)| matches!(s, Source::S3 { .. }))
+        {
             Some(S3Media::new(s3).await)
         } else {
             None
@@ -86,7 +121,7 @@ impl Sources {
     }
 
     /// Read and parse a list (parsing on the blocking pool).
-    async fn read(&self, source: &Source, stamp: &Stamp) -> anyhow::Result<HashList> {
+    async fn read(&self, source: &Source, stamp: &Stamp, kind: Kind) -> anyhow::Result<ListBody> {
         let (text, name) = match (source, stamp) {
             (Source::File(p), _) => (
                 std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
@@ -113,9 +148,15 @@ impl Sources {
             }
             (Source::S3 { .. }, Stamp::File(..)) => anyhow::bail!("stamp of another source"),
         };
-        tokio::task::spawn_blocking(move || HashList::parse(&text))
-            .await?
-            .map_err(|e| anyhow::anyhow!("{name}: {e}"))
+        tokio::task::spawn_blocking(move || match kind {
+            Kind::Hashes => HashList::parse(&text)
+                .map(ListBody::Hashes)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}")),
+            Kind::Embeddings => EmbeddingList::parse(&text)
+                .map(ListBody::Embeddings)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}")),
+        })
+        .await?
     }
 }
 
@@ -127,17 +168,17 @@ pub async fn load_and_watch(
     stats: Arc<Stats>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Option<Arc<KnownLists>>> {
-    if c.hash_lists.is_empty() {
+    if c.hash_lists.is_empty() && c.embedding_lists.is_empty() {
         return Ok(None);
     }
     let sources = Sources::new(c, s3).await?;
     let mut loaded = Vec::new();
     let mut seen = Vec::new();
-    for (id, source, action) in &sources.lists {
-        let at = || format!("matching.hash_lists.{id}");
+    for (id, source, action, kind) in &sources.lists {
+        let at = || format!("matching.{}.{id}", kind.key());
         let stamp = sources.stamp(source).await.with_context(at)?;
-        let list = sources.read(source, &stamp).await.with_context(at)?;
-        tracing::info!(list = %id, entries = list.len(), "hash list loaded");
+        let list = sources.read(source, &stamp, *kind).await.with_context(at)?;
+        tracing::info!(list = %id, entries = list.len(), "{} loaded", kind.noun());
         loaded.push(LoadedList {
             id: id.clone(),
             action: *action,
@@ -145,7 +186,12 @@ pub async fn load_and_watch(
         });
         seen.push(stamp);
     }
-    let lists = Arc::new(KnownLists::new(loaded, c.max_distance, c.min_quality));
+    let lists = Arc::new(KnownLists::new(
+        loaded,
+        c.max_distance,
+        c.min_quality,
+        c.min_similarity,
+    ));
     let interval = c.reload_interval;
     let watched = lists.clone();
     tokio::spawn(async move {
@@ -154,20 +200,20 @@ pub async fn load_and_watch(
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            for (i, (id, source, action)) in sources.lists.iter().enumerate() {
+            for (i, (id, source, action, kind)) in sources.lists.iter().enumerate() {
                 let now = match sources.stamp(source).await {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(list = %id, error = format!("{e:#}"), "hash list not reachable; the loaded version stays");
+                        tracing::warn!(list = %id, error = format!("{e:#}"), "{} not reachable; the loaded version stays", kind.noun());
                         continue;
                     }
                 };
                 if now == seen[i] {
                     continue;
                 }
-                match sources.read(source, &now).await {
+                match sources.read(source, &now, *kind).await {
                     Ok(list) => {
-                        tracing::info!(list = %id, entries = list.len(), "hash list reloaded");
+                        tracing::info!(list = %id, entries = list.len(), "{} reloaded", kind.noun());
                         watched.replace(LoadedList {
                             id: id.clone(),
                             action: *action,
@@ -181,7 +227,8 @@ pub async fn load_and_watch(
                         tracing::warn!(
                             list = %id,
                             error = format!("{e:#}"),
-                            "hash list changed but could not be loaded; the previous version stays"
+                            "{} changed but could not be loaded; the previous version stays",
+                            kind.noun()
                         )
                     }
                 }
@@ -202,16 +249,76 @@ mod tests {
 
     /// The item ids of the first list now.
     fn items(l: &KnownLists) -> Vec<String> {
-        l.snapshot()[0]
-            .list
-            .entries()
-            .iter()
-            .map(|e| e.item.clone())
-            .collect()
+        match &l.snapshot()[0].list {
+            ListBody::Hashes(h) => h.entries().iter().map(|e| e.item.clone()).collect(),
+            ListBody::Embeddings(e) => e.entries().iter().map(|e| e.item.clone()).collect(),
+        }
     }
 
     fn line(hex_digit: char, item: &str) -> String {
         format!("{} {item}\n", hex_digit.to_string().repeat(64))
+    }
+
+    #[tokio::test]
+    async fn an_embedding_list_is_matched_and_reloaded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("removed.jsonl");
+        let entry = |item: &str, v: [f32; 2]| {
+            format!(
+                "{}\n",
+                serde_json::json!({"item": item, "label": "removed", "embedding": v})
+            )
+        };
+        std::fs::write(&path, entry("x", [1.0, 0.0])).unwrap();
+        let c = MatchingConfig {
+            hash_lists: Default::default(),
+            embedding_lists: [(
+                "removed".to_owned(),
+                HashListConfig {
+                    path: path.clone(),
+                    action: Action::Block,
+                },
+            )]
+            .into(),
+            max_distance: 31,
+            min_quality: 50,
+            min_similarity: 0.9,
+            reload_interval: Duration::from_millis(20),
+        };
+        let cancel = CancellationToken::new();
+        let stats = Arc::new(Stats::default());
+        let lists = load_and_watch(&c, Default::default(), stats.clone(), cancel.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(lists.has_embedding_lists());
+        let hits = lists.embedding_matches(&[0.95, 0.05]);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(
+            (hits[0].item.as_str(), hits[0].action),
+            ("x", Action::Block)
+        );
+        assert!(hits[0].similarity > 0.99);
+        assert!(
+            lists.embedding_matches(&[0.5, 0.5]).is_empty(),
+            "cosine 0.71 < 0.9"
+        );
+        std::fs::write(&path, entry("x", [1.0, 0.0]) + &entry("y", [0.0, 1.0])).unwrap();
+        for _ in 0..200 {
+            if items(&lists).len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(items(&lists), ["x", "y"]);
+        std::fs::write(&path, entry("z", [1.0, 0.0]) + "{\"item\": \"w\"}\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            items(&lists),
+            ["x", "y"],
+            "a broken file keeps the old list"
+        );
+        cancel.cancel();
     }
 
     #[tokio::test]
@@ -230,6 +337,8 @@ mod tests {
             .into(),
             max_distance: 31,
             min_quality: 50,
+            embedding_lists: Default::default(),
+            min_similarity: 0.9,
             reload_interval: Duration::from_millis(20),
         };
         let cancel = CancellationToken::new();
@@ -346,6 +455,8 @@ mod tests {
             .into(),
             max_distance: 31,
             min_quality: 50,
+            embedding_lists: Default::default(),
+            min_similarity: 0.9,
             reload_interval: Duration::from_millis(50),
         };
         let cancel = CancellationToken::new();

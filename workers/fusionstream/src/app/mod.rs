@@ -86,8 +86,14 @@ pub async fn run(
     let bundle = model::resolve_bundle(c).await?;
     let model_config = c.model.clone();
     let moderation = c.moderation.enabled.then(|| c.moderation.clone());
+    // Known-embedding lists are matched against the image embedding of `moderate` items.
+    let list_embeddings = settings
+        .lists
+        .as_ref()
+        .is_some_and(|l| l.has_embedding_lists());
     let model = tokio::task::spawn_blocking(move || {
         model::load(&model_config, &bundle, decode, moderation.as_ref())
+            .map(|m| m.with_list_embeddings(list_embeddings))
     })
     .await??;
     health

@@ -213,16 +213,23 @@ impl Config {
         if m.reload_interval.is_zero() {
             errors.push("matching.reload_interval must be more than 0".into());
         }
-        for (id, l) in &m.hash_lists {
+        let all_lists = || m.hash_lists.iter().chain(&m.embedding_lists);
+        for (id, l) in all_lists() {
             if l.action == fusionstream_core::moderation::Action::Allow {
+                errors.push(format!("matching lists: {id}'s action is review or block"));
+            }
+            if m.hash_lists.contains_key(id) && m.embedding_lists.contains_key(id) {
                 errors.push(format!(
-                    "matching.hash_lists.{id}.action: a list's action is review or block"
+                    "matching: {id} names a hash list and an embedding list (one namespace: the rule is list:{id})"
                 ));
             }
         }
-        if !m.hash_lists.is_empty() && !self.moderation.enabled {
+        if !(-1.0..=1.0).contains(&m.min_similarity) {
+            errors.push("matching.min_similarity must be between -1 and 1".into());
+        }
+        if all_lists().next().is_some() && !self.moderation.enabled {
             errors.push(
-                "matching.hash_lists are matched by the moderate task: set moderation.enabled = true"
+                "matching.hash_lists and embedding_lists are matched by the moderate task: set moderation.enabled = true"
                     .into(),
             );
         }

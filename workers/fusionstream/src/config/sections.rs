@@ -303,12 +303,16 @@ pub struct SchedulerConfig {
     pub topics: BTreeMap<String, Priority>,
 }
 
-/// `[matching]`: known-hash lists matched by the `moderate` task.
+/// `[matching]`: known lists (PDQ hashes, image embeddings) matched by the `moderate` task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchingConfig {
     /// Lists by id.
     pub hash_lists: BTreeMap<String, HashListConfig>,
+    /// Embedding lists by id (ids shared with the hash lists: one namespace).
+    pub embedding_lists: BTreeMap<String, HashListConfig>,
+    /// Least cosine similarity of an image's embedding and a listed one that matches.
+    pub min_similarity: f32,
     /// Most bits apart that match.
     pub max_distance: u32,
     /// Least hash quality matched.
@@ -318,7 +322,7 @@ pub struct MatchingConfig {
     pub reload_interval: Duration,
 }
 
-/// One known-hash list.
+/// One known list (of hashes or of embeddings).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HashListConfig {

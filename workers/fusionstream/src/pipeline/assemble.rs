@@ -271,10 +271,14 @@ fn outputs(ctx: &EventCtx, p: &Partial, out: InferOutput, stats: &Stats) -> Vec<
     if let (Some(mut signals), Some(m)) = (out.moderation, &ctx.moderation) {
         signals.terms.extend(m.terms.iter().cloned());
         signals.matches.extend(m.matches.iter().cloned());
-        if !m.matches.is_empty() {
+        if let (Some(lists), Some(e)) = (&m.lists, &out.list_embedding) {
+            signals.embedding_matches = lists.embedding_matches(e);
+        }
+        if !signals.matches.is_empty() || !signals.embedding_matches.is_empty() {
             let mut counts = lock(&stats.list_matches);
-            for hit in &m.matches {
-                *counts.entry(hit.list.clone()).or_default() += 1;
+            let hits = signals.matches.iter().map(|h| &h.list);
+            for list in hits.chain(signals.embedding_matches.iter().map(|h| &h.list)) {
+                *counts.entry(list.clone()).or_default() += 1;
             }
         }
         let (policy, name) = m.policies.for_tenant(ctx.tenant.as_deref());

@@ -53,6 +53,9 @@ pub(crate) struct ModerationCtx {
     pub(crate) terms: Vec<TermHit>,
     /// Known-hash list entries the image matched (matched while preprocessing).
     pub(crate) matches: Vec<fusionstream_core::moderation::ListMatch>,
+    /// The known lists, for matching the image's embedding once the model has it (none
+    /// without a usable image).
+    pub(crate) lists: Option<Arc<super::lists::KnownLists>>,
 }
 
 pub(crate) struct Partial {

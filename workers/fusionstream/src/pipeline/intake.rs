@@ -359,6 +359,7 @@ fn moderation_ctx(
         terms,
         // Matched only when the image is usable (the plan may have dropped it).
         matches: if plan.image { matches } else { Vec::new() },
+        lists: s.lists.clone().filter(|_| plan.image),
     })
 }
 

@@ -1,11 +1,14 @@
-//! Known-hash lists as the pipeline sees them (`[matching]`, docs/matching.md): a snapshot of
-//! every list, replaced list by list when a file changes (`app/lists.rs` loads and reloads),
-//! and the match of an image's 8 dihedral PDQ hashes against them, on the preprocessing pool.
+//! Known lists as the pipeline sees them (`[matching]`, docs/matching.md): a snapshot of
+//! every list, replaced list by list when a file changes (`app/lists.rs` loads and reloads);
+//! the match of an image's 8 dihedral PDQ hashes against the hash lists (on the
+//! preprocessing pool), and of its CLIP embedding against the embedding lists (when the
+//! model's outputs are assembled).
 
 use std::sync::{Arc, RwLock};
 
+use fusionstream_core::embedlist::EmbeddingList;
 use fusionstream_core::hashlist::HashList;
-use fusionstream_core::moderation::{Action, ListMatch};
+use fusionstream_core::moderation::{Action, EmbeddingMatch, ListMatch};
 use fusionstream_model::pdq::Dihedral;
 
 /// One loaded list.
@@ -15,8 +18,32 @@ pub struct LoadedList {
     pub id: String,
     /// What a match asks for.
     pub action: Action,
-    /// The entries, indexed.
-    pub list: HashList,
+    /// The entries.
+    pub list: ListBody,
+}
+
+/// A list's entries.
+#[derive(Debug)]
+pub enum ListBody {
+    /// PDQ hashes, indexed.
+    Hashes(HashList),
+    /// Image embeddings.
+    Embeddings(EmbeddingList),
+}
+
+impl ListBody {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        match self {
+            ListBody::Hashes(l) => l.len(),
+            ListBody::Embeddings(l) => l.len(),
+        }
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Every list, swapped whole.
@@ -27,16 +54,54 @@ pub struct KnownLists {
     pub max_distance: u32,
     /// Least hash quality matched.
     pub min_quality: u32,
+    /// Least cosine similarity an embedding list matches at.
+    pub min_similarity: f32,
 }
 
 impl KnownLists {
     /// These lists.
-    pub fn new(lists: Vec<LoadedList>, max_distance: u32, min_quality: u32) -> KnownLists {
+    pub fn new(
+        lists: Vec<LoadedList>,
+        max_distance: u32,
+        min_quality: u32,
+        min_similarity: f32,
+    ) -> KnownLists {
         KnownLists {
             current: RwLock::new(Arc::new(lists.into_iter().map(Arc::new).collect())),
             max_distance,
             min_quality,
+            min_similarity,
         }
+    }
+
+    /// Whether any list is of embeddings (the model then embeds `moderate` images).
+    pub fn has_embedding_lists(&self) -> bool {
+        self.snapshot()
+            .iter()
+            .any(|l| matches!(l.list, ListBody::Embeddings(_)))
+    }
+
+    /// The embedding-list entries an image embedding matches, most similar first.
+    pub fn embedding_matches(&self, embedding: &[f32]) -> Vec<EmbeddingMatch> {
+        let mut out = Vec::new();
+        for l in self.snapshot().iter() {
+            let ListBody::Embeddings(list) = &l.list else {
+                continue;
+            };
+            for hit in list.search(embedding, self.min_similarity) {
+                let e = &list.entries()[hit.entry];
+                out.push(EmbeddingMatch {
+                    list: l.id.clone(),
+                    item: e.item.clone(),
+                    label: e.label.clone(),
+                    similarity: hit.similarity,
+                    min_similarity: self.min_similarity,
+                    action: l.action,
+                });
+            }
+        }
+        out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        out
     }
 
     /// The lists now.
@@ -69,8 +134,11 @@ impl KnownLists {
         let queries: Vec<_> = image.hashes.iter().map(|h| h.to_hash256()).collect();
         let mut out = Vec::new();
         for l in self.snapshot().iter() {
-            for hit in l.list.search(&queries, self.max_distance) {
-                let e = &l.list.entries()[hit.entry];
+            let ListBody::Hashes(list) = &l.list else {
+                continue;
+            };
+            for hit in list.search(&queries, self.max_distance) {
+                let e = &list.entries()[hit.entry];
                 out.push(ListMatch {
                     list: l.id.clone(),
                     item: e.item.clone(),
