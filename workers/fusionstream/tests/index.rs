@@ -340,3 +340,107 @@ fn committed_offsets(broker: &str, topic: &str, group: &str) -> BTreeMap<i32, i6
         })
         .collect()
 }
+
+/// `index.dir = "s3://…"` on the dev MinIO: each snapshot is copied up with `CURRENT` named
+/// last, an index starting on another machine (an empty local folder) copies it down and
+/// reads on from its positions, and one starting behind catches up from S3.
+#[test]
+fn snapshots_on_s3_are_resumed_from_another_machine() {
+    let Some(endpoint) = common::s3_endpoint() else {
+        return;
+    };
+    let bucket = format!("index-{}", common::kafka::rand_suffix());
+    let client = common::s3_client(&endpoint);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(client.create_bucket().bucket(&bucket).send())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let vectors = random_unit_vectors(400, 16, 5);
+    let lines = |range: std::ops::Range<usize>| -> String {
+        range
+            .map(|i| embedding_record(&format!("ev-{i}"), &vectors[i]) + "\n")
+            .collect()
+    };
+    std::fs::write(out.join("embeddings.jsonl"), lines(0..300)).unwrap();
+    let run = |cache: &str| -> Value {
+        let o = bin()
+            .args(["index", "--once", "--json", "--out"])
+            .arg(&out)
+            .env("FUSIONSTREAM__INDEX__DIR", format!("s3://{bucket}/idx"))
+            .env("FUSIONSTREAM__INDEX__CACHE_DIR", dir.path().join(cache))
+            .env("FUSIONSTREAM__INDEX__LISTEN", "")
+            .env("FUSIONSTREAM__S3__ENDPOINT", &endpoint)
+            .env("FUSIONSTREAM__S3__FORCE_PATH_STYLE", "true")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let current = || -> String {
+        let o = rt
+            .block_on(
+                client
+                    .get_object()
+                    .bucket(&bucket)
+                    .key("idx/CURRENT")
+                    .send(),
+            )
+            .unwrap();
+        let bytes = rt.block_on(o.body.collect()).unwrap().into_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+
+    let s = run("machine-a");
+    assert_eq!(
+        (s["records"].as_u64(), s["added"].as_u64()),
+        (Some(300), Some(300))
+    );
+    assert_eq!(current().trim(), "snap-00000001");
+
+    // Another machine, nothing local: it starts from S3's snapshot and reads only the new
+    // records.
+    let mut more = std::fs::OpenOptions::new()
+        .append(true)
+        .open(out.join("embeddings.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut more, lines(300..400).as_bytes()).unwrap();
+    let s = run("machine-b");
+    assert_eq!(s["records"], 100, "{s}");
+    assert_eq!(s["entries"][0], json!(["image", 400]));
+    assert_eq!(current().trim(), "snap-00000002");
+
+    // The first machine, now behind, catches up from S3: nothing left to read.
+    let s = run("machine-a");
+    assert_eq!(s["records"], 0, "{s}");
+    assert_eq!(s["entries"][0], json!(["image", 400]));
+    let (ix, _) = SnapshotDir::new(dir.path().join("machine-a"))
+        .load()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ix.len(Kind::Image), 400);
+    assert_eq!(
+        ix.search(Kind::Image, &vectors[350], 1).unwrap()[0].event_id,
+        "ev-350"
+    );
+    // Old snapshots are pruned on S3: the current one and the one before stay.
+    let listed = rt
+        .block_on(
+            client
+                .list_objects_v2()
+                .bucket(&bucket)
+                .prefix("idx/snap-")
+                .send(),
+        )
+        .unwrap();
+    let snaps: BTreeSet<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key()?.split('/').nth(1).map(str::to_owned))
+        .collect();
+    assert!(
+        snaps.len() <= 2 && snaps.contains("snap-00000002"),
+        "{snaps:?}"
+    );
+}

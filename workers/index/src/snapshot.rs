@@ -97,6 +97,22 @@ impl SnapshotDir {
         Ok(Some((self.root.join(name), sequence)))
     }
 
+    /// Make the snapshot `sequence` (a complete `snap-…` folder here, e.g. one copied from a
+    /// remote store) the current one.
+    pub fn set_current(&self, sequence: u64) -> Result<(), IndexError> {
+        let name = format!("snap-{sequence:08}");
+        if !self.root.join(&name).join("manifest.json").is_file() {
+            return Err(IndexError::Invalid(format!(
+                "{} has no snapshot {name}",
+                self.root.display()
+            )));
+        }
+        let current_tmp = self.root.join(format!(".{CURRENT}.tmp"));
+        write_synced(&current_tmp, format!("{name}\n").as_bytes())?;
+        fs::rename(&current_tmp, self.root.join(CURRENT)).map_err(|e| io(&self.root, e))?;
+        sync_dir(&self.root)
+    }
+
     /// Load the current snapshot (none in an empty or new folder).
     pub fn load(&self) -> Result<Option<(VectorIndex, SnapshotMeta)>, IndexError> {
         match self.current()? {

@@ -200,6 +200,35 @@ impl S3Media {
     }
 }
 
+impl S3Media {
+    /// Write `bytes` as `s3://bucket/key` (the index's snapshots; the bucket list applies).
+    pub async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> Result<(), FetchError> {
+        self.allow(bucket)?;
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .map_err(|e| classify_any(e, &format!("s3://{bucket}/{key}")))?;
+        Ok(())
+    }
+
+    /// Remove `s3://bucket/key` (absent is not an error).
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), FetchError> {
+        self.allow(bucket)?;
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify_any(e, &format!("s3://{bucket}/{key}")))?;
+        Ok(())
+    }
+}
+
 /// Errors of [`S3Media::download_prefix`].
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {

@@ -15,7 +15,7 @@ pub struct IndexArgs {
     /// Configuration file(s) layered over the defaults (TOML; later files win).
     #[arg(long = "config", short = 'c')]
     configs: Vec<PathBuf>,
-    /// Snapshot folder (overrides index.dir).
+    /// Snapshot folder or s3://bucket/prefix (overrides index.dir).
     #[arg(long)]
     index: Option<PathBuf>,
     /// The workers' output folder, whose embeddings.jsonl is read (overrides sink.dir).
@@ -137,6 +137,10 @@ pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
         .map(parse_kinds)
         .transpose()?
         .unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    indexer::sync_down(&c, rt.handle())?;
     let dir = indexer::index_dir(&c);
     anyhow::ensure!(
         fusionstream_index::SnapshotDir::new(&dir)

@@ -1,7 +1,7 @@
 //! One struct per `[section]` of the configuration, in the order of `config/default.toml`
 //! (whose comments are the documentation of every key).
 //!
-//! Long (~600 lines) because it is the whole configuration surface, one small struct per
+//! Long (~670 lines) because it is the whole configuration surface, one small struct per
 //! section; splitting it further would scatter a table that reads top to bottom.
 
 use std::collections::BTreeMap;
@@ -336,8 +336,10 @@ pub struct HashListConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexConfig {
-    /// Snapshot folder.
+    /// Snapshot folder, or `s3://bucket/prefix`.
     pub dir: PathBuf,
+    /// The local working folder when `dir` is on S3.
+    pub cache_dir: PathBuf,
     /// Embeddings indexed.
     pub kinds: Vec<fusionstream_index::Kind>,
     /// Vector storage.

@@ -13,10 +13,12 @@
 //! | `feed.rs` | the embeddings topic (every partition, assigned) or a local `embeddings.jsonl` |
 //! | `query.rs` | embedding a query with the bundle, which graph each query vector searches |
 //! | `serve.rs` | `/search`, `/metrics`, `/healthz`; the index's metrics |
+//! | `remote.rs` | snapshots on S3: copied up after each save, down when starting behind |
 
 pub mod feed;
 pub mod ingest;
 pub mod query;
+pub mod remote;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -62,13 +64,34 @@ pub struct IndexSummary {
     pub listen: Option<String>,
 }
 
-/// The snapshot folder: `index.dir`, or `<sink.dir>/index` when it is empty.
+/// The local snapshot folder: `index.dir` (`index.cache_dir` when `index.dir` is on S3),
+/// or `<sink.dir>/index` when that is empty.
 pub fn index_dir(c: &Config) -> PathBuf {
-    if c.index.dir.as_os_str().is_empty() {
+    let on_s3 = c.index.dir.to_string_lossy().starts_with("s3://");
+    let dir = if on_s3 {
+        &c.index.cache_dir
+    } else {
+        &c.index.dir
+    };
+    if dir.as_os_str().is_empty() {
         c.sink.dir.join("index")
     } else {
-        c.index.dir.clone()
+        dir.clone()
     }
+}
+
+/// The S3 store of `index.dir`, if it is on S3, after copying its current snapshot into
+/// the local folder when that is behind.
+pub fn sync_down(
+    c: &Config,
+    rt: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<remote::Remote>> {
+    let Some((bucket, prefix)) = remote::parse_url(&c.index.dir)? else {
+        return Ok(None);
+    };
+    let r = rt.block_on(remote::Remote::new(c.bundle_s3_settings(), bucket, prefix));
+    rt.block_on(r.pull(&SnapshotDir::new(index_dir(c))))?;
+    Ok(Some(r))
 }
 
 /// Load the index at `dir` (an empty one with `c`'s parameters when there is none yet).
@@ -102,6 +125,7 @@ pub fn run(
 ) -> anyhow::Result<IndexSummary> {
     let dir = index_dir(c);
     let store = SnapshotDir::new(&dir);
+    let remote = sync_down(c, rt)?;
     let (index, meta) = open(c, &dir)?;
     tracing::info!(dir = %dir.display(), entries = ?Kind::ALL.map(|k| index.len(k)), "index opened");
     let mut feed = match c.sink.kind {
@@ -135,7 +159,9 @@ pub fn run(
     }
 
     let mut last = None;
-    let snapshot = |ingest: &RwLock<Ingest>, feed: &feed::Feed| -> anyhow::Result<PathBuf> {
+    // The last snapshot while it is not on S3 yet (its offsets are then not committed).
+    let mut unpushed = None;
+    let mut snapshot = |ingest: &RwLock<Ingest>, feed: &feed::Feed| -> anyhow::Result<PathBuf> {
         let started = Instant::now();
         let guard = ingest.read().unwrap_or_else(|p| p.into_inner());
         let written = store.save(&guard.index, &guard.meta)?;
@@ -145,7 +171,24 @@ pub fn run(
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .snapshotted(Instant::now());
-        feed.committed(&positions);
+        let durable = match &remote {
+            None => true,
+            Some(r) => match rt.block_on(r.push(&written)) {
+                Ok(()) => {
+                    unpushed = None;
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "index snapshot not copied to S3; the next one will be (offsets not committed)");
+                    stats.push_failures.fetch_add(1, Relaxed);
+                    unpushed = Some(written.clone());
+                    false
+                }
+            },
+        };
+        if durable {
+            feed.committed(&positions);
+        }
         stats.snapshots.fetch_add(1, Relaxed);
         stats.snapshot_bytes.store(written.bytes, Relaxed);
         stats
@@ -194,6 +237,12 @@ pub fn run(
         last = Some(snapshot(&ingest, &feed)?);
     } else if last.is_none() {
         last = store.current()?.map(|(d, _)| d);
+    }
+    if let (Some(r), Some(w)) = (&remote, &unpushed) {
+        rt.block_on(r.push(w))
+            .context("copying the last index snapshot to S3")?;
+        let g = ingest.read().unwrap_or_else(|p| p.into_inner());
+        feed.committed(&g.meta.positions);
     }
     stop.cancel();
     let g = ingest.read().unwrap_or_else(|p| p.into_inner());

@@ -55,6 +55,8 @@ pub struct IndexStats {
     pub snapshot_ms: AtomicU64,
     /// Searches answered.
     pub searches: AtomicU64,
+    /// Snapshots that could not be copied to S3.
+    pub push_failures: AtomicU64,
 }
 
 impl IndexStats {
