@@ -13,7 +13,7 @@
 //! - a signal that could not be measured (no image: no NSFW score) fires nothing and is listed
 //!   as missing, so a consumer can tell "clean" from "not looked at".
 //!
-//! Long (~640 lines: ~470 of code, the rest tests) because signals (list matches included),
+//! Long (~680 lines: ~500 of code, the rest tests) because signals (list matches included),
 //! policy, overrides, term matching and the decision are one rule set, tested together (unit
 //! and property tests).
 

@@ -6,7 +6,7 @@
 //! the others. Each item gets the outputs its modalities allow plus the list of requested
 //! tasks that were skipped, with the reason.
 //!
-//! Long (~1,145 lines) on purpose: loading (placement of each part on candle or ONNX
+//! Long (~1,170 lines) on purpose: loading (placement of each part on candle or ONNX
 //! Runtime) and `infer_batch` (routing by modality, shared vision pass, fusion, tags) read as
 //! one flow; a later split would move part loading into its own module.
 
