@@ -81,7 +81,8 @@ impl EmbeddingList {
             if v.is_empty() || v.iter().any(|x| !x.is_finite()) {
                 return Err(err("an empty embedding, or one with NaN or infinity".into()));
             }
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            // In f64: the squares of large components would overflow f32.
+            let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
             if norm == 0.0 {
                 return Err(err("a zero embedding".into()));
             }
@@ -94,7 +95,8 @@ impl EmbeddingList {
                     list.dim
                 )));
             }
-            v.iter_mut().for_each(|x| *x /= norm);
+            v.iter_mut()
+                .for_each(|x| *x = (f64::from(*x) / norm) as f32);
             list.vectors.extend_from_slice(&v);
             list.entries.push(Entry {
                 item,
@@ -132,16 +134,24 @@ impl EmbeddingList {
         if query.len() != self.dim || self.dim == 0 {
             return Vec::new();
         }
-        let norm = query.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let norm = query
+            .iter()
+            .map(|&x| f64::from(x).powi(2))
+            .sum::<f64>()
+            .sqrt();
         if norm == 0.0 || !norm.is_finite() {
             return Vec::new();
         }
+        let query: Vec<f32> = query
+            .iter()
+            .map(|&x| (f64::from(x) / norm) as f32)
+            .collect();
         let mut hits: Vec<Hit> = self
             .vectors
             .chunks_exact(self.dim)
             .enumerate()
             .filter_map(|(entry, v)| {
-                let similarity = v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>() / norm;
+                let similarity = v.iter().zip(&query).map(|(a, b)| a * b).sum::<f32>();
                 (similarity >= min_similarity).then_some(Hit { entry, similarity })
             })
             .collect();
@@ -178,6 +188,13 @@ mod tests {
             "another dimension"
         );
         assert!(l.search(&[0.0, 0.0], -1.0).is_empty(), "no direction");
+        // Components whose squares overflow f32 still have a direction.
+        let big = EmbeddingList::parse("{\"item\": \"c\", \"embedding\": [7.7e25, 0]}").unwrap();
+        let hits = big.search(&[3e38, 3e38], -1.0);
+        assert!(
+            (hits[0].similarity - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+            "{hits:?}"
+        );
     }
 
     #[test]

@@ -65,11 +65,12 @@ pub fn random_embeddings(
         .collect()
 }
 
-/// Scale `v` to unit length (a zero vector stays zero).
+/// Scale `v` to unit length (a zero vector stays zero). The norm is taken in f64: the
+/// squares of large f32 components would overflow.
 pub fn normalise(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let n = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
     if n > 0.0 {
-        v.iter_mut().for_each(|x| *x /= n);
+        v.iter_mut().for_each(|x| *x = (f64::from(*x) / n) as f32);
     }
 }
 

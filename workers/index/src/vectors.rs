@@ -419,5 +419,12 @@ mod tests {
         assert!(ix.upsert(Kind::Text, "d", &[f32::NAN; 8]).is_err());
         assert!(ix.search(Kind::Text, &unit(1, 7), 1).is_err());
         assert_eq!(ix.len(Kind::Text), 1);
+        // Components whose squares overflow f32 still have a direction.
+        let mut big = vec![0.0f32; 8];
+        big[0] = 3e38;
+        assert_eq!(ix.upsert(Kind::Text, "big", &big).unwrap(), Added::New);
+        let hit = &ix.search(Kind::Text, &big, 1).unwrap()[0];
+        assert_eq!(hit.event_id, "big");
+        assert!(hit.score > 0.99, "{hit:?}");
     }
 }
