@@ -128,25 +128,7 @@ async fn images_on_a_known_hash_list_are_blocked_with_their_copies() {
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let (out_s, media_s, events_s) = (
-        out.display().to_string(),
-        media.display().to_string(),
-        events.display().to_string(),
-    );
-    let checkpoint = format!("{out_s}/checkpoint.json");
-    let c = in_process::config(
-        &[common::root().join("config/moderation.toml"), extra],
-        &[
-            ("FUSIONSTREAM__SINK__DIR", out_s.as_str()),
-            ("FUSIONSTREAM__CHECKPOINT__PATH", checkpoint.as_str()),
-            ("FUSIONSTREAM__MEDIA__ROOT", media_s.as_str()),
-            ("FUSIONSTREAM__SOURCE__PATH", events_s.as_str()),
-        ],
-        &Overrides::default(),
-    );
-    let summary = in_process::start(c).finish().await;
-    assert_eq!(summary.end, "completed");
-    let recs = common::validated_records(&out, "moderation");
+    let recs = moderate_in_process(&out, &media, &events, extra).await;
     let by_id: BTreeMap<&str, &Value> = recs
         .iter()
         .map(|r| (r["event_id"].as_str().unwrap(), r))
@@ -266,25 +248,7 @@ async fn copies_of_a_listed_image_are_found_by_its_hash_or_its_embedding() {
     let events = tmp.path().join("events.jsonl");
     std::fs::write(&events, lines.join("\n") + "\n").unwrap();
     let out = tmp.path().join("out");
-    let (out_s, media_s, events_s) = (
-        out.display().to_string(),
-        media.display().to_string(),
-        events.display().to_string(),
-    );
-    let checkpoint = format!("{out_s}/checkpoint.json");
-    let c = in_process::config(
-        &[common::root().join("config/moderation.toml"), extra],
-        &[
-            ("FUSIONSTREAM__SINK__DIR", out_s.as_str()),
-            ("FUSIONSTREAM__CHECKPOINT__PATH", checkpoint.as_str()),
-            ("FUSIONSTREAM__MEDIA__ROOT", media_s.as_str()),
-            ("FUSIONSTREAM__SOURCE__PATH", events_s.as_str()),
-        ],
-        &Overrides::default(),
-    );
-    let summary = in_process::start(c).finish().await;
-    assert_eq!(summary.end, "completed");
-    let recs = common::validated_records(&out, "moderation");
+    let recs = moderate_in_process(&out, &media, &events, extra).await;
     let by_id: BTreeMap<&str, &Value> = recs
         .iter()
         .map(|r| (r["event_id"].as_str().unwrap(), r))
@@ -348,4 +312,33 @@ async fn copies_of_a_listed_image_are_found_by_its_hash_or_its_embedding() {
     }
     // No embeddings record: the events asked for `moderate` only.
     assert!(common::read_records(&out, "embeddings").is_empty());
+}
+
+/// Run the example moderation policy with `extra` layered on, in process, on `events` with
+/// `media` as the media root; the validated moderation records.
+async fn moderate_in_process(
+    out: &std::path::Path,
+    media: &std::path::Path,
+    events: &std::path::Path,
+    extra: std::path::PathBuf,
+) -> Vec<Value> {
+    let (out_s, media_s, events_s) = (
+        out.display().to_string(),
+        media.display().to_string(),
+        events.display().to_string(),
+    );
+    let checkpoint = format!("{out_s}/checkpoint.json");
+    let c = in_process::config(
+        &[common::root().join("config/moderation.toml"), extra],
+        &[
+            ("FUSIONSTREAM__SINK__DIR", out_s.as_str()),
+            ("FUSIONSTREAM__CHECKPOINT__PATH", checkpoint.as_str()),
+            ("FUSIONSTREAM__MEDIA__ROOT", media_s.as_str()),
+            ("FUSIONSTREAM__SOURCE__PATH", events_s.as_str()),
+        ],
+        &Overrides::default(),
+    );
+    let summary = in_process::start(c).finish().await;
+    assert_eq!(summary.end, "completed");
+    common::validated_records(out, "moderation")
 }

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ingest::{Ingest, Refused};
 use super::query;
+use crate::telemetry::metrics::{counter, gauge};
 
 /// Counters of the index process.
 #[derive(Debug, Default)]
@@ -172,14 +173,6 @@ fn registry(ingest: Arc<RwLock<Ingest>>, stats: Arc<IndexStats>) -> (Registry, H
 struct IndexCollector {
     ingest: Arc<RwLock<Ingest>>,
     stats: Arc<IndexStats>,
-}
-
-fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
-    ConstCounter::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
-}
-
-fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> std::fmt::Result {
-    ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
 impl Collector for IndexCollector {

@@ -45,7 +45,13 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
-fn counter<N>(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: N) -> std::fmt::Result
+/// One constant counter.
+pub(crate) fn counter<N>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: N,
+) -> std::fmt::Result
 where
     ConstCounter<N>: EncodeMetric,
 {
@@ -53,7 +59,13 @@ where
     c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
-fn gauge<N>(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: N) -> std::fmt::Result
+/// One constant gauge.
+pub(crate) fn gauge<N>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: N,
+) -> std::fmt::Result
 where
     ConstGauge<N>: EncodeMetric,
 {
