@@ -26,7 +26,7 @@ seconds="${1:-300}"
 shift || true
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-  targets=(event_decoder image_preprocess tokenizer checkpoint_reader hash_list config_loader)
+  targets=(event_decoder image_preprocess tokenizer checkpoint_reader hash_list embedding_list config_loader)
 fi
 
 log() { echo "fuzz: $*" >&2; }
@@ -63,6 +63,8 @@ seed() { # target dir: copy the repository's seeds for `target` into `dir`
     hash_list)
       printf '# seed\n%s item-1 a label\n%s\titem-2\n' "$(printf 'a%.0s' {1..64})" \
         "8a66ca6fc473470cfdcc199b38e799669427c79c7d99e9986999099c2a660663" > "$d/seed-list" ;;
+    embedding_list)
+      printf '# seed\n{"item": "a", "label": "x", "embedding": [0.6, 0.8]}\n{"event_id": "b", "image_embedding": [1, 0]}\n' > "$d/seed-list" ;;
     config_loader) cp config/default.toml "$d/default.toml" ;;
   esac
 }

@@ -121,6 +121,11 @@ impl EmbeddingList {
         self.entries.is_empty()
     }
 
+    /// Entry `i`'s vector, normalised.
+    pub fn vector(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.dim..(i + 1) * self.dim]
+    }
+
     /// The vectors' dimension (0 for an empty list).
     pub fn dim(&self) -> usize {
         self.dim
