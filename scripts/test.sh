@@ -49,7 +49,7 @@ set -e
 echo "== pytest models/tests (ONNX exporter against transformers)"
 "$FUSIONSTREAM_PYTHON" -m pytest models/tests -q -p no:cacheprovider 2>&1 | tee -a "$log" || status=1
 echo "== scripts/fuzz.sh (brief: 12 s per target; scripts/fuzz.sh alone runs longer)"
-scripts/fuzz.sh 12 event_decoder image_preprocess tokenizer checkpoint_reader 2>&1 | tee -a "$log" ||
+scripts/fuzz.sh 12 event_decoder image_preprocess tokenizer checkpoint_reader hash_list embedding_list 2>&1 | tee -a "$log" ||
   status=1
 if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
   # The chaos soak in short (benches/chaos.sh runs the full one): 600 events, 3 SIGKILLs, a
