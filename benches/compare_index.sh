@@ -5,10 +5,11 @@
 # efConstruction 128, efSearch 256: [index]'s defaults). Data: "embedding-like" (near a
 # 32-dimensional subspace, as learned embeddings are) or "uniform" (random directions).
 # Installs faiss-cpu==1.15.1 into the cached Python environment if missing.
-# Usage (repository root): benches/compare_index.sh [N=1000000] [KIND=embedding] [STORAGE=f16]
+# Usage (repository root):
+#   benches/compare_index.sh [N=1000000] [KIND=embedding] [STORAGE=f16] [FAISS=f16,f32]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n="${1:-1000000}" kind="${2:-embedding}" storage="${3:-f16}"
+n="${1:-1000000}" kind="${2:-embedding}" storage="${3:-f16}" faiss_storages="${4:-f16,f32}"
 dim=512 queries=1000 k=10 m=16 ef_add=128 ef_search=256
 eval "$(scripts/python-env.sh)"
 py="$FUSIONSTREAM_PYTHON"
@@ -22,4 +23,4 @@ echo "data: $n $kind vectors of $dim dimensions, $queries queries, exact top-$k 
 OMP_NUM_THREADS=2 "$py" benches/index_faiss.py gen "$data/v" "$n" "$queries" "$dim" "$kind" "$k"
 "$CARGO_TARGET_DIR/release/examples/index_bench" "$data/v.base.f32" "$data/v.queries.f32" \
   "$data/v.gt.i32" "$dim" "$k" "$storage" "$m" "$ef_add" "$ef_search"
-OMP_NUM_THREADS=1 "$py" benches/index_faiss.py faiss "$data/v" "$dim" "$k" "$m" "$ef_add" "$ef_search"
+OMP_NUM_THREADS=1 "$py" benches/index_faiss.py faiss "$data/v" "$dim" "$k" "$m" "$ef_add" "$ef_search" "$faiss_storages"

@@ -9,7 +9,7 @@ the exact top-K of every query by inner product (numpy, in chunks).
 `faiss`: builds faiss HNSW over the same vectors with the same parameters (M,
 efConstruction, efSearch; inner product = cosine on unit vectors), one thread, in f16
 (IndexHNSWSQ QT_fp16, fusionstream's default storage) and f32 (IndexHNSWFlat), and prints a
-JSON line per index like the Rust side's.
+JSON line per index like the Rust side's (the storages given, comma-separated).
 """
 
 import json
@@ -61,7 +61,7 @@ def rss():
         return int(f.read().split()[1]) * 4096
 
 
-def run_faiss(prefix, dim, k, m, ef_add, ef_search):
+def run_faiss(prefix, dim, k, m, ef_add, ef_search, storages):
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -72,6 +72,8 @@ def run_faiss(prefix, dim, k, m, ef_add, ef_search):
         ("f16", lambda: faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, m, faiss.METRIC_INNER_PRODUCT)),
         ("f32", lambda: faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)),
     ]:
+        if name not in storages:
+            continue
         r0 = rss()
         ix = make()
         ix.hnsw.efConstruction = ef_add
@@ -101,5 +103,5 @@ if __name__ == "__main__":
         _, _, prefix, n, q, dim, kind, k = sys.argv
         gen(prefix, int(n), int(q), int(dim), kind, int(k))
     else:
-        _, _, prefix, dim, k, m, ef_add, ef_search = sys.argv
-        run_faiss(prefix, int(dim), int(k), int(m), int(ef_add), int(ef_search))
+        _, _, prefix, dim, k, m, ef_add, ef_search, storages = sys.argv
+        run_faiss(prefix, int(dim), int(k), int(m), int(ef_add), int(ef_search), storages.split(","))
