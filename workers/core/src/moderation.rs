@@ -2,6 +2,10 @@
 //! policy (thresholds per signal and category, actions, per-tenant overrides) and the
 //! decision with the rules that fired.
 //!
+//! Long (~680 lines: ~500 of code, the rest tests) because signals (list matches included),
+//! policy, overrides, term matching and the decision are one rule set, tested together (unit
+//! and property tests).
+//!
 //! Rules (also in `docs/moderation.md`):
 //! - every rule compares one score with one threshold: `nsfw ≥ t`, `similarity(category) ≥
 //!   t` (the best cosine between a text of the event — its `text`, or the text read in its
@@ -12,10 +16,6 @@
 //! - the decision is monotone: raising any score never lowers the action (property-tested);
 //! - a signal that could not be measured (no image: no NSFW score) fires nothing and is listed
 //!   as missing, so a consumer can tell "clean" from "not looked at".
-//!
-//! Long (~680 lines: ~500 of code, the rest tests) because signals (list matches included),
-//! policy, overrides, term matching and the decision are one rule set, tested together (unit
-//! and property tests).
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,10 @@
 //! The model thread's scheduler: which batch runs next, across the lanes and the priorities
 //! (pure: the pipeline owns the clock and runs the model).
 //!
+//! Long (~845 lines: ~475 of code with the priority defaults and the read-ahead rule, the rest
+//! tests) because the rules, the argument that they never starve an item and the property
+//! tests that check that argument read best side by side.
+//!
 //! The rules (also in `docs/architecture.md`, "Scheduling"):
 //!
 //! 1. **Urgency.** A queued item has a *level*: its event's [`Priority`] (high 0, normal 1,
@@ -32,10 +36,6 @@
 //!
 //! The time per item is what the caller reports with [`Scheduler::observe`] after each batch
 //! (an exponentially weighted mean per lane); before the first report there is no slice.
-//!
-//! Long (~845 lines: ~475 of code with the priority defaults and the read-ahead rule, the rest
-//! tests) because the rules, the argument that they never starve an item and the property
-//! tests that check that argument read best side by side.
 
 use std::time::{Duration, Instant};
 

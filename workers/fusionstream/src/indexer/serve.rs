@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context as _;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
@@ -106,11 +106,6 @@ impl Shared {
             search_seconds,
             registry,
         })
-    }
-
-    /// The text exposition of the index's metrics.
-    pub fn render_metrics(&self) -> String {
-        crate::telemetry::metrics::render(&self.registry)
     }
 
     /// Embed and search (blocking).
@@ -282,13 +277,7 @@ pub async fn spawn(
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.render_metrics(),
-    )
+    crate::telemetry::server::openmetrics(&s.registry)
 }
 
 #[derive(Debug, Deserialize)]

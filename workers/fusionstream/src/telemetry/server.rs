@@ -69,12 +69,17 @@ pub async fn spawn(
 }
 
 async fn metrics(State(s): State<Arc<Endpoints>>) -> impl IntoResponse {
+    openmetrics(&s.registry)
+}
+
+/// `registry` rendered as a `/metrics` response (the worker's and the index's servers).
+pub(crate) fn openmetrics(registry: &Registry) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        super::metrics::render(&s.registry),
+        super::metrics::render(registry),
     )
 }
 
