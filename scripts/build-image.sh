@@ -95,10 +95,12 @@ if [[ ! -x $cyclonedx ]]; then
 fi
 features=()
 ((cuda)) && features=(--features cuda)
-(cd workers/fusionstream &&
-  "$cyclonedx" cyclonedx --format json --spec-version 1.5 --override-filename fusionstream.cdx \
-    "${features[@]}" >&2)
-mv workers/fusionstream/fusionstream.cdx.json dist/doc/sbom.cdx.json
+# (It writes one file beside every workspace member's Cargo.toml: the binary's is kept.)
+"$cyclonedx" cyclonedx --manifest-path workers/fusionstream/Cargo.toml --format json \
+  --spec-version 1.5 --override-filename image-sbom.cdx --target x86_64-unknown-linux-gnu \
+  "${features[@]}" >&2
+mv workers/fusionstream/image-sbom.cdx.json dist/doc/sbom.cdx.json
+rm -f workers/*/image-sbom.cdx.json
 python3 - dist/doc/sbom.cdx.json <<'PY' >&2
 import json, sys
 bom = json.load(open(sys.argv[1]))
