@@ -14,8 +14,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/python-env.sh)"
 py="$FUSIONSTREAM_PYTHON"
-"$py" -c 'import confluent_kafka, boto3' 2>/dev/null \
-  || "$py" -m pip install -q confluent-kafka==2.16.1 boto3==1.44.8
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fusionstream/target}"
 if [[ -z ${BINARY:-} ]]; then
   cargo build --release -p fusionstream --locked -q

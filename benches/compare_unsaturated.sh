@@ -14,8 +14,6 @@ n="${1:-1500}"
 py="${2:-$FUSIONSTREAM_PYTHON}"
 fraction="${FRACTION:-0.5}"
 secs="${LOAD_SECONDS:-20}"
-"$py" -c 'import confluent_kafka, boto3' 2>/dev/null \
-  || "$py" -m pip install -q confluent-kafka==2.16.1 boto3==1.44.8
 backend="${BACKEND:-onnx:int8}"
 export FUSIONSTREAM__MODEL__BACKEND="${backend%%:*}" FUSIONSTREAM__MODEL__PRECISION="${backend##*:}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fusionstream/target}"

@@ -4,21 +4,13 @@
 # Kubernetes API types (helm/tests/validate: unknown fields, wrong types and bad quantities
 # fail), the validator shown to reject a bad manifest, and the worker configuration the chart
 # ships accepted by the worker itself (`fusionstream config`).
-# Helm (from the Go module proxy) and the validator are built once into
+# The chart's appVersion is the crate version (the image tag it defaults to).
+# Helm (from the Go module proxy, scripts/helm-bin.sh) and the validator are built once into
 # $HOME/.cache/fusionstream/bin. Usage: helm/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin="$HOME/.cache/fusionstream/bin"
-helm_version=v3.22.0
-helm="$bin/helm-$helm_version"
-mkdir -p "$bin"
-if [ ! -x "$helm" ]; then
-  echo "== building helm $helm_version (once)"
-  tmp=$(mktemp -d)
-  GOBIN="$tmp" GOFLAGS=-mod=mod go install "helm.sh/helm/v3/cmd/helm@$helm_version"
-  mv "$tmp/helm" "$helm"
-  rm -rf "$tmp"
-fi
+helm=$(scripts/helm-bin.sh)
+bin=$(dirname "$helm")
 validate="$bin/helm-validate"
 (cd helm/tests/validate && go build -o "$validate" .)
 
@@ -42,6 +34,11 @@ env:
   - name: AWS_REGION
     value: eu-west-1
 VALUES
+
+echo "== appVersion = crate version"
+crate=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+app=$(sed -n 's/^appVersion: "\(.*\)"$/\1/p' "$chart/Chart.yaml")
+[[ $crate == "$app" ]] || { echo "Chart.yaml appVersion $app != crate version $crate" >&2; exit 1; }
 
 echo "== helm lint --strict"
 "$helm" lint --strict "$chart"

@@ -5,7 +5,9 @@
 # real broker that scripts/dev-services.sh installs and starts), the Python tests (the ONNX
 # exporter on fresh checkpoints against transformers), a brief fuzzing run of the untrusted-input
 # paths (scripts/fuzz.sh), a short chaos soak (benches/chaos.sh: kills, a broker restart, a
-# MinIO outage, poison items; nothing may be lost), and the Helm chart's checks.
+# MinIO outage, poison items; nothing may be lost), the Helm chart's checks, cargo-deny
+# (licences, advisories, bans, sources) and the container image's smoke test
+# (scripts/test-image.sh: built from the test binary, run as the chart runs it).
 # Usage: scripts/test.sh            (from anywhere; the cargo target dir is cached)
 #        FUSIONSTREAM_SKIP_SERVICES=1 scripts/test.sh   (no services: the Kafka tests skip)
 set -euo pipefail
@@ -40,6 +42,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== scripts/deny.sh (cargo-deny: licences, advisories, bans, sources)"
+scripts/deny.sh
 echo "== cargo test"
 set +e
 # --no-fail-fast: a failing test binary must not hide the failures of the ones after it.
@@ -69,6 +73,10 @@ if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
 fi
 echo "== helm/test.sh (chart lint, rendered manifests against the Kubernetes API types)"
 helm/test.sh || status=1
+if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
+  echo "== scripts/test-image.sh (the image, run as the chart runs it; Kafka and MinIO)"
+  scripts/test-image.sh || status=1
+fi
 passed=$(grep -oE 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 failed=$(grep -oE '; [0-9]+ failed' "$log" | awk '{s += $2} END {print s + 0}')
 # pytest's closing line: "[M failed, ]N passed in Xs"

@@ -29,7 +29,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "fusionstream.image" -}}
-{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- $suffix := ternary "-cuda" "" (eq .Values.image.variant "cuda") -}}
+{{ .Values.image.repository }}:{{ default (printf "%s%s" .Chart.AppVersion $suffix) .Values.image.tag }}
 {{- end -}}
 
 {{/* Environment every container gets: the chart's own settings, then the user's. */}}
