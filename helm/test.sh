@@ -44,9 +44,15 @@ echo "== helm lint --strict"
 "$helm" lint --strict "$chart"
 "$helm" lint --strict "$chart" -f "$work/values-all-on.yaml"
 
-for variant in defaults all-on keda backfill-only; do
+# readme: the `helm install` flags of the README's "Run in Kubernetes", verbatim, with the
+# shipped configuration (rendered by "defaults", which comes first) as my-worker.toml.
+for variant in defaults all-on keda backfill-only readme; do
   case $variant in
     defaults) args=() ;;
+    readme)
+      cp "$work/defaults-cm/fs-fusionstream/config.toml" "$work/my-worker.toml"
+      args=(--set image.repository=registry.example.com/media/fusionstream
+      --set-file config="$work/my-worker.toml" --set autoscaling.kind=keda) ;;
     all-on) args=(-f "$work/values-all-on.yaml") ;;
     keda) args=(--set autoscaling.kind=keda) ;;
     backfill-only) args=(--set worker.enabled=false --set backfill.enabled=true) ;;
@@ -58,6 +64,8 @@ done
 grep -q "kind: HorizontalPodAutoscaler" "$work/all-on.yaml"
 grep -q "completionMode: Indexed" "$work/all-on.yaml"
 grep -q "kind: ScaledObject" "$work/keda.yaml"
+grep -q "image: registry.example.com/media/fusionstream:$crate-cuda" "$work/readme.yaml"
+grep -q 'bootstrap_servers = "kafka:9092"' "$work/readme.yaml"
 ! grep -q "kind: Deployment" "$work/backfill-only.yaml"
 
 echo "== the validator rejects a bad manifest"

@@ -19,6 +19,7 @@
 # installed from Debian's packages when missing (root, apt). dist/ gets the ONNX Runtime library
 # (the onnxruntime wheel pinned in models/requirements.txt), the SBOM (cargo-cyclonedx, installed
 # once into $CACHE/tools), the licences and, with --packs, the packs.
+# The SBOM is also written beside the archive (<archive without .oci.tar>.sbom.cdx.json).
 # Prints "image: <archive> <size MB>" and "image-ref: <local name>" last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ while (($#)); do
     --tag) tag=$2; shift ;;
     --out) out=$2; shift ;;
     --prepare-only) prepare_only=1 ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "build-image: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -253,6 +254,7 @@ b build --isolation chroot --network host "${pull[@]}" --layers=false -f Contain
   "${build_args[@]}" -t "$tag" . >&2
 rm -f "$out"
 b push --quiet "$tag" "oci-archive:$out:$tag" >&2
+cp dist/doc/sbom.cdx.json "${out%.oci.tar}.sbom.cdx.json"
 size_mb=$(python3 -c "import os,sys; print(round(os.path.getsize(sys.argv[1]) / 1e6, 1))" "$out")
 say "built in $(($(date +%s) - t0)) s"
 echo "image: $out ${size_mb} MB (compressed layers); $(b images --format '{{.Size}}' "$tag" | head -1) unpacked"

@@ -1,6 +1,7 @@
 """Smoke test of the fusionstream image, run as the Helm chart runs it (scripts/test-image.sh).
 
-The image comes from its OCI archive (what gets pushed), unpacked by buildah; every run goes
+The image is pulled from a registry on 127.0.0.1 (scripts/test-image.sh pushed it there) into an
+empty store and checked to be the image built and archived; every run goes
 through scripts/image-run.sh: the chart's uid/gid, a read-only root, the chart's volumes (its
 rendered ConfigMap read-only at /etc/fusionstream, emptyDirs at /tmp and /var/cache/fusionstream),
 the image's environment followed by the chart's (secretKeyRef values resolved as the kubelet
@@ -16,8 +17,8 @@ would), the image's entrypoint with the chart's args. Checks, in order:
    from S3 included), SIGTERM drains and exits 0 within the chart's grace period, and the
    group's committed offsets reach the end of the input.
 
-Usage: python scripts/image_smoke.py ARCHIVE IMAGE_REF HELM (from the repository root, as root,
-with the environment of `scripts/dev-services.sh env`).
+Usage: python scripts/image_smoke.py ARCHIVE IMAGE_REF HELM REMOTE (from the repository root,
+as root, with the environment of `scripts/dev-services.sh env`; REMOTE: registry/name:tag).
 """
 
 import json
@@ -26,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -33,7 +35,7 @@ import uuid
 
 import yaml
 
-ARCHIVE, IMAGE_REF, HELM = sys.argv[1:4]
+ARCHIVE, IMAGE_REF, HELM, REMOTE = sys.argv[1:5]
 BOOTSTRAP = os.environ["FUSIONSTREAM_TEST_KAFKA"]
 S3_ENDPOINT = os.environ["FUSIONSTREAM_TEST_S3_ENDPOINT"]
 CHART = "helm/fusionstream"
@@ -46,9 +48,22 @@ def log(msg):
     print(f"image-smoke: {msg}", flush=True)
 
 
-def buildah(*args):
-    return subprocess.run(["buildah", "--storage-driver", "vfs", *args], check=True,
+# An empty image store, as on a node that has never pulled the image.
+STORE = ["--root", os.path.join(WORK, "store"), "--runroot", os.path.join(WORK, "store-run")]
+
+
+def buildah(*args, store=()):
+    return subprocess.run(["buildah", "--storage-driver", "vfs", *store, *args], check=True,
                           capture_output=True, text=True).stdout.strip()
+
+
+def archive_image_id(path):
+    """The image ID (config digest) of the single image in an OCI archive."""
+    with tarfile.open(path) as t:
+        def blob(digest):
+            return json.load(t.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}"))
+        (manifest,) = json.load(t.extractfile("index.json"))["manifests"]
+        return blob(manifest["digest"])["config"]["digest"].split(":", 1)[1]
 
 
 def crate_version():
@@ -342,10 +357,17 @@ log_format = "json"
 
 def main():
     version = crate_version()
-    ctr = buildah("from", "--pull=never", f"oci-archive:{ARCHIVE}")
+    # The image as a node gets it: pulled from the registry into an empty store; the same image
+    # (config digest) as the OCI archive and the local build.
+    ctr = buildah("from", "--tls-verify=false", f"docker://{REMOTE}", store=STORE)
     try:
-        root = buildah("mount", ctr)
-        image_config = json.loads(buildah("inspect", "--type", "container", ctr))["OCIv1"]["config"]
+        pulled = json.loads(buildah("inspect", "--type", "container", ctr, store=STORE))
+        built = buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", IMAGE_REF)
+        archived = archive_image_id(ARCHIVE)
+        assert pulled["FromImageID"] == built == archived, (pulled["FromImageID"], built, archived)
+        log(f"pulled {REMOTE} into an empty store: image {built[:12]}, as built and archived")
+        root = buildah("mount", ctr, store=STORE)
+        image_config = pulled["OCIv1"]["config"]
         labels = image_config["Labels"]
         assert labels["org.opencontainers.image.version"] == version, labels
         assert image_config["User"] == "65532:65532", image_config["User"]
@@ -388,7 +410,10 @@ def main():
                              "password": os.environ["AWS_SECRET_ACCESS_KEY"]}}
         check_kafka_worker(image_config, root, secrets)
     finally:
-        subprocess.run(["buildah", "--storage-driver", "vfs", "rm", ctr], capture_output=True)
+        subprocess.run(["buildah", "--storage-driver", "vfs", *STORE, "rm", ctr],
+                       capture_output=True)
+        subprocess.run(["buildah", "--storage-driver", "vfs", *STORE, "rmi", "--all"],
+                       capture_output=True)
         shutil.rmtree(WORK, ignore_errors=True)
     log("passed")
 

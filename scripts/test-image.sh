@@ -2,8 +2,9 @@
 # The image's smoke test (part of scripts/test.sh): builds the image with
 # scripts/build-image.sh from a binary already built here (BINARY, default the test build
 # that `cargo test` leaves in the target dir: no second compile) and the model packs baked
-# (scripts/fetch-packs.sh; the moderation example runs on them), then scripts/image_smoke.py
-# runs it from its OCI archive as the Helm chart runs it — uid 65532, read-only root, the
+# (scripts/fetch-packs.sh; the moderation example runs on them), pushes it to a registry on
+# 127.0.0.1, then scripts/image_smoke.py pulls it into an empty store and runs it as the Helm
+# chart runs it — uid 65532, read-only root, the
 # chart's ConfigMap and env — and checks `fusionstream config`, the embedded default, and a
 # Kafka worker on the dev services (health, readiness, metrics, outputs, SIGTERM, offsets).
 # Needs root and the dev services (scripts/dev-services.sh up); installs buildah and
@@ -11,6 +12,7 @@
 # Usage: [BINARY=path] scripts/test-image.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+CACHE="${FUSIONSTREAM_CACHE:-$HOME/.cache/fusionstream}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fusionstream/target}"
 binary=${BINARY:-$CARGO_TARGET_DIR/debug/fusionstream}
 if [[ $(id -u) != 0 ]]; then
@@ -30,4 +32,30 @@ echo "$build"
 archive=$(sed -n 's/^image: \([^ ]*\) .*/\1/p' <<<"$build")
 ref=$(sed -n 's/^image-ref: //p' <<<"$build")
 echo "image test: built in $(($(date +%s) - t0)) s"
-"$FUSIONSTREAM_PYTHON" scripts/image_smoke.py "$archive" "$ref" "$(scripts/helm-bin.sh)"
+
+# A registry on 127.0.0.1 (CNCF Distribution, built once from the Go module proxy): the image is
+# pushed as the README pushes it, and the smoke test pulls it back into an empty store, as a
+# node would. Plain HTTP on loopback, hence --tls-verify=false.
+registry_bin="$CACHE/bin/registry-v3.0.0"
+if [[ ! -x $registry_bin ]]; then
+  echo "== building the Distribution registry v3.0.0 (once)"
+  tmp=$(mktemp -d)
+  GOBIN="$tmp" GOFLAGS=-mod=mod go install github.com/distribution/distribution/v3/cmd/registry@v3.0.0
+  mkdir -p "$(dirname "$registry_bin")" && mv "$tmp/registry" "$registry_bin" && rm -rf "$tmp"
+fi
+reg=$(mktemp -d)
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat > "$reg/config.yml" <<YAML
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $reg/data}}
+http: {addr: "127.0.0.1:$port"}
+YAML
+"$registry_bin" serve "$reg/config.yml" > "$reg/log" 2>&1 &
+registry_pid=$!
+trap 'kill $registry_pid 2>/dev/null; rm -rf "$reg"' EXIT
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.2; done
+remote="127.0.0.1:$port/media/fusionstream:${ref#*:}"
+buildah --storage-driver vfs push --quiet --tls-verify=false "$ref" "docker://$remote"
+echo "image test: pushed to $remote"
+"$FUSIONSTREAM_PYTHON" scripts/image_smoke.py "$archive" "$ref" "$(scripts/helm-bin.sh)" "$remote"
