@@ -240,7 +240,8 @@ if [[ -z $binary ]]; then
 fi
 
 # ---- build --------------------------------------------------------------------------------
-say "buildah build -t $tag (${binary:+prebuilt binary}${binary:-compiling in the build stage})"
+if [[ -n $binary ]]; then how="the binary $binary"; else how="compiling in the build stage"; fi
+say "buildah build -t $tag ($how)"
 # buildah leaves the working containers of some stages behind (e.g. one that is only a
 # `FROM`): remove every container this build added, whatever its outcome, then the stages and
 # the images this tag replaced, left untagged (vfs copies whole layers: they are large).

@@ -12,7 +12,10 @@ use fusionstream_model::pdq::{dihedral_rgb, hash_rgb};
 pub const IMAGES: [&str; 3] = ["noise-64x64.png", "shapes-5.png", "shapes-7.png"];
 
 fn bench(c: &mut Criterion) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures/pdq/images");
+    // The running checkout's (cargo sets the variable), not the one the binary was built in.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../../models/fixtures/pdq/images");
     let mut group = c.benchmark_group("pdq");
     group.throughput(Throughput::Elements(1)).sample_size(20);
     for name in IMAGES {

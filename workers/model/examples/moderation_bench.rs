@@ -63,7 +63,10 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The running checkout's (cargo sets the variable), not the one the binary was built in.
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..");
     let opts = OnnxOptions {
         intra_threads: threads,
         ..OnnxOptions::default()

@@ -7,12 +7,16 @@
 //! bound for any image).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::PathBuf;
 
 use fusionstream_model::pdq::{dihedral_rgb, hash_rgb, PdqHash};
 
+/// The repository of the running test (not the one the binary was built in: a shared target
+/// dir can hand this binary to another checkout).
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    common::manifest_dir().join("../..")
 }
 
 /// PIL's RGB pixels: libjpeg-turbo's for a colour or grey JPEG (grey replicated, as PIL's
