@@ -100,7 +100,8 @@ pub struct Plan {
     pub tasks: TaskSet,
     /// Requested tasks that cannot run, with reasons.
     pub skipped: Vec<Skipped>,
-    /// Unusable modalities.
+    /// Unusable modalities (and, added by the pipeline once tokenised, a text or question
+    /// cut to the model's positions: `text_truncated`, `question_truncated`).
     pub degraded: Vec<Degradation>,
 }
 

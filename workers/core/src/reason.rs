@@ -41,6 +41,9 @@ pub enum ReasonKind {
     /// A modality is unusable: a `degraded` entry, or the dead letter's reason when nothing
     /// else serves the event (or the policy dead-letters image failures).
     Unusable,
+    /// A modality was longer than the model takes and was cut to fit: a `degraded` entry on
+    /// outputs computed from what fits (never a dead letter's reason).
+    Truncated,
     /// A requested task had no input: a `skipped` entry, or the dead letter's reason when no
     /// output could be produced at all.
     Skipped,
@@ -73,6 +76,10 @@ reason_codes! {
     TextUntokenizable = "text_untokenizable", Unusable;
     /// `question` the tokenizer cannot encode.
     QuestionUntokenizable = "question_untokenizable", Unusable;
+    /// `text` of more tokens than the model's positions: cut to fit, used as cut.
+    TextTruncated = "text_truncated", Truncated;
+    /// `question` of more tokens than the model's positions: cut to fit, used as cut.
+    QuestionTruncated = "question_truncated", Truncated;
     /// An image reference that is not a path, an `s3://` URL or inline base64.
     ImageRefInvalid = "image_ref_invalid", Unusable;
     /// An image reference of a scheme this worker does not fetch.

@@ -553,6 +553,43 @@ async fn tenant_policy_dead_letters_image_failures() {
     one(&all, "embeddings", "strict-ok");
 }
 
+/// A text or question of more tokens than the bundle's positions (48) is cut to fit, used as
+/// cut and flagged; one that fits is not flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_long_text_is_cut_and_flagged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events.jsonl");
+    let long = ["a small red circle on the left"; 12].join(" and ");
+    let question = format!(
+        "what colour is the circle {} ?",
+        ["on the left"; 20].join(" ")
+    );
+    std::fs::write(
+        &events,
+        [
+            serde_json::json!({"id": "long", "image": "media/scene0.png", "text": long,
+                "question": question, "tasks": ["embed", "answer"]}),
+            serde_json::json!({"id": "short", "image": "media/scene0.png",
+                "text": "a small red circle", "question": "what colour is the circle ?",
+                "tasks": ["embed", "answer"]}),
+        ]
+        .map(|v| v.to_string() + "\n")
+        .concat(),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    run(&config(&events, &out, |_| {}), None).await;
+    let all = outputs(&out);
+    let flags = ["text:text_truncated", "question:question_truncated"];
+    assert_eq!(degraded(one(&all, "embeddings", "long")), flags);
+    assert_eq!(degraded(one(&all, "answers", "long")), flags);
+    // Used as cut: the text embedding and the answer exist.
+    assert!(one(&all, "embeddings", "long")["text_embedding"].is_array());
+    assert!(one(&all, "answers", "long")["answer"].is_string());
+    assert!(degraded(one(&all, "embeddings", "short")).is_empty());
+    assert!(degraded(one(&all, "answers", "short")).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_lines_are_cut_and_dead_lettered() {
     let tmp = tempfile::tempdir().unwrap();

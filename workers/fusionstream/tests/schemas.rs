@@ -135,7 +135,7 @@ fn enum_of(file: &str, pointer: &str) -> Vec<String> {
 }
 
 /// The schemas list exactly the reason codes the worker can write (every code on a dead
-/// letter, the unusable-modality codes on a degradation), and the architecture page
+/// letter, the unusable- and truncated-modality codes on a degradation), and the architecture page
 /// documents every one of them.
 #[test]
 fn schemas_and_docs_list_every_reason_code() {
@@ -156,7 +156,7 @@ fn schemas_and_docs_list_every_reason_code() {
             "common.schema.json",
             "/$defs/degradation/properties/reason/enum"
         ),
-        codes(&|k| k == ReasonKind::Unusable)
+        codes(&|k| matches!(k, ReasonKind::Unusable | ReasonKind::Truncated))
     );
     let docs = std::fs::read_to_string(common::root().join("docs/architecture.md")).unwrap();
     for c in ReasonCode::ALL {

@@ -32,7 +32,7 @@ use crate::nn;
 use crate::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
 use crate::pdq::Pdq;
 use crate::preprocess::{self, DecodeOptions, ImageProcessorConfig, Pixels, Preprocessor};
-use crate::tokenize::TextTokenizer;
+use crate::tokenize::{TextTokenizer, Tokens};
 pub use fusionstream_core::moderation::Signals;
 pub use fusionstream_core::task::{SkipReason, Skipped, Task, TaskSet};
 
@@ -734,17 +734,27 @@ impl FusionModel {
 
     /// CLIP token ids of a text (`None` when the bundle has no text encoder).
     pub fn prepare_text(&self, text: &str) -> Result<Option<Vec<u32>>> {
+        Ok(self.tokenize_text(text)?.map(|t| t.ids))
+    }
+
+    /// CLIP tokens of a text, saying whether it was cut to the model's positions.
+    pub fn tokenize_text(&self, text: &str) -> Result<Option<Tokens>> {
         self.clip
             .as_ref()
-            .map(|c| c.tokenizer.encode(text))
+            .map(|c| c.tokenizer.encode_cut(text))
             .transpose()
     }
 
     /// VQA token ids of a question (`None` when the bundle has no VQA model).
     pub fn prepare_question(&self, question: &str) -> Result<Option<Vec<u32>>> {
+        Ok(self.tokenize_question(question)?.map(|t| t.ids))
+    }
+
+    /// VQA tokens of a question, saying whether it was cut to the model's positions.
+    pub fn tokenize_question(&self, question: &str) -> Result<Option<Tokens>> {
         self.vqa
             .as_ref()
-            .map(|v| v.tokenizer.encode(question))
+            .map(|v| v.tokenizer.encode_cut(question))
             .transpose()
     }
 

@@ -1,12 +1,22 @@
 //! Tokenisation with the `tokenizers` crate from a model's `tokenizer.json`: special tokens
 //! added by the tokenizer's own post-processor, truncation to the model's position limit
-//! (specials kept), no padding (the models pad batches themselves and mask the padding).
+//! (specials kept; [`Tokens::truncated`] says it happened, for the pipeline to report), no
+//! padding (the models pad batches themselves and mask the padding).
 
 use std::path::Path;
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{ModelError, Result};
+
+/// A text's token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// The ids, special tokens included, at most the sequence limit.
+    pub ids: Vec<u32>,
+    /// Whether the text had more tokens than the limit (the ids hold the first ones).
+    pub truncated: bool,
+}
 
 /// A tokenizer bound to a model's sequence limit.
 #[derive(Debug, Clone)]
@@ -39,11 +49,19 @@ impl TextTokenizer {
 
     /// Token ids of `text`, with the special tokens of the tokenizer's template.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_cut(text).map(|t| t.ids)
+    }
+
+    /// Token ids of `text` and whether they were cut to the sequence limit.
+    pub fn encode_cut(&self, text: &str) -> Result<Tokens> {
         let enc = self
             .inner
             .encode(text, true)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        Ok(Tokens {
+            ids: enc.get_ids().to_vec(),
+            truncated: !enc.get_overflowing().is_empty(),
+        })
     }
 
     /// Text of `ids`, special tokens skipped.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fusionstream_core::batch::Cost;
-use fusionstream_core::degrade::{decide, Availability, Decision, Degradation, Plan};
+use fusionstream_core::degrade::{decide, Availability, Decision, Degradation, Modality, Plan};
 use fusionstream_core::event::{parse_event, Event, Input};
 use fusionstream_core::moderation::TextSource;
 use fusionstream_core::record::{BundleRef, DeadLetterRecord, SourcePosition, Stream};
@@ -22,7 +22,9 @@ use tracing::Instrument as _;
 
 use super::envelope::{rfc3339, EventCtx, Finished, ModerationCtx, Part};
 use super::fetch::fetch;
-use super::preprocess::{availability, degradations, degradations_of, prepare, Preprocessed};
+use super::preprocess::{
+    availability, degradations, degradations_of, prepare, truncations, Preprocessed,
+};
 use super::scheduler::ToModel;
 use crate::telemetry::stats::{Outcome, Stage, Stats};
 use fusionstream_io::stores::Media;
@@ -371,23 +373,32 @@ async fn enqueue(
     shared: &Shared,
     t: Taken,
     event: Event,
-    plan: Plan,
+    mut plan: Plan,
     prep: Preprocessed,
     fetch_ms: f64,
     preprocess_ms: f64,
 ) {
+    // A text or question cut to the model's positions is used as cut, and says so.
+    let used = (plan.image, plan.text, plan.question);
+    let cut = truncations(&prep.text, &prep.question);
+    plan.degraded
+        .extend(cut.into_iter().filter(|d| match d.modality {
+            Modality::Image => used.0,
+            Modality::Text => used.1,
+            Modality::Question => used.2,
+        }));
     let image = if plan.image {
         prep.image.ok().flatten()
     } else {
         None
     };
     let text = if plan.text {
-        prep.text.ok().flatten()
+        prep.text.ok().flatten().map(|t| t.ids)
     } else {
         None
     };
     let question = if plan.question {
-        prep.question.ok().flatten()
+        prep.question.ok().flatten().map(|t| t.ids)
     } else {
         None
     };

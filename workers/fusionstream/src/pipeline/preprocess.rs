@@ -10,6 +10,7 @@ use fusionstream_model::moderation::ModerationInput;
 use fusionstream_model::pdq::Pdq;
 
 use super::lists::KnownLists;
+use fusionstream_model::tokenize::Tokens;
 use fusionstream_model::{FusionModel, PreparedImage};
 
 /// Whether a modality of the event can be used, as the degradation matrix sees it.
@@ -57,8 +58,9 @@ pub(crate) fn degradations_of(
 /// moderation models' inputs when the event asks for `moderate` and the worker serves it.
 pub(crate) struct Preprocessed {
     pub(crate) image: Result<Option<PreparedImage>, ReasonCode>,
-    pub(crate) text: Result<Option<Vec<u32>>, ReasonCode>,
-    pub(crate) question: Result<Option<Vec<u32>>, ReasonCode>,
+    /// The text's tokens (saying whether they were cut to the model's positions).
+    pub(crate) text: Result<Option<Tokens>, ReasonCode>,
+    pub(crate) question: Result<Option<Tokens>, ReasonCode>,
     pub(crate) moderation: Option<ModerationInput>,
     /// The image's PDQ hash, when the event asks for `hash` and has a usable image.
     pub(crate) pdq: Option<Pdq>,
@@ -155,11 +157,11 @@ pub(crate) fn prepare(
     }
 }
 
-fn tokens(model: &FusionModel, text: Option<String>) -> Result<Option<Vec<u32>>, ReasonCode> {
+fn tokens(model: &FusionModel, text: Option<String>) -> Result<Option<Tokens>, ReasonCode> {
     match text {
         None => Ok(None),
         Some(t) => model
-            .prepare_text(&t)
+            .tokenize_text(&t)
             .map_err(|_| ReasonCode::TextUntokenizable),
     }
 }
@@ -167,11 +169,33 @@ fn tokens(model: &FusionModel, text: Option<String>) -> Result<Option<Vec<u32>>,
 fn question_tokens(
     model: &FusionModel,
     question: Option<String>,
-) -> Result<Option<Vec<u32>>, ReasonCode> {
+) -> Result<Option<Tokens>, ReasonCode> {
     match question {
         None => Ok(None),
         Some(q) => model
-            .prepare_question(&q)
+            .tokenize_question(&q)
             .map_err(|_| ReasonCode::QuestionUntokenizable),
     }
+}
+
+/// `degraded` entries for the text and question that were cut to the model's positions
+/// (used as cut: the outputs come from the tokens that fit).
+pub(crate) fn truncations(
+    text: &Result<Option<Tokens>, ReasonCode>,
+    question: &Result<Option<Tokens>, ReasonCode>,
+) -> Vec<Degradation> {
+    use fusionstream_core::degrade::Modality;
+    let cut = |t: &Result<Option<Tokens>, ReasonCode>| matches!(t, Ok(Some(t)) if t.truncated);
+    [
+        (Modality::Text, cut(text), ReasonCode::TextTruncated),
+        (
+            Modality::Question,
+            cut(question),
+            ReasonCode::QuestionTruncated,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, cut, _)| *cut)
+    .map(|(modality, _, reason)| Degradation { modality, reason })
+    .collect()
 }
