@@ -12,10 +12,16 @@
 //! path = "blip-vqa"
 //! [fusion]          # gated fusion head directory
 //! path = "fusion"
-//! [tags]
+//! [tags]           # zero-shot: label prompts, one threshold
 //! template = "a photo of a {}"
 //! labels = ["circle", "square"]
 //! threshold = 0.3
+//! # or a calibrated head (models/tags.py) with a threshold per label and source:
+//! # head = "tags/head.safetensors"
+//! # [tags.image]
+//! # threshold = [0.5, 0.7]
+//! # [tags.text]
+//! # threshold = [0.6, 2.0]
 //! [generation]
 //! max_new_tokens = 20
 //! num_beams = 1
@@ -39,18 +45,89 @@ pub struct PartSpec {
     pub path: PathBuf,
 }
 
-/// Zero-shot tag settings.
+/// Tag settings: the labels, and either zero-shot prompts with one threshold or a
+/// calibrated head with a threshold per label and source (see [`crate::tags`]).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawTagSpec")]
 pub struct TagSpec {
-    /// Prompt with `{}` where the label goes.
-    #[serde(default = "default_template")]
+    /// Prompt with `{}` where the label goes (zero-shot prompts).
     pub template: String,
     /// Tag labels.
     pub labels: Vec<String>,
-    /// Labels whose probability reaches this are returned.
-    #[serde(default = "default_threshold")]
+    /// Zero-shot prompts: labels whose probability reaches this are returned.
     pub threshold: f32,
+    /// The calibrated head, when the bundle has one.
+    pub head: Option<TagHeadSpec>,
+}
+
+/// A calibrated tag head: its weights and each label's threshold per source.
+#[derive(Debug, Clone)]
+pub struct TagHeadSpec {
+    /// `image.weight`, `image.bias`, `text.weight`, `text.bias` (safetensors), relative to
+    /// the bundle directory in `bundle.toml`, resolved at load.
+    pub path: PathBuf,
+    /// Thresholds on the scores from image embeddings, one per label.
+    pub image: LabelThresholds,
+    /// Thresholds on the scores from text embeddings (text-only items), one per label.
+    pub text: LabelThresholds,
+}
+
+/// One threshold per label, in the order of `labels`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelThresholds {
+    /// A label is a tag when its score reaches its threshold (above 1: never).
+    pub threshold: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTagSpec {
+    #[serde(default = "default_template")]
+    template: String,
+    labels: Vec<String>,
+    #[serde(default = "default_threshold")]
+    threshold: f32,
+    head: Option<PathBuf>,
+    image: Option<LabelThresholds>,
+    text: Option<LabelThresholds>,
+}
+
+impl TryFrom<RawTagSpec> for TagSpec {
+    type Error = String;
+
+    fn try_from(r: RawTagSpec) -> std::result::Result<Self, String> {
+        let head = match (r.head, r.image, r.text) {
+            (None, None, None) => None,
+            (Some(path), Some(image), Some(text)) => {
+                for (source, t) in [("image", &image), ("text", &text)] {
+                    if t.threshold.len() != r.labels.len() {
+                        return Err(format!(
+                            "tags.{source}.threshold has {} values for {} labels",
+                            t.threshold.len(),
+                            r.labels.len()
+                        ));
+                    }
+                    if t.threshold.iter().any(|x| !x.is_finite()) {
+                        return Err(format!("tags.{source}.threshold must be finite"));
+                    }
+                }
+                Some(TagHeadSpec { path, image, text })
+            }
+            (None, _, _) => {
+                return Err("tags.image / tags.text thresholds need a tags.head".into());
+            }
+            (Some(_), _, _) => {
+                return Err("a tags.head needs [tags.image] and [tags.text] thresholds".into());
+            }
+        };
+        Ok(TagSpec {
+            template: r.template,
+            labels: r.labels,
+            threshold: r.threshold,
+            head,
+        })
+    }
 }
 
 fn default_template() -> String {
@@ -142,6 +219,9 @@ impl BundleManifest {
                 "the bundle has no clip, caption or vqa part",
             ));
         }
+        if let Some(head) = m.tags.as_mut().and_then(|t| t.head.as_mut()) {
+            head.path = dir.join(&head.path);
+        }
         if m.tags.is_some() && m.clip.is_none() {
             return Err(ModelError::config(dir, "tags need a clip part"));
         }
@@ -192,5 +272,47 @@ impl BundleManifest {
             }
         }
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn tags(toml_text: &str) -> std::result::Result<TagSpec, String> {
+        toml::from_str::<TagSpec>(toml_text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tag_heads_need_a_threshold_per_label_and_source() {
+        let ok = tags(
+            "labels = [\"a\", \"b\"]\nhead = \"h.safetensors\"\n\
+             [image]\nthreshold = [0.5, 2.0]\n[text]\nthreshold = [0.4, 0.6]\n",
+        )
+        .unwrap();
+        let head = ok.head.unwrap();
+        assert_eq!(head.image.threshold, [0.5, 2.0]);
+        assert_eq!(head.text.threshold, [0.4, 0.6]);
+        let short = tags(
+            "labels = [\"a\", \"b\"]\nhead = \"h\"\n\
+             [image]\nthreshold = [0.5]\n[text]\nthreshold = [0.4, 0.6]\n",
+        );
+        assert!(short.unwrap_err().contains("1 values for 2 labels"));
+        let no_text = tags("labels = [\"a\"]\nhead = \"h\"\n[image]\nthreshold = [0.5]\n");
+        assert!(no_text
+            .unwrap_err()
+            .contains("needs [tags.image] and [tags.text]"));
+        let no_head = tags("labels = [\"a\"]\n[image]\nthreshold = [0.5]\n");
+        assert!(no_head.unwrap_err().contains("need a tags.head"));
+        let unknown = tags("labels = [\"a\"]\nthresholds = 0.5\n");
+        assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn prompt_tags_keep_their_defaults() {
+        let t = tags("labels = [\"a\"]\n").unwrap();
+        assert!(t.head.is_none());
+        assert_eq!((t.template.as_str(), t.threshold), ("a photo of a {}", 0.1));
     }
 }

@@ -46,6 +46,7 @@ pub mod packs;
 pub mod pdq;
 pub mod preprocess;
 pub mod runtime;
+pub mod tags;
 pub mod tokenize;
 
 pub use backend::Backend;

@@ -32,30 +32,11 @@ use crate::nn;
 use crate::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
 use crate::pdq::Pdq;
 use crate::preprocess::{self, DecodeOptions, ImageProcessorConfig, Pixels, Preprocessor};
+use crate::tags::{dot, TagRule, TagTable};
+pub use crate::tags::{Tag, TagSource};
 use crate::tokenize::{TextTokenizer, Tokens};
 pub use fusionstream_core::moderation::Signals;
 pub use fusionstream_core::task::{SkipReason, Skipped, Task, TaskSet};
-
-/// Which modality a tag was scored from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TagSource {
-    /// From the image embedding.
-    Image,
-    /// From the text embedding (text-only items).
-    Text,
-}
-
-/// A zero-shot tag.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Tag {
-    /// Label from the bundle.
-    pub label: String,
-    /// Probability: softmax over the bundle's labels (CLIP) or a sigmoid per label (SigLIP).
-    pub score: f32,
-    /// Modality it was scored from.
-    pub source: TagSource,
-}
 
 /// Outputs for one item; fields that do not apply are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -411,14 +392,6 @@ struct BlipPart {
     precision: String,
 }
 
-#[derive(Debug)]
-struct TagTable {
-    labels: Vec<String>,
-    /// (L, P) normalised label-prompt embeddings, computed once at load.
-    embeddings: Vec<Vec<f32>>,
-    threshold: f32,
-}
-
 /// A loaded bundle: the fusion model.
 #[derive(Debug)]
 pub struct FusionModel {
@@ -675,16 +648,29 @@ impl FusionModel {
         if spec.labels.is_empty() {
             return Err(ModelError::Unsupported("tags.labels is empty".into()));
         }
-        let ids = spec
-            .labels
-            .iter()
-            .map(|l| clip.tokenizer.encode(&spec.template.replace("{}", l)))
-            .collect::<Result<Vec<_>>>()?;
-        let emb = clip.engine.text_embeddings(&ids)?;
+        let rule = match &spec.head {
+            Some(head) => TagTable::load_head(
+                &head.path,
+                &spec.labels,
+                clip.projection_dim,
+                &head.image.threshold,
+                &head.text.threshold,
+            )?,
+            None => {
+                let ids = spec
+                    .labels
+                    .iter()
+                    .map(|l| clip.tokenizer.encode(&spec.template.replace("{}", l)))
+                    .collect::<Result<Vec<_>>>()?;
+                TagRule::Prompts {
+                    embeddings: clip.engine.text_embeddings(&ids)?,
+                    threshold: spec.threshold,
+                }
+            }
+        };
         Ok(TagTable {
             labels: spec.labels.clone(),
-            embeddings: emb,
-            threshold: spec.threshold,
+            rule,
         })
     }
 
@@ -1044,7 +1030,7 @@ impl FusionModel {
                     };
                     if let Some((e, source)) = src {
                         o.tags =
-                            Some(table.score(&scorer.label_probs(e, &table.embeddings), source));
+                            Some(table.tags(e, source, |e, labels| scorer.label_probs(e, labels)));
                     }
                 }
             }
@@ -1140,28 +1126,6 @@ impl FusionModel {
         out.pop()
             .ok_or_else(|| ModelError::Input("warm-up batch returned nothing".into()))
     }
-}
-
-impl TagTable {
-    fn score(&self, probs: &[f32], source: TagSource) -> Vec<Tag> {
-        let mut tags: Vec<Tag> = self
-            .labels
-            .iter()
-            .zip(probs)
-            .map(|(label, &score)| Tag {
-                label: label.clone(),
-                score,
-                source,
-            })
-            .filter(|t| t.score >= self.threshold)
-            .collect();
-        tags.sort_by(|a, b| b.score.total_cmp(&a.score));
-        tags
-    }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 fn check_image_size(p: &ImageProcessorConfig, size: usize, dir: &Path) -> Result<()> {
