@@ -21,6 +21,10 @@ Prints one JSON object. Metrics (pool of 1,000 scenes unless --scenes says other
   (image + caption) embedding of every scene; the queries are a second rendering of each
   scene (new background, jitter) fused with its caption, that second image alone, and the
   caption alone. Hits as for CLIP retrieval.
+- tags (bundles with a tag head, `models/tags.py`): precision, recall and F1 of the tag
+  decisions against the shapes and colours each scene holds, micro over all labels and per
+  family (shapes, colours), from the image embeddings (`tags.image`) and from one of each
+  scene's captions taken as a text-only event's text (`tags.text`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering,
 
 from models.fusion import GatedFusionHead
 from models.scenes import POSITION_PHRASE, render, scenes
+from models.tags import evaluate_tags
 from models.train import DEC, build_tokenizer, encode, pixels
 
 PHRASE_TO_POS = {v: k for k, v in POSITION_PHRASE.items()}
@@ -178,6 +183,11 @@ def evaluate(bundle: Path, seed: int, n: int, backend: str = "torch", precision:
     img = torch.cat([img_emb(px[i : i + 250]) for i in chunks])
     img2 = torch.cat([img_emb(view2[i : i + 250]) for i in chunks])
     txt = torch.cat([txt_emb(caps[i : i + 250]) for i in chunks])
+    # Tags (a bundle with a tag head): precision / recall / F1, micro and per label family,
+    # from the image embeddings and from one caption per scene as a text-only event's text.
+    tags = evaluate_tags(bundle, test, img)
+    if tags:
+        out["tags"] = tags
     out["clip_r1_i2t"] = hits(caps, caps, img, txt)
     out["clip_r1_t2i"] = hits(caps, caps, txt, img)
 

@@ -50,7 +50,7 @@ set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-echo "== pytest models/tests (ONNX exporter against transformers)"
+echo "== pytest models/tests (ONNX exporter against transformers, tag head)"
 "$FUSIONSTREAM_PYTHON" -m pytest models/tests -q -p no:cacheprovider 2>&1 | tee -a "$log" || status=1
 echo "== scripts/fuzz.sh (brief: 12 s per target; scripts/fuzz.sh alone runs longer)"
 scripts/fuzz.sh 12 event_decoder image_preprocess tokenizer checkpoint_reader hash_list embedding_list 2>&1 | tee -a "$log" ||

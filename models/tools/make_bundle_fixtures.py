@@ -1,6 +1,8 @@
 """Parity fixtures of the trained "shapes" bundle: for 8 test scenes (seed 7), the images as
 PNG files and the transformers outputs of every part, for the Rust runtime's tests
-(`workers/model/tests/bundle.rs`).
+(`workers/model/tests/bundle.rs`); with a tag head, its scores of the image and text
+embeddings (`tag_scores_image`, `tag_scores_text`) and each scene's true labels (the scene
+generator's objects: `tag_truth`).
 
     python -m models.tools.make_bundle_fixtures --bundle models/shapes --out models/fixtures/shapes
 """
@@ -22,6 +24,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from models.fusion import GatedFusionHead
 from models.scenes import scenes
+from models.tags import load_head, tag_spec, truth
 from models.train import build_tokenizer
 
 N = 8
@@ -68,6 +71,16 @@ def main() -> None:
         t["fused_both"] = head(img, txt, ones, ones)
         t["fused_image_only"] = head(img, txt, ones, zeros)
         t["fused_text_only"] = head(img, txt, zeros, ones)
+
+        spec = tag_spec(args.bundle)
+        if "head" in spec:
+            tag_head = load_head(args.bundle, spec)
+            for source, e in (("image", img), ("text", txt)):
+                t[f"tag_scores_{source}"] = torch.sigmoid(
+                    e @ tag_head[f"{source}.weight"].T + tag_head[f"{source}.bias"])
+            j["tag_labels"] = spec["labels"]
+            j["tag_truth"] = [[label for label, v in zip(spec["labels"], truth(s.objects, spec["labels"])) if v]
+                              for s in test]
 
         cap = BlipForConditionalGeneration.from_pretrained(str(args.bundle / "blip-caption")).eval()
         for key, beams in [("caption_greedy", 1), ("caption_beam3", 3)]:
