@@ -191,6 +191,8 @@ def write(bundle: Path, head: dict, thresholds: dict, rel: str = "tags/head.safe
 
     (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
     save_file(head, str(bundle / rel))
+    # safetensors writes 0600; the bundle is read by other users (the image's uid 65532).
+    (bundle / rel).chmod(0o644)
     path = bundle / "bundle.toml"
     text = path.read_text()
     text = re.sub(r"\n(# [^\n]*\n)*\[tags\.(image|text)\]\n(?:[^\[\n][^\n]*\n)*", "\n", text)
