@@ -41,6 +41,25 @@ fn json(path: PathBuf) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+fn texts(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A fixture's strings and transformers' ids of each (`<name>/strings.json`).
+fn strings_with_ids(name: &str) -> Vec<(String, Vec<u32>)> {
+    let j = json(fixture(name).join("strings.json"));
+    let pairs: Vec<_> = texts(&j["strings"])
+        .into_iter()
+        .zip(ids(&j["input_ids"]))
+        .collect();
+    assert!(pairs.len() >= 200, "{} strings", pairs.len());
+    pairs
+}
+
 fn clip_tokenizer() -> TextTokenizer {
     TextTokenizer::from_file(&fixture("clip").join("tokenizer.json"), CONTEXT).unwrap()
 }
@@ -48,19 +67,10 @@ fn clip_tokenizer() -> TextTokenizer {
 #[test]
 fn clip_bpe_gives_transformers_ids() {
     let tok = clip_tokenizer();
-    let j = json(fixture("clip").join("strings.json"));
-    let strings: Vec<&str> = j["strings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
-    let want = ids(&j["input_ids"]);
-    assert!(strings.len() >= 200, "{} strings", strings.len());
     let mut cut = 0;
-    for (s, want) in strings.iter().zip(&want) {
-        let got = tok.encode(s).unwrap();
-        assert_eq!(&got, want, "{s:?}");
+    for (s, want) in strings_with_ids("clip") {
+        let got = tok.encode(&s).unwrap();
+        assert_eq!(got, want, "{s:?}");
         assert_eq!((got[0], *got.last().unwrap()), (START, END), "{s:?}");
         assert!(got.len() <= CONTEXT);
         cut += usize::from(got.len() == CONTEXT);
@@ -86,11 +96,9 @@ fn clip_legacy_pooling_with_the_real_vocabulary_matches_transformers() {
         candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     // The runtime's own tokenisation, checked against the ids transformers embedded.
     let tok = clip_tokenizer();
-    let texts: Vec<Vec<u32>> = j["texts"]
-        .as_array()
-        .unwrap()
+    let texts: Vec<Vec<u32>> = texts(&j["texts"])
         .iter()
-        .map(|s| tok.encode(s.as_str().unwrap()).unwrap())
+        .map(|s| tok.encode(s).unwrap())
         .collect();
     assert_eq!(texts, ids(&j["input_ids"]));
     assert!(
@@ -120,19 +128,10 @@ fn bert_tokenizer() -> TextTokenizer {
 #[test]
 fn bert_wordpiece_gives_transformers_ids() {
     let tok = bert_tokenizer();
-    let j = json(fixture("bert").join("strings.json"));
-    let strings: Vec<&str> = j["strings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
-    let want = ids(&j["input_ids"]);
-    assert!(strings.len() >= 200, "{} strings", strings.len());
     let (mut cut, mut unknown) = (0, 0);
-    for (s, want) in strings.iter().zip(&want) {
-        let got = tok.encode_cut(s).unwrap();
-        assert_eq!(&got.ids, want, "{s:?}");
+    for (s, want) in strings_with_ids("bert") {
+        let got = tok.encode_cut(&s).unwrap();
+        assert_eq!(got.ids, want, "{s:?}");
         assert_eq!((got.ids[0], *got.ids.last().unwrap()), (CLS, SEP), "{s:?}");
         assert!(got.ids.len() <= BERT_CONTEXT);
         cut += usize::from(got.truncated);
@@ -164,11 +163,9 @@ fn blip_vqa_with_the_real_wordpiece_vocabulary_matches_transformers() {
     let dev = Device::Cpu;
     // The runtime's tokenisation of the questions, one of them cut to the positions.
     let tok = bert_tokenizer();
-    let encoded: Vec<_> = j["questions"]
-        .as_array()
-        .unwrap()
+    let encoded: Vec<_> = texts(&j["questions"])
         .iter()
-        .map(|q| tok.encode_cut(q.as_str().unwrap()).unwrap())
+        .map(|q| tok.encode_cut(q).unwrap())
         .collect();
     let qs: Vec<Vec<u32>> = encoded.iter().map(|t| t.ids.clone()).collect();
     assert_eq!(qs, ids(&j["question_ids"]));
@@ -197,11 +194,5 @@ fn blip_vqa_with_the_real_wordpiece_vocabulary_matches_transformers() {
     assert_eq!(seqs, ids(&j["greedy_ids"]));
     // Decoded as the runtime decodes answers: the new tokens, specials skipped.
     let answers: Vec<String> = seqs.iter().map(|s| tok.decode(&s[1..]).unwrap()).collect();
-    let want: Vec<&str> = j["answers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    assert_eq!(answers, want);
+    assert_eq!(answers, texts(&j["answers"]));
 }
