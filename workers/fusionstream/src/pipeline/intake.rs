@@ -16,15 +16,14 @@ use fusionstream_core::event::{parse_event, Event, Input};
 use fusionstream_core::moderation::TextSource;
 use fusionstream_core::record::{BundleRef, DeadLetterRecord, SourcePosition, Stream};
 use fusionstream_core::{Lane, ReasonCode, Task};
+use fusionstream_model::tokenize::Tokens;
 use fusionstream_model::{FusionModel, Prepared, PreparedImage};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument as _;
 
 use super::envelope::{rfc3339, EventCtx, Finished, ModerationCtx, Part};
 use super::fetch::fetch;
-use super::preprocess::{
-    availability, degradations, degradations_of, prepare, truncations, Preprocessed,
-};
+use super::preprocess::{availability, degradations, degradations_of, prepare, Preprocessed};
 use super::scheduler::ToModel;
 use crate::telemetry::stats::{Outcome, Stage, Stats};
 use fusionstream_io::stores::Media;
@@ -378,30 +377,31 @@ async fn enqueue(
     fetch_ms: f64,
     preprocess_ms: f64,
 ) {
-    // A text or question cut to the model's positions is used as cut, and says so.
-    let used = (plan.image, plan.text, plan.question);
-    let cut = truncations(&prep.text, &prep.question);
-    plan.degraded
-        .extend(cut.into_iter().filter(|d| match d.modality {
-            Modality::Image => used.0,
-            Modality::Text => used.1,
-            Modality::Question => used.2,
-        }));
     let image = if plan.image {
         prep.image.ok().flatten()
     } else {
         None
     };
-    let text = if plan.text {
-        prep.text.ok().flatten().map(|t| t.ids)
-    } else {
-        None
+    // A text or question cut to the model's positions is used as cut, and says so.
+    let mut take = |used: bool, tokens: Result<Option<Tokens>, ReasonCode>, modality, reason| {
+        let tokens = tokens.ok().flatten().filter(|_| used)?;
+        if tokens.truncated {
+            plan.degraded.push(Degradation { modality, reason });
+        }
+        Some(tokens.ids)
     };
-    let question = if plan.question {
-        prep.question.ok().flatten().map(|t| t.ids)
-    } else {
-        None
-    };
+    let text = take(
+        plan.text,
+        prep.text,
+        Modality::Text,
+        ReasonCode::TextTruncated,
+    );
+    let question = take(
+        plan.question,
+        prep.question,
+        Modality::Question,
+        ReasonCode::QuestionTruncated,
+    );
     let mut moderation = prep.moderation;
     let mut matches = prep.matches;
     let lanes: Vec<Lane> = Lane::ALL

@@ -177,25 +177,3 @@ fn question_tokens(
             .map_err(|_| ReasonCode::QuestionUntokenizable),
     }
 }
-
-/// `degraded` entries for the text and question that were cut to the model's positions
-/// (used as cut: the outputs come from the tokens that fit).
-pub(crate) fn truncations(
-    text: &Result<Option<Tokens>, ReasonCode>,
-    question: &Result<Option<Tokens>, ReasonCode>,
-) -> Vec<Degradation> {
-    use fusionstream_core::degrade::Modality;
-    let cut = |t: &Result<Option<Tokens>, ReasonCode>| matches!(t, Ok(Some(t)) if t.truncated);
-    [
-        (Modality::Text, cut(text), ReasonCode::TextTruncated),
-        (
-            Modality::Question,
-            cut(question),
-            ReasonCode::QuestionTruncated,
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, cut, _)| *cut)
-    .map(|(modality, _, reason)| Degradation { modality, reason })
-    .collect()
-}
