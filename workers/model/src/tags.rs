@@ -128,28 +128,26 @@ impl TagTable {
         source: TagSource,
         zero_shot: impl FnOnce(&[f32], &[Vec<f32>]) -> Vec<f32>,
     ) -> Vec<Tag> {
-        let (scores, thresholds): (Vec<f32>, Vec<f32>) = match &self.rule {
+        let (scores, thresholds) = match &self.rule {
             TagRule::Prompts {
                 embeddings,
                 threshold,
-            } => (
-                zero_shot(e, embeddings),
-                vec![*threshold; self.labels.len()],
-            ),
+            } => (zero_shot(e, embeddings), Thresholds::One(*threshold)),
             TagRule::Head { image, text } => {
                 let head = match source {
                     TagSource::Image => image,
                     TagSource::Text => text,
                 };
-                (head.scores(e), head.threshold.clone())
+                (head.scores(e), Thresholds::PerLabel(&head.threshold))
             }
         };
         let mut tags: Vec<Tag> = self
             .labels
             .iter()
-            .zip(scores.into_iter().zip(thresholds))
-            .filter(|(_, (score, threshold))| score >= threshold)
-            .map(|(label, (score, _))| Tag {
+            .zip(scores)
+            .enumerate()
+            .filter(|(i, (_, score))| *score >= thresholds.of(*i))
+            .map(|(_, (label, score))| Tag {
                 label: label.clone(),
                 score,
                 source,
@@ -157,6 +155,21 @@ impl TagTable {
             .collect();
         tags.sort_by(|a, b| b.score.total_cmp(&a.score));
         tags
+    }
+}
+
+/// The threshold a label's score must reach.
+enum Thresholds<'a> {
+    One(f32),
+    PerLabel(&'a [f32]),
+}
+
+impl Thresholds<'_> {
+    fn of(&self, label: usize) -> f32 {
+        match self {
+            Thresholds::One(t) => *t,
+            Thresholds::PerLabel(ts) => ts[label],
+        }
     }
 }
 
