@@ -72,9 +72,6 @@ class Embedder:
             out.append(torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1))
         return torch.cat(out)
 
-    def labels(self, spec: dict) -> torch.Tensor:
-        return self.texts([spec["template"].replace("{}", label) for label in spec["labels"]])
-
 
 def fit_head(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One logistic regression per label on the embedding (no penalty: the split is ~20
@@ -98,18 +95,22 @@ def pick_threshold(p: torch.Tensor, gold: torch.Tensor, min_precision: float) ->
     """Best-F1 threshold among those of precision >= min_precision; 2.0 (never) if none."""
     ok = []
     for th in GRID:
-        pred = p >= th
-        tp = float((pred & gold).sum())
-        if tp and tp / float(pred.sum()) >= min_precision:
-            ok.append((f1(pred, gold), -abs(th - 0.5), th))
+        precision, _, f = prf(p >= th, gold)
+        if f and precision >= min_precision:
+            ok.append((f, -abs(th - 0.5), th))
     return max(ok)[2] if ok else 2.0
 
 
-def f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
+def prf(pred: torch.Tensor, gold: torch.Tensor) -> tuple[float, float, float]:
+    """Precision, recall and F1 of boolean decisions against the truth."""
     tp = float((pred & gold).sum())
     fp = float((pred & ~gold).sum())
     fn = float((~pred & gold).sum())
-    return 2 * tp / max(2 * tp + fp + fn, 1.0)
+    return tp / max(tp + fp, 1.0), tp / max(tp + fn, 1.0), 2 * tp / max(2 * tp + fp + fn, 1.0)
+
+
+def f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
+    return prf(pred, gold)[2]
 
 
 def scores(e: torch.Tensor, head: dict, source: str) -> torch.Tensor:
@@ -123,17 +124,13 @@ def decide(e: torch.Tensor, head: dict, spec: dict, source: str) -> torch.Tensor
 
 def report(pred: torch.Tensor, gold: torch.Tensor, labels: list[str]) -> dict:
     """Precision, recall and F1, micro over all labels and per family."""
-    def prf(p, g) -> dict:
-        tp = float((p & g).sum())
-        fp = float((p & ~g).sum())
-        fn = float((~p & g).sum())
-        return {"precision": round(tp / max(tp + fp, 1), 4), "recall": round(tp / max(tp + fn, 1), 4),
-                "f1": round(2 * tp / max(2 * tp + fp + fn, 1), 4)}
+    def rounded(p, g) -> dict:
+        return dict(zip(("precision", "recall", "f1"), (round(x, 4) for x in prf(p, g))))
 
-    out = {"micro": prf(pred, gold)}
+    out = {"micro": rounded(pred, gold)}
     for fam, members in FAMILIES.items():
         idx = [labels.index(m) for m in members if m in labels]
-        out[fam] = prf(pred[:, idx], gold[:, idx])
+        out[fam] = rounded(pred[:, idx], gold[:, idx])
     return out
 
 

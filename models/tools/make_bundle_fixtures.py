@@ -24,7 +24,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from models.fusion import GatedFusionHead
 from models.scenes import scenes
-from models.tags import load_head, tag_spec, truth
+from models.tags import load_head, scores, tag_spec, truth
 from models.train import build_tokenizer
 
 N = 8
@@ -76,8 +76,7 @@ def main() -> None:
         if "head" in spec:
             tag_head = load_head(args.bundle, spec)
             for source, e in (("image", img), ("text", txt)):
-                t[f"tag_scores_{source}"] = torch.sigmoid(
-                    e @ tag_head[f"{source}.weight"].T + tag_head[f"{source}.bias"])
+                t[f"tag_scores_{source}"] = scores(e, tag_head, source)
             j["tag_labels"] = spec["labels"]
             j["tag_truth"] = [[label for label, v in zip(spec["labels"], truth(s.objects, spec["labels"])) if v]
                               for s in test]

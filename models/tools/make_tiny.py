@@ -258,6 +258,16 @@ def blip_caption_fixture(
     )
 
 
+def question_states(model: BlipForQuestionAnswering, ids: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+    """The question encoder's states, cross-attending to the image: what the answer decoder reads."""
+    image_embeds = model.vision_model(pixel_values=px)[0]
+    return model.text_encoder(
+        input_ids=ids,
+        encoder_hidden_states=image_embeds,
+        encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long),
+    )[0]
+
+
 def blip_vqa_fixture(
     out: Path, tok: Tokenizer, seed: int, vision: dict, text: dict, eos_boost: float
 ) -> None:
@@ -278,12 +288,7 @@ def blip_vqa_fixture(
             px = pixels[i : i + 1]
             ids = torch.tensor([encode(tok, q)])
             qids.append(ids[0].tolist())
-            image_embeds = model.vision_model(pixel_values=px)[0]
-            q_embeds = model.text_encoder(
-                input_ids=ids,
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long),
-            )[0]
+            q_embeds = question_states(model, ids, px)
             tensors[f"question_embeds_{i}"] = q_embeds[0].contiguous()
             forced = torch.tensor([[4, 40 + i, 41, 3]])
             logits = model.text_decoder(

@@ -66,7 +66,7 @@ from safetensors.torch import save_file
 from transformers import (BertTokenizer, BlipConfig, BlipForQuestionAnswering, CLIPConfig,
                           CLIPModel, CLIPTokenizer)
 
-from models.tools.make_tiny import randomise
+from models.tools.make_tiny import question_states, randomise
 from models.tools.store_half import store_half
 
 OPEN_CLIP = "open_clip_torch==3.3.0"
@@ -230,6 +230,15 @@ def cross_check(tok: CLIPTokenizer, ref, strings: list[str]) -> tuple[int, int]:
     return same, changed
 
 
+def stored(model, out: Path):
+    """Save `model` with f16-stored weights and read it back: the references come from the
+    stored (f16-rounded) weights, as every consumer reads them."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    store_half(out)
+    return type(model).from_pretrained(str(out), dtype=torch.float32).eval()
+
+
 def legacy_clip(out: Path, tok: CLIPTokenizer, strings: list[str], seed: int = 11) -> int:
     """A tiny CLIPModel of the real vocabulary with the legacy pooling (eos_token_id = 2)."""
     cfg = CLIPConfig(
@@ -244,11 +253,7 @@ def legacy_clip(out: Path, tok: CLIPTokenizer, strings: list[str], seed: int = 1
     torch.manual_seed(seed)
     model = CLIPModel(cfg).eval()
     randomise(model, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    store_half(out)
-    # The references come from the stored (f16-rounded) weights, as every consumer reads them.
-    model = CLIPModel.from_pretrained(str(out), dtype=torch.float32).eval()
+    model = stored(model, out)
     assert model.config.text_config.eos_token_id == 2
     pick = [s for s in strings if 2 in ids_of(tok, s)][:8]
     assert len(pick) >= 4, pick
@@ -339,10 +344,7 @@ def blip_vqa_wordpiece(out: Path, tok: BertTokenizer, seed: int = 13) -> int:
     torch.manual_seed(seed)
     model = BlipForQuestionAnswering(cfg).eval()
     randomise(model, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    store_half(out)
-    model = BlipForQuestionAnswering.from_pretrained(str(out), dtype=torch.float32).eval()
+    model = stored(model, out)
     assert model.config.text_config.vocab_size == 30524
     gen = torch.Generator().manual_seed(seed + 1)
     pixels = torch.randn((len(WP_QUESTIONS), 3, 16, 16), generator=gen)
@@ -353,13 +355,7 @@ def blip_vqa_wordpiece(out: Path, tok: BertTokenizer, seed: int = 13) -> int:
             px = pixels[i : i + 1]
             ids = torch.tensor([wp_ids(tok, q)])
             qids.append(ids[0].tolist())
-            image_embeds = model.vision_model(pixel_values=px)[0]
-            q_embeds = model.text_encoder(
-                input_ids=ids,
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long),
-            )[0]
-            tensors[f"question_embeds_{i}"] = q_embeds[0].contiguous()
+            tensors[f"question_embeds_{i}"] = question_states(model, ids, px)[0].contiguous()
             seq = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=8, do_sample=False)
             greedy.append([int(x) for x in seq[0]])
             answers.append(tok.decode(seq[0][1:], skip_special_tokens=True))
