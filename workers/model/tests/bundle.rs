@@ -36,14 +36,6 @@ fn reference() -> (std::collections::HashMap<String, Tensor>, serde_json::Value)
     (t, j)
 }
 
-fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn clip_and_fusion_match_transformers() {
     let (r, j) = reference();

@@ -41,18 +41,10 @@ fn json(path: PathBuf) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn texts(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// A fixture's strings and transformers' ids of each (`<name>/strings.json`).
 fn strings_with_ids(name: &str) -> Vec<(String, Vec<u32>)> {
     let j = json(fixture(name).join("strings.json"));
-    let pairs: Vec<_> = texts(&j["strings"])
+    let pairs: Vec<_> = strings(&j["strings"])
         .into_iter()
         .zip(ids(&j["input_ids"]))
         .collect();
@@ -96,7 +88,7 @@ fn clip_legacy_pooling_with_the_real_vocabulary_matches_transformers() {
         candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
     // The runtime's own tokenisation, checked against the ids transformers embedded.
     let tok = clip_tokenizer();
-    let texts: Vec<Vec<u32>> = texts(&j["texts"])
+    let texts: Vec<Vec<u32>> = strings(&j["texts"])
         .iter()
         .map(|s| tok.encode(s).unwrap())
         .collect();
@@ -163,7 +155,7 @@ fn blip_vqa_with_the_real_wordpiece_vocabulary_matches_transformers() {
     let dev = Device::Cpu;
     // The runtime's tokenisation of the questions, one of them cut to the positions.
     let tok = bert_tokenizer();
-    let encoded: Vec<_> = texts(&j["questions"])
+    let encoded: Vec<_> = strings(&j["questions"])
         .iter()
         .map(|q| tok.encode_cut(q).unwrap())
         .collect();
@@ -194,5 +186,5 @@ fn blip_vqa_with_the_real_wordpiece_vocabulary_matches_transformers() {
     assert_eq!(seqs, ids(&j["greedy_ids"]));
     // Decoded as the runtime decodes answers: the new tokens, specials skipped.
     let answers: Vec<String> = seqs.iter().map(|s| tok.decode(&s[1..]).unwrap()).collect();
-    assert_eq!(answers, texts(&j["answers"]));
+    assert_eq!(answers, strings(&j["answers"]));
 }

@@ -27,6 +27,15 @@ pub fn reference_json(name: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// A JSON array of strings.
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
 pub fn ids(v: &serde_json::Value) -> Vec<Vec<u32>> {
     v.as_array()
         .unwrap()
