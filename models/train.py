@@ -91,9 +91,12 @@ def clip_config(vocab: int) -> CLIPConfig:
 
 
 def blip_config(vocab: int) -> BlipConfig:
+    # BLIP's vision config defaults to initializer_range 1e-10 (its checkpoints are always
+    # loaded, never initialised): trained from scratch, every vision weight would start at
+    # ~1e-10 and the patch signal would drown in the first LayerNorm's epsilon. 0.02, as CLIP.
     return BlipConfig(
         vision_config=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                           image_size=INPUT, patch_size=PATCH),
+                           image_size=INPUT, patch_size=PATCH, initializer_range=0.02),
         text_config=dict(vocab_size=vocab, hidden_size=128, encoder_hidden_size=128, intermediate_size=384,
                          num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=48,
                          bos_token_id=DEC, eos_token_id=SEP, sep_token_id=SEP, pad_token_id=PAD),
