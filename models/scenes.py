@@ -65,6 +65,9 @@ class Scene:
     objects: list[Obj]
     captions: list[str] = field(default_factory=list)
     qa: list[tuple[str, str, str]] = field(default_factory=list)  # (type, question, answer)
+    # Which object covers each pixel (0 background, k + 1 for objects[k]), as drawn: the
+    # per-region truth that training can supervise the vision towers with.
+    mask: np.ndarray | None = None
 
     @property
     def caption(self) -> str:
@@ -163,32 +166,43 @@ def sample_objects(rng: random.Random) -> list[Obj]:
     return [Obj(shapes[i], colours[i], rng.choice(list(SIZES)), positions[i]) for i in range(n)]
 
 
-def render(objects: list[Obj], rng: random.Random) -> Image.Image:
-    """Draw the objects on a fresh background; another `rng` gives another view of the scene."""
+def render(objects: list[Obj], rng: random.Random, mask: Image.Image | None = None, scale: float = 1.0) -> Image.Image:
+    """Draw the objects on a fresh background; another `rng` gives another view of the scene.
+    With `mask` (an "L" image of the scene's size), also draw object k there with value k + 1
+    (the same shapes, no extra draws from `rng`: the scene is the one drawn without it).
+    `scale` multiplies every object's size (a training curriculum's larger objects)."""
     img = _background(rng)
     draw = ImageDraw.Draw(img)
-    for o in objects:
+    marks = ImageDraw.Draw(mask) if mask is not None else None
+    for k, o in enumerate(objects):
         px, py = POSITIONS[o.position]
         cx = (px + rng.uniform(-0.05, 0.05)) * IMAGE_SIZE
         cy = (py + rng.uniform(-0.05, 0.05)) * IMAGE_SIZE
-        r = SIZES[o.size] * IMAGE_SIZE * rng.uniform(0.9, 1.1)
+        r = SIZES[o.size] * IMAGE_SIZE * rng.uniform(0.9, 1.1) * scale
         fill = tuple(int(max(0, min(255, c + rng.uniform(-15, 15)))) for c in COLOURS[o.colour])
         if o.shape == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+            box = [cx - r, cy - r, cx + r, cy + r]
+            draw.ellipse(box, fill=fill)
+            if marks is not None:
+                marks.ellipse(box, fill=k + 1)
         else:
-            draw.polygon(_polygon(o.shape, cx, cy, r, rng.uniform(-0.4, 0.4)), fill=fill)
+            points = _polygon(o.shape, cx, cy, r, rng.uniform(-0.4, 0.4))
+            draw.polygon(points, fill=fill)
+            if marks is not None:
+                marks.polygon(points, fill=k + 1)
     return img
 
 
-def make_scene(rng: random.Random) -> Scene:
+def make_scene(rng: random.Random, scale: float = 1.0) -> Scene:
     objects = sample_objects(rng)
-    img = render(objects, rng)
-    return Scene(img, objects, describe(objects), questions(objects, rng))
+    mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    img = render(objects, rng, mask, scale)
+    return Scene(img, objects, describe(objects), questions(objects, rng), np.asarray(mask))
 
 
-def scenes(seed: int, count: int) -> list[Scene]:
+def scenes(seed: int, count: int, scale: float = 1.0) -> list[Scene]:
     rng = random.Random(seed)
-    return [make_scene(rng) for _ in range(count)]
+    return [make_scene(rng, scale) for _ in range(count)]
 
 
 def vocabulary() -> list[str]:

@@ -69,6 +69,42 @@ def pixels(batch: list[Scene]) -> torch.Tensor:
     return torch.tensor(np.stack(clip([s.image for s in batch], return_tensors="np")["pixel_values"]))
 
 
+def patch_targets(batch: list[Scene], grid: int = INPUT // PATCH) -> torch.Tensor:
+    """What each patch of the model's grid shows, from the scenes' masks: (N, grid², 3) with
+    shape (0 background, 1 + index in SHAPES), colour (0, 1 + index in COLOURS) and size
+    (0, 1 small, 2 large) of the object covering most of the patch, if it covers a quarter."""
+    colours, sizes = list(COLOURS), ["small", "large"]
+    out = torch.zeros(len(batch), grid * grid, 3, dtype=torch.long)
+    for n, s in enumerate(batch):
+        cell = s.mask.shape[0] // grid
+        cells = s.mask.reshape(grid, cell, grid, cell).transpose(0, 2, 1, 3).reshape(grid * grid, cell * cell)
+        for k, o in enumerate(s.objects):
+            cover = (cells == k + 1).mean(axis=1)
+            rows = torch.from_numpy(np.nonzero((cover >= 0.25) & (cover >= (cells != 0).mean(axis=1) / 2))[0])
+            out[n, rows] = torch.tensor([1 + SHAPES.index(o.shape), 1 + colours.index(o.colour), 1 + sizes.index(o.size)])
+    return out
+
+
+class PatchHead(torch.nn.Module):
+    """Training-only probe on a vision tower's patch states: predicts the shape, colour and
+    size of what each patch shows (`patch_targets`). Its loss, added to a part's own, gives the
+    tower a direct per-region signal; the head is dropped when the part is saved."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(width, 1 + len(SHAPES) + 1 + len(COLOURS) + 3)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.proj(states)
+
+    def loss(self, states: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = self(states).flatten(0, 1)
+        t = target.flatten(0, 1)
+        a, b = 1 + len(SHAPES), 2 + len(SHAPES) + len(COLOURS)
+        ce = torch.nn.functional.cross_entropy
+        return ce(logits[:, :a], t[:, 0]) + ce(logits[:, a:b], t[:, 1]) + ce(logits[:, b:], t[:, 2])
+
+
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     n = max(len(s) for s in seqs)
     return torch.tensor([s + [value] * (n - len(s)) for s in seqs])
@@ -127,20 +163,27 @@ def batches(data: list[Scene], px: torch.Tensor, size: int, rng: random.Random):
         rng.shuffle(idx)
         for i in range(0, len(idx) - size + 1, size):
             b = idx[i : i + size]
-            yield [data[j] for j in b], px[b]
+            yield [data[j] for j in b], px[b], b
 
 
-def train_clip(data, px, tok, minutes, log) -> CLIPModel:
+def train_clip(data, px, tok, minutes, log, aux: float = 0.0) -> CLIPModel:
+    """Contrastive; with `aux` > 0, plus `aux` × the loss of a `PatchHead` on the vision
+    tower's patch states."""
     model = CLIPModel(clip_config(tok.get_vocab_size())).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    head = PatchHead(model.config.vision_config.hidden_size)
+    targets = patch_targets(data) if aux > 0 else None
+    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-3, weight_decay=0.05)
     sched, rng = Budget(opt, minutes, 1e-3), random.Random(1)
-    for scs, x in batches(data, px, 128, rng):
+    for scs, x, rows in batches(data, px, 128, rng):
         if not sched.tick():
             break
         # The canonical caption (every attribute) half of the time, a paraphrase otherwise.
         texts = [s.caption if rng.random() < 0.5 else rng.choice(s.captions) for s in scs]
         ids, mask = encode(tok, texts)
-        loss = model(input_ids=ids, attention_mask=mask, pixel_values=x, return_loss=True).loss
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=x, return_loss=True)
+        loss = out.loss
+        if targets is not None:
+            loss = loss + aux * head.loss(out.vision_model_output.last_hidden_state[:, 1:], targets[rows])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -149,17 +192,24 @@ def train_clip(data, px, tok, minutes, log) -> CLIPModel:
     return model.eval()
 
 
-def train_caption(data, px, tok, minutes, log) -> BlipForConditionalGeneration:
+def train_caption(data, px, tok, minutes, log, aux: float = 0.0) -> BlipForConditionalGeneration:
+    """Teacher forcing on the canonical caption; with `aux` > 0, plus `aux` × the loss of a
+    `PatchHead` on the vision tower's patch states."""
     model = BlipForConditionalGeneration(blip_config(tok.get_vocab_size())).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    head = PatchHead(model.config.vision_config.hidden_size)
+    targets = patch_targets(data) if aux > 0 else None
+    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-3, weight_decay=0.05)
     sched, rng = Budget(opt, minutes, 1e-3), random.Random(2)
-    for scs, x in batches(data, px, 64, rng):
+    for scs, x, rows in batches(data, px, 64, rng):
         if not sched.tick():
             break
         ids, mask = encode(tok, [s.caption for s in scs])
         ids[:, 0] = DEC
         labels = ids.masked_fill(mask == 0, -100)
-        loss = model(pixel_values=x, input_ids=ids, attention_mask=mask, labels=labels).loss
+        out = model(pixel_values=x, input_ids=ids, attention_mask=mask, labels=labels)
+        loss = out.loss
+        if targets is not None:
+            loss = loss + aux * head.loss(out.image_embeds[:, 1:], targets[rows])
         opt.zero_grad()
         loss.backward()
         opt.step()
