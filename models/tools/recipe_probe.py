@@ -1,0 +1,252 @@
+"""Recipe experiments on the validation seed: train one part for a short budget with a given
+option and report what it recognises, per attribute.
+
+    python -m models.tools.recipe_probe caption --minutes 4 --aux 1.0
+    python -m models.tools.recipe_probe clip --minutes 4 --aux 1.0
+
+`caption`: greedy captions of 500 validation scenes (seed 2000), accuracy per attribute (shape,
+colour, size, position) of the generated object phrases, matched to the true objects as
+`models.eval` matches them. `clip`: image→caption / caption→image R@1 on 1,000 validation
+scenes, and the shape and colour F1 of a tag head fitted on seed 5151 (`models.tags`). Prints
+one JSON line. Never run on an evaluation seed: these figures choose the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+
+import random
+
+import numpy as np
+import torch
+
+from models import tags
+from models.eval import hits, words
+from models.scenes import COLOURS, POSITION_PHRASE, SHAPES, scenes
+from models.train import (Budget, PatchHead, batches, build_tokenizer, encode, patch_targets, pixels, train_caption,
+                          train_clip)
+
+VALIDATION = 2000
+PHRASE_TO_POS = {v: k for k, v in POSITION_PHRASE.items()}
+OBJ_RE = re.compile(r"\b(small|large) (\w+) (\w+)(?: (on the left|on the right|at the top|at the bottom|in the centre))?")
+ATTRS = ["shape", "colour", "size", "position"]
+
+
+def per_attribute(caption: str, objects) -> dict[str, int]:
+    """Right attributes per kind, each true object matched to the phrase agreeing on most."""
+    found = [dict(zip(ATTRS, (m[2], m[1], m[0], PHRASE_TO_POS.get(m[3] or "")))) for m in OBJ_RE.findall(caption)]
+    right = dict.fromkeys(ATTRS, 0)
+    for o in objects:
+        truth = {"shape": o.shape, "colour": o.colour, "size": o.size, "position": o.position}
+        scored = [(sum(f[a] == truth[a] for a in ATTRS), i) for i, f in enumerate(found)]
+        if not scored:
+            continue
+        best, i = max(scored)
+        if best:
+            for a in ATTRS:
+                right[a] += found[i][a] == truth[a]
+            found.pop(i)
+    return right
+
+
+@torch.no_grad()
+def probe_caption(model, tok) -> dict:
+    val = scenes(VALIDATION, 500)
+    px = pixels(val)
+    gen = []
+    for i in range(0, len(val), 250):
+        ids = model.generate(pixel_values=px[i : i + 250], max_new_tokens=32, do_sample=False)
+        gen += [words(tok.decode(r.tolist(), skip_special_tokens=True)) for r in ids]
+    total = sum(len(s.objects) for s in val)
+    right = dict.fromkeys(ATTRS, 0)
+    for g, s in zip(gen, val):
+        for a, k in per_attribute(g, s.objects).items():
+            right[a] += k
+    return {a: round(right[a] / total, 3) for a in ATTRS} | {"examples": gen[:3]}
+
+
+@torch.no_grad()
+def probe_clip(model, tok) -> dict:
+    val = scenes(VALIDATION, 1000)
+    px, caps = pixels(val), [s.caption for s in val]
+    img, txt = [], []
+    for i in range(0, len(val), 250):
+        e = model.get_image_features(pixel_values=px[i : i + 250])
+        img.append(torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1))
+        ids, mask = encode(tok, caps[i : i + 250])
+        t = model.get_text_features(input_ids=ids, attention_mask=mask)
+        txt.append(torch.nn.functional.normalize(getattr(t, "pooler_output", t), dim=-1))
+    img, txt = torch.cat(img), torch.cat(txt)
+    # A tag head fitted on another split, scored on this one (threshold 0.5: the probe's
+    # signal, not the bundle's tuned rule).
+    labels = tags.FAMILIES["shapes"] + tags.FAMILIES["colours"]
+    fit = scenes(5151, 3000)
+    x = []
+    for i in range(0, len(fit), 250):
+        e = model.get_image_features(pixel_values=pixels(fit[i : i + 250]))
+        x.append(torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1))
+    w, b = tags.fit_head(torch.cat(x), torch.tensor([tags.truth(s.objects, labels) for s in fit]))
+    pred = (torch.sigmoid(img @ w.T + b) >= 0.5).float()
+    y = torch.tensor([tags.truth(s.objects, labels) for s in val])
+    f1 = {}
+    for fam, cols in (("shapes", slice(0, 6)), ("colours", slice(6, 14))):
+        tp = (pred[:, cols] * y[:, cols]).sum().item()
+        f1[f"tag_f1_{fam}"] = round(2 * tp / max(pred[:, cols].sum().item() + y[:, cols].sum().item(), 1), 3)
+    return {"r1_i2t": hits(caps, caps, img, txt), "r1_t2i": hits(caps, caps, txt, img)} | f1
+
+
+class ConvTower(torch.nn.Module):
+    """A small CNN with the ViT's output grid (one 128-dim state per 8 px patch): the yardstick
+    for how fast shape is learnable from these pixels at all. Not a bundle part."""
+
+    def __init__(self):
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.net = torch.nn.Sequential(
+            conv(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            conv(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            conv(64, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            conv(64, 128, 3, padding=2, dilation=2), torch.nn.ReLU())
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values).flatten(2).transpose(1, 2)
+
+
+class PatchStates(torch.nn.Module):
+    """A ViT's patch states (its class token dropped)."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vit(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+
+def make_tower(args) -> torch.nn.Module:
+    if args.tower == "cnn":
+        return ConvTower()
+    from transformers import BlipVisionConfig, BlipVisionModel
+
+    return PatchStates(BlipVisionModel(BlipVisionConfig(
+        hidden_size=128, intermediate_size=384, num_hidden_layers=args.layers, num_attention_heads=4,
+        image_size=args.input, patch_size=args.patch, initializer_range=0.02)))
+
+
+def fit_patch_head(data, px, targets, args, log, teacher=None):
+    """Train `make_tower(args)` and a `PatchHead` on the head's loss (shape alone on object
+    patches with `--focus`), plus, with a teacher, the regression of the teacher's
+    standardised patch features (a dense signal with a CNN's locality in it)."""
+    tower, head, match = make_tower(args).train(), PatchHead(128), torch.nn.Linear(128, 128)
+    params = list(tower.parameters()) + list(head.parameters()) + (list(match.parameters()) if teacher else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
+    sched, rng = Budget(opt, args.minutes, args.lr), random.Random(2)
+    for _, x, rows in batches(data, px, 64, rng):
+        if not sched.tick():
+            break
+        states = tower(x)
+        loss = torch.zeros(())
+        if teacher is not None:
+            with torch.no_grad():
+                f = teacher(x)
+                f = (f - f.mean(dim=(0, 1))) / (f.std(dim=(0, 1)) + 1e-5)
+            loss = torch.nn.functional.mse_loss(match(states), f)
+        t = targets[rows]
+        if args.focus:
+            on = t[..., 0] != 0
+            loss = loss + torch.nn.functional.cross_entropy(head(states)[on][:, 1:7], t[on][:, 0] - 1)
+        else:
+            loss = loss + head.loss(states, t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched.step % 100 == 0:
+            log(f"{args.tower} step {sched.step} loss {loss.item():.3f}")
+    return tower.eval(), head
+
+
+@torch.no_grad()
+def object_shapes(tower, head, val, vpx, grid: int) -> dict:
+    """The head's shape of each validation object: the majority over the object's patches."""
+    vt = patch_targets(val, grid)
+    pred = head(tower(vpx))[..., 1 : 1 + len(SHAPES)].argmax(-1)
+    right = total = 0
+    confusion = torch.zeros(len(SHAPES), len(SHAPES), dtype=torch.long)
+    for n, s in enumerate(val):
+        for o in s.objects:
+            rows = (vt[n, :, 0] != 0) & (vt[n, :, 1] == 1 + list(COLOURS).index(o.colour))
+            if rows.any():
+                guess = torch.mode(pred[n][rows]).values.item()
+                confusion[SHAPES.index(o.shape), guess] += 1
+                right += guess == SHAPES.index(o.shape)
+            total += 1
+    return {"object_shape_accuracy": round(right / total, 3), "confusion": confusion.tolist()}
+
+
+def train_vision(data, args, log) -> dict:
+    """A vision tower alone (BLIP's ViT, or `ConvTower`) with a `PatchHead` on its patch
+    states; optionally distilled from a CNN trained first for `--teacher-minutes`."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    proc = CLIPImageProcessorPil(size={"shortest_edge": args.input},
+                                 crop_size={"height": args.input, "width": args.input})
+
+    def pixels_at(batch):
+        return torch.tensor(np.stack(proc([s.image for s in batch], return_tensors="np")["pixel_values"]))
+
+    grid = args.input // args.patch
+    px, targets = pixels_at(data), patch_targets(data, grid)
+    val = scenes(VALIDATION, 500)
+    vpx = pixels_at(val)
+    res, teacher = {}, None
+    if args.teacher_minutes:
+        t_args = argparse.Namespace(**(vars(args) | {"tower": "cnn", "minutes": args.teacher_minutes}))
+        teacher, t_head = fit_patch_head(data, px, targets, t_args, log)
+        res["teacher"] = object_shapes(teacher, t_head, val, vpx, grid)
+        log(f"teacher {res['teacher']}")
+    tower, head = fit_patch_head(data, px, targets, args, log, teacher)
+    return res | object_shapes(tower, head, val, vpx, grid)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("part", choices=["caption", "clip", "vision"])
+    ap.add_argument("--input", type=int, default=64, help="vision: input resolution")
+    ap.add_argument("--patch", type=int, default=8, help="vision: patch size")
+    ap.add_argument("--layers", type=int, default=4, help="vision: layers")
+    ap.add_argument("--tower", choices=["vit", "cnn"], default="vit", help="vision: BLIP's ViT or a small CNN")
+    ap.add_argument("--teacher-minutes", type=float, default=0.0,
+                    help="vision: first train a CNN this long, then distil its patch features into the ViT")
+    ap.add_argument("--focus", action="store_true", help="vision: shape loss on object patches only")
+    ap.add_argument("--scale", type=float, default=1.0, help="objects of the training scenes drawn this much larger")
+    ap.add_argument("--lr", type=float, default=1e-3, help="vision: peak learning rate")
+    ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--aux", type=float, default=0.0, help="weight of the patch-head loss")
+    ap.add_argument("--train-scenes", type=int, default=12000)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    t0 = time.time()
+    tok = build_tokenizer()
+    data = scenes(1000, args.train_scenes, args.scale)
+    px = pixels(data)
+
+    def log(msg: str) -> None:
+        if "step" not in msg or msg.split("step ")[1].split()[0].endswith("00"):
+            print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
+
+    if args.part == "vision":
+        res = train_vision(data, args, log)
+    elif args.part == "caption":
+        res = probe_caption(train_caption(data, px, tok, args.minutes, log, aux=args.aux), tok)
+    else:
+        res = probe_clip(train_clip(data, px, tok, args.minutes, log, aux=args.aux), tok)
+    print(json.dumps(vars(args) | res | {"seconds": round(time.time() - t0)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
