@@ -3,11 +3,15 @@ option and report what it recognises, per attribute.
 
     python -m models.tools.recipe_probe caption --minutes 4 --aux 1.0
     python -m models.tools.recipe_probe clip --minutes 4 --aux 1.0
+    python -m models.tools.recipe_probe vision --focus --teacher-minutes 2 --minutes 10
 
 `caption`: greedy captions of 500 validation scenes (seed 2000), accuracy per attribute (shape,
 colour, size, position) of the generated object phrases, matched to the true objects as
 `models.eval` matches them. `clip`: image→caption / caption→image R@1 on 1,000 validation
-scenes, and the shape and colour F1 of a tag head fitted on seed 5151 (`models.tags`). Prints
+scenes, and the shape and colour F1 of a tag head fitted on seed 5151 (`models.tags`).
+`vision`: a vision tower alone (BLIP's ViT, or a small CNN as the yardstick) with a per-patch
+head (`models.train.PatchHead`), optionally distilled from a CNN trained first; the shape the
+head gives each validation object (majority of its patches) and the confusion matrix. Prints
 one JSON line. Never run on an evaluation seed: these figures choose the recipe.
 """
 
@@ -15,23 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import time
-
 import random
+import time
 
 import numpy as np
 import torch
 
 from models import tags
-from models.eval import hits, words
-from models.scenes import COLOURS, POSITION_PHRASE, SHAPES, scenes
+from models.eval import OBJ_RE, PHRASE_TO_POS, hits, words
+from models.scenes import COLOURS, SHAPES, scenes
 from models.train import (Budget, PatchHead, batches, build_tokenizer, encode, patch_targets, pixels, train_caption,
                           train_clip)
 
 VALIDATION = 2000
-PHRASE_TO_POS = {v: k for k, v in POSITION_PHRASE.items()}
-OBJ_RE = re.compile(r"\b(small|large) (\w+) (\w+)(?: (on the left|on the right|at the top|at the bottom|in the centre))?")
 ATTRS = ["shape", "colour", "size", "position"]
 
 
