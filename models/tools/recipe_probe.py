@@ -99,17 +99,17 @@ def probe_clip(model, tok) -> dict:
 
 
 class ConvTower(torch.nn.Module):
-    """A small CNN with the ViT's output grid (one 128-dim state per 8 px patch): the yardstick
-    for how fast shape is learnable from these pixels at all. Not a bundle part."""
+    """A small CNN with the ViT's output grid (one 128-dim state per patch; 8 px patches take
+    three 2x poolings, 16 px four): the yardstick for how fast shape is learnable from these
+    pixels at all. Not a bundle part."""
 
-    def __init__(self):
+    def __init__(self, patch: int = 8):
         super().__init__()
-        conv = torch.nn.Conv2d
-        self.net = torch.nn.Sequential(
-            conv(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            conv(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            conv(64, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            conv(64, 128, 3, padding=2, dilation=2), torch.nn.ReLU())
+        conv, widths = torch.nn.Conv2d, [3, 32, 64, 64, 64][: patch.bit_length()]
+        layers = []
+        for a, b in zip(widths, widths[1:]):
+            layers += [conv(a, b, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+        self.net = torch.nn.Sequential(*layers, conv(widths[-1], 128, 3, padding=2, dilation=2), torch.nn.ReLU())
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values).flatten(2).transpose(1, 2)
@@ -128,7 +128,7 @@ class PatchStates(torch.nn.Module):
 
 def make_tower(args) -> torch.nn.Module:
     if args.tower == "cnn":
-        return ConvTower()
+        return ConvTower(args.patch)
     from transformers import BlipVisionConfig, BlipVisionModel
 
     return PatchStates(BlipVisionModel(BlipVisionConfig(
