@@ -105,6 +105,26 @@ class PatchHead(torch.nn.Module):
         return ce(logits[:, :a], t[:, 0]) + ce(logits[:, a:b], t[:, 1]) + ce(logits[:, b:], t[:, 2])
 
 
+class PatchLoss:
+    """The optional per-patch auxiliary loss of a part: `weight` × a `PatchHead`'s loss on the
+    vision tower's patch states against the training scenes' `patch_targets`. With weight 0
+    there is no head and the loss adds nothing (the recipe as without it)."""
+
+    def __init__(self, width: int, data: list[Scene], weight: float):
+        self.weight = weight
+        self.head = PatchHead(width) if weight > 0 else None
+        self.targets = patch_targets(data) if weight > 0 else None
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.head.parameters()) if self.head is not None else []
+
+    def __call__(self, states: torch.Tensor, rows: list[int]) -> torch.Tensor | float:
+        """`states`: the tower's output with its class token first; `rows`: the batch's scenes."""
+        if self.head is None:
+            return 0.0
+        return self.weight * self.head.loss(states[:, 1:], self.targets[rows])
+
+
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     n = max(len(s) for s in seqs)
     return torch.tensor([s + [value] * (n - len(s)) for s in seqs])
@@ -170,9 +190,8 @@ def train_clip(data, px, tok, minutes, log, aux: float = 0.0) -> CLIPModel:
     """Contrastive; with `aux` > 0, plus `aux` × the loss of a `PatchHead` on the vision
     tower's patch states."""
     model = CLIPModel(clip_config(tok.get_vocab_size())).train()
-    head = PatchHead(model.config.vision_config.hidden_size)
-    targets = patch_targets(data) if aux > 0 else None
-    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-3, weight_decay=0.05)
+    patch_loss = PatchLoss(model.config.vision_config.hidden_size, data, aux)
+    opt = torch.optim.AdamW(list(model.parameters()) + patch_loss.parameters(), lr=1e-3, weight_decay=0.05)
     sched, rng = Budget(opt, minutes, 1e-3), random.Random(1)
     for scs, x, rows in batches(data, px, 128, rng):
         if not sched.tick():
@@ -181,9 +200,7 @@ def train_clip(data, px, tok, minutes, log, aux: float = 0.0) -> CLIPModel:
         texts = [s.caption if rng.random() < 0.5 else rng.choice(s.captions) for s in scs]
         ids, mask = encode(tok, texts)
         out = model(input_ids=ids, attention_mask=mask, pixel_values=x, return_loss=True)
-        loss = out.loss
-        if targets is not None:
-            loss = loss + aux * head.loss(out.vision_model_output.last_hidden_state[:, 1:], targets[rows])
+        loss = out.loss + patch_loss(out.vision_model_output.last_hidden_state, rows)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -196,9 +213,8 @@ def train_caption(data, px, tok, minutes, log, aux: float = 0.0) -> BlipForCondi
     """Teacher forcing on the canonical caption; with `aux` > 0, plus `aux` × the loss of a
     `PatchHead` on the vision tower's patch states."""
     model = BlipForConditionalGeneration(blip_config(tok.get_vocab_size())).train()
-    head = PatchHead(model.config.vision_config.hidden_size)
-    targets = patch_targets(data) if aux > 0 else None
-    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-3, weight_decay=0.05)
+    patch_loss = PatchLoss(model.config.vision_config.hidden_size, data, aux)
+    opt = torch.optim.AdamW(list(model.parameters()) + patch_loss.parameters(), lr=1e-3, weight_decay=0.05)
     sched, rng = Budget(opt, minutes, 1e-3), random.Random(2)
     for scs, x, rows in batches(data, px, 64, rng):
         if not sched.tick():
@@ -207,9 +223,7 @@ def train_caption(data, px, tok, minutes, log, aux: float = 0.0) -> BlipForCondi
         ids[:, 0] = DEC
         labels = ids.masked_fill(mask == 0, -100)
         out = model(pixel_values=x, input_ids=ids, attention_mask=mask, labels=labels)
-        loss = out.loss
-        if targets is not None:
-            loss = loss + aux * head.loss(out.image_embeds[:, 1:], targets[rows])
+        loss = out.loss + patch_loss(out.image_embeds, rows)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -89,12 +89,11 @@ def probe_clip(model, tok) -> dict:
         e = model.get_image_features(pixel_values=pixels(fit[i : i + 250]))
         x.append(torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1))
     w, b = tags.fit_head(torch.cat(x), torch.tensor([tags.truth(s.objects, labels) for s in fit]))
-    pred = (torch.sigmoid(img @ w.T + b) >= 0.5).float()
-    y = torch.tensor([tags.truth(s.objects, labels) for s in val])
-    f1 = {}
-    for fam, cols in (("shapes", slice(0, 6)), ("colours", slice(6, 14))):
-        tp = (pred[:, cols] * y[:, cols]).sum().item()
-        f1[f"tag_f1_{fam}"] = round(2 * tp / max(pred[:, cols].sum().item() + y[:, cols].sum().item(), 1), 3)
+    pred = torch.sigmoid(img @ w.T + b) >= 0.5
+    gold = torch.tensor([tags.truth(s.objects, labels) for s in val]).bool()
+    shapes = len(tags.FAMILIES["shapes"])
+    f1 = {f"tag_f1_{fam}": round(tags.prf(pred[:, cols], gold[:, cols])[2], 3)
+          for fam, cols in (("shapes", slice(0, shapes)), ("colours", slice(shapes, None)))}
     return {"r1_i2t": hits(caps, caps, img, txt), "r1_t2i": hits(caps, caps, txt, img)} | f1
 
 
@@ -157,7 +156,7 @@ def fit_patch_head(data, px, targets, args, log, teacher=None):
         t = targets[rows]
         if args.focus:
             on = t[..., 0] != 0
-            loss = loss + torch.nn.functional.cross_entropy(head(states)[on][:, 1:7], t[on][:, 0] - 1)
+            loss = loss + torch.nn.functional.cross_entropy(head(states)[on][:, 1 : 1 + len(SHAPES)], t[on][:, 0] - 1)
         else:
             loss = loss + head.loss(states, t)
         opt.zero_grad()
