@@ -16,7 +16,8 @@ Prints one JSON object. Metrics (pool of 1,000 scenes unless --scenes says other
   (both split into words and punctuation as the tokenizer splits them).
 - caption_attribute_accuracy: share of (object, attribute) pairs named correctly, attributes
   shape, colour, size, position; each true object is matched to the generated object phrase
-  that agrees with it on most attributes (each phrase used once).
+  that agrees with it on most attributes (each phrase used once); `_by_kind` per attribute
+  (the captioner's shape recognition is `shape`).
 - fused_r1_both / fused_r1_image_only / fused_r1_text_only: the gallery is the fused
   (image + caption) embedding of every scene; the queries are a second rendering of each
   scene (new background, jitter) fused with its caption, that second image alone, and the
@@ -83,12 +84,18 @@ def corpus_bleu4(hyps: list[str], refs: list[list[str]]) -> float:
     return bp * math.exp(logp)
 
 
-def attribute_score(caption: str, objects) -> tuple[int, int]:
+ATTRIBUTES = ("shape", "colour", "size", "position")
+
+
+def attribute_score(caption: str, objects) -> Counter:
+    """Right (object, attribute) pairs of a caption per attribute: each true object matched to
+    the generated object phrase that agrees with it on most attributes (each phrase used
+    once); out of `len(objects)` per attribute."""
     found = [
         {"size": m[0], "colour": m[1], "shape": m[2], "position": PHRASE_TO_POS.get(m[3] or "", None)}
         for m in OBJ_RE.findall(caption)
     ]
-    correct = 0
+    right: Counter = Counter(dict.fromkeys(ATTRIBUTES, 0))
     for o in objects:
         truth = {"size": o.size, "colour": o.colour, "shape": o.shape, "position": o.position}
         best, best_i = 0, None
@@ -97,9 +104,9 @@ def attribute_score(caption: str, objects) -> tuple[int, int]:
             if k > best:
                 best, best_i = k, i
         if best_i is not None:
+            right.update({a: int(found[best_i][a] == truth[a]) for a in ATTRIBUTES})
             found.pop(best_i)
-        correct += best
-    return correct, 4 * len(objects)
+    return right
 
 
 def hits(query_caps: list[str], gallery_caps: list[str], q: torch.Tensor, g: torch.Tensor) -> float:
@@ -209,11 +216,12 @@ def evaluate(bundle: Path, seed: int, n: int, backend: str = "torch", precision:
         gen += [tok.decode(r, skip_special_tokens=True) for r in ids]
     gen = [words(g) for g in gen]
     out["caption_bleu4"] = corpus_bleu4(gen, [[words(c) for c in s.captions] for s in test])
-    c = t = 0
+    right: Counter = Counter()
     for g, s in zip(gen, test):
-        a, b = attribute_score(g, s.objects)
-        c, t = c + a, t + b
-    out["caption_attribute_accuracy"] = c / t
+        right.update(attribute_score(g, s.objects))
+    objects = sum(len(s.objects) for s in test)
+    out["caption_attribute_accuracy"] = sum(right[a] for a in ATTRIBUTES) / (len(ATTRIBUTES) * objects)
+    out["caption_attribute_accuracy_by_kind"] = {a: right[a] / objects for a in ATTRIBUTES}
     out["caption_exact_match"] = sum(g == words(s.caption) for g, s in zip(gen, test)) / n
     out["caption_examples"] = [{"reference": s.caption, "generated": g} for s, g in list(zip(test, gen))[:5]]
 

@@ -21,35 +21,18 @@ import argparse
 import json
 import random
 import time
+from collections import Counter
 
 import numpy as np
 import torch
 
 from models import tags
-from models.eval import OBJ_RE, PHRASE_TO_POS, hits, words
+from models.eval import ATTRIBUTES, attribute_score, hits, words
 from models.scenes import COLOURS, SHAPES, scenes
-from models.train import (Budget, PatchHead, batches, build_tokenizer, encode, patch_targets, pixels, train_caption,
-                          train_clip)
+from models.train import (Budget, ConvTower, PatchHead, Teacher, batches, build_tokenizer, encode, focus_loss,
+                          patch_targets, pixels, train_caption, train_clip)
 
 VALIDATION = 2000
-ATTRS = ["shape", "colour", "size", "position"]
-
-
-def per_attribute(caption: str, objects) -> dict[str, int]:
-    """Right attributes per kind, each true object matched to the phrase agreeing on most."""
-    found = [dict(zip(ATTRS, (m[2], m[1], m[0], PHRASE_TO_POS.get(m[3] or "")))) for m in OBJ_RE.findall(caption)]
-    right = dict.fromkeys(ATTRS, 0)
-    for o in objects:
-        truth = {"shape": o.shape, "colour": o.colour, "size": o.size, "position": o.position}
-        scored = [(sum(f[a] == truth[a] for a in ATTRS), i) for i, f in enumerate(found)]
-        if not scored:
-            continue
-        best, i = max(scored)
-        if best:
-            for a in ATTRS:
-                right[a] += found[i][a] == truth[a]
-            found.pop(i)
-    return right
 
 
 @torch.no_grad()
@@ -61,11 +44,10 @@ def probe_caption(model, tok) -> dict:
         ids = model.generate(pixel_values=px[i : i + 250], max_new_tokens=32, do_sample=False)
         gen += [words(tok.decode(r.tolist(), skip_special_tokens=True)) for r in ids]
     total = sum(len(s.objects) for s in val)
-    right = dict.fromkeys(ATTRS, 0)
+    right = Counter()
     for g, s in zip(gen, val):
-        for a, k in per_attribute(g, s.objects).items():
-            right[a] += k
-    return {a: round(right[a] / total, 3) for a in ATTRS} | {"examples": gen[:3]}
+        right.update(attribute_score(g, s.objects))
+    return {a: round(right[a] / total, 3) for a in ATTRIBUTES} | {"examples": gen[:3]}
 
 
 @torch.no_grad()
@@ -95,23 +77,6 @@ def probe_clip(model, tok) -> dict:
     f1 = {f"tag_f1_{fam}": round(tags.prf(pred[:, cols], gold[:, cols])[2], 3)
           for fam, cols in (("shapes", slice(0, shapes)), ("colours", slice(shapes, None)))}
     return {"r1_i2t": hits(caps, caps, img, txt), "r1_t2i": hits(caps, caps, txt, img)} | f1
-
-
-class ConvTower(torch.nn.Module):
-    """A small CNN with the ViT's output grid (one 128-dim state per patch; 8 px patches take
-    three 2x poolings, 16 px four): the yardstick for how fast shape is learnable from these
-    pixels at all. Not a bundle part."""
-
-    def __init__(self, patch: int = 8):
-        super().__init__()
-        conv, widths = torch.nn.Conv2d, [3, 32, 64, 64, 64][: patch.bit_length()]
-        layers = []
-        for a, b in zip(widths, widths[1:]):
-            layers += [conv(a, b, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
-        self.net = torch.nn.Sequential(*layers, conv(widths[-1], 128, 3, padding=2, dilation=2), torch.nn.ReLU())
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.net(pixel_values).flatten(2).transpose(1, 2)
 
 
 class PatchStates(torch.nn.Module):
@@ -155,8 +120,7 @@ def fit_patch_head(data, px, targets, args, log, teacher=None):
             loss = torch.nn.functional.mse_loss(match(states), f)
         t = targets[rows]
         if args.focus:
-            on = t[..., 0] != 0
-            loss = loss + torch.nn.functional.cross_entropy(head(states)[on][:, 1 : 1 + len(SHAPES)], t[on][:, 0] - 1)
+            loss = loss + focus_loss(head, states, t)
         else:
             loss = loss + head.loss(states, t)
         opt.zero_grad()
@@ -218,7 +182,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4, help="vision: layers")
     ap.add_argument("--tower", choices=["vit", "cnn"], default="vit", help="vision: BLIP's ViT or a small CNN")
     ap.add_argument("--teacher-minutes", type=float, default=0.0,
-                    help="vision: first train a CNN this long, then distil its patch features into the ViT")
+                    help="first train a CNN this long, then distil its patch features into the tower")
+    ap.add_argument("--distill", type=float, default=1.0, help="caption, clip: weight of the distillation loss")
     ap.add_argument("--focus", action="store_true", help="vision: shape loss on object patches only")
     ap.add_argument("--scale", type=float, default=1.0, help="objects of the training scenes drawn this much larger")
     ap.add_argument("--lr", type=float, default=1e-3, help="vision: peak learning rate")
@@ -240,10 +205,11 @@ def main() -> None:
 
     if args.part == "vision":
         res = train_vision(data, args, log)
-    elif args.part == "caption":
-        res = probe_caption(train_caption(data, px, tok, args.minutes, log, aux=args.aux), tok)
     else:
-        res = probe_clip(train_clip(data, px, tok, args.minutes, log, aux=args.aux), tok)
+        teacher = Teacher.fit(data, px, args.teacher_minutes, args.distill, log)
+        train = train_caption if args.part == "caption" else train_clip
+        model = train(data, px, tok, args.minutes, log, aux=args.aux, teacher=teacher)
+        res = (probe_caption if args.part == "caption" else probe_clip)(model, tok)
     print(json.dumps(vars(args) | res | {"seconds": round(time.time() - t0)}), flush=True)
 
 
