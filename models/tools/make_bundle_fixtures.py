@@ -2,7 +2,9 @@
 PNG files and the transformers outputs of every part, for the Rust runtime's tests
 (`workers/model/tests/bundle.rs`); with a tag head, its scores of the image and text
 embeddings (`tag_scores_image`, `tag_scores_text`) and each scene's true labels (the scene
-generator's objects: `tag_truth`).
+generator's objects: `tag_truth`); for the truth tests, each scene's objects (`objects`) and
+every question the generator asks of it with its true answer (`truth_questions`,
+`truth_answers`, `truth_scene`).
 
     python -m models.tools.make_bundle_fixtures --bundle models/shapes --out models/fixtures/shapes
 """
@@ -53,7 +55,12 @@ def main() -> None:
     questions = [s.qa[i % len(s.qa)] for i, s in enumerate(test)]
     t: dict[str, torch.Tensor] = {"pixel_values": px}
     j: dict = {"images": names, "texts": captions, "questions": [q for _, q, _ in questions],
-               "expected_answers": [a for _, _, a in questions]}
+               "expected_answers": [a for _, _, a in questions],
+               "objects": [[{"shape": o.shape, "colour": o.colour, "size": o.size, "position": o.position}
+                            for o in s.objects] for s in test],
+               "truth_questions": [q for s in test for _, q, _ in s.qa],
+               "truth_answers": [a for s in test for _, _, a in s.qa],
+               "truth_scene": [i for i, s in enumerate(test) for _ in s.qa]}
     with torch.no_grad():
         clip = CLIPModel.from_pretrained(str(args.bundle / "clip")).eval()
         img = clip.get_image_features(pixel_values=px)

@@ -256,7 +256,13 @@ fn tags_are_the_heads_decisions_and_true_to_the_scenes() {
             }
             for t in got {
                 emitted += 1;
-                wrong += usize::from(!truth[i].contains(&t.label));
+                if !truth[i].contains(&t.label) {
+                    eprintln!(
+                        "{source} scene {i}: tag {} ({:.2}) not in the scene",
+                        t.label, t.score
+                    );
+                    wrong += 1;
+                }
             }
             if source == "image" {
                 for colour in truth[i].iter().filter(|l| labels[6..].contains(l)) {
@@ -269,10 +275,141 @@ fn tags_are_the_heads_decisions_and_true_to_the_scenes() {
             }
         }
     }
-    // The card's tag precision is 0.95–0.99 (models.eval): on 16 outputs, at most 1 wrong.
+    // The card's micro precision is 0.93–0.98 (models.eval, image and text): at least 0.90
+    // of the tags emitted on these scenes name what the scene holds.
     assert!(emitted >= 16, "{emitted} tags");
     assert!(
-        wrong <= 1,
+        wrong as f64 <= 0.1 * emitted as f64,
         "{wrong} of {emitted} tags name what the scene lacks"
+    );
+}
+
+/// The card's targets for caption attributes and answers (`models/shapes/README.md`; the
+/// bundle measures 0.97 and 0.97 on 1,000-scene evaluation splits), and for the captioner's
+/// shape alone its measured 0.87 less two standard deviations of a 16-object sample.
+const CAPTION_ATTRIBUTES: f64 = 0.90;
+const ANSWERS: f64 = 0.90;
+const CAPTION_SHAPE: f64 = 0.70;
+
+/// The objects a caption describes: (size, colour, shape, position) of each "small red circle
+/// on the left" phrase, as `models.eval` reads them.
+fn caption_objects(caption: &str) -> Vec<[String; 4]> {
+    let words: Vec<&str> = caption
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut found = Vec::new();
+    for k in 0..words.len().saturating_sub(2) {
+        if words[k] != "small" && words[k] != "large" {
+            continue;
+        }
+        let position = match words.get(k + 3..k + 6) {
+            Some(["on", "the", p @ ("left" | "right")])
+            | Some(["at", "the", p @ ("top" | "bottom")]) => p.to_string(),
+            Some(["in", "the", "centre"]) => "centre".to_string(),
+            _ => String::new(),
+        };
+        found.push([
+            words[k].to_string(),
+            words[k + 1].to_string(),
+            words[k + 2].to_string(),
+            position,
+        ]);
+    }
+    found
+}
+
+/// The bundle's captions and answers, through the runtime from the PNG files, are true to the
+/// scenes (the generator's objects and answers) at the card's rates: each true object matched
+/// to the caption phrase that agrees with it most (as `models.eval` scores attributes), and
+/// every question the generator asks of the 8 scenes.
+#[test]
+fn captions_and_answers_are_true_to_the_scenes() {
+    let (_, j) = reference();
+    let model = FusionModel::load(&bundle(""), &RuntimeOptions::default()).unwrap();
+    let images: Vec<Vec<u8>> = strings(&j["images"])
+        .iter()
+        .map(|name| std::fs::read(fixtures().join("images").join(name)).unwrap())
+        .collect();
+    let caption = TaskSet::parse_list("caption").unwrap();
+    let items: Vec<_> = images
+        .iter()
+        .map(|b| model.prepare(Some(b), None, None, caption).unwrap())
+        .collect();
+    const KINDS: [&str; 4] = ["size", "colour", "shape", "position"];
+    let (mut right, mut total) = ([0usize; 4], 0usize);
+    for (i, o) in model.infer_batch(&items).unwrap().iter().enumerate() {
+        let said = o.caption.as_deref().unwrap();
+        let mut found = caption_objects(said);
+        for truth in j["objects"][i].as_array().unwrap() {
+            total += 1;
+            let truth: Vec<&str> = KINDS.iter().map(|k| truth[k].as_str().unwrap()).collect();
+            let agree = |f: &[String; 4]| (0..4).filter(|&a| f[a] == truth[a]).count();
+            let Some(best) = (0..found.len()).max_by_key(|&n| (agree(&found[n]), usize::MAX - n))
+            else {
+                continue;
+            };
+            if agree(&found[best]) == 0 {
+                continue;
+            }
+            let f = found.remove(best);
+            for a in 0..4 {
+                right[a] += usize::from(f[a] == truth[a]);
+            }
+        }
+    }
+    let rate = |n: usize| n as f64 / total as f64;
+    let overall = rate(right.iter().sum::<usize>()) / 4.0;
+    let per_kind: Vec<String> = (0..4)
+        .map(|a| format!("{} {:.2}", KINDS[a], rate(right[a])))
+        .collect();
+    eprintln!(
+        "caption attributes {overall:.3} ({}) on {total} objects",
+        per_kind.join(", ")
+    );
+    assert!(total >= 12, "{total} objects");
+    assert!(
+        overall >= CAPTION_ATTRIBUTES,
+        "caption attributes {overall:.3}: {per_kind:?}"
+    );
+    assert!(
+        rate(right[2]) >= CAPTION_SHAPE,
+        "shape {:.3}",
+        rate(right[2])
+    );
+
+    let questions = strings(&j["truth_questions"]);
+    let answers = strings(&j["truth_answers"]);
+    let scene: Vec<usize> = j["truth_scene"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let answer = TaskSet::parse_list("answer").unwrap();
+    let items: Vec<_> = questions
+        .iter()
+        .zip(&scene)
+        .map(|(q, &s)| {
+            model
+                .prepare(Some(&images[s]), None, Some(q), answer)
+                .unwrap()
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    for (n, o) in model.infer_batch(&items).unwrap().iter().enumerate() {
+        if o.answer.as_deref() != Some(answers[n].as_str()) {
+            wrong.push(format!(
+                "{}: {:?} (true {})",
+                questions[n], o.answer, answers[n]
+            ));
+        }
+    }
+    let accuracy = 1.0 - wrong.len() as f64 / questions.len() as f64;
+    eprintln!("answers {accuracy:.3} on {} questions", questions.len());
+    assert!(questions.len() >= 60, "{} questions", questions.len());
+    assert!(
+        accuracy >= ANSWERS,
+        "answers {accuracy:.3}; wrong: {wrong:#?}"
     );
 }
