@@ -27,8 +27,8 @@ import argparse
 import json
 import random
 import time
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -193,12 +193,12 @@ def tag_features(bundle, split) -> dict[str, torch.Tensor]:
     out: dict[str, list] = {"clip_embedding": [], "clip_patches": [], "caption_patches": [], "caption_states": []}
     for i in range(0, len(split), 250):
         px = pixels(split[i : i + 250])
-        e = clip.get_image_features(pixel_values=px)
-        out["clip_embedding"].append(torch.nn.functional.normalize(getattr(e, "pooler_output", e), dim=-1))
+        vision = clip.vision_model(pixel_values=px)  # one pass: the embedding is its projected pool
+        e = clip.visual_projection(vision.pooler_output)
+        out["clip_embedding"].append(torch.nn.functional.normalize(e, dim=-1))
         caption_states = cap.vision_model(pixel_values=px).last_hidden_state[:, 1:]
         out["caption_states"].append(caption_states)
-        for key, states in (("clip_patches", clip.vision_model(pixel_values=px).last_hidden_state[:, 1:]),
-                            ("caption_patches", caption_states)):
+        for key, states in (("clip_patches", vision.last_hidden_state[:, 1:]), ("caption_patches", caption_states)):
             out[key].append(torch.cat([states.mean(1), states.amax(1)], dim=-1))
     return {k: torch.cat(v) for k, v in out.items()}
 
