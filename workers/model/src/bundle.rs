@@ -16,11 +16,14 @@
 //! template = "a photo of a {}"
 //! labels = ["circle", "square"]
 //! threshold = 0.3
-//! # or a calibrated head (models/tags.py) with a threshold per label and source:
+//! # or calibrated heads (models/tags.py), each on its source's features, with a
+//! # threshold per label and source:
 //! # head = "tags/head.safetensors"
 //! # [tags.image]
+//! # source = "caption_patches"   # or "embedding" (the default)
 //! # threshold = [0.5, 0.7]
 //! # [tags.text]
+//! # source = "tokens"            # or "embedding"
 //! # threshold = [0.6, 2.0]
 //! [generation]
 //! max_new_tokens = 20
@@ -60,22 +63,40 @@ pub struct TagSpec {
     pub head: Option<TagHeadSpec>,
 }
 
-/// A calibrated tag head: its weights and each label's threshold per source.
+/// Calibrated tag heads: their tensors, and per source the features read and each label's
+/// threshold.
 #[derive(Debug, Clone)]
 pub struct TagHeadSpec {
-    /// `image.weight`, `image.bias`, `text.weight`, `text.bias` (safetensors), relative to
-    /// the bundle directory in `bundle.toml`, resolved at load.
+    /// The heads' tensors (safetensors: `image.*` and `text.*`, see [`crate::tags`]),
+    /// relative to the bundle directory in `bundle.toml`, resolved at load.
     pub path: PathBuf,
-    /// Thresholds on the scores from image embeddings, one per label.
+    /// The image head's features and thresholds, one per label.
     pub image: LabelThresholds,
-    /// Thresholds on the scores from text embeddings (text-only items), one per label.
+    /// The text head's (text-only items) features and thresholds, one per label.
     pub text: LabelThresholds,
 }
 
-/// One threshold per label, in the order of `labels`.
+/// What a source's tag head reads (see [`crate::tags`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TagFeatures {
+    /// The dual encoder's embedding of the image or the text.
+    #[default]
+    Embedding,
+    /// Images: the captioner's vision states, one per patch; a label's score is its best patch.
+    CaptionPatches,
+    /// Texts: the token ids, through per-token and per-position score tables; a label's
+    /// score is its best token.
+    Tokens,
+}
+
+/// One source's head: what it reads and one threshold per label, in the order of `labels`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelThresholds {
+    /// The features the head reads.
+    #[serde(default)]
+    pub source: TagFeatures,
     /// A label is a tag when its score reaches its threshold (above 1: never).
     pub threshold: Vec<f32>,
 }
@@ -111,6 +132,20 @@ impl TryFrom<RawTagSpec> for TagSpec {
                     if t.threshold.iter().any(|x| !x.is_finite()) {
                         return Err(format!("tags.{source}.threshold must be finite"));
                     }
+                }
+                let allowed =
+                    |f: TagFeatures, other: TagFeatures| f == TagFeatures::Embedding || f == other;
+                if !allowed(image.source, TagFeatures::CaptionPatches) {
+                    return Err(format!(
+                        "tags.image.source {:?}: an image head reads \"embedding\" or \"caption_patches\"",
+                        image.source
+                    ));
+                }
+                if !allowed(text.source, TagFeatures::Tokens) {
+                    return Err(format!(
+                        "tags.text.source {:?}: a text head reads \"embedding\" or \"tokens\"",
+                        text.source
+                    ));
                 }
                 Some(TagHeadSpec { path, image, text })
             }
@@ -225,6 +260,18 @@ impl BundleManifest {
         if m.tags.is_some() && m.clip.is_none() {
             return Err(ModelError::config(dir, "tags need a clip part"));
         }
+        let patches = m
+            .tags
+            .as_ref()
+            .and_then(|t| t.head.as_ref())
+            .map(|h| h.image.source)
+            == Some(TagFeatures::CaptionPatches);
+        if patches && m.caption.is_none() {
+            return Err(ModelError::config(
+                dir,
+                "tags.image.source = \"caption_patches\" needs a caption part",
+            ));
+        }
         if m.generation.num_beams == 0 {
             return Err(ModelError::config(
                 dir,
@@ -294,6 +341,33 @@ mod tests {
         let head = ok.head.unwrap();
         assert_eq!(head.image.threshold, [0.5, 2.0]);
         assert_eq!(head.text.threshold, [0.4, 0.6]);
+        assert_eq!(head.image.source, TagFeatures::Embedding, "the default");
+        let sources = tags(
+            "labels = [\"a\"]\nhead = \"h\"\n[image]\nsource = \"caption_patches\"\n\
+             threshold = [0.5]\n[text]\nsource = \"tokens\"\nthreshold = [0.4]\n",
+        )
+        .unwrap()
+        .head
+        .unwrap();
+        assert_eq!(
+            (sources.image.source, sources.text.source),
+            (TagFeatures::CaptionPatches, TagFeatures::Tokens)
+        );
+        let swapped = tags(
+            "labels = [\"a\"]\nhead = \"h\"\n[image]\nsource = \"tokens\"\n\
+             threshold = [0.5]\n[text]\nthreshold = [0.4]\n",
+        );
+        assert!(swapped.unwrap_err().contains("an image head reads"));
+        let text_patches = tags(
+            "labels = [\"a\"]\nhead = \"h\"\n[image]\nthreshold = [0.5]\n\
+             [text]\nsource = \"caption_patches\"\nthreshold = [0.4]\n",
+        );
+        assert!(text_patches.unwrap_err().contains("a text head reads"));
+        let unknown_source = tags(
+            "labels = [\"a\"]\nhead = \"h\"\n[image]\nsource = \"pixels\"\n\
+             threshold = [0.5]\n[text]\nthreshold = [0.4]\n",
+        );
+        assert!(unknown_source.is_err());
         let short = tags(
             "labels = [\"a\", \"b\"]\nhead = \"h\"\n\
              [image]\nthreshold = [0.5]\n[text]\nthreshold = [0.4, 0.6]\n",

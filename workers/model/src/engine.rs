@@ -76,6 +76,21 @@ impl EncoderStates {
         }
     }
 
+    /// The states as f32 on the host, row-major, and their (B, S, D) shape.
+    pub fn to_host(&self) -> Result<(Vec<f32>, [usize; 3])> {
+        match self {
+            EncoderStates::Tensor(t) => {
+                let (b, s, d) = t.dims3()?;
+                let data = t
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?;
+                Ok((data, [b, s, d]))
+            }
+            EncoderStates::Host { data, shape } => Ok((data.clone(), *shape)),
+        }
+    }
+
     /// The states of some rows, in the order given.
     pub fn select(&self, rows: &[usize]) -> Result<Self> {
         Ok(match self {

@@ -32,7 +32,7 @@ use crate::nn;
 use crate::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
 use crate::pdq::Pdq;
 use crate::preprocess::{self, DecodeOptions, ImageProcessorConfig, Pixels, Preprocessor};
-use crate::tags::{dot, TagRule, TagTable};
+use crate::tags::{dot, HeadDims, TagFeatures, TagInput, TagRule, TagTable};
 pub use crate::tags::{Tag, TagSource};
 use crate::tokenize::{TextTokenizer, Tokens};
 pub use fusionstream_core::moderation::Signals;
@@ -287,6 +287,7 @@ struct LoadedEncoder {
     scorer: Scorer,
     image_size: usize,
     max_len: usize,
+    vocab_size: usize,
     projection_dim: usize,
     precision: String,
 }
@@ -319,6 +320,7 @@ fn load_dual_encoder(dir: &Path, place: &Placement) -> Result<LoadedEncoder> {
                 scorer,
                 image_size: cfg.vision_config.image_size,
                 max_len: cfg.text_config.max_position_embeddings,
+                vocab_size: cfg.text_config.vocab_size,
                 projection_dim: proj,
                 precision: place.candle_precision(),
             })
@@ -337,6 +339,7 @@ fn load_dual_encoder(dir: &Path, place: &Placement) -> Result<LoadedEncoder> {
                     scorer: Scorer::Softmax(scale),
                     image_size: image,
                     max_len: text,
+                    vocab_size: cfg.text_config.vocab_size,
                     projection_dim: cfg.projection_dim,
                     precision: o.precision.to_string(),
                 });
@@ -350,6 +353,7 @@ fn load_dual_encoder(dir: &Path, place: &Placement) -> Result<LoadedEncoder> {
                 scorer,
                 image_size: image,
                 max_len: text,
+                vocab_size: cfg.text_config.vocab_size,
                 projection_dim: proj,
                 precision: place.candle_precision(),
             })
@@ -375,6 +379,9 @@ struct ClipPart {
     engine: Box<dyn DualEncoderBackend>,
     scorer: Scorer,
     projection_dim: usize,
+    /// The text encoder's vocabulary and positions.
+    vocab_size: usize,
+    max_len: usize,
     tokenizer: TextTokenizer,
     slot: usize,
     precision: String,
@@ -389,6 +396,8 @@ struct BlipPart {
     eos: u32,
     /// SHA-256 of the vision tower's weights: equal hashes share one forward pass.
     vision_hash: [u8; 32],
+    /// Width of the vision tower's states.
+    vision_hidden: usize,
     precision: String,
 }
 
@@ -444,6 +453,7 @@ impl FusionModel {
                     scorer,
                     image_size,
                     max_len,
+                    vocab_size,
                     projection_dim,
                     precision,
                 } = load_dual_encoder(&part.path, &place)?;
@@ -456,6 +466,8 @@ impl FusionModel {
                     engine,
                     scorer,
                     projection_dim,
+                    vocab_size,
+                    max_len,
                     tokenizer,
                     slot: slot_for(&mut preprocessors, pcfg),
                     precision,
@@ -502,6 +514,7 @@ impl FusionModel {
                 slot,
                 eos: t.sep_token_id,
                 vision_hash: nn::weights_hash(&path.join("model.safetensors"), "vision_model.")?,
+                vision_hidden: cfg.vision_config.hidden_size,
                 precision,
             })
         };
@@ -650,11 +663,14 @@ impl FusionModel {
         }
         let rule = match &spec.head {
             Some(head) => TagTable::load_head(
-                &head.path,
+                head,
                 &spec.labels,
-                clip.projection_dim,
-                &head.image.threshold,
-                &head.text.threshold,
+                HeadDims {
+                    embedding: clip.projection_dim,
+                    caption_patch: self.caption.as_ref().map_or(0, |c| c.vision_hidden),
+                    vocab: clip.vocab_size,
+                    positions: clip.max_len,
+                },
             )?,
             None => {
                 let ids = spec
@@ -867,9 +883,24 @@ impl FusionModel {
         let n = items.len();
         let mut out = vec![InferOutput::default(); n];
         let wants = |it: &Prepared, ts: &[Task]| ts.iter().any(|t| it.tasks.contains(*t));
-        let encoder_tasks = [Task::Embed, Task::Match, Task::Tag];
+        let encoder_tasks = [Task::Embed, Task::Match];
         let wants_list_embedding =
             |it: &Prepared| self.list_embeddings && it.tasks.contains(Task::Moderate);
+        // What the tag rule reads: an item with an image is tagged from it, a text-only item
+        // from its text.
+        let tag_reads = |it: &Prepared, source: TagSource, features: TagFeatures| {
+            let from = if it.image.is_some() {
+                TagSource::Image
+            } else {
+                TagSource::Text
+            };
+            it.tasks.contains(Task::Tag)
+                && from == source
+                && self
+                    .tags
+                    .as_ref()
+                    .is_some_and(|t| t.features(source) == features)
+        };
 
         // CLIP image and text embeddings: two independent sub-batches.
         let mut img_emb: Vec<Option<Vec<f32>>> = vec![None; n];
@@ -878,7 +909,9 @@ impl FusionModel {
             let rows: Vec<usize> = (0..n)
                 .filter(|&i| {
                     items[i].image.is_some()
-                        && (wants(&items[i], &encoder_tasks) || wants_list_embedding(&items[i]))
+                        && (wants(&items[i], &encoder_tasks)
+                            || wants_list_embedding(&items[i])
+                            || tag_reads(&items[i], TagSource::Image, TagFeatures::Embedding))
                 })
                 .collect();
             if !rows.is_empty() {
@@ -889,7 +922,11 @@ impl FusionModel {
                 }
             }
             let rows: Vec<usize> = (0..n)
-                .filter(|&i| items[i].text.is_some() && wants(&items[i], &encoder_tasks))
+                .filter(|&i| {
+                    items[i].text.is_some()
+                        && (wants(&items[i], &encoder_tasks)
+                            || tag_reads(&items[i], TagSource::Text, TagFeatures::Embedding))
+                })
                 .collect();
             if !rows.is_empty() {
                 let ids: Vec<Vec<u32>> =
@@ -937,13 +974,24 @@ impl FusionModel {
         }
 
         // Captions and answers: one sub-batch of images each; when both parts have the same
-        // vision tower, one pass over the images either needs.
+        // vision tower, one pass over the images either needs. The captioner's vision pass
+        // also serves the image tags of a head on its patch states.
         let cap_rows: Vec<usize> = match &self.caption {
             Some(_) => (0..n)
                 .filter(|&i| items[i].image.is_some() && items[i].tasks.contains(Task::Caption))
                 .collect(),
             None => Vec::new(),
         };
+        let patch_tag_rows: Vec<usize> = match &self.caption {
+            Some(_) => (0..n)
+                .filter(|&i| tag_reads(&items[i], TagSource::Image, TagFeatures::CaptionPatches))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut cap_vision_rows: Vec<usize> =
+            cap_rows.iter().chain(&patch_tag_rows).copied().collect();
+        cap_vision_rows.sort_unstable();
+        cap_vision_rows.dedup();
         let vqa_rows: Vec<usize> = match &self.vqa {
             Some(_) => (0..n)
                 .filter(|&i| {
@@ -954,12 +1002,37 @@ impl FusionModel {
                 .collect(),
             None => Vec::new(),
         };
-        let (cap_states, vqa_states) = self.vision_states(items, &cap_rows, &vqa_rows)?;
+        let (cap_states, vqa_states) = self.vision_states(items, &cap_vision_rows, &vqa_rows)?;
+        // Each patch-tagged item's patch states (CLS left out), on the host.
+        let mut patches: Vec<Option<Vec<f32>>> = vec![None; n];
+        let mut patch_dim = 0;
+        if let (Some(states), false) = (&cap_states, patch_tag_rows.is_empty()) {
+            let (data, [_, s, d]) = states.to_host()?;
+            patch_dim = d;
+            for &i in &patch_tag_rows {
+                if let Ok(at) = cap_vision_rows.binary_search(&i) {
+                    patches[i] = Some(data[at * s * d + d..(at + 1) * s * d].to_vec());
+                }
+            }
+        }
         let mut captions: Vec<Option<String>> = vec![None; n];
         if let (Some(cap), Some(states)) = (&self.caption, cap_states) {
-            let texts = self.generate_texts(cap, &states, None)?;
-            for (i, t) in cap_rows.iter().zip(texts) {
-                captions[*i] = Some(t);
+            let states = if cap_rows.len() == cap_vision_rows.len() {
+                Some(states)
+            } else if cap_rows.is_empty() {
+                None
+            } else {
+                let at: Vec<usize> = cap_rows
+                    .iter()
+                    .filter_map(|r| cap_vision_rows.binary_search(r).ok())
+                    .collect();
+                Some(states.select(&at)?)
+            };
+            if let Some(states) = states {
+                let texts = self.generate_texts(cap, &states, None)?;
+                for (i, t) in cap_rows.iter().zip(texts) {
+                    captions[*i] = Some(t);
+                }
             }
         }
         let mut answers: Vec<Option<String>> = vec![None; n];
@@ -1023,14 +1096,27 @@ impl FusionModel {
             if item.tasks.contains(Task::Tag) {
                 if let (Some(table), Some(clip)) = (&self.tags, &self.clip) {
                     let scorer = clip.scorer;
-                    let src = match (&img_emb[i], &txt_emb[i]) {
-                        (Some(e), _) => Some((e, TagSource::Image)),
-                        (None, Some(e)) => Some((e, TagSource::Text)),
-                        _ => None,
+                    let source = if has_img {
+                        TagSource::Image
+                    } else {
+                        TagSource::Text
                     };
-                    if let Some((e, source)) = src {
+                    let input = match (source, table.features(source)) {
+                        (TagSource::Image, TagFeatures::CaptionPatches) => {
+                            patches[i].as_deref().map(|data| TagInput::Rows {
+                                data,
+                                dim: patch_dim,
+                            })
+                        }
+                        (TagSource::Text, TagFeatures::Tokens) => {
+                            item.text.as_deref().map(TagInput::Tokens)
+                        }
+                        (TagSource::Image, _) => img_emb[i].as_deref().map(TagInput::Embedding),
+                        (TagSource::Text, _) => txt_emb[i].as_deref().map(TagInput::Embedding),
+                    };
+                    if let Some(input) = input {
                         o.tags =
-                            Some(table.tags(e, source, |e, labels| scorer.label_probs(e, labels)));
+                            table.tags(input, source, |e, labels| scorer.label_probs(e, labels));
                     }
                 }
             }
