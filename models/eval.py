@@ -24,8 +24,9 @@ Prints one JSON object. Metrics (pool of 1,000 scenes unless --scenes says other
   caption alone. Hits as for CLIP retrieval.
 - tags (bundles with a tag head, `models/tags.py`): precision, recall and F1 of the tag
   decisions against the shapes and colours each scene holds, micro over all labels and per
-  family (shapes, colours), from the image embeddings (`tags.image`) and from one of each
-  scene's captions taken as a text-only event's text (`tags.text`).
+  family (shapes, colours), from the images (`tags.image`) and from one of each scene's
+  captions taken as a text-only event's text (`tags.text`), each read by its head's features
+  (`features`: `models/tags.py`).
 """
 
 from __future__ import annotations
@@ -135,12 +136,15 @@ class OnnxBundle:
                                    "attention_mask": mask.numpy().astype("int64")})[0]
         return torch.nn.functional.normalize(torch.from_numpy(e), dim=-1)
 
+    def caption_states(self, px):
+        if not hasattr(self, "cap_v"):
+            self.cap_v = self.r.session(self.bundle / "blip-caption", "vision", self.p, 2)
+        return self.cap_v.run(None, {"pixel_values": px.numpy()})[0]
+
     def captions(self, px, max_new):
-        part = self.bundle / "blip-caption"
         if not hasattr(self, "cap"):
-            self.cap_v = self.r.session(part, "vision", self.p, 2)
-            self.cap = self.r.Decoder(part, self.p, 2)
-        states = self.cap_v.run(None, {"pixel_values": px.numpy()})[0]
+            self.cap = self.r.Decoder(self.bundle / "blip-caption", self.p, 2)
+        states = self.caption_states(px)
         return self.cap.greedy(states, np.ones(states.shape[:2], np.float32), max_new)
 
     def answers(self, q, mask, px, max_new):
@@ -191,8 +195,8 @@ def evaluate(bundle: Path, seed: int, n: int, backend: str = "torch", precision:
     img2 = torch.cat([img_emb(view2[i : i + 250]) for i in chunks])
     txt = torch.cat([txt_emb(caps[i : i + 250]) for i in chunks])
     # Tags (a bundle with a tag head): precision / recall / F1, micro and per label family,
-    # from the image embeddings and from one caption per scene as a text-only event's text.
-    tags = evaluate_tags(bundle, test, img)
+    # from the images and from one caption per scene as a text-only event's text.
+    tags = evaluate_tags(bundle, test, onnx)
     if tags:
         out["tags"] = tags
     out["clip_r1_i2t"] = hits(caps, caps, img, txt)

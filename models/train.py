@@ -9,8 +9,9 @@ minutes); CLIP's and the captioner's ViTs are then trained on their own losses p
 per-patch loss (`PatchLoss`) and the regression of that CNN's patch features (`Teacher`):
 alone, these ViTs do not learn shape within the budget (model card, "Why shapes are not
 learnt"). The CNN and both training-only heads are dropped; the parts are plain HF models.
-After the parts, the tag head and its per-label thresholds are fitted on the trained CLIP's
-embeddings (`models/tags.py`, seeds 5151 and 6161, ~20 s) and written into the bundle.
+After the parts, the tag heads and their per-label thresholds are fitted on the trained
+captioner's patch states (image tags) and CLIP's token embeddings (text tags) (`models/tags.py`,
+seeds 5151 and 6161, ~40 s) and written into the bundle.
 
 Each part trains for a fixed wall-clock budget (so retraining fits in an hour on a 2-core
 CPU); the learning rate decays over that budget. Seeds: training scenes 1000, validation 2000
@@ -44,7 +45,7 @@ INPUT = 64  # model input resolution (scenes are drawn at 128)
 PATCH = 8
 MEAN = [0.48145466, 0.4578275, 0.40821073]
 STD = [0.26862954, 0.26130258, 0.27577711]
-VERSION = "1.3.0"
+VERSION = "1.3.1"
 # Splits the tag head is fitted on and its thresholds chosen on (never evaluation seeds).
 TAG_SEEDS = (5151, 6161)
 
@@ -484,12 +485,12 @@ def main() -> None:
     vqa = train_vqa(data, px, tok, args.minutes[2], log, init=caption)
     save_part(vqa, out / "blip-vqa", tok, blip_proc)
     write_bundle_toml(out)
-    # The tag head on the trained CLIP (imported here: models.tags imports this module).
+    # The tag heads on the trained parts (imported here: models.tags imports this module).
     from models import tags
 
-    tag_head, thresholds = tags.calibrate(out, TAG_SEEDS[0], 3000, TAG_SEEDS[1], 0.8)
-    tags.write(out, tag_head, thresholds)
-    log(f"tag head fitted (seeds {TAG_SEEDS}); thresholds {thresholds}")
+    tag_head, sources = tags.calibrate(out, TAG_SEEDS[0], 3000, TAG_SEEDS[1], 0.8)
+    tags.write(out, tag_head, sources)
+    log(f"tag heads fitted (seeds {TAG_SEEDS}): {sources}")
     log("done")
     (out / "training.json").write_text(json.dumps({
         "command": "python -m models.train --out models/shapes",

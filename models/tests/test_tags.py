@@ -1,5 +1,6 @@
-"""The tag head's fitting and threshold rule (models/tags.py) on synthetic embeddings, and
-its bundle.toml writer on a copy of the shipped bundle's manifest."""
+"""The tag heads' fitting and threshold rule (models/tags.py) on synthetic features, the
+token head's tables against the linear head they store, and the bundle.toml writer on a copy
+of the shipped bundle's manifest."""
 
 from __future__ import annotations
 
@@ -41,6 +42,52 @@ def test_thresholds_keep_precision_and_noise_labels_never_fire():
         assert tags.f1(pred[:, j], yt[:, j] > 0.5) > 0.95
 
 
+def synthetic_rows(n: int, seed: int, rows: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs of `rows` rows each; label 0 shows on one random row's axis 0, label 1 on
+    another row's axis 1 (a shape on one patch, a word at one place), label 2 nowhere."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand((n, 3), generator=g) < 0.4).float()
+    x = torch.randn((n, rows, 8), generator=g) * 0.3
+    for label in (0, 1):
+        at = torch.randint(0, rows, (n,), generator=g)
+        x[torch.arange(n), at, label] += 2 * y[:, label]
+    return x, y
+
+
+def test_a_max_head_finds_the_row_that_shows_a_label():
+    x, y = synthetic_rows(2000, 1)
+    for soft in (0, tags.MAX_HEAD_STEPS // 2):
+        w, b = tags.fit_max_head(x, y, soft_steps=soft)
+        head = {"image.weight": w, "image.bias": b}
+        xt, yt = synthetic_rows(1000, 2)
+        p = tags.scores(xt, head, "image", "caption_patches")
+        for j in (0, 1):
+            assert tags.f1(p[:, j] >= 0.5, yt[:, j] > 0.5) > 0.95, (soft, j)
+        # The mean over rows dilutes a one-row signal: the same labels read off the mean
+        # are much worse (the reason image tags read patches, not a pooled embedding).
+        wm, bm = tags.fit_head(x.mean(1), y)
+        pm = tags.scores(xt.mean(1), {"image.weight": wm, "image.bias": bm}, "image")
+        assert tags.f1(pm[:, 0] >= 0.5, yt[:, 0] > 0.5) < tags.f1(p[:, 0] >= 0.5, yt[:, 0] > 0.5)
+
+
+def test_token_tables_score_as_the_linear_head_on_the_input_embeddings():
+    bundle = ROOT / "models/shapes"
+    feats = tags.Features(bundle)
+    texts = ["a small red circle", "two shapes : blue star and white cross", "a large purple hexagon on the left"]
+    ids = feats.text(texts, "tokens")
+    x, mask = feats.token_inputs(ids)
+    emb = feats.clip.text_model.embeddings
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(2, x.shape[-1], generator=g), torch.randn(2, generator=g)
+    with torch.no_grad():
+        head = {"text.token": emb.token_embedding.weight @ w.T,
+                "text.position": emb.position_embedding.weight @ w.T, "text.bias": b}
+        want = torch.sigmoid(tags.max_logits(x, w, mask) + b)
+    got = tags.scores(ids, head, "text", "tokens")
+    assert got.shape == (3, 2)
+    assert torch.allclose(got, want, atol=1e-5), (got, want)
+
+
 def test_write_sets_the_head_and_a_threshold_per_label(tmp_path):
     bundle = tmp_path / "b"
     bundle.mkdir()
@@ -49,7 +96,8 @@ def test_write_sets_the_head_and_a_threshold_per_label(tmp_path):
     n = len(labels)
     head = {f"{s}.{k}": torch.zeros((n, 4) if k == "weight" else (n,))
             for s in ("image", "text") for k in ("weight", "bias")}
-    ths = {"image": [0.5] * n, "text": [2.0] * n}
+    ths = {"image": {"source": "caption_patches", "threshold": [0.5] * n},
+           "text": {"source": "embedding", "threshold": [2.0] * n}}
     for _ in range(2):  # rewriting replaces, never duplicates
         tags.write(bundle, head, ths)
     text = (bundle / "bundle.toml").read_text()
@@ -57,6 +105,8 @@ def test_write_sets_the_head_and_a_threshold_per_label(tmp_path):
     assert spec["tags"]["head"] == "tags/head.safetensors"
     assert spec["tags"]["image"]["threshold"] == [0.5] * n
     assert spec["tags"]["text"]["threshold"] == [2.0] * n
+    assert (spec["tags"]["image"]["source"], spec["tags"]["text"]["source"]) == ("caption_patches", "embedding")
+    assert text.count("source =") == 2
     assert "threshold" not in {k for k, v in spec["tags"].items() if not isinstance(v, dict)}
     assert text.count("[tags.image]") == 1 and text.count("head =") == 1
     assert spec["generation"] and spec["clip"]["path"] == "clip"

@@ -1,8 +1,8 @@
 """Parity fixtures of the trained "shapes" bundle: for 8 test scenes (seed 7), the images as
 PNG files and the transformers outputs of every part, for the Rust runtime's tests
-(`workers/model/tests/bundle.rs`); with a tag head, its scores of the image and text
-embeddings (`tag_scores_image`, `tag_scores_text`) and each scene's true labels (the scene
-generator's objects: `tag_truth`); for the truth tests, each scene's objects (`objects`) and
+(`workers/model/tests/bundle.rs`); with a tag head, its scores of the images and of the
+captions as texts, each from the features its source reads (`tag_scores_image`,
+`tag_scores_text`), and each scene's true labels (the scene generator's objects: `tag_truth`); for the truth tests, each scene's objects (`objects`) and
 every question the generator asks of it with its true answer (`truth_questions`,
 `truth_answers`, `truth_scene`).
 
@@ -26,7 +26,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from models.fusion import GatedFusionHead
 from models.scenes import scenes
-from models.tags import load_head, scores, tag_spec, truth
+from models.tags import kind_of, load_head, scores, tag_spec, truth
 from models.train import build_tokenizer
 
 N = 8
@@ -82,8 +82,12 @@ def main() -> None:
         spec = tag_spec(args.bundle)
         if "head" in spec:
             tag_head = load_head(args.bundle, spec)
-            for source, e in (("image", img), ("text", txt)):
-                t[f"tag_scores_{source}"] = scores(e, tag_head, source)
+            cap = BlipForConditionalGeneration.from_pretrained(str(args.bundle / "blip-caption")).eval()
+            inputs = {"image": {"embedding": img, "caption_patches": cap.vision_model(pixel_values=px).last_hidden_state[:, 1:]},
+                      "text": {"embedding": txt, "tokens": j["text_ids"]}}
+            for source, by_kind in inputs.items():
+                kind = kind_of(spec, source)
+                t[f"tag_scores_{source}"] = scores(by_kind[kind], tag_head, source, kind)
             j["tag_labels"] = spec["labels"]
             j["tag_truth"] = [[label for label, v in zip(spec["labels"], truth(s.objects, spec["labels"])) if v]
                               for s in test]

@@ -15,10 +15,13 @@ head (`models.train.PatchHead`), optionally distilled from a CNN trained first; 
 head gives each validation object (majority of its patches) and the confusion matrix. Prints
 one JSON line. `tags`: the tag F1 a head reaches on 1,000 validation scenes, by the bundle's own rule
 (fitted on seed 5151, per-label thresholds at precision >= 0.8 on seed 6161), from each
-feature a trained bundle offers: CLIP's projected embedding (the shipped head's input), the
-mean and max over the patch states of CLIP's and of the captioner's vision towers (a logistic
-regression each), and the captioner's patch states with a linear head per patch and a max
-over patches. Never run on an evaluation seed: these figures choose the recipe.
+feature a trained bundle offers: from images, CLIP's projected embedding, the mean and max
+over the patch states of CLIP's and of the captioner's vision towers (a logistic regression
+each), and the captioner's patch states with a linear head per patch and a max over patches
+(the shipped image head); from texts, CLIP's text embedding (a logistic regression) and the
+CLIP text encoder's per-token states at each depth, input embeddings (the shipped text head)
+to output, with a linear head per token and a max over tokens. Never run on an evaluation
+seed: these figures choose the recipe.
 """
 
 from __future__ import annotations
@@ -182,66 +185,91 @@ def train_vision(data, args, log) -> dict:
 
 
 @torch.no_grad()
-def tag_features(bundle, split) -> dict[str, torch.Tensor]:
-    """Per scene: CLIP's normalised image embedding; [mean, max] over the patch states of
-    CLIP's vision tower and of the captioner's; and the captioner's patch states themselves
-    (N, patches, D), for a head with a max over patches."""
+def tag_features(bundle, split) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per scene, each feature a tag head could read, with the mask of its rows (`None`: one
+    vector, or rows all real). Images: CLIP's normalised image embedding; [mean, max] over the
+    patch states of CLIP's vision tower and of the captioner's; the captioner's patch states
+    themselves (N, patches, D). Texts (one caption per scene, `models.tags.caption_texts`):
+    CLIP's normalised text embedding; the CLIP text encoder's states per token at its input
+    (token + position embeddings), after each layer, and at its output (final LayerNorm)."""
     from transformers import BlipForConditionalGeneration, CLIPModel
 
     clip = CLIPModel.from_pretrained(str(bundle / "clip")).eval()
     cap = BlipForConditionalGeneration.from_pretrained(str(bundle / "blip-caption")).eval()
-    out: dict[str, list] = {"clip_embedding": [], "clip_patches": [], "caption_patches": [], "caption_states": []}
+    tok = build_tokenizer()
+    out: dict[str, list] = {}
+
+    def add(key, x, mask=None):
+        out.setdefault(key, []).append((x, mask))
+
+    texts = tags.caption_texts(split)
     for i in range(0, len(split), 250):
         px = pixels(split[i : i + 250])
         vision = clip.vision_model(pixel_values=px)  # one pass: the embedding is its projected pool
-        e = clip.visual_projection(vision.pooler_output)
-        out["clip_embedding"].append(torch.nn.functional.normalize(e, dim=-1))
+        add("clip_embedding", torch.nn.functional.normalize(clip.visual_projection(vision.pooler_output), dim=-1))
         caption_states = cap.vision_model(pixel_values=px).last_hidden_state[:, 1:]
-        out["caption_states"].append(caption_states)
+        add("caption_states", caption_states)
         for key, states in (("clip_patches", vision.last_hidden_state[:, 1:]), ("caption_patches", caption_states)):
-            out[key].append(torch.cat([states.mean(1), states.amax(1)], dim=-1))
-    return {k: torch.cat(v) for k, v in out.items()}
+            add(key, torch.cat([states.mean(1), states.amax(1)], dim=-1))
+        ids, mask = encode(tok, texts[i : i + 250])
+        t = clip.text_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        add("text_embedding", torch.nn.functional.normalize(clip.text_projection(t.pooler_output), dim=-1))
+        for layer, states in enumerate(t.hidden_states):
+            add(f"text_layer{layer}", states, mask.bool())
+        add("text_output", t.last_hidden_state, mask.bool())
+
+    def join(parts):
+        if parts[0][1] is None:
+            return torch.cat([x for x, _ in parts]), None
+        width = max(x.shape[1] for x, _ in parts)
+        pad = lambda v, *tail: torch.nn.functional.pad(v, (*tail, 0, width - v.shape[1]))  # noqa: E731
+        return torch.cat([pad(x, 0, 0) for x, _ in parts]), torch.cat([pad(m) for _, m in parts])
+
+    return {k: join(v) for k, v in out.items()}
 
 
-def patch_max_head(states: torch.Tensor, y: torch.Tensor, steps: int = 300):
-    """A linear head on each patch state, a label's score the max over the patches (a label
-    is in the scene if some patch shows it); full-batch Adam on the scene labels."""
-    head = torch.nn.Linear(states.shape[-1], y.shape[1])
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(states).amax(1), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return lambda v: torch.sigmoid(head(v).amax(1)).detach()
+def max_head(soft_steps: int):
+    """`models.tags.fit_max_head` (a linear score per row, max over the rows) and its scorer."""
+    def fit(x, mask, y):
+        w, b = tags.fit_max_head(x, y, mask, soft_steps=soft_steps)
+        return lambda v, m: torch.sigmoid(tags.max_logits(v, w, m) + b)
+    return fit
 
 
-def linear_head(x: torch.Tensor, y: torch.Tensor):
+def linear_head(x: torch.Tensor, mask, y: torch.Tensor):
     """`models.tags.fit_head` on standardised features; the scorer of new features."""
     mu, sd = x.mean(0), x.std(0) + 1e-6
     w, b = tags.fit_head((x - mu) / sd, y)
-    return lambda v: torch.sigmoid(((v - mu) / sd) @ w.T + b)
+    return lambda v, m: torch.sigmoid(((v - mu) / sd) @ w.T + b)
 
 
 def probe_tags(bundle) -> dict:
     """Each feature's head fitted on seed 5151 and its per-label thresholds chosen on seed 6161
     as the bundle's are (best F1 at precision >= 0.8, `models.tags.pick_threshold`); F1 on the
-    validation seed, micro and per family."""
+    validation seed, micro and per family. The image heads score the scene's image, the text
+    heads one of its captions; the heads the bundle ships are `caption_patch_max` (images) and
+    `text_layer0_max` (texts), fitted as `models.tags` fits them."""
     labels = tags.FAMILIES["shapes"] + tags.FAMILIES["colours"]
     splits = {"fit": scenes(5151, 3000), "cal": scenes(6161, 1500), "val": scenes(VALIDATION, 1000)}
     feats = {k: tag_features(bundle, s) for k, s in splits.items()}
     gold = {k: torch.tensor([tags.truth(o.objects, labels) for o in s]) for k, s in splits.items()}
     shapes, res = len(tags.FAMILIES["shapes"]), {}
-    heads = (("clip_embedding", "clip_embedding", linear_head), ("clip_patches", "clip_patches", linear_head),
+    soft = tags.MAX_HEAD_STEPS // 2
+    heads = [("clip_embedding", "clip_embedding", linear_head), ("clip_patches", "clip_patches", linear_head),
              ("caption_patches", "caption_patches", linear_head),
-             ("caption_patch_max", "caption_states", patch_max_head))
+             ("caption_patch_max", "caption_states", max_head(0)),
+             ("text_embedding", "text_embedding", linear_head)]
+    heads += [(f"{k}_max", k, max_head(soft)) for k in feats["fit"] if k.startswith("text_layer")]
+    heads.append(("text_output_max", "text_output", max_head(soft)))
     for name, key, fit in heads:
-        score = fit(feats["fit"][key], gold["fit"])
-        cal = score(feats["cal"][key])
+        with torch.enable_grad():
+            score = fit(*feats["fit"][key], gold["fit"])
+        cal = score(*feats["cal"][key])
         th = torch.tensor([tags.pick_threshold(cal[:, j], gold["cal"][:, j].bool(), 0.8) for j in range(len(labels))])
-        pred, truth = score(feats["val"][key]) >= th, gold["val"].bool()
+        pred, truth = score(*feats["val"][key]) >= th, gold["val"].bool()
         res[name] = {fam: round(tags.prf(pred[:, cols], truth[:, cols])[2], 3) for fam, cols in
                      (("micro", slice(None)), ("shapes", slice(0, shapes)), ("colours", slice(shapes, None)))}
+        print(name, res[name], flush=True)
     return res
 
 
