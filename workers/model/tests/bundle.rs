@@ -192,10 +192,11 @@ fn manifest_weight_hashes_are_the_runtimes() {
     assert_eq!(seen[1], seen[2], "caption and VQA share the vision tower");
 }
 
-/// The bundle's tag head from the PNG files and from the scene captions gives the decisions
-/// that transformers' embeddings and the Python head give, and on these scenes its tags are
-/// true: every emitted tag names a shape or colour the scene holds (the generator's truth),
-/// and every colour is found.
+/// The bundle's tag heads from the PNG files and from the scene captions give the decisions
+/// that transformers' features (the captioner's patch states, the caption's tokens) and the
+/// Python heads give, and on these scenes its tags are true at the card's rates: the tags
+/// emitted name shapes and colours the scene holds (the generator's truth), every colour is
+/// found, and most of what the scene holds is tagged.
 #[test]
 fn tags_are_the_heads_decisions_and_true_to_the_scenes() {
     let (r, j) = reference();
@@ -212,6 +213,8 @@ fn tags_are_the_heads_decisions_and_true_to_the_scenes() {
     let texts = strings(&j["texts"]);
     let tags_only = TaskSet::parse_list("tag").unwrap();
     let (mut emitted, mut wrong) = (0, 0);
+    // Per source: labels the scenes hold, and how many of them were tagged.
+    let mut recall: Vec<(&str, usize, usize)> = Vec::new();
     for (source, thresholds, tol) in [
         ("image", &head.image.threshold, 0.02),
         ("text", &head.text.threshold, 1e-3),
@@ -229,8 +232,14 @@ fn tags_are_the_heads_decisions_and_true_to_the_scenes() {
                 .unwrap()
             })
             .collect();
+        let (mut held, mut found) = (0, 0);
         for (i, o) in model.infer_batch(&items).unwrap().iter().enumerate() {
             let got = o.tags.as_ref().unwrap();
+            held += truth[i].len();
+            found += truth[i]
+                .iter()
+                .filter(|l| got.iter().any(|t| &&t.label == l))
+                .count();
             for (l, label) in labels.iter().enumerate() {
                 let tag = got.iter().find(|t| &t.label == label);
                 if let Some(t) = tag {
@@ -274,13 +283,71 @@ fn tags_are_the_heads_decisions_and_true_to_the_scenes() {
                 }
             }
         }
+        recall.push((source, held, found));
     }
-    // The card's micro precision is 0.93–0.98 (models.eval, image and text): at least 0.90
-    // of the tags emitted on these scenes name what the scene holds.
+    // The card's micro precision is 0.94–0.95 (images) and 1.00 (texts): at least 0.90 of
+    // the tags emitted on these scenes name what the scene holds.
+    eprintln!("{wrong} of {emitted} tags name what the scene lacks; found {recall:?}");
     assert!(emitted >= 16, "{emitted} tags");
     assert!(
         wrong as f64 <= 0.1 * emitted as f64,
         "{wrong} of {emitted} tags name what the scene lacks"
+    );
+    // The card's micro recall is 0.88 (images) and 0.98 (texts): at least that less two
+    // standard deviations of a 30-label sample of what the scenes hold is tagged.
+    for (source, held, found) in recall {
+        let bound = if source == "image" { 0.76 } else { 0.94 };
+        assert!(held >= 16, "{source}: {held} labels held");
+        assert!(
+            found as f64 >= bound * held as f64,
+            "{source}: {found} of the {held} labels the scenes hold tagged"
+        );
+    }
+}
+
+/// Image tags read the captioner's patch states (`[tags.image] source = "caption_patches"`):
+/// a batch that captions some images and only tags others runs the captioner's vision tower
+/// once over all of them, and every item gets what it gets alone.
+#[test]
+fn image_tags_and_captions_share_the_captioners_pass_in_mixed_batches() {
+    let (_, j) = reference();
+    let model = FusionModel::load(&bundle(""), &RuntimeOptions::default()).unwrap();
+    let names = strings(&j["images"]);
+    let sets = ["caption,tag", "tag", "caption", "tag,embed", "embed"];
+    let items: Vec<_> = names
+        .iter()
+        .zip(sets)
+        .map(|(name, set)| {
+            let bytes = std::fs::read(fixtures().join("images").join(name)).unwrap();
+            let tasks = TaskSet::parse_list(set).unwrap();
+            model.prepare(Some(&bytes), None, None, tasks).unwrap()
+        })
+        .collect();
+    let together = model.infer_batch(&items).unwrap();
+    for ((item, t), set) in items.iter().zip(&together).zip(sets) {
+        let alone = model
+            .infer_batch(std::slice::from_ref(item))
+            .unwrap()
+            .remove(0);
+        assert_eq!(t.caption, alone.caption, "{set}");
+        assert_eq!(t.caption.is_some(), set.contains("caption"), "{set}");
+        assert_eq!(t.tags.is_some(), set.contains("tag"), "{set}");
+        let (a, b) = (
+            t.tags.clone().unwrap_or_default(),
+            alone.tags.unwrap_or_default(),
+        );
+        assert_eq!(a.len(), b.len(), "{set}: {a:?} vs {b:?}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.label, y.label, "{set}");
+            assert!((x.score - y.score).abs() < 1e-4, "{set}: {x:?} vs {y:?}");
+        }
+    }
+    assert!(
+        together
+            .iter()
+            .filter_map(|o| o.tags.as_ref())
+            .any(|t| !t.is_empty()),
+        "some image is tagged"
     );
 }
 
