@@ -122,7 +122,7 @@ impl NsfwClassifier {
     /// Decode untrusted bytes for this model: JPEGs with libjpeg-turbo, as Pillow decodes them
     /// (the score moves with ±1 level of the decoded pixels, and the worker's own JPEG
     /// decoder differs from libjpeg-turbo by about that), other formats — lossless, or decoded
-    /// by the same library either way — with the worker's [`decode`]. Limits and EXIF
+    /// by the same library either way — with the worker's [`decode`](crate::preprocess::decode). Limits and EXIF
     /// orientation apply to both; a JPEG libjpeg-turbo refuses (CMYK, say) falls back to the
     /// worker's decoder, whose error is the one reported.
     pub fn decode(&self, bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
