@@ -10,6 +10,7 @@
 //!   questions encoded against them (VQA). Generation is [`crate::generate`]'s greedy and beam
 //!   search over the backend's [`crate::generate::StepDecoder`].
 
+use std::borrow::Cow;
 use std::fmt;
 
 use candle_core::{DType, Device, Tensor};
@@ -76,18 +77,16 @@ impl EncoderStates {
         }
     }
 
-    /// The states as f32 on the host, row-major, and their (B, S, D) shape.
-    pub fn to_host(&self) -> Result<(Vec<f32>, [usize; 3])> {
+    /// The states as f32 on the host, row-major, and their (B, S, D) shape: borrowed when
+    /// they already are, copied from a tensor.
+    pub fn to_host(&self) -> Result<(Cow<'_, [f32]>, [usize; 3])> {
         match self {
             EncoderStates::Tensor(t) => {
                 let (b, s, d) = t.dims3()?;
-                let data = t
-                    .to_dtype(candle_core::DType::F32)?
-                    .flatten_all()?
-                    .to_vec1()?;
-                Ok((data, [b, s, d]))
+                let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                Ok((Cow::Owned(data), [b, s, d]))
             }
-            EncoderStates::Host { data, shape } => Ok((data.clone(), *shape)),
+            EncoderStates::Host { data, shape } => Ok((Cow::Borrowed(data), *shape)),
         }
     }
 
@@ -286,6 +285,22 @@ mod tests {
         assert_eq!(shape, [2, 2, 2]);
         assert_eq!(data, vec![8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]);
         assert!(s.select(&[3]).is_err());
+    }
+
+    #[test]
+    fn states_reach_the_host_as_f32_rows_from_either_side() {
+        let data: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        let host = EncoderStates::Host {
+            data: data.clone(),
+            shape: [3, 2, 2],
+        };
+        let t = Tensor::from_vec(data.clone(), (3, 2, 2), &Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F16))
+            .unwrap();
+        for s in [host, EncoderStates::Tensor(t)] {
+            let (got, shape) = s.to_host().unwrap();
+            assert_eq!((got.as_ref(), shape), (data.as_slice(), [3, 2, 2]));
+        }
     }
 
     #[test]

@@ -537,21 +537,6 @@ impl OnnxBlip {
     }
 }
 
-/// The states as host f32 data: borrowed when they already are, copied from a tensor.
-fn host_states(s: &EncoderStates) -> Result<(Cow<'_, [f32]>, [usize; 3])> {
-    match s {
-        EncoderStates::Host { data, shape } => Ok((Cow::Borrowed(data), *shape)),
-        EncoderStates::Tensor(t) => {
-            let (b, s, d) = t.dims3()?;
-            let data = t
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1()?;
-            Ok((Cow::Owned(data), [b, s, d]))
-        }
-    }
-}
-
 impl BlipBackend for OnnxBlip {
     fn kind(&self) -> BackendKind {
         BackendKind::Onnx
@@ -574,7 +559,7 @@ impl BlipBackend for OnnxBlip {
         questions: Option<&[Vec<u32>]>,
         params: &GenerationParams,
     ) -> Result<Vec<Vec<u32>>> {
-        let (data, shape) = host_states(states)?;
+        let (data, shape) = states.to_host()?;
         let b = shape[0];
         let (enc, enc_shape, mask) = match (&self.question_encoder, questions) {
             (None, None) => (data, shape, vec![1f32; b * shape[1]]),
