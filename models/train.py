@@ -2,9 +2,9 @@
 gated fusion head, on procedurally generated scenes (`models/scenes.py`), with transformers
 classes so that the checkpoints are standard Hugging Face ones.
 
-    python -m models.train --out models/shapes            # about 55 minutes on 2 CPU cores
+    python -m models.train --out models/shapes            # about 67 minutes on 2 CPU cores
 
-First a small CNN (`ConvTower`) learns each patch's shape from the scenes' masks (2.5
+First a small CNN (`ConvTower`) learns each patch's shape from the scenes' masks (5
 minutes); CLIP's and the captioner's ViTs are then trained on their own losses plus the
 per-patch loss (`PatchLoss`) and the regression of that CNN's patch features (`Teacher`):
 alone, these ViTs do not learn shape within the budget (model card, "Why shapes are not
@@ -45,7 +45,7 @@ INPUT = 64  # model input resolution (scenes are drawn at 128)
 PATCH = 8
 MEAN = [0.48145466, 0.4578275, 0.40821073]
 STD = [0.26862954, 0.26130258, 0.27577711]
-VERSION = "1.3.1"
+VERSION = "1.4.0"
 # Splits the tag head is fitted on and its thresholds chosen on (never evaluation seeds).
 TAG_SEEDS = (5151, 6161)
 
@@ -450,9 +450,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models/shapes"))
     ap.add_argument("--train-scenes", type=int, default=12000)
-    ap.add_argument("--minutes", type=float, nargs=4, default=[20.0, 22.0, 6.0, 1.5],
+    ap.add_argument("--minutes", type=float, nargs=4, default=[20.0, 32.0, 6.0, 1.5],
                     metavar=("CLIP", "CAPTION", "VQA", "FUSION"))
-    ap.add_argument("--teacher-minutes", type=float, default=2.5, help="the CNN teacher's budget (0: no teacher)")
+    ap.add_argument("--teacher-minutes", type=float, default=5.0, help="the CNN teacher's budget (0: no teacher)")
     ap.add_argument("--distill", type=float, default=1.0, help="weight of the teacher's distillation loss")
     ap.add_argument("--aux", type=float, default=1.0, help="weight of the per-patch loss (PatchLoss)")
     ap.add_argument("--threads", type=int, default=2)

@@ -206,7 +206,7 @@ fn shapes_bundle_retrieves_each_scene_by_its_caption_and_back() {
     let (ix, meta) = SnapshotDir::new(&index).load().unwrap().unwrap();
     assert_eq!(ix.len(Kind::Image), 9);
     assert!(ix.contains(Kind::Image, "late-2"));
-    assert_eq!(meta.bundle.as_deref(), Some("shapes@1.3.1"));
+    assert_eq!(meta.bundle.as_deref(), Some("shapes@1.4.0"));
 }
 
 /// A synthetic embeddings record of the worker's schema.

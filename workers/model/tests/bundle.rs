@@ -285,7 +285,7 @@ fn tags_are_the_heads_decisions_and_true_to_the_scenes() {
         }
         recall.push((source, held, found));
     }
-    // The card's micro precision is 0.94–0.95 (images) and 1.00 (texts): at least 0.90 of
+    // The card's micro precision is 0.95 (images) and 1.00 (texts): at least 0.90 of
     // the tags emitted on these scenes name what the scene holds.
     eprintln!("{wrong} of {emitted} tags name what the scene lacks; found {recall:?}");
     assert!(emitted >= 16, "{emitted} tags");
@@ -293,10 +293,10 @@ fn tags_are_the_heads_decisions_and_true_to_the_scenes() {
         wrong as f64 <= 0.1 * emitted as f64,
         "{wrong} of {emitted} tags name what the scene lacks"
     );
-    // The card's micro recall is 0.88 (images) and 0.98 (texts): at least that less two
+    // The card's micro recall is 0.94 (images) and 0.98 (texts): at least that less two
     // standard deviations of a 30-label sample of what the scenes hold is tagged.
     for (source, held, found) in recall {
-        let bound = if source == "image" { 0.76 } else { 0.94 };
+        let bound = if source == "image" { 0.85 } else { 0.94 };
         assert!(held >= 16, "{source}: {held} labels held");
         assert!(
             found as f64 >= bound * held as f64,
@@ -353,10 +353,10 @@ fn image_tags_and_captions_share_the_captioners_pass_in_mixed_batches() {
 
 /// The card's targets for caption attributes and answers (`models/shapes/README.md`; the
 /// bundle measures 0.97 and 0.97 on 1,000-scene evaluation splits), and for the captioner's
-/// shape alone its measured 0.87 less two standard deviations of a 16-object sample.
+/// shape alone its measured 0.90 less two standard deviations of a 16-object sample.
 const CAPTION_ATTRIBUTES: f64 = 0.90;
 const ANSWERS: f64 = 0.90;
-const CAPTION_SHAPE: f64 = 0.70;
+const CAPTION_SHAPE: f64 = 0.75;
 
 /// The objects a caption describes: (size, colour, shape, position) of each "small red circle
 /// on the left" phrase, as `models.eval` reads them.
