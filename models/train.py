@@ -491,6 +491,9 @@ def main() -> None:
     tag_head, sources = tags.calibrate(out, TAG_SEEDS[0], 3000, TAG_SEEDS[1], 0.8)
     tags.write(out, tag_head, sources)
     log(f"tag heads fitted (seeds {TAG_SEEDS}): {sources}")
+    # safetensors writes 0600; the bundle is read by other users (the image runs as uid 65532).
+    for path in out.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     log("done")
     (out / "training.json").write_text(json.dumps({
         "command": "python -m models.train --out models/shapes",

@@ -106,6 +106,7 @@ def main() -> None:
             j[f"{key}_ids"] = [r.tolist() for r in rows]
             j[key] = [tok.decode(r.tolist(), skip_special_tokens=True) for r in rows]
     save_file({k: v.contiguous() for k, v in t.items()}, str(out / "reference.safetensors"))
+    (out / "reference.safetensors").chmod(0o644)  # safetensors writes 0600
     j["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     (out / "reference.json").write_text(json.dumps(j, indent=1) + "\n")
 

@@ -398,6 +398,8 @@ def main() -> None:
     versions = {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
                 "open_clip_torch": OPEN_CLIP.split("==")[1]}
     (args.out / "versions.json").write_text(json.dumps(versions, indent=1) + "\n")
+    for path in args.out.rglob("*"):  # safetensors writes 0600; the fixtures are read by all
+        path.chmod(0o755 if path.is_dir() else 0o644)
     long = sum(len(i) == CONTEXT for i in ids)
     print(f"{len(strings)} strings ({long} cut to {CONTEXT} tokens); OpenAI's tokenizer agrees on "
           f"{same}, {changed} changed by its clean-up; legacy CLIP references for {n} strings")
