@@ -1003,36 +1003,24 @@ impl FusionModel {
             None => Vec::new(),
         };
         let (cap_states, vqa_states) = self.vision_states(items, &cap_vision_rows, &vqa_rows)?;
-        // Each patch-tagged item's patch states (CLS left out), on the host.
-        let mut patches: Vec<Option<Vec<f32>>> = vec![None; n];
-        let mut patch_dim = 0;
-        if let (Some(states), false) = (&cap_states, patch_tag_rows.is_empty()) {
-            let (data, [_, s, d]) = states.to_host()?;
-            patch_dim = d;
-            for &i in &patch_tag_rows {
-                if let Ok(at) = cap_vision_rows.binary_search(&i) {
-                    patches[i] = Some(data[at * s * d + d..(at + 1) * s * d].to_vec());
-                }
-            }
-        }
+        // The patch-tagged items' states on the host, (rows of cap_vision_rows, S, D).
+        let patch_states = match (&cap_states, patch_tag_rows.is_empty()) {
+            (Some(states), false) => Some(states.to_host()?),
+            _ => None,
+        };
         let mut captions: Vec<Option<String>> = vec![None; n];
-        if let (Some(cap), Some(states)) = (&self.caption, cap_states) {
+        if let (Some(cap), Some(states), false) = (&self.caption, &cap_states, cap_rows.is_empty())
+        {
+            let picked;
             let states = if cap_rows.len() == cap_vision_rows.len() {
-                Some(states)
-            } else if cap_rows.is_empty() {
-                None
+                states
             } else {
-                let at: Vec<usize> = cap_rows
-                    .iter()
-                    .filter_map(|r| cap_vision_rows.binary_search(r).ok())
-                    .collect();
-                Some(states.select(&at)?)
+                picked = rows_of(states, &cap_vision_rows, &cap_rows)?;
+                &picked
             };
-            if let Some(states) = states {
-                let texts = self.generate_texts(cap, &states, None)?;
-                for (i, t) in cap_rows.iter().zip(texts) {
-                    captions[*i] = Some(t);
-                }
+            let texts = self.generate_texts(cap, states, None)?;
+            for (i, t) in cap_rows.iter().zip(texts) {
+                captions[*i] = Some(t);
             }
         }
         let mut answers: Vec<Option<String>> = vec![None; n];
@@ -1103,9 +1091,13 @@ impl FusionModel {
                     };
                     let input = match (source, table.features(source)) {
                         (TagSource::Image, TagFeatures::CaptionPatches) => {
-                            patches[i].as_deref().map(|data| TagInput::Rows {
-                                data,
-                                dim: patch_dim,
+                            // This item's patch states, the CLS state left out.
+                            patch_states.as_ref().and_then(|(data, [_, s, d])| {
+                                let at = cap_vision_rows.binary_search(&i).ok()?;
+                                Some(TagInput::Rows {
+                                    data: &data[at * s * d + d..(at + 1) * s * d],
+                                    dim: *d,
+                                })
                             })
                         }
                         (TagSource::Text, TagFeatures::Tokens) => {
@@ -1169,14 +1161,10 @@ impl FusionModel {
                 let Some(all) = run(cap, &union)? else {
                     return Ok((None, None));
                 };
-                let pick = |rows: &[usize]| -> Result<EncoderStates> {
-                    let at: Vec<usize> = rows
-                        .iter()
-                        .filter_map(|r| union.binary_search(r).ok())
-                        .collect();
-                    all.select(&at)
-                };
-                Ok((Some(pick(cap_rows)?), Some(pick(vqa_rows)?)))
+                Ok((
+                    Some(rows_of(&all, &union, cap_rows)?),
+                    Some(rows_of(&all, &union, vqa_rows)?),
+                ))
             }
             (cap, vqa) => Ok((
                 cap.as_ref()
@@ -1212,6 +1200,16 @@ impl FusionModel {
         out.pop()
             .ok_or_else(|| ModelError::Input("warm-up batch returned nothing".into()))
     }
+}
+
+/// The states of `rows` (item indices) out of `states`, whose rows are the items of `union`
+/// (sorted; `rows` a subset of it).
+fn rows_of(states: &EncoderStates, union: &[usize], rows: &[usize]) -> Result<EncoderStates> {
+    let at: Vec<usize> = rows
+        .iter()
+        .filter_map(|r| union.binary_search(r).ok())
+        .collect();
+    states.select(&at)
 }
 
 fn check_image_size(p: &ImageProcessorConfig, size: usize, dir: &Path) -> Result<()> {

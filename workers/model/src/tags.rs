@@ -136,7 +136,7 @@ pub(crate) struct HeadDims {
     pub embedding: usize,
     /// The captioner's vision width (0: no captioner).
     pub caption_patch: usize,
-    /// The text encoder's vocabulary and positions.
+    /// The text encoder's vocabulary.
     pub vocab: usize,
     /// Positions of the text encoder.
     pub positions: usize,
