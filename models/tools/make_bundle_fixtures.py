@@ -1,6 +1,6 @@
 """Parity fixtures of the trained "shapes" bundle: for 8 test scenes (seed 7), the images as
 PNG files and the transformers outputs of every part, for the Rust runtime's tests
-(`workers/model/tests/bundle.rs`); with a tag head, its scores of the images and of the
+(`workers/model/tests/bundle.rs`, `bundle_truth.rs`); with a tag head, its scores of the images and of the
 captions as texts, each from the features its source reads (`tag_scores_image`,
 `tag_scores_text`), and each scene's true labels (the scene generator's objects: `tag_truth`); for the truth tests, each scene's objects (`objects`) and
 every question the generator asks of it with its true answer (`truth_questions`,

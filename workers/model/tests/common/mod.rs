@@ -18,6 +18,30 @@ pub fn tiny(name: &str) -> PathBuf {
     manifest_dir().join("../../models/fixtures/tiny").join(name)
 }
 
+/// The trained "shapes" bundle (`models/shapes`), or one of its parts.
+pub fn shapes_bundle(part: &str) -> PathBuf {
+    manifest_dir().join("../../models/shapes").join(part)
+}
+
+/// The shapes bundle's fixtures (`models/tools/make_bundle_fixtures.py`).
+pub fn shapes_fixtures() -> PathBuf {
+    manifest_dir().join("../../models/fixtures/shapes")
+}
+
+/// The shapes fixtures' tensors and JSON.
+pub fn shapes_reference() -> (HashMap<String, Tensor>, serde_json::Value) {
+    let t = candle_core::safetensors::load(
+        shapes_fixtures().join("reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let j = serde_json::from_str(
+        &std::fs::read_to_string(shapes_fixtures().join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    (t, j)
+}
+
 pub fn reference(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(tiny(name).join("reference.safetensors"), &Device::Cpu).unwrap()
 }
