@@ -46,7 +46,7 @@ import torch
 from transformers import BlipForConditionalGeneration, CLIPModel
 
 from models.scenes import COLOURS, SHAPES, scenes
-from models.train import build_tokenizer, encode, pixels
+from models.train import PAD, build_tokenizer, encode, pad, pixels
 
 FAMILIES = {"shapes": list(SHAPES), "colours": list(COLOURS)}
 GRID = [i / 100 for i in range(5, 96)]
@@ -136,14 +136,8 @@ class Features:
     def token_inputs(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, T, D) input embeddings of the CLIP text encoder (token + position), padded, and
         the (N, T) mask of real tokens."""
-        emb = self.clip.text_model.embeddings
-        t = max(len(i) for i in ids)
-        x = torch.zeros(len(ids), t, emb.token_embedding.weight.shape[1])
-        mask = torch.zeros(len(ids), t, dtype=torch.bool)
-        for n, row in enumerate(ids):
-            x[n, : len(row)] = emb(input_ids=torch.tensor([row]))[0]
-            mask[n, : len(row)] = True
-        return x, mask
+        mask = pad([[1] * len(i) for i in ids], 0).bool()
+        return self.clip.text_model.embeddings(input_ids=pad(ids, PAD)), mask
 
     def of(self, split, source: str, kind: str):
         return self.image(split, kind) if source == "image" else self.text(caption_texts(split), kind)

@@ -202,7 +202,7 @@ def tag_features(bundle, split) -> dict[str, tuple[torch.Tensor, torch.Tensor | 
     def add(key, x, mask=None):
         out.setdefault(key, []).append((x, mask))
 
-    texts = tags.caption_texts(split)
+    text_ids, text_mask = encode(tok, tags.caption_texts(split))  # one width for every chunk
     for i in range(0, len(split), 250):
         px = pixels(split[i : i + 250])
         vision = clip.vision_model(pixel_values=px)  # one pass: the embedding is its projected pool
@@ -211,7 +211,7 @@ def tag_features(bundle, split) -> dict[str, tuple[torch.Tensor, torch.Tensor | 
         add("caption_states", caption_states)
         for key, states in (("clip_patches", vision.last_hidden_state[:, 1:]), ("caption_patches", caption_states)):
             add(key, torch.cat([states.mean(1), states.amax(1)], dim=-1))
-        ids, mask = encode(tok, texts[i : i + 250])
+        ids, mask = text_ids[i : i + 250], text_mask[i : i + 250]
         t = clip.text_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         add("text_embedding", torch.nn.functional.normalize(clip.text_projection(t.pooler_output), dim=-1))
         for layer, states in enumerate(t.hidden_states):
@@ -219,11 +219,8 @@ def tag_features(bundle, split) -> dict[str, tuple[torch.Tensor, torch.Tensor | 
         add("text_output", t.last_hidden_state, mask.bool())
 
     def join(parts):
-        if parts[0][1] is None:
-            return torch.cat([x for x, _ in parts]), None
-        width = max(x.shape[1] for x, _ in parts)
-        pad = lambda v, *tail: torch.nn.functional.pad(v, (*tail, 0, width - v.shape[1]))  # noqa: E731
-        return torch.cat([pad(x, 0, 0) for x, _ in parts]), torch.cat([pad(m) for _, m in parts])
+        masks = [m for _, m in parts]
+        return torch.cat([x for x, _ in parts]), None if masks[0] is None else torch.cat(masks)
 
     return {k: join(v) for k, v in out.items()}
 
