@@ -15,14 +15,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use fusionstream_model::engine::{
+use fusionstream_model::backend::onnx::{
+    self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision,
+};
+use fusionstream_model::backend::{
     BlipBackend, CandleBlip, CandleDualEncoder, DualEncoderBackend, PixelBatch,
 };
 use fusionstream_model::generate::GenerationParams;
 use fusionstream_model::models::blip::{BlipCaptioner, BlipConfig};
 use fusionstream_model::models::clip::{ClipConfig, ClipModel};
 use fusionstream_model::nn::load_weights;
-use fusionstream_model::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
 
 fn rate(mut f: impl FnMut(), items: usize, seconds: f64) -> f64 {
     f();

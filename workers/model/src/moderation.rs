@@ -16,8 +16,8 @@ use candle_core::Device;
 use fusionstream_core::moderation::{Signals, Similarity, TextLine, TextSource};
 use fusionstream_core::ReasonCode;
 
+use crate::backend::onnx::OnnxOptions;
 use crate::error::{ImageError, ModelError, Result};
-use crate::onnx::OnnxOptions;
 use crate::packs::nsfw::NsfwClassifier;
 use crate::packs::ocr::{OcrInput, OcrReader};
 use crate::packs::sentence::SentenceEncoder;

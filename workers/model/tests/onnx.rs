@@ -12,10 +12,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use fusionstream_model::backend::onnx::{
+    self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision,
+};
+use fusionstream_model::backend::{BlipBackend, DualEncoderBackend, EncoderStates, PixelBatch};
 use fusionstream_model::bundle::GenerationSpec;
-use fusionstream_model::engine::{BlipBackend, DualEncoderBackend, EncoderStates, PixelBatch};
 use fusionstream_model::generate::GenerationParams;
-use fusionstream_model::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
 use fusionstream_model::{
     BackendChoice, BackendKind, FusionModel, ModelError, RuntimeOptions, TaskSet,
 };

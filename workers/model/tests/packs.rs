@@ -18,7 +18,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use fusionstream_model::onnx::OnnxOptions;
+use fusionstream_model::backend::onnx::OnnxOptions;
 use fusionstream_model::packs::nsfw::NsfwClassifier;
 use fusionstream_model::packs::sentence::SentenceEncoder;
 use fusionstream_model::packs::Pack;

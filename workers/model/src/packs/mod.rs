@@ -142,13 +142,13 @@ impl Pack {
 
 /// Load the ONNX Runtime library `opts` names (once per process) for a pack of `kind` that
 /// runs on it; without one, an error saying how to configure it.
-pub(crate) fn onnx_runtime(kind: &str, opts: &crate::onnx::OnnxOptions) -> Result<()> {
+pub(crate) fn onnx_runtime(kind: &str, opts: &crate::backend::onnx::OnnxOptions) -> Result<()> {
     let lib = opts.library_path().ok_or_else(|| {
         ModelError::OnnxRuntime(format!(
             "an {kind} pack runs on ONNX Runtime: set model.onnxruntime_library or ORT_DYLIB_PATH"
         ))
     })?;
-    crate::onnx::load_library(&lib)
+    crate::backend::onnx::load_library(&lib)
 }
 
 fn hex(bytes: &[u8]) -> String {

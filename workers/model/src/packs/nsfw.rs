@@ -15,8 +15,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::Pack;
+use crate::backend::onnx::{f32_view, take_f32, Graph, OnnxOptions};
 use crate::error::{ModelError, Result};
-use crate::onnx::{f32_view, take_f32, Graph, OnnxOptions};
 use crate::preprocess::{decode_like_pillow, packed_rgb, ImageLimits, RgbImage};
 
 #[derive(Debug, Deserialize)]

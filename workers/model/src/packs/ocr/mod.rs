@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use self::geometry::{mini_box, Pt};
 use self::raster::Img;
 use super::Pack;
+use crate::backend::onnx::{f32_view, take_f32, Graph, OnnxOptions};
 use crate::error::{ModelError, Result};
-use crate::onnx::{f32_view, take_f32, Graph, OnnxOptions};
 use crate::preprocess::RgbImage;
 
 #[derive(Debug, Deserialize)]

@@ -16,11 +16,12 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::bundle::{BundleManifest, GenerationSpec, TagSpec};
-use crate::engine::{
+use crate::backend::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
+use crate::backend::{
     BackendKind, BlipBackend, CandleBlip, CandleDualEncoder, DualEncoderBackend, EncoderStates,
     PixelBatch,
 };
+use crate::bundle::{BundleManifest, GenerationSpec, TagSpec};
 use crate::error::{ImageError, ModelError, Result};
 use crate::generate::GenerationParams;
 use crate::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
@@ -29,7 +30,6 @@ use crate::models::fusion::{FusionConfig, FusionHead};
 use crate::models::siglip::{SiglipConfig, SiglipModel};
 use crate::moderation::{ModerationInput, ModerationModels};
 use crate::nn;
-use crate::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
 use crate::pdq::Pdq;
 use crate::preprocess::{self, DecodeOptions, ImageProcessorConfig, Pixels, Preprocessor};
 use crate::tags::{dot, HeadDims, TagFeatures, TagInput, TagRule, TagTable};

@@ -25,7 +25,7 @@ use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorRef};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{
+use crate::backend::{
     l2_normalize_rows, pad_ids, BackendKind, BlipBackend, DualEncoderBackend, EncoderStates,
     PixelBatch,
 };

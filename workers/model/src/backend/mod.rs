@@ -1,9 +1,15 @@
-//! The backend seam: what the runtime asks of a bundle part, whichever library runs it.
+//! The backend seams, at two levels:
 //!
-//! [`FusionModel`](crate::FusionModel) keeps the API, the modality routing, the fusion head,
-//! the tags and the generation loop; a part's forward passes go through one of two traits,
-//! implemented by candle ([`CandleDualEncoder`], [`CandleBlip`]) and by ONNX Runtime
-//! ([`crate::onnx`]), chosen per part at load ([`BackendKind`]).
+//! - [`Backend`]: the model as the worker's engine sees it, a synchronous batch-in /
+//!   batch-out trait. The engine runs one on its model thread (with the failure isolation
+//!   around each call): forward passes never run on async runtime threads.
+//!   [`FusionModel`] is the production backend; tests drive the engine with their own (one
+//!   that fails, panics or runs out of memory on cue).
+//! - What the runtime asks of a bundle part, whichever library runs it.
+//!   [`FusionModel`] keeps the API, the modality routing, the fusion head, the tags and the
+//!   generation loop; a part's forward passes go through one of two traits, implemented by
+//!   candle ([`CandleDualEncoder`], [`CandleBlip`]) and by ONNX Runtime ([`onnx`]), chosen
+//!   per part at load ([`BackendKind`]).
 //!
 //! - [`DualEncoderBackend`]: CLIP / SigLIP image and text embeddings (L2-normalised rows).
 //! - [`BlipBackend`]: BLIP vision states, then generation from them (captions), or from the
@@ -12,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -21,6 +28,27 @@ use crate::generate::{self, GenerationParams};
 use crate::models::blip::{BlipCaptioner, BlipVqa};
 use crate::models::clip::ClipModel;
 use crate::models::siglip::SiglipModel;
+use crate::runtime::{FusionModel, InferOutput, Prepared};
+
+pub mod onnx;
+
+/// Anything that runs a batch of prepared items.
+pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
+    /// Run one batch; one output per item, in order.
+    fn infer_batch(&self, items: &[Prepared]) -> Result<Vec<InferOutput>>;
+}
+
+impl Backend for FusionModel {
+    fn infer_batch(&self, items: &[Prepared]) -> Result<Vec<InferOutput>> {
+        FusionModel::infer_batch(self, items)
+    }
+}
+
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    fn infer_batch(&self, items: &[Prepared]) -> Result<Vec<InferOutput>> {
+        (**self).infer_batch(items)
+    }
+}
 
 /// Which library runs a part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
