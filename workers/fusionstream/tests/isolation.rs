@@ -13,10 +13,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fusionstream::app::engine_settings;
 use fusionstream::config::Config;
-use fusionstream::pipeline::{self, Parts, RunEnd, Settings};
-use fusionstream::telemetry::health::Health;
-use fusionstream::telemetry::stats::{Stats, StatsSnapshot};
+use fusionstream::pipeline::{self, Parts, RunEnd};
+use fusionstream::telemetry::{Recorder, Snapshot};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
 use fusionstream_io::stores::Media;
@@ -39,7 +39,7 @@ fn config(events: &Path, out: &Path) -> Config {
     c
 }
 
-async fn run(c: &Config, faults: bool) -> (anyhow::Result<RunEnd>, StatsSnapshot) {
+async fn run(c: &Config, faults: bool) -> (anyhow::Result<RunEnd>, Snapshot) {
     run_on(c, faults, common::bundle_model()).await
 }
 
@@ -48,17 +48,18 @@ async fn run_on(
     c: &Config,
     faults: bool,
     backend: Arc<dyn Backend>,
-) -> (anyhow::Result<RunEnd>, StatsSnapshot) {
+) -> (anyhow::Result<RunEnd>, Snapshot) {
     let checkpoint = Checkpoint::load(&c.checkpoint.path).unwrap();
     let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint).unwrap();
     let committer = LocalCheckpoint::new(
         &c.checkpoint.path,
         source.streams(),
         checkpoint,
-        Settings::from_config(c).crash_guard,
+        engine_settings(c).crash_guard,
     );
-    let mut settings = Settings::from_config(c);
+    let mut settings = engine_settings(c);
     settings.test_faults = faults;
+    let stats = Arc::new(Recorder::default());
     let parts = Parts {
         settings,
         model: common::bundle_model(),
@@ -70,9 +71,9 @@ async fn run_on(
         source,
         sink: JsonlSink::open(&c.sink.dir).await.unwrap(),
         committer,
-        health: Arc::new(Health::default()),
+        adapter_metrics: stats.adapter(),
+        stopping: CancellationToken::new(),
     };
-    let stats = Arc::new(Stats::default());
     let end = pipeline::run(parts, stats.clone(), CancellationToken::new()).await;
     (end, stats.snapshot())
 }

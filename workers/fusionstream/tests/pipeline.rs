@@ -12,14 +12,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fusionstream::app::engine_settings;
 use fusionstream::config::Config;
-use fusionstream::pipeline::{self, Parts, RunEnd, Settings};
-use fusionstream::telemetry::health::Health;
-use fusionstream::telemetry::stats::{Stats, StatsSnapshot};
+use fusionstream::pipeline::{self, Parts, RunEnd};
+use fusionstream::telemetry::{Recorder, Snapshot};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
 use fusionstream_io::stores::Media;
@@ -37,17 +36,18 @@ fn config(events: &Path, out: &Path, tweak: impl FnOnce(&mut Config)) -> Config 
 }
 
 /// Run to the end, or until `stop_after` events finished (then cancel and drain).
-async fn run(c: &Config, stop_after: Option<u64>) -> (RunEnd, StatsSnapshot, u64) {
+async fn run(c: &Config, stop_after: Option<u64>) -> (RunEnd, Snapshot, u64) {
     let checkpoint = Checkpoint::load(&c.checkpoint.path).unwrap();
     let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint).unwrap();
     let committer = LocalCheckpoint::new(
         &c.checkpoint.path,
         source.streams(),
         checkpoint,
-        Settings::from_config(c).crash_guard,
+        engine_settings(c).crash_guard,
     );
+    let stats = Arc::new(Recorder::default());
     let parts = Parts {
-        settings: Settings::from_config(c),
+        settings: engine_settings(c),
         model: common::bundle_model(),
         backend: common::bundle_model(),
         media: Media {
@@ -60,9 +60,9 @@ async fn run(c: &Config, stop_after: Option<u64>) -> (RunEnd, StatsSnapshot, u64
         source,
         sink: JsonlSink::open(&c.sink.dir).await.unwrap(),
         committer,
-        health: Arc::new(Health::default()),
+        adapter_metrics: stats.adapter(),
+        stopping: CancellationToken::new(),
     };
-    let stats = Arc::new(Stats::default());
     let cancel = CancellationToken::new();
     let max_in_flight = c.pipeline.max_in_flight as u64;
     let watcher = {
@@ -70,8 +70,8 @@ async fn run(c: &Config, stop_after: Option<u64>) -> (RunEnd, StatsSnapshot, u64
         tokio::spawn(async move {
             let mut worst = 0;
             loop {
-                let (read, done) = (stats.read.load(Relaxed), stats.finished.load(Relaxed));
-                worst = worst.max(read.saturating_sub(done));
+                let done = stats.finished();
+                worst = worst.max(stats.in_flight());
                 if stop_after.is_some_and(|n| done >= n) {
                     cancel.cancel();
                 }

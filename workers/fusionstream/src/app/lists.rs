@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MatchingConfig;
 use crate::pipeline::lists::{KnownLists, ListBody, LoadedList};
-use crate::telemetry::stats::Stats;
+use crate::pipeline::{Report, Reporter};
 
 /// Where a list is.
 #[derive(Debug, Clone)]
@@ -165,7 +165,7 @@ impl Sources {
 pub async fn load_and_watch(
     c: &MatchingConfig,
     s3: fusionstream_io::s3::S3Settings,
-    stats: Arc<Stats>,
+    reporter: Arc<dyn Reporter>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Option<Arc<KnownLists>>> {
     if c.hash_lists.is_empty() && c.embedding_lists.is_empty() {
@@ -221,9 +221,7 @@ pub async fn load_and_watch(
                         });
                     }
                     Err(e) => {
-                        stats
-                            .list_reload_failures
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        reporter.report(Report::ListReloadFailed);
                         tracing::warn!(
                             list = %id,
                             error = format!("{e:#}"),
@@ -245,7 +243,20 @@ mod tests {
     use super::*;
     use crate::config::HashListConfig;
     use fusionstream_core::moderation::Action;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::time::Duration;
+
+    /// Counts the reloads that failed.
+    #[derive(Debug, Default)]
+    struct ReloadFailures(AtomicU64);
+
+    impl Reporter for ReloadFailures {
+        fn report(&self, r: Report<'_>) {
+            if matches!(r, Report::ListReloadFailed) {
+                self.0.fetch_add(1, Relaxed);
+            }
+        }
+    }
 
     /// The item ids of the first list now.
     fn items(l: &KnownLists) -> Vec<String> {
@@ -286,7 +297,7 @@ mod tests {
             reload_interval: Duration::from_millis(20),
         };
         let cancel = CancellationToken::new();
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(ReloadFailures::default());
         let lists = load_and_watch(&c, Default::default(), stats.clone(), cancel.clone())
             .await
             .unwrap()
@@ -342,7 +353,7 @@ mod tests {
             reload_interval: Duration::from_millis(20),
         };
         let cancel = CancellationToken::new();
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(ReloadFailures::default());
         let lists = load_and_watch(&c, Default::default(), stats.clone(), cancel.clone())
             .await
             .unwrap()
@@ -369,13 +380,7 @@ mod tests {
             ["one", "two"],
             "a broken file keeps the old list"
         );
-        assert_eq!(
-            stats
-                .list_reload_failures
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1,
-            "the broken version counted once"
-        );
+        assert_eq!(stats.0.load(Relaxed), 1, "the broken version counted once");
         std::fs::write(&path, line('c', "three")).unwrap();
         assert!(wait_for(&["three"]).await, "fixed file reloaded");
         cancel.cancel();
@@ -384,7 +389,7 @@ mod tests {
         let err = load_and_watch(
             &c,
             Default::default(),
-            Arc::default(),
+            Arc::new(crate::pipeline::Discard),
             CancellationToken::new(),
         )
         .await
@@ -460,10 +465,15 @@ mod tests {
             reload_interval: Duration::from_millis(50),
         };
         let cancel = CancellationToken::new();
-        let lists = load_and_watch(&c, settings, Arc::default(), cancel.clone())
-            .await
-            .unwrap()
-            .unwrap();
+        let lists = load_and_watch(
+            &c,
+            settings,
+            Arc::new(crate::pipeline::Discard),
+            cancel.clone(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(items(&lists), ["one", "two"]);
         put("known/part-2.txt", line('b', "two") + &line('c', "three")).await;
         let mut reloaded = false;

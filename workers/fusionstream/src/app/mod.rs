@@ -1,17 +1,22 @@
 //! The worker as a library call: [`run`] loads the model the configuration names, builds the
-//! media stores, the source, the sink and the committer, runs the pipeline until the source
+//! media stores, the source, the sink and the committer, runs the engine until the source
 //! ends or shutdown is asked for, and returns the run's [`Summary`]. The binary (`cli/`) parses
 //! arguments into a configuration, turns signals into the shutdown token and prints the
-//! summary; tests and embedders can call [`run`] in-process. `model.rs` loads the model for
-//! every command.
+//! summary and the progress line; tests and embedders can call [`run`] in-process.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`run`]: the wiring of configuration, model, stores, source, sink and committer |
+//! | `settings.rs` | the engine's settings from the configuration |
+//! | `model.rs` | loading the model for every command (`run`, `backfill`, `infer`, `index`) |
+//! | `lists.rs` | loading the known lists of `[matching]` and reloading them when they change |
 
-use std::io::{IsTerminal as _, Write as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fusionstream_core::record::OUTPUT_SCHEMA_VERSION;
-use fusionstream_io::backfill::{backfill, BackfillSpec};
+use fusionstream_io::backfill::{backfill, BackfillCheckpoint, BackfillSource, BackfillSpec};
 use fusionstream_io::kafka::{GroupSettings, KafkaCommitter, KafkaSink, KafkaSource};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
@@ -19,16 +24,19 @@ use fusionstream_io::ports::{Committer, OutputSink, Source};
 use fusionstream_io::stores::Media;
 use fusionstream_model::preprocess::{DecodeOptions, ImageLimits};
 use fusionstream_model::FusionModel;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{Config, Progress, SinkKind, SourceKind};
+use crate::config::{Config, SinkKind, SourceKind};
 use crate::pipeline::memory::{self, MemoryBound, SourceBuffers};
 use crate::pipeline::{self, Parts, RunEnd, Settings};
 use crate::telemetry::health::Health;
-use crate::telemetry::stats::{Stats, StatsSnapshot};
+use crate::telemetry::{Recorder, Snapshot};
 
 mod lists;
 pub mod model;
+mod settings;
+
+pub use settings::engine_settings;
 
 /// The end-of-run summary.
 #[derive(Debug, serde::Serialize)]
@@ -47,7 +55,7 @@ pub struct Summary {
     pub peak_rss_bytes: Option<u64>,
     /// Counters.
     #[serde(flatten)]
-    pub stats: StatsSnapshot,
+    pub stats: Snapshot,
 }
 
 /// Run the worker the configuration describes until its source ends, `cancel` fires (the
@@ -58,23 +66,88 @@ pub async fn run(
     cancel: CancellationToken,
     max_events: Option<u64>,
 ) -> anyhow::Result<Summary> {
-    let mut settings = Settings::from_config(c);
-    let stats = Arc::new(Stats::default());
+    run_recorded(c, Arc::new(Recorder::default()), cancel, max_events).await
+}
+
+/// [`run`], reporting into `recorder`: the caller may watch the run's figures while it goes
+/// (the CLI's progress line).
+pub async fn run_recorded(
+    c: &Config,
+    recorder: Arc<Recorder>,
+    cancel: CancellationToken,
+    max_events: Option<u64>,
+) -> anyhow::Result<Summary> {
+    let mut settings = engine_settings(c);
     settings.lists = lists::load_and_watch(
         &c.matching,
         c.bundle_s3_settings(),
-        stats.clone(),
+        recorder.clone(),
         cancel.clone(),
     )
     .await?;
     let health = Arc::new(Health::default());
     // Up before the model loads, so liveness answers and readiness says why not yet.
-    let server_stop = cancel.child_token();
-    let _server_guard = server_stop.clone().drop_guard();
+    let _server = serve_metrics(c, &recorder, &health, &cancel).await?;
+    let model = load_model(c, &settings, &health).await?;
+    let bound = memory_bound(c, &settings, &model);
+    tracing::info!(bound = %bound.describe(), "memory bound");
+    let media = media_stores(c).await;
+    if let Some(n) = max_events {
+        tokio::spawn(stop_after(n, recorder.clone(), cancel.clone()));
+    }
+    let backends = model.backend_summary();
+    let start = Instant::now();
+    let common = Common {
+        settings,
+        model: Arc::new(model),
+        media,
+        recorder: recorder.clone(),
+        health,
+        cancel,
+    };
+    let end = with_source(c, common).await?;
+    let seconds = start.elapsed().as_secs_f64();
+    let snap = recorder.snapshot();
+    Ok(Summary {
+        end: match &end {
+            RunEnd::Completed => "completed".into(),
+            RunEnd::Drained => "stopped (drained)".into(),
+            RunEnd::DrainTimedOut { abandoned } => {
+                format!("stopped (drain timed out; {abandoned} events will replay)")
+            }
+        },
+        seconds,
+        events_per_second: snap.finished as f64 / seconds.max(1e-9),
+        backends,
+        memory_bound_bytes: bound.total(),
+        peak_rss_bytes: memory::rss().map(|r| r.1),
+        stats: snap,
+    })
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` when `telemetry.metrics_listen` is set, until
+/// the returned guard is dropped or `cancel` fires.
+async fn serve_metrics(
+    c: &Config,
+    recorder: &Arc<Recorder>,
+    health: &Arc<Health>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<DropGuard> {
+    let stop = cancel.child_token();
     if !c.telemetry.metrics_listen.is_empty() {
         let addr = c.telemetry.metrics_listen.parse()?;
-        crate::telemetry::server::spawn(addr, stats.clone(), health.clone(), server_stop).await?;
+        let (r, h) = (recorder.clone(), health.clone());
+        crate::telemetry::server::spawn(addr, r, h, stop.clone()).await?;
     }
+    Ok(stop.drop_guard())
+}
+
+/// Load the model (and its moderation packs) off the runtime, and mark it loaded.
+async fn load_model(
+    c: &Config,
+    settings: &Settings,
+    health: &Health,
+) -> anyhow::Result<FusionModel> {
     let decode = DecodeOptions {
         limits: ImageLimits {
             max_encoded_bytes: usize::try_from(c.media.max_bytes).unwrap_or(usize::MAX),
@@ -107,9 +180,13 @@ pub async fn run(
         backends = %model.backend_summary(),
         "model loaded"
     );
-    let backends = model.backend_summary();
-    let bound = MemoryBound::new(
-        &settings,
+    Ok(model)
+}
+
+/// The worker's memory bound, from its configuration and the loaded model.
+fn memory_bound(c: &Config, settings: &Settings, model: &FusionModel) -> MemoryBound {
+    MemoryBound::new(
+        settings,
         match c.source.kind {
             SourceKind::Kafka => SourceBuffers::Kafka,
             SourceKind::Local | SourceKind::Backfill => SourceBuffers::Local,
@@ -119,44 +196,34 @@ pub async fn run(
         // packs' inputs (the OCR image, up to 2000 px a side) when the worker moderates.
         model.prepared_image_bytes() + model.moderation().map_or(0, |m| m.max_input_bytes()),
         model.moderation().map_or(0, |m| m.max_activation_bytes()),
-    );
-    tracing::info!(bound = %bound.describe(), "memory bound");
+    )
+}
 
+/// The media stores: local files under `media.root`, and S3 when configured.
+async fn media_stores(c: &Config) -> Media {
     let s3 = match c.s3_settings() {
         Some(s) => Some(fusionstream_io::s3::S3Media::new(s).await),
         None => None,
     };
-    let media = Media {
+    Media {
         local: LocalMedia::new(&c.media.root, c.media.max_bytes),
         s3,
-    };
-    let show = match c.telemetry.progress {
-        Progress::Always => true,
-        Progress::Never => false,
-        Progress::Auto => std::io::stderr().is_terminal(),
-    };
-    let progress = show.then(|| tokio::spawn(progress(stats.clone())));
-    if let Some(n) = max_events {
-        let (stats, cancel) = (stats.clone(), cancel.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            while stats.finished.load(std::sync::atomic::Ordering::Relaxed) < n {
-                tick.tick().await;
-            }
-            tracing::info!(events = n, "--max-events reached; stopping");
-            cancel.cancel();
-        });
     }
-    let start = Instant::now();
-    let common = Common {
-        settings,
-        model: Arc::new(model),
-        media,
-        stats: stats.clone(),
-        health,
-        cancel,
-    };
-    let end = match c.source.kind {
+}
+
+/// Stop the run once `n` events have finished (`--max-events`).
+async fn stop_after(n: u64, recorder: Arc<Recorder>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while recorder.finished() < n {
+        tick.tick().await;
+    }
+    tracing::info!(events = n, "--max-events reached; stopping");
+    cancel.cancel();
+}
+
+/// The source the configuration names, with its committer.
+async fn with_source(c: &Config, common: Common) -> anyhow::Result<RunEnd> {
+    match c.source.kind {
         SourceKind::Local => {
             let checkpoint = Checkpoint::load(&c.checkpoint.path)?;
             let source = LocalJsonl::open(&c.source.path, c.source.max_event_bytes, &checkpoint)
@@ -167,39 +234,11 @@ pub async fn run(
                 checkpoint,
                 common.settings.crash_guard,
             );
-            with_sink(c, common, source, committer).await?
+            with_sink(c, common, source, committer).await
         }
         SourceKind::Backfill => {
-            let (bucket, prefix) = c
-                .backfill
-                .bucket_and_prefix()
-                .context("backfill.prefix is not an s3:// URL")?;
-            let spec = BackfillSpec {
-                bucket: bucket.to_owned(),
-                prefix: prefix.to_owned(),
-                shard: c.backfill.shard,
-                shards: c.backfill.shards,
-                suffixes: c.backfill.include_suffixes.clone(),
-                tasks: c.backfill_tasks().map_err(anyhow::Error::msg)?,
-                page: c.backfill.list_page,
-                backoff: common.settings.fetch_backoff,
-            };
-            let resume = spec.resume_from(&Checkpoint::load(&c.checkpoint.path)?)?;
-            tracing::info!(
-                source = %spec.url(),
-                shard = spec.shard,
-                shards = spec.shards,
-                start_after = resume.start_after.as_deref().unwrap_or(""),
-                done_before = resume.done,
-                "backfill"
-            );
-            let store = common
-                .media
-                .s3
-                .clone()
-                .context("a backfill needs the S3 store (s3.enabled)")?;
-            let (source, committer) = backfill(store, spec, resume, &c.checkpoint.path);
-            with_sink(c, common, source, committer).await?
+            let (source, committer) = backfill_source(c, &common)?;
+            with_sink(c, common, source, committer).await
         }
         SourceKind::Kafka => {
             let k = &c.kafka;
@@ -215,31 +254,45 @@ pub async fn run(
                 },
             );
             let committer = KafkaCommitter::new(shared, common.settings.crash_guard);
-            with_sink(c, common, source, committer).await?
+            with_sink(c, common, source, committer).await
         }
-    };
-    let seconds = start.elapsed().as_secs_f64();
-    if let Some(p) = progress {
-        p.abort();
-        eprint!("\r\x1b[2K");
     }
-    let snap = stats.snapshot();
-    let summary = Summary {
-        end: match &end {
-            RunEnd::Completed => "completed".into(),
-            RunEnd::Drained => "stopped (drained)".into(),
-            RunEnd::DrainTimedOut { abandoned } => {
-                format!("stopped (drain timed out; {abandoned} events will replay)")
-            }
-        },
-        seconds,
-        events_per_second: snap.finished as f64 / seconds.max(1e-9),
-        backends,
-        memory_bound_bytes: bound.total(),
-        peak_rss_bytes: memory::rss().map(|r| r.1),
-        stats: snap,
+}
+
+/// The backfill's listing source and checkpoint, resumed from the checkpoint file.
+fn backfill_source(
+    c: &Config,
+    common: &Common,
+) -> anyhow::Result<(BackfillSource, BackfillCheckpoint)> {
+    let (bucket, prefix) = c
+        .backfill
+        .bucket_and_prefix()
+        .context("backfill.prefix is not an s3:// URL")?;
+    let spec = BackfillSpec {
+        bucket: bucket.to_owned(),
+        prefix: prefix.to_owned(),
+        shard: c.backfill.shard,
+        shards: c.backfill.shards,
+        suffixes: c.backfill.include_suffixes.clone(),
+        tasks: c.backfill_tasks().map_err(anyhow::Error::msg)?,
+        page: c.backfill.list_page,
+        backoff: common.settings.fetch_backoff,
     };
-    Ok(summary)
+    let resume = spec.resume_from(&Checkpoint::load(&c.checkpoint.path)?)?;
+    tracing::info!(
+        source = %spec.url(),
+        shard = spec.shard,
+        shards = spec.shards,
+        start_after = resume.start_after.as_deref().unwrap_or(""),
+        done_before = resume.done,
+        "backfill"
+    );
+    let store = common
+        .media
+        .s3
+        .clone()
+        .context("a backfill needs the S3 store (s3.enabled)")?;
+    Ok(backfill(store, spec, resume, &c.checkpoint.path))
 }
 
 /// What every source/sink combination shares.
@@ -247,7 +300,7 @@ struct Common {
     settings: Settings,
     model: Arc<FusionModel>,
     media: Media,
-    stats: Arc<Stats>,
+    recorder: Arc<Recorder>,
     health: Arc<Health>,
     cancel: CancellationToken,
 }
@@ -289,7 +342,7 @@ async fn run_with<S: Source, K: OutputSink, C: Committer>(
         settings,
         model,
         media,
-        stats,
+        recorder,
         health,
         cancel,
     } = common;
@@ -301,27 +354,8 @@ async fn run_with<S: Source, K: OutputSink, C: Committer>(
         source,
         sink,
         committer,
-        health,
+        adapter_metrics: recorder.adapter(),
+        stopping: health.stopping.clone(),
     };
-    pipeline::run(parts, stats, cancel).await
-}
-
-async fn progress(stats: Arc<Stats>) {
-    let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tick.tick().await;
-        let s = stats.snapshot();
-        let secs = start.elapsed().as_secs_f64().max(1e-9);
-        eprint!(
-            "\r\x1b[2K{} read, {} done ({} degraded, {} dead-lettered), {:.1} events/s, {:.0}s",
-            s.read,
-            s.finished,
-            s.degraded,
-            s.dead_lettered,
-            s.finished as f64 / secs,
-            secs
-        );
-        let _ = std::io::stderr().flush();
-    }
+    pipeline::run(parts, recorder, cancel).await
 }

@@ -5,12 +5,16 @@
 //! Here: the arguments, their overrides of the configuration, signals, and the summary
 //! printer; the wiring of the worker itself is [`fusionstream::app`].
 
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
 use fusionstream::app::{self, Summary};
-use fusionstream::config::{BackfillOverrides, Config, Overrides, SinkKind, SourceKind};
+use fusionstream::config::{BackfillOverrides, Config, Overrides, Progress, SinkKind, SourceKind};
+use fusionstream::telemetry::Recorder;
 use fusionstream_io::local::JsonlSink;
 use tokio_util::sync::CancellationToken;
 
@@ -140,7 +144,15 @@ fn execute(overrides: &Overrides, a: CommonArgs) -> anyhow::Result<()> {
         // stops the worker cleanly once loading ends, instead of killing it by the signal's
         // default.
         spawn_signal_handler(cancel.clone());
-        app::run(&c, cancel, a.max_events).await
+        let recorder = Arc::new(Recorder::default());
+        let progress =
+            show_progress(c.telemetry.progress).then(|| tokio::spawn(progress(recorder.clone())));
+        let summary = app::run_recorded(&c, recorder, cancel, a.max_events).await;
+        if let Some(p) = progress {
+            p.abort();
+            eprint!("\r\x1b[2K");
+        }
+        summary
     });
     // Shut the runtime down, then flush the spans (the exporter blocks).
     drop(rt);
@@ -151,6 +163,36 @@ fn execute(overrides: &Overrides, a: CommonArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
+}
+
+/// Whether the progress line is shown: `telemetry.progress`, `auto` = on a terminal.
+fn show_progress(p: Progress) -> bool {
+    match p {
+        Progress::Always => true,
+        Progress::Never => false,
+        Progress::Auto => std::io::stderr().is_terminal(),
+    }
+}
+
+/// The progress line on stderr, redrawn every 250 ms until aborted.
+async fn progress(recorder: Arc<Recorder>) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let s = recorder.snapshot();
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        eprint!(
+            "\r\x1b[2K{} read, {} done ({} degraded, {} dead-lettered), {:.1} events/s, {:.0}s",
+            s.read,
+            s.finished,
+            s.degraded,
+            s.dead_lettered,
+            s.finished as f64 / secs,
+            secs
+        );
+        let _ = std::io::stderr().flush();
+    }
 }
 
 fn fresh(c: &Config) -> anyhow::Result<()> {

@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::envelope::{rfc3339, EventCtx, Finished, ModelDone, Partial};
-use crate::telemetry::stats::{Outcome, Stage, Stats};
+use super::report::{Outcome, Report, Reporter, Stage};
+use super::window::Load;
 use fusionstream_core::lock;
 
 /// Turn batch results into records: each lane's outputs go to the sink as soon as that lane
@@ -28,7 +29,8 @@ use fusionstream_core::lock;
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<ModelDone>,
     to_sink: mpsc::Sender<Finished>,
-    stats: Arc<Stats>,
+    reporter: Arc<dyn Reporter>,
+    load: Arc<Load>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     while let Some(done) = rx.recv().await {
@@ -43,10 +45,22 @@ pub(crate) async fn run(
                 )));
             }
         };
-        stats.batch(done.lane, done.parts.len(), done.took);
+        load.model_ns.fetch_add(
+            done.took.as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        reporter.report(Report::BatchRan {
+            lane: done.lane,
+            items: done.parts.len(),
+            took: done.took,
+        });
         for ((ctx, enqueued), out) in done.parts.into_iter().zip(outputs) {
             let waited = done.started.saturating_duration_since(enqueued);
-            stats.queue_wait(done.lane, ctx.priority, waited);
+            reporter.report(Report::QueueWaited {
+                lane: done.lane,
+                priority: ctx.priority,
+                waited,
+            });
             let piece = {
                 let mut p = lock(&ctx.partial);
                 let fresh = match out {
@@ -60,13 +74,19 @@ pub(crate) async fn run(
                 p.model_ms += done.took.as_secs_f64() * 1e3;
                 p.remaining -= 1;
                 if p.remaining == 0 {
-                    stats.stage(Stage::Queue, ms_duration(p.queue_ms));
-                    stats.stage(Stage::Model, ms_duration(p.model_ms));
+                    reporter.report(Report::StageTimed {
+                        stage: Stage::Queue,
+                        took: ms_duration(p.queue_ms),
+                    });
+                    reporter.report(Report::StageTimed {
+                        stage: Stage::Model,
+                        took: ms_duration(p.model_ms),
+                    });
                     // The batch work itself is in the linked model_batch spans.
                     ctx.span.record("event.queue_ms", round(p.queue_ms));
                     ctx.span.record("event.model_ms", round(p.model_ms));
                 }
-                piece(&ctx, &mut p, fresh, done.lane, &stats)
+                piece(&ctx, &mut p, fresh, done.lane, &*reporter)
             };
             if let Some(f) = piece {
                 if to_sink.send(f).await.is_err() {
@@ -85,18 +105,18 @@ fn piece(
     p: &mut Partial,
     out: Option<InferOutput>,
     lane: Lane,
-    stats: &Stats,
+    reporter: &dyn Reporter,
 ) -> Option<Finished> {
     let last = p.remaining == 0;
     let latency = ctx.started.elapsed();
     let mut records = Vec::new();
     if let (Some(out), None) = (out, &p.failure) {
         p.skipped.extend(out.skipped.iter().copied());
-        records = outputs(ctx, p, out, stats);
+        records = outputs(ctx, p, out, reporter);
     }
     p.published.extend(records.iter().map(|(s, _)| *s));
     let span = ctx.span.clone();
-    let traceparent = crate::telemetry::traces::traceparent_for(&span, ctx.traceparent.as_deref());
+    let traceparent = super::trace_context::traceparent_for(&span, ctx.traceparent.as_deref());
     let mut finished = Finished {
         partition: ctx.partition,
         offset: ctx.offset,
@@ -177,7 +197,12 @@ fn skipped(ctx: &EventCtx, p: &Partial) -> Vec<fusionstream_core::Skipped> {
 }
 
 /// The output records of one lane's outputs.
-fn outputs(ctx: &EventCtx, p: &Partial, out: InferOutput, stats: &Stats) -> Vec<(Stream, Vec<u8>)> {
+fn outputs(
+    ctx: &EventCtx,
+    p: &Partial,
+    out: InferOutput,
+    reporter: &dyn Reporter,
+) -> Vec<(Stream, Vec<u8>)> {
     let latency = ctx.started.elapsed();
     let meta = RecordMeta {
         schema_version: OUTPUT_SCHEMA_VERSION,
@@ -274,12 +299,9 @@ fn outputs(ctx: &EventCtx, p: &Partial, out: InferOutput, stats: &Stats) -> Vec<
         if let (Some(lists), Some(e)) = (&m.lists, &out.list_embedding) {
             signals.embedding_matches = lists.embedding_matches(e);
         }
-        if !signals.matches.is_empty() || !signals.embedding_matches.is_empty() {
-            let mut counts = lock(&stats.list_matches);
-            let hits = signals.matches.iter().map(|h| &h.list);
-            for list in hits.chain(signals.embedding_matches.iter().map(|h| &h.list)) {
-                *counts.entry(list.clone()).or_default() += 1;
-            }
+        let hits = signals.matches.iter().map(|h| &h.list);
+        for list in hits.chain(signals.embedding_matches.iter().map(|h| &h.list)) {
+            reporter.report(Report::ListMatched { list });
         }
         let (policy, name) = m.policies.for_tenant(ctx.tenant.as_deref());
         if let Some(text) = &signals.image_text {
@@ -287,8 +309,9 @@ fn outputs(ctx: &EventCtx, p: &Partial, out: InferOutput, stats: &Stats) -> Vec<
             signals.terms.extend(found);
         }
         let verdict = decide(policy, &signals);
-        stats.moderation[verdict.action as usize]
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        reporter.report(Report::ModerationDecided {
+            action: verdict.action,
+        });
         push(
             Stream::Moderation,
             serde_json::to_vec(&ModerationRecord {

@@ -1,7 +1,6 @@
 //! The micro-batcher task: the pure [`Batcher`] driven by a clock, feeding the model thread
 //! ([`super::model_thread`]).
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::envelope::Part;
 use super::model_thread::ModelJob;
-use crate::telemetry::stats::Stats;
+use super::report::{Report, Reporter};
 
 /// Collect parts into per-lane batches and hand them to the model thread; `send` waits
 /// while the model's queue is full, so back-pressure reaches the intake.
@@ -20,17 +19,10 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<(Lane, Part, Cost)>,
     model: mpsc::Sender<ModelJob>,
     lanes: [LanePolicy; 2],
-    stats: Arc<Stats>,
+    reporter: Arc<dyn Reporter>,
 ) -> anyhow::Result<()> {
-    for l in Lane::ALL {
-        stats.lane_max_items[l.index()].store(lanes[l.index()].max_items as u64, Relaxed);
-    }
     let mut batcher: Batcher<Part> = Batcher::new(lanes);
-    let pending = |b: &Batcher<Part>| {
-        stats
-            .batcher_pending
-            .store(b.pending() as u64, std::sync::atomic::Ordering::Relaxed)
-    };
+    let pending = |b: &Batcher<Part>| reporter.report(Report::PartsWaiting(b.pending()));
     loop {
         let deadline = batcher.next_deadline();
         let ready: Vec<Batch<Part>> = tokio::select! {
@@ -38,7 +30,7 @@ pub(crate) async fn run(
                 Some((lane, part, cost)) => batcher.push(lane, part, cost, Instant::now()),
                 None => {
                     for b in batcher.flush() {
-                        send(&model, b, &stats).await?;
+                        send(&model, b, &*reporter).await?;
                     }
                     pending(&batcher);
                     return Ok(());
@@ -48,7 +40,7 @@ pub(crate) async fn run(
         };
         pending(&batcher);
         for b in ready {
-            send(&model, b, &stats).await?;
+            send(&model, b, &*reporter).await?;
         }
     }
 }
@@ -59,8 +51,12 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-async fn send(model: &mpsc::Sender<ModelJob>, b: Batch<Part>, stats: &Stats) -> anyhow::Result<()> {
-    stats.model_queue.fetch_add(1, Relaxed);
+async fn send(
+    model: &mpsc::Sender<ModelJob>,
+    b: Batch<Part>,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<()> {
+    reporter.report(Report::BatchQueued);
     model
         .send(ModelJob {
             lane: b.lane,

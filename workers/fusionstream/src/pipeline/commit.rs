@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use fusionstream_core::backoff::Backoff;
 use fusionstream_core::lock;
 use fusionstream_core::position::PositionTracker;
+use fusionstream_io::metrics::AdapterMetrics;
 use fusionstream_io::ports::{CommitAck, Committer};
 use fusionstream_io::retry::jitter;
 
-use crate::telemetry::stats::Stats;
+use super::report::{Report, Reporter};
 
 /// Delays between commits while they keep failing (the first retry is at the next
 /// interval).
@@ -37,14 +38,22 @@ pub(crate) struct Commits {
     backoff: Backoff,
     /// Consecutive failed commits.
     failures: u32,
-    /// `commit_failures` when last looked at (the Kafka committer's callback counts
-    /// failures that `commit` itself cannot see).
+    /// The last `commit` returned an error.
+    returned_failure: bool,
+    /// The adapter's count of failures it saw after `commit` returned (the Kafka committer's
+    /// callback), and that count when last looked at.
+    adapter: Arc<AdapterMetrics>,
     seen_failures: u64,
     not_before: Instant,
+    reporter: Arc<dyn Reporter>,
 }
 
 impl Commits {
-    pub(crate) fn new(interval: Duration) -> Self {
+    pub(crate) fn new(
+        interval: Duration,
+        adapter: Arc<AdapterMetrics>,
+        reporter: Arc<dyn Reporter>,
+    ) -> Self {
         Self {
             backoff: Backoff {
                 initial: interval,
@@ -52,9 +61,21 @@ impl Commits {
                 retries: u32::MAX,
             },
             failures: 0,
-            seen_failures: 0,
+            returned_failure: false,
+            seen_failures: adapter.commit_failures.load(Relaxed),
+            adapter,
             not_before: Instant::now(),
+            reporter,
         }
+    }
+
+    /// Whether a commit failed since the last call: `commit` returned an error, or the
+    /// store reported one later.
+    fn failed_since(&mut self) -> bool {
+        let reported = self.adapter.commit_failures.load(Relaxed);
+        let failed = std::mem::take(&mut self.returned_failure) || reported > self.seen_failures;
+        self.seen_failures = reported;
+        failed
     }
 
     /// Commit what is done and unconfirmed, unless backing off. A failed commit is not
@@ -63,14 +84,11 @@ impl Commits {
         &mut self,
         tracker: &Mutex<PositionTracker>,
         committer: &Mutex<C>,
-        stats: &Stats,
     ) {
-        let failed_since = stats.adapter.commit_failures.load(Relaxed) > self.seen_failures;
-        self.seen_failures = stats.adapter.commit_failures.load(Relaxed);
+        let failed_since = self.failed_since();
         let pending = lock(tracker).pending_commits();
-        stats
-            .uncommitted_partitions
-            .store(pending.len() as i64, Relaxed);
+        self.reporter
+            .report(Report::UncommittedPartitions(pending.len()));
         if pending.is_empty() {
             self.failures = 0;
             return;
@@ -86,18 +104,19 @@ impl Commits {
         if Instant::now() < self.not_before {
             return;
         }
-        stats.adapter.commits.fetch_add(1, Relaxed);
+        self.reporter.report(Report::CommitSent);
         match lock(committer).commit(&pending) {
             Ok(CommitAck::Confirmed) => {
                 let mut t = lock(tracker);
                 for (p, o) in &pending {
                     t.confirm(*p, *o);
                 }
-                stats.uncommitted_partitions.store(0, Relaxed);
+                self.reporter.report(Report::UncommittedPartitions(0));
             }
             Ok(CommitAck::Sent) => {}
             Err(e) => {
-                stats.adapter.commit_failures.fetch_add(1, Relaxed);
+                self.returned_failure = true;
+                self.reporter.report(Report::CommitFailed);
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "committing positions failed; retrying"
@@ -115,7 +134,7 @@ impl Commits {
 pub(crate) async fn final_commit<C: Committer>(
     tracker: &Arc<Mutex<PositionTracker>>,
     committer: &Arc<Mutex<C>>,
-    stats: &Arc<Stats>,
+    reporter: &dyn Reporter,
     timeout: Duration,
     mark_clean: bool,
 ) {
@@ -130,14 +149,12 @@ pub(crate) async fn final_commit<C: Committer>(
                 t.pending_commits()
             }
         };
-        stats
-            .uncommitted_partitions
-            .store(pending.len() as i64, Relaxed);
+        reporter.report(Report::UncommittedPartitions(pending.len()));
         if pending.is_empty() {
             return;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        stats.adapter.commits.fetch_add(1, Relaxed);
+        reporter.report(Report::CommitSent);
         let c = committer.clone();
         let p = pending.clone();
         // A Kafka commit waits on the broker: off the async workers.
@@ -151,12 +168,12 @@ pub(crate) async fn final_commit<C: Committer>(
                     t.confirm(*p, *o);
                 }
                 if mark_clean {
-                    stats.uncommitted_partitions.store(0, Relaxed);
+                    reporter.report(Report::UncommittedPartitions(0));
                     return;
                 }
             }
             Err(e) => {
-                stats.adapter.commit_failures.fetch_add(1, Relaxed);
+                reporter.report(Report::CommitFailed);
                 let delay = Backoff {
                     initial: Duration::from_millis(100),
                     max: Duration::from_secs(2),
@@ -190,6 +207,33 @@ pub(crate) async fn final_commit<C: Committer>(
 mod tests {
     use super::*;
     use fusionstream_core::position::PartitionId;
+    use std::sync::atomic::{AtomicI64, AtomicU64};
+
+    /// What the commit tests look at: failed commits, and the uncommitted partitions last
+    /// reported.
+    #[derive(Debug, Default)]
+    struct Counts {
+        failures: AtomicU64,
+        uncommitted: AtomicI64,
+    }
+
+    impl Reporter for Counts {
+        fn report(&self, r: Report<'_>) {
+            match r {
+                Report::CommitFailed => {
+                    self.failures.fetch_add(1, Relaxed);
+                }
+                Report::UncommittedPartitions(n) => self.uncommitted.store(n as i64, Relaxed),
+                _ => {}
+            }
+        }
+    }
+
+    fn commits(interval: Duration) -> (Commits, Arc<Counts>) {
+        let counts = Arc::new(Counts::default());
+        let c = Commits::new(interval, Arc::default(), counts.clone());
+        (c, counts)
+    }
 
     /// A committer that fails its first `fail` commits, then stores or only sends.
     struct Flaky {
@@ -226,13 +270,12 @@ mod tests {
             ack: CommitAck::Confirmed,
             calls: vec![],
         });
-        let stats = Stats::default();
-        let mut commits = Commits::new(Duration::from_millis(1));
+        let (mut commits, stats) = commits(Duration::from_millis(1));
         // No new event arrives: only the timer calls commit.
         let start = Instant::now();
         while lock(&tracker).confirmed(0) != Some(5) {
             assert!(start.elapsed() < Duration::from_secs(5), "never confirmed");
-            commits.commit(&tracker, &committer, &stats);
+            commits.commit(&tracker, &committer);
             std::thread::sleep(Duration::from_millis(1));
         }
         {
@@ -240,9 +283,9 @@ mod tests {
             assert_eq!(calls.len(), 4, "three failures, then the commit that held");
             assert!(calls.iter().all(|c| c == &vec![(0, 5)]));
         }
-        assert_eq!(stats.adapter.commit_failures.load(Relaxed), 3);
-        assert_eq!(stats.uncommitted_partitions.load(Relaxed), 0);
-        commits.commit(&tracker, &committer, &stats);
+        assert_eq!(stats.failures.load(Relaxed), 3);
+        assert_eq!(stats.uncommitted.load(Relaxed), 0);
+        commits.commit(&tracker, &committer);
         assert_eq!(lock(&committer).calls.len(), 4, "nothing left to commit");
     }
 
@@ -254,17 +297,16 @@ mod tests {
             ack: CommitAck::Sent,
             calls: vec![],
         });
-        let stats = Stats::default();
-        let mut commits = Commits::new(Duration::from_millis(1));
-        commits.commit(&tracker, &committer, &stats);
-        commits.commit(&tracker, &committer, &stats);
+        let (mut commits, stats) = commits(Duration::from_millis(1));
+        commits.commit(&tracker, &committer);
+        commits.commit(&tracker, &committer);
         assert_eq!(lock(&committer).calls.len(), 2, "unconfirmed: sent again");
-        assert_eq!(stats.uncommitted_partitions.load(Relaxed), 1);
+        assert_eq!(stats.uncommitted.load(Relaxed), 1);
         // The callback's confirmation.
         lock(&tracker).confirm(0, 3);
-        commits.commit(&tracker, &committer, &stats);
+        commits.commit(&tracker, &committer);
         assert_eq!(lock(&committer).calls.len(), 2);
-        assert_eq!(stats.uncommitted_partitions.load(Relaxed), 0);
+        assert_eq!(stats.uncommitted.load(Relaxed), 0);
     }
 
     #[test]
@@ -275,11 +317,10 @@ mod tests {
             ack: CommitAck::Confirmed,
             calls: vec![],
         });
-        let stats = Stats::default();
-        let mut commits = Commits::new(Duration::from_millis(20));
+        let (mut commits, _) = commits(Duration::from_millis(20));
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(400) {
-            commits.commit(&tracker, &committer, &stats);
+            commits.commit(&tracker, &committer);
             std::thread::sleep(Duration::from_millis(1));
         }
         // Without backoff that would be ~300 attempts; with it (20, 40, 80, 160 ms caps,
@@ -296,7 +337,7 @@ mod tests {
             ack: CommitAck::Confirmed,
             calls: vec![],
         }));
-        let stats = Arc::new(Stats::default());
+        let stats = Counts::default();
         final_commit(&tracker, &committer, &stats, Duration::from_secs(10), false).await;
         assert_eq!(lock(&tracker).confirmed(0), Some(4));
         assert_eq!(lock(&committer).calls.len(), 3);

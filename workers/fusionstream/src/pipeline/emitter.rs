@@ -11,7 +11,7 @@ use fusionstream_io::ports::{SourceContext, SourceHandle};
 use fusionstream_io::SourceRecord;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::telemetry::stats::Stats;
+use super::report::{Report, Reporter};
 
 /// A record handed from the source to the pipeline, with its in-flight permit.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub struct Emitter {
     pub(crate) cx: SourceContext,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) tx: mpsc::Sender<Taken>,
-    pub(crate) stats: Arc<Stats>,
+    pub(crate) reporter: Arc<dyn Reporter>,
 }
 
 /// Room for one more event in the pipeline.
@@ -88,9 +88,7 @@ impl SourceHandle for Emitter {
             self.cx.shutdown.cancel();
             return false;
         }
-        self.stats
-            .read
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.reporter.report(Report::EventRead);
         let span = tracing::info_span!(
             "event",
             otel.name = "fusionstream.event",
@@ -101,7 +99,7 @@ impl SourceHandle for Emitter {
             event.queue_ms = tracing::field::Empty,
             event.model_ms = tracing::field::Empty,
         );
-        crate::telemetry::traces::set_parent(&span, rec.traceparent.as_deref());
+        super::trace_context::set_parent(&span, rec.traceparent.as_deref());
         let taken = Taken {
             rec,
             permit,

@@ -15,8 +15,8 @@ use fusionstream_model::{InferOutput, Prepared};
 use serde_json::{Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::report::Outcome;
 use super::Taken;
-use crate::telemetry::stats::Outcome;
 
 /// An event on its way through the model, possibly in two lanes at once.
 pub(crate) struct EventCtx {

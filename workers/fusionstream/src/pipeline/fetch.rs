@@ -9,8 +9,8 @@ use fusionstream_io::media::FetchError;
 use fusionstream_io::retry::retry;
 use fusionstream_io::stores::Media;
 
+use super::report::{Report, Reporter};
 use super::Settings;
-use crate::telemetry::stats::Stats;
 
 /// Fetch with per-attempt timeout and jittered retries of retryable errors. The caller
 /// holds a slot of `media.concurrency` (the intake's `fetch_slots`) from before the fetch until
@@ -18,10 +18,10 @@ use crate::telemetry::stats::Stats;
 pub(crate) async fn fetch(
     media: &Media,
     s: &Settings,
-    stats: &Stats,
+    reporter: &dyn Reporter,
     src: &ImageSource,
 ) -> Result<Vec<u8>, ReasonCode> {
-    let _running = InFlight::new(&stats.fetches_in_flight);
+    let _running = InFlight::new(reporter);
     let r = with_retries(s.fetch_timeout, &s.fetch_backoff, || media.fetch(src)).await;
     if let Err(code) = &r {
         tracing::debug!(reason = %code, "image fetch failed");
@@ -29,19 +29,20 @@ pub(crate) async fn fetch(
     r
 }
 
-/// Counts itself in a gauge while alive (also when its future is dropped mid-way).
-struct InFlight<'a>(&'a std::sync::atomic::AtomicI64);
+/// Reports a fetch's start, and its end when dropped (also when its future is dropped
+/// mid-way).
+struct InFlight<'a>(&'a dyn Reporter);
 
 impl<'a> InFlight<'a> {
-    fn new(g: &'a std::sync::atomic::AtomicI64) -> Self {
-        g.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(g)
+    fn new(r: &'a dyn Reporter) -> Self {
+        r.report(Report::FetchStarted);
+        Self(r)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.report(Report::FetchEnded);
     }
 }
 

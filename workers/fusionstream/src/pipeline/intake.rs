@@ -24,8 +24,8 @@ use tracing::Instrument as _;
 use super::envelope::{rfc3339, EventCtx, Finished, ModerationCtx, Part};
 use super::fetch::fetch;
 use super::preprocess::{availability, degradations, degradations_of, prepare, Preprocessed};
+use super::report::{Outcome, Report, Reporter, Stage};
 use super::scheduler::ToModel;
-use crate::telemetry::stats::{Outcome, Stage, Stats};
 use fusionstream_io::stores::Media;
 
 use super::{Settings, Taken};
@@ -41,7 +41,7 @@ pub(crate) struct Shared {
     pub cpu_slots: Arc<Semaphore>,
     pub to_model: ToModel,
     pub to_sink: mpsc::Sender<Finished>,
-    pub stats: Arc<Stats>,
+    pub reporter: Arc<dyn Reporter>,
 }
 
 /// Take records until the source closes; each event runs as its own task (their number is
@@ -69,10 +69,7 @@ async fn contained(shared: Arc<Shared>, t: Taken) {
         return;
     }
     let msg = super::model_thread::panic_message(e.into_panic().as_ref());
-    shared
-        .stats
-        .intake_panics
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.reporter.report(Report::IntakePanicked);
     tracing::error!(%stream, partition, offset, panic = %msg, "event processing panicked");
     let mut rec = DeadLetterRecord::new(
         None,
@@ -103,7 +100,7 @@ async fn contained(shared: Arc<Shared>, t: Taken) {
         started,
         latency: started.elapsed(),
         permit: None,
-        traceparent: crate::telemetry::traces::traceparent_for(&span, traceparent.as_deref()),
+        traceparent: super::trace_context::traceparent_for(&span, traceparent.as_deref()),
         span,
     };
     let _ = shared.to_sink.send(f).await;
@@ -140,8 +137,7 @@ async fn send_dead_letter(
     // A payload cut by the source was already incomplete.
     rec.payload_truncated |= t.rec.oversized;
     rec.attempts = t.refused;
-    let traceparent =
-        crate::telemetry::traces::traceparent_for(&t.span, t.rec.traceparent.as_deref());
+    let traceparent = super::trace_context::traceparent_for(&t.span, t.rec.traceparent.as_deref());
     let f = Finished {
         partition: t.rec.partition,
         offset: t.rec.offset,
@@ -242,13 +238,16 @@ async fn process(shared: Arc<Shared>, t: Taken) {
     let fetch_start = Instant::now();
     let image_bytes = match &event.image {
         Input::Present(src) => {
-            let r = fetch(&shared.media, &shared.settings, &shared.stats, src)
+            let r = fetch(&shared.media, &shared.settings, &*shared.reporter, src)
                 .instrument(tracing::info_span!(
                     "fetch",
                     otel.name = "fusionstream.fetch"
                 ))
                 .await;
-            shared.stats.stage(Stage::Fetch, fetch_start.elapsed());
+            shared.reporter.report(Report::StageTimed {
+                stage: Stage::Fetch,
+                took: fetch_start.elapsed(),
+            });
             Some(r)
         }
         _ => None,
@@ -298,10 +297,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
             } else {
                 "preprocessing task cancelled".to_owned()
             };
-            shared
-                .stats
-                .intake_panics
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.reporter.report(Report::IntakePanicked);
             tracing::error!(event_id = %event.id, panic = %msg, "preprocessing panicked");
             let (id, detail) = (
                 Some(event.id.clone()),
@@ -313,7 +309,10 @@ async fn process(shared: Arc<Shared>, t: Taken) {
         }
     };
     let preprocess_ms = ms(pre_start.elapsed());
-    shared.stats.stage(Stage::Preprocess, pre_start.elapsed());
+    shared.reporter.report(Report::StageTimed {
+        stage: Stage::Preprocess,
+        took: pre_start.elapsed(),
+    });
 
     let image = match (&event.image, &prep.image) {
         (Input::Present(_), Ok(Some(_))) => Availability::Usable,

@@ -115,33 +115,3 @@ pub fn rss() -> Option<(u64, u64)> {
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bound_adds_every_term_and_grows_with_each_limit() {
-        let c = crate::config::Config::load(&[], Vec::new()).unwrap();
-        let s = Settings::from_config(&c);
-        let b = MemoryBound::new(&s, SourceBuffers::Kafka, 400 << 20, 1 << 20, 0);
-        assert_eq!(b.total(), b.terms.iter().map(|t| t.1).sum::<u64>());
-        assert_eq!(b.terms[0].1, 600 << 20);
-        let mut more = s.clone();
-        more.max_in_flight *= 2;
-        let b2 = MemoryBound::new(&more, SourceBuffers::Kafka, 400 << 20, 1 << 20, 0);
-        assert_eq!(b2.terms[2].1, 2 * b.terms[2].1);
-        let local = MemoryBound::new(&s, SourceBuffers::Local, 400 << 20, 1 << 20, 0);
-        let ocr = MemoryBound::new(&s, SourceBuffers::Local, 400 << 20, 1 << 20, 700 << 20);
-        assert_eq!(ocr.total(), local.total() + (700 << 20));
-        assert!(local.total() < b.total());
-        assert!(
-            b.describe().contains("events in flight"),
-            "{}",
-            b.describe()
-        );
-        let (now, peak) = rss().unwrap();
-        assert!(now > 0 && peak >= now);
-    }
-}

@@ -13,12 +13,15 @@
 //! committed.
 //!
 //! The engine knows its source, sink and committer only by their ports
-//! (`fusionstream_io::ports`); the adapters are in `fusionstream_io`.
+//! (`fusionstream_io::ports`); the adapters are in `fusionstream_io`. It keeps no counters for
+//! others: what happens is reported to the caller's [`Reporter`].
 //!
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | [`run`]: the stages wired by bounded channels, the drain |
-//! | `settings.rs` | the engine's settings, derived from the configuration |
+//! | `settings.rs` | the engine's settings (plain values; the app derives them from its configuration) |
+//! | `report.rs` | what the engine reports as it runs ([`Report`], one variant per thing that happens) and where reports go ([`Reporter`]) |
+//! | `trace_context.rs` | W3C trace context: event spans parented to their records, batch spans linked, outputs' `traceparent` |
 //! | `envelope.rs` | the messages between stages (event context, parts, finished events) |
 //! | `emitter.rs` | the engine's [`fusionstream_io::ports::SourceHandle`]: permits, crash guard, tracking |
 //! | `intake.rs` | one task per event: decode, validate, fetch, preprocess, degrade or dead-letter |
@@ -49,9 +52,11 @@ pub mod memory;
 mod model_thread;
 mod oversize;
 mod preprocess;
+pub mod report;
 mod scheduler;
 mod settings;
 mod sink;
+pub mod trace_context;
 mod window;
 
 use std::sync::{Arc, Mutex};
@@ -60,17 +65,17 @@ use anyhow::Context as _;
 use fusionstream_core::lock;
 use fusionstream_core::position::PositionTracker;
 use fusionstream_core::record::BundleRef;
+use fusionstream_io::metrics::AdapterMetrics;
 use fusionstream_io::ports::{Committer, OutputSink, Source, SourceContext};
 use fusionstream_io::stores::Media;
 use fusionstream_model::{Backend, FusionModel};
 
-use crate::telemetry::health::Health;
-use crate::telemetry::stats::Stats;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use emitter::Taken;
 pub use emitter::{Emitter, Slot};
+pub use report::{Discard, Outcome, Report, Reporter, Stage};
 pub use settings::Settings;
 
 /// How a run ended.
@@ -106,14 +111,18 @@ pub struct Parts<S, K, C> {
     pub sink: K,
     /// Committer.
     pub committer: C,
-    /// Control state: the engine marks the start of its drain (`stopping`).
-    pub health: Arc<Health>,
+    /// What the source and committer adapters count (shared with them through their
+    /// context; the engine reads the commit failures the store reports late).
+    pub adapter_metrics: Arc<AdapterMetrics>,
+    /// Cancelled by the engine when its drain begins: readiness goes away, and sources stop
+    /// waiting for in-flight events that can no longer finish.
+    pub stopping: CancellationToken,
 }
 
 /// Run the pipeline until the source ends or `cancel` fires.
 pub async fn run<S: Source, K: OutputSink, C: Committer>(
     parts: Parts<S, K, C>,
-    stats: Arc<Stats>,
+    reporter: Arc<dyn Reporter>,
     cancel: CancellationToken,
 ) -> anyhow::Result<RunEnd> {
     let Parts {
@@ -124,8 +133,13 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         source,
         sink,
         committer,
-        health,
+        adapter_metrics,
+        stopping,
     } = parts;
+    let load = Arc::new(window::Load::default());
+    reporter.report(Report::LanesConfigured {
+        max_items: settings.lanes.map(|l| l.max_items),
+    });
     let cap = settings.channel_capacity;
     let tracker = Arc::new(Mutex::new(PositionTracker::new()));
     for (p, start) in source.partitions() {
@@ -144,13 +158,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     // The model's input: the priority scheduler's queue, or the FIFO batcher and its channel.
     let (to_model, jobs, batch_task, queue) = match settings.scheduler {
         Some(policy) => {
-            for l in fusionstream_core::Lane::ALL {
-                stats.lane_max_items[l.index()].store(
-                    policy.lanes[l.index()].max_items as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-            }
-            let q = scheduler::ModelQueue::new(policy, stats.clone());
+            let q = scheduler::ModelQueue::new(policy, reporter.clone());
             (
                 scheduler::ToModel::Scheduled(q.clone()),
                 model_thread::Jobs::Scheduled(q.clone()),
@@ -165,7 +173,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
                 part_rx,
                 job_tx,
                 settings.lanes,
-                stats.clone(),
+                reporter.clone(),
             ));
             (
                 scheduler::ToModel::Fifo(part_tx),
@@ -180,23 +188,37 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     let sink_task = tokio::spawn(sink::run(
         fin_rx,
         sink,
-        tracker.clone(),
-        committer.clone(),
-        stats.clone(),
-        commit::CommitTiming {
-            interval: settings.commit_interval,
-            final_timeout: settings.commit_timeout,
-            mark_clean: guard.is_some(),
+        sink::Acks {
+            tracker: tracker.clone(),
+            committer: committer.clone(),
+            commits: commit::Commits::new(
+                settings.commit_interval,
+                adapter_metrics.clone(),
+                reporter.clone(),
+            ),
+            timing: commit::CommitTiming {
+                interval: settings.commit_interval,
+                final_timeout: settings.commit_timeout,
+                mark_clean: guard.is_some(),
+            },
+            reporter: reporter.clone(),
+            load: load.clone(),
         },
     ));
     let assemble_task = tokio::spawn(assemble::run(
         done_rx,
         fin_tx.clone(),
-        stats.clone(),
+        reporter.clone(),
+        load.clone(),
         cancel.clone(),
     ));
-    let model_thread =
-        model_thread::spawn(backend, jobs, done_tx, stats.clone(), settings.test_faults)?;
+    let model_thread = model_thread::spawn(
+        backend,
+        jobs,
+        done_tx,
+        reporter.clone(),
+        settings.test_faults,
+    )?;
     let shared = Arc::new(intake::Shared {
         source_kind: source.kind(),
         fetch_slots: Arc::new(Semaphore::new(settings.fetch_concurrency)),
@@ -207,7 +229,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         bundle,
         to_model,
         to_sink: fin_tx,
-        stats: stats.clone(),
+        reporter: reporter.clone(),
     });
     let intake_task = tokio::spawn(intake::run(taken_rx, shared));
     // The read-ahead starts at its floor and follows the model's capacity.
@@ -217,20 +239,21 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         settings.min_in_flight,
         settings.max_in_flight,
         settings.latency_target,
-        stats.clone(),
+        load,
+        reporter.clone(),
     ));
     let emitter = Emitter {
         cx: SourceContext {
             positions: tracker.clone(),
-            metrics: stats.adapter.clone(),
+            metrics: adapter_metrics,
             guard: guard.clone(),
             shutdown: cancel.clone(),
-            stopping: health.stopping.clone(),
+            stopping: stopping.clone(),
             max_event_bytes: settings.limits.max_event_bytes,
         },
         permits: permits.clone(),
         tx: taken_tx,
-        stats: stats.clone(),
+        reporter: reporter.clone(),
     };
     let source_task = tokio::spawn(source.run(emitter));
 
@@ -242,7 +265,7 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     };
     // Readiness goes away while draining; and from here on nothing new starts (a consumer
     // closing later does not wait for events that can no longer finish).
-    health.stopping.cancel();
+    stopping.cancel();
     let (sink_result, timed_out) = match sink_result {
         Some(r) => (Some(r), false),
         None => match tokio::time::timeout(settings.drain_timeout, &mut sink_task).await {
@@ -292,8 +315,14 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
         Ok(_) if timed_out => {
             // Commit the done prefix; the rest replays on the next start.
             let clean = guard.is_some();
-            commit::final_commit(&tracker, &committer, &stats, settings.commit_timeout, clean)
-                .await;
+            commit::final_commit(
+                &tracker,
+                &committer,
+                &*reporter,
+                settings.commit_timeout,
+                clean,
+            )
+            .await;
             let abandoned = lock(&tracker).in_flight();
             Ok(RunEnd::DrainTimedOut { abandoned })
         }

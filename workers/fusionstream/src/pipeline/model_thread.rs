@@ -17,7 +17,6 @@
 //!   items failing in a row with no success between them are fatal.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,8 +27,8 @@ use tokio::sync::mpsc;
 
 use super::envelope::{EventCtx, ItemFailure, ItemResult, ModelDone, Part};
 use super::faults::{fault_for, Fault};
+use super::report::{Report, Reporter};
 use super::scheduler::ModelQueue;
-use crate::telemetry::stats::Stats;
 
 /// Items failing alone in a row, with no success between them and no canary to tell a
 /// broken runtime from bad items, before the worker stops.
@@ -51,11 +50,11 @@ pub(crate) enum Jobs {
 
 impl Jobs {
     /// The next batch; `None` when no more come.
-    fn next(&mut self, stats: &Stats) -> Option<ModelJob> {
+    fn next(&mut self, reporter: &dyn Reporter) -> Option<ModelJob> {
         match self {
             Jobs::Fifo(rx) => {
                 let job = rx.blocking_recv()?;
-                stats.model_queue.fetch_sub(1, Relaxed);
+                reporter.report(Report::BatchTaken);
                 Some(job)
             }
             Jobs::Scheduled(q) => q.take().map(|b| ModelJob {
@@ -103,14 +102,14 @@ pub(crate) fn spawn(
     model: Arc<dyn Backend>,
     mut jobs: Jobs,
     tx: mpsc::Sender<ModelDone>,
-    stats: Arc<Stats>,
+    reporter: Arc<dyn Reporter>,
     test_faults: bool,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("fusionstream-model".into())
         .spawn(move || {
             let mut guard = Guard::default();
-            while let Some(job) = jobs.next(&stats) {
+            while let Some(job) = jobs.next(&*reporter) {
                 // One span per batch, a root linked to the span of every event it serves
                 // (the OpenTelemetry pattern for batch work).
                 let span = tracing::info_span!(
@@ -121,7 +120,7 @@ pub(crate) fn spawn(
                     items = job.parts.len(),
                 );
                 for p in &job.parts {
-                    crate::telemetry::traces::link(&span, &p.ctx.span);
+                    super::trace_context::link(&span, &p.ctx.span);
                 }
                 // Empty unless the test hook is on: nothing extra per batch in production.
                 let faults: Vec<Option<Fault>> = if test_faults {
@@ -144,7 +143,7 @@ pub(crate) fn spawn(
                 let started = Instant::now();
                 let result = span.in_scope(|| {
                     run_isolated(
-                        &*model, job.lane, &prepared, &faults, &parts, &mut guard, &stats,
+                        &*model, job.lane, &prepared, &faults, &parts, &mut guard, &*reporter,
                     )
                 });
                 drop(span);
@@ -228,7 +227,7 @@ fn run_isolated(
     faults: &[Option<Fault>],
     parts: &[(Arc<EventCtx>, Instant)],
     guard: &mut Guard,
-    stats: &Stats,
+    reporter: &dyn Reporter,
 ) -> anyhow::Result<Vec<ItemResult>> {
     let n = prepared.len();
     let isolated = isolate(
@@ -248,9 +247,11 @@ fn run_isolated(
         CallError::failure,
     )
     .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
-    stats
-        .model_splits
-        .fetch_add(isolated.splits as u64, Relaxed);
+    if isolated.splits > 0 {
+        reporter.report(Report::BatchSplit {
+            splits: isolated.splits,
+        });
+    }
     if isolated.oom_splits > 0 {
         tracing::warn!(
             lane = lane.name(),
@@ -313,7 +314,7 @@ fn run_isolated(
                         "{} lane: non-finite model output (NaN or infinity) in {field}",
                         lane.name()
                     );
-                    stats.model_item_failures.fetch_add(1, Relaxed);
+                    reporter.report(Report::ItemFailed { panicked: false });
                     tracing::error!(event_id = %id, error = %detail, "model output not finite");
                     return Err(ItemFailure {
                         reason: ReasonCode::ModelError,
@@ -327,10 +328,7 @@ fn run_isolated(
                     CallError::Model(_) => (ReasonCode::ModelError, false),
                 };
                 let detail = format!("{} lane: {}", lane.name(), describe(&e));
-                stats.model_item_failures.fetch_add(1, Relaxed);
-                if panicked {
-                    stats.model_panics.fetch_add(1, Relaxed);
-                }
+                reporter.report(Report::ItemFailed { panicked });
                 tracing::error!(event_id = %id, %reason, error = %detail, "model failed on an item alone");
                 ItemFailure { reason, detail }
             })

@@ -7,7 +7,6 @@
 //! chosen at the last moment, from everything then waiting. The queue is bounded by the
 //! in-flight permits (an event has at most one part per lane).
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use fusionstream_core::schedule::{Next, SchedulePolicy, Scheduled, Scheduler};
 use fusionstream_core::Lane;
 
 use super::envelope::Part;
-use crate::telemetry::stats::Stats;
+use super::report::{Report, Reporter};
 
 struct State {
     scheduler: Scheduler<Part>,
@@ -31,11 +30,11 @@ struct State {
 pub(crate) struct ModelQueue {
     state: Mutex<State>,
     wake: Condvar,
-    stats: Arc<Stats>,
+    reporter: Arc<dyn Reporter>,
 }
 
 impl ModelQueue {
-    pub(crate) fn new(policy: SchedulePolicy, stats: Arc<Stats>) -> Arc<Self> {
+    pub(crate) fn new(policy: SchedulePolicy, reporter: Arc<dyn Reporter>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 scheduler: Scheduler::new(policy),
@@ -43,7 +42,7 @@ impl ModelQueue {
                 abandoned: false,
             }),
             wake: Condvar::new(),
-            stats,
+            reporter,
         })
     }
 
@@ -53,10 +52,9 @@ impl ModelQueue {
         let mut s = lock(&self.state);
         s.scheduler
             .push(lane, part, priority, cost, deadline, Instant::now());
-        self.stats
-            .batcher_pending
-            .store(s.scheduler.pending() as u64, Relaxed);
+        let waiting = s.scheduler.pending();
         drop(s);
+        self.reporter.report(Report::PartsWaiting(waiting));
         self.wake.notify_one();
     }
 
@@ -84,10 +82,13 @@ impl ModelQueue {
             let draining = s.closed;
             match s.scheduler.next(now, draining) {
                 Next::Run(b) => {
-                    self.stats
-                        .batcher_pending
-                        .store(s.scheduler.pending() as u64, Relaxed);
-                    self.stats.decision(b.lane, b.ready, b.sliced);
+                    self.reporter
+                        .report(Report::PartsWaiting(s.scheduler.pending()));
+                    self.reporter.report(Report::BatchScheduled {
+                        lane: b.lane,
+                        ready: b.ready,
+                        sliced: b.sliced,
+                    });
                     return Some(b);
                 }
                 Next::WaitUntil(t) => {

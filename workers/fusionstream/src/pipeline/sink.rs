@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 use super::commit::{final_commit, CommitTiming, Commits};
 use super::envelope::Finished;
 use super::oversize;
-use crate::telemetry::stats::{Stage, Stats};
+use super::report::{Report, Reporter, Stage};
+use super::window::Load;
 
 /// Most events written between two flushes (group commit).
 const GROUP: usize = 256;
@@ -38,16 +39,30 @@ const REPUBLISH: Backoff = Backoff {
     retries: u32::MAX,
 };
 
+/// What the sink task acknowledges into: the positions, the committer, the reports.
+pub(crate) struct Acks<C> {
+    pub tracker: Arc<Mutex<PositionTracker>>,
+    pub committer: Arc<Mutex<C>>,
+    pub commits: Commits,
+    pub timing: CommitTiming,
+    pub reporter: Arc<dyn Reporter>,
+    pub load: Arc<Load>,
+}
+
 pub(crate) async fn run<K: OutputSink, C: Committer>(
     mut rx: mpsc::Receiver<Finished>,
     mut sink: K,
-    tracker: Arc<Mutex<PositionTracker>>,
-    committer: Arc<Mutex<C>>,
-    stats: Arc<Stats>,
-    timing: CommitTiming,
+    acks: Acks<C>,
 ) -> anyhow::Result<()> {
+    let Acks {
+        tracker,
+        committer,
+        mut commits,
+        timing,
+        reporter,
+        load,
+    } = acks;
     let interval = timing.interval;
-    let mut commits = Commits::new(interval);
     let mut last_commit = Instant::now();
     let mut group = Vec::with_capacity(GROUP);
     loop {
@@ -58,7 +73,7 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
                 None => break,
             },
             _ = tokio::time::sleep(interval) => {
-                commits.commit(&tracker, &committer, &stats);
+                commits.commit(&tracker, &committer);
                 last_commit = Instant::now();
                 continue;
             }
@@ -71,8 +86,11 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
             }
         }
         let started = Instant::now();
-        publish(&mut sink, &group, &stats).await?;
-        stats.stage(Stage::Publish, started.elapsed());
+        publish(&mut sink, &group, &*reporter).await?;
+        reporter.report(Report::StageTimed {
+            stage: Stage::Publish,
+            took: started.elapsed(),
+        });
         {
             // Only an event's last piece completes its position: its earlier pieces were in
             // this group or an earlier one, all acknowledged by now.
@@ -87,28 +105,35 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
         }
         for f in group.drain(..) {
             let streams: Vec<_> = f.records.iter().map(|(s, _)| *s).collect();
-            stats.published(&streams);
+            reporter.report(Report::RecordsAcked { streams: &streams });
             if let Some((lane, priority)) = f.lane {
-                stats.lane_latency(lane, priority, f.started.elapsed());
+                reporter.report(Report::LaneAcked {
+                    lane,
+                    priority,
+                    since_read: f.started.elapsed(),
+                });
             }
             if let Some(outcome) = &f.outcome {
                 f.span.record("event.outcome", outcome.name());
-                stats.finish(outcome, f.latency);
-                stats.stage(Stage::Total, f.latency);
+                load.finished.fetch_add(1, Relaxed);
+                reporter.report(Report::EventFinished {
+                    outcome,
+                    latency: f.latency,
+                });
             }
             // Returning the in-flight permit (the last piece holds it) lets the source read
             // one more event; dropping the span ends the event's trace span.
             drop(f.permit);
         }
         if last_commit.elapsed() >= interval {
-            commits.commit(&tracker, &committer, &stats);
+            commits.commit(&tracker, &committer);
             last_commit = Instant::now();
         }
     }
     final_commit(
         &tracker,
         &committer,
-        &stats,
+        &*reporter,
         timing.final_timeout,
         timing.mark_clean,
     )
@@ -124,7 +149,7 @@ type Record<'a> = (Stream, &'a str, &'a [u8], Option<&'a str>);
 async fn publish<K: OutputSink>(
     sink: &mut K,
     group: &[Finished],
-    stats: &Stats,
+    reporter: &dyn Reporter,
 ) -> anyhow::Result<()> {
     let records: Vec<Record<'_>> = group
         .iter()
@@ -139,11 +164,11 @@ async fn publish<K: OutputSink>(
             })
         })
         .collect();
-    match send(sink, &records, stats).await {
+    match send(sink, &records, reporter).await {
         // Some record of the group is over the broker's limit: find it by sending the
         // records one at a time (those already delivered are sent again: duplicates, never
         // a loss).
-        Err(PublishError::TooLarge(_)) => publish_each(sink, group, stats).await,
+        Err(PublishError::TooLarge(_)) => publish_each(sink, group, reporter).await,
         r => r.context("acknowledging outputs"),
     }
 }
@@ -154,7 +179,7 @@ async fn publish<K: OutputSink>(
 async fn send<K: OutputSink>(
     sink: &mut K,
     records: &[Record<'_>],
-    stats: &Stats,
+    reporter: &dyn Reporter,
 ) -> Result<(), PublishError> {
     let mut attempts = Attempts::new(&REPUBLISH);
     loop {
@@ -168,7 +193,7 @@ async fn send<K: OutputSink>(
         match r {
             Ok(()) => return Ok(()),
             Err(e @ PublishError::Retryable(_)) => {
-                stats.publish_retries.fetch_add(1, Relaxed);
+                reporter.report(Report::PublishRetried);
                 tracing::warn!(
                     error = format!("{e:#}"),
                     attempt = attempts.count(),
@@ -190,7 +215,7 @@ async fn send<K: OutputSink>(
 async fn publish_each<K: OutputSink>(
     sink: &mut K,
     group: &[Finished],
-    stats: &Stats,
+    reporter: &dyn Reporter,
 ) -> anyhow::Result<()> {
     for f in group {
         for (stream, json) in &f.records {
@@ -198,7 +223,7 @@ async fn publish_each<K: OutputSink>(
             let mut json = std::borrow::Cow::Borrowed(json.as_slice());
             loop {
                 let record = (stream, f.key.as_str(), &*json, f.traceparent.as_deref());
-                match send(sink, &[record], stats).await {
+                match send(sink, &[record], reporter).await {
                     Ok(()) => break,
                     Err(PublishError::TooLarge(_)) => {}
                     Err(e) => return Err(e).context("acknowledging outputs"),
@@ -206,7 +231,7 @@ async fn publish_each<K: OutputSink>(
                 let replacement = if stream == Stream::DeadLetters {
                     oversize::shrink_dead_letter(&json)
                 } else {
-                    stats.outputs_too_large.fetch_add(1, Relaxed);
+                    reporter.report(Report::OutputTooLarge);
                     let dl = oversize::output_too_large(stream, &json);
                     tracing::warn!(
                         event_id = %f.key,

@@ -7,17 +7,37 @@
 //! the task queues for them like the source does (the semaphore is fair), so the source reads
 //! again only once the in-flight count is under the new window.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fusionstream_core::schedule::read_ahead;
 use tokio::sync::Semaphore;
 
-use crate::telemetry::stats::Stats;
+use super::report::{Report, Reporter};
 
 /// How often the window is resized.
 const TICK: Duration = Duration::from_millis(500);
+
+/// What the window is sized from: events finished and time in forward passes so far (the
+/// sink and the assembler add to it).
+#[derive(Debug, Default)]
+pub(crate) struct Load {
+    /// Events finished.
+    pub(crate) finished: AtomicU64,
+    /// Time the model thread spent in forward passes, ns.
+    pub(crate) model_ns: AtomicU64,
+}
+
+impl Load {
+    fn now(&self) -> (Instant, u64, u64) {
+        (
+            Instant::now(),
+            self.finished.load(Relaxed),
+            self.model_ns.load(Relaxed),
+        )
+    }
+}
 
 /// Resize the window until the task is aborted; `permits` holds `min` at the start.
 pub(crate) async fn run(
@@ -25,27 +45,20 @@ pub(crate) async fn run(
     min: usize,
     max: usize,
     target: Duration,
-    stats: Arc<Stats>,
+    load: Arc<Load>,
+    reporter: Arc<dyn Reporter>,
 ) {
     let mut window = min;
-    stats.in_flight_window.store(window as u64, Relaxed);
+    reporter.report(Report::WindowResized(window));
     if min >= max {
         return;
     }
-    let mut last = (
-        Instant::now(),
-        stats.finished.load(Relaxed),
-        stats.model_ns.load(Relaxed),
-    );
+    let mut last = load.now();
     // Smoothed capacity estimate, as the window it gives.
     let mut smooth: Option<f64> = None;
     loop {
         tokio::time::sleep(TICK).await;
-        let now = (
-            Instant::now(),
-            stats.finished.load(Relaxed),
-            stats.model_ns.load(Relaxed),
-        );
+        let now = load.now();
         let secs = now.0.duration_since(last.0).as_secs_f64();
         let rate = now.1.saturating_sub(last.1) as f64 / secs;
         let busy = now.2.saturating_sub(last.2) as f64 / 1e9 / secs;
@@ -62,7 +75,7 @@ pub(crate) async fn run(
         // Hysteresis: small changes are noise.
         if want.abs_diff(window) * 10 >= window {
             resize(&permits, &mut window, want).await;
-            stats.in_flight_window.store(window as u64, Relaxed);
+            reporter.report(Report::WindowResized(window));
         }
     }
 }

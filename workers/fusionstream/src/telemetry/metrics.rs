@@ -1,19 +1,18 @@
-//! Prometheus metrics: a collector that renders the pipeline's [`Stats`] at scrape time, so
-//! the run summary and `/metrics` read the same counters. The catalogue, with what each
-//! metric is for, is `docs/metrics.md` (a test keeps the two in step).
-//!
-//! Long (~540 lines) because it renders the whole catalogue in one collector, in the order of
-//! `docs/metrics.md`, with the test that keeps the two in step.
+//! Prometheus metrics: a collector that renders the [`Recorder`] (with the adapters'
+//! counters and [`Health`]) at scrape time, so the run summary and `/metrics` read the same
+//! figures. The catalogue is data: [`CATALOGUE`] lists every metric with its help text and
+//! how to read it, in the order of `docs/metrics.md` (a test keeps the two in step).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use crate::pipeline::Stage;
 use fusionstream_core::moderation::Action;
 use fusionstream_core::record::Stream;
 use fusionstream_core::schedule::Ready;
 use fusionstream_core::{Lane, Priority};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -21,19 +20,20 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::health::Health;
-use super::stats::{Stage, Stats};
+use super::recorder::Recorder;
 
-/// Renders [`Stats`] (with the adapters' counters) and [`Health`] as Prometheus metrics.
+/// Renders the [`Recorder`] (with the adapters' counters) and [`Health`] as Prometheus
+/// metrics.
 #[derive(Debug)]
-pub struct StatsCollector {
-    stats: Arc<Stats>,
+pub struct RecorderCollector {
+    recorder: Arc<Recorder>,
     health: Arc<Health>,
 }
 
-/// A registry holding the pipeline's metrics (names prefixed `fusionstream_`).
-pub fn registry(stats: Arc<Stats>, health: Arc<Health>) -> Registry {
+/// A registry holding the worker's metrics (names prefixed `fusionstream_`).
+pub fn registry(recorder: Arc<Recorder>, health: Arc<Health>) -> Registry {
     let mut r = Registry::with_prefix("fusionstream");
-    r.register_collector(Box::new(StatsCollector { stats, health }));
+    r.register_collector(Box::new(RecorderCollector { recorder, health }));
     r
 }
 
@@ -73,375 +73,473 @@ where
     g.encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
-/// A counter family with one label, from `(label value, count)` pairs.
-fn counters<'a>(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: impl IntoIterator<Item = (&'a str, u64)>,
-) -> std::fmt::Result {
-    let mut f = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (k, v) in values {
-        ConstCounter::new(v).encode(f.encode_family(&[(label, k)])?)?;
-    }
-    Ok(())
+/// What a metric is read from.
+struct Src<'a> {
+    r: &'a Recorder,
+    h: &'a Health,
 }
 
-fn by_lane(h: &[Histogram; 2]) -> [(&'static str, &Histogram); 2] {
-    Lane::ALL.map(|l| (l.name(), &h[l.index()]))
+/// A value as it is exposed: counts as integers, times and rates as floats.
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    U(u64),
+    I(i64),
+    F(f64),
 }
 
-/// A histogram family with one label.
-fn histograms<'a>(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    label: &str,
-    values: impl IntoIterator<Item = (&'a str, &'a Histogram)>,
-) -> std::fmt::Result {
-    let mut f = e.encode_descriptor(name, help, unit, MetricType::Histogram)?;
-    for (k, h) in values {
-        h.encode(f.encode_family(&[(label, k)])?)?;
-    }
-    Ok(())
+/// Label values (in the order of the metric's label names) and a value.
+type Series<T> = Vec<(Vec<String>, T)>;
+
+/// How a metric reads its series.
+enum Read {
+    /// A counter: one series, or one per label value.
+    Counter(fn(&Src<'_>) -> Series<Num>),
+    /// A gauge.
+    Gauge(fn(&Src<'_>) -> Series<Num>),
+    /// A histogram, with its unit.
+    Histogram(
+        Option<Unit>,
+        for<'a, 'b> fn(&'b Src<'a>) -> Series<&'a Histogram>,
+    ),
 }
 
-impl Collector for StatsCollector {
-    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let s = &*self.stats;
-        let [dead, degraded, skipped] = s.reasons();
-        counter(
-            &mut e,
-            "events_read",
-            "Events read from the source.",
-            s.read.load(Relaxed),
-        )?;
-        let dl = s.dead_lettered.load(Relaxed);
-        let deg = s.degraded.load(Relaxed);
-        let ok = s.processed.load(Relaxed).saturating_sub(deg);
-        counters(
-            &mut e,
-            "events",
-            "Events finished (outputs or dead letter acknowledged), by outcome.",
-            "outcome",
-            [("ok", ok), ("degraded", deg), ("dead_letter", dl)],
-        )?;
-        counters(
-            &mut e,
-            "dead_letters",
-            "Dead letters by reason code.",
-            "reason",
-            dead.iter().map(|(k, v)| (k.as_str(), *v)),
-        )?;
-        counters(
-            &mut e,
-            "degradations",
-            "Unusable modalities of processed events, by reason code.",
-            "reason",
-            degraded.iter().map(|(k, v)| (k.as_str(), *v)),
-        )?;
-        {
-            let mut f = e.encode_descriptor(
-                "skipped_tasks",
-                "Requested tasks skipped, by task and reason.",
-                None,
-                MetricType::Counter,
-            )?;
-            for (k, v) in &skipped {
-                let (task, reason) = k.split_once(':').unwrap_or((k.as_str(), ""));
-                ConstCounter::new(*v)
-                    .encode(f.encode_family(&[("task", task), ("reason", reason)])?)?;
-            }
-        }
-        counters(
-            &mut e,
-            "outputs",
-            "Output records acknowledged, by stream.",
-            "stream",
-            Stream::ALL.map(|st| (st.name(), s.outputs[st.index()].load(Relaxed))),
-        )?;
-        counters(
-            &mut e,
-            "moderation_decisions",
-            "Moderation decisions made, by action.",
-            "action",
+/// One metric of the catalogue.
+struct Metric {
+    /// Name, after the `fusionstream_` prefix (counters gain `_total`).
+    name: &'static str,
+    help: &'static str,
+    /// Label names, matching the label values of each series.
+    labels: &'static [&'static str],
+    read: Read,
+}
+
+/// One unlabelled series.
+fn one(v: Num) -> Series<Num> {
+    vec![(Vec::new(), v)]
+}
+
+fn load(a: &std::sync::atomic::AtomicU64) -> Num {
+    Num::U(a.load(Relaxed))
+}
+
+/// One series per lane.
+fn per_lane<T>(f: impl Fn(usize) -> T) -> Series<T> {
+    Lane::ALL
+        .iter()
+        .map(|l| (vec![l.name().to_owned()], f(l.index())))
+        .collect()
+}
+
+/// One series per lane and priority.
+fn per_lane_priority<T>(f: impl Fn(usize, usize) -> T) -> Series<T> {
+    Lane::ALL
+        .iter()
+        .flat_map(|l| {
+            let f = &f;
+            Priority::ALL.iter().map(move |p| {
+                let labels = vec![l.name().to_owned(), p.name().to_owned()];
+                (labels, f(l.index(), p.level() as usize))
+            })
+        })
+        .collect()
+}
+
+/// Counts by a label value that is not known in advance (reason codes, list ids).
+fn by_key(m: &std::collections::BTreeMap<String, u64>) -> Series<Num> {
+    m.iter()
+        .map(|(k, v)| (vec![k.clone()], Num::U(*v)))
+        .collect()
+}
+
+/// Every metric of the worker, in the order of `docs/metrics.md`.
+static CATALOGUE: &[Metric] = &[
+    Metric {
+        name: "events_read",
+        help: "Events read from the source.",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.read))),
+    },
+    Metric {
+        name: "events",
+        help: "Events finished (outputs or dead letter acknowledged), by outcome.",
+        labels: &["outcome"],
+        read: Read::Counter(|s| {
+            let dl = s.r.dead_lettered.load(Relaxed);
+            let deg = s.r.degraded.load(Relaxed);
+            let ok = s.r.processed.load(Relaxed).saturating_sub(deg);
+            [("ok", ok), ("degraded", deg), ("dead_letter", dl)]
+                .map(|(k, v)| (vec![k.to_owned()], Num::U(v)))
+                .into()
+        }),
+    },
+    Metric {
+        name: "dead_letters",
+        help: "Dead letters by reason code.",
+        labels: &["reason"],
+        read: Read::Counter(|s| by_key(&s.r.reasons()[0])),
+    },
+    Metric {
+        name: "degradations",
+        help: "Unusable modalities of processed events, by reason code.",
+        labels: &["reason"],
+        read: Read::Counter(|s| by_key(&s.r.reasons()[1])),
+    },
+    Metric {
+        name: "skipped_tasks",
+        help: "Requested tasks skipped, by task and reason.",
+        labels: &["task", "reason"],
+        read: Read::Counter(|s| {
+            let [_, _, skipped] = s.r.reasons();
+            skipped
+                .iter()
+                .map(|(k, v)| {
+                    let (task, reason) = k.split_once(':').unwrap_or((k.as_str(), ""));
+                    (vec![task.to_owned(), reason.to_owned()], Num::U(*v))
+                })
+                .collect()
+        }),
+    },
+    Metric {
+        name: "outputs",
+        help: "Output records acknowledged, by stream.",
+        labels: &["stream"],
+        read: Read::Counter(|s| {
+            Stream::ALL
+                .iter()
+                .map(|st| (vec![st.name().to_owned()], load(&s.r.outputs[st.index()])))
+                .collect()
+        }),
+    },
+    Metric {
+        name: "moderation_decisions",
+        help: "Moderation decisions made, by action.",
+        labels: &["action"],
+        read: Read::Counter(|s| {
             [Action::Allow, Action::Review, Action::Block]
-                .map(|a| (a.name(), s.moderation[a as usize].load(Relaxed))),
-        )?;
-        {
-            let matches = fusionstream_core::lock(&s.list_matches).clone();
-            counters(
-                &mut e,
-                "list_matches",
-                "Known-hash list entries matched on moderation records, by list.",
-                "list",
-                matches.iter().map(|(k, v)| (k.as_str(), *v)),
-            )?;
-        }
-        counter(
-            &mut e,
-            "list_reload_failures",
-            "Known-hash list versions that changed but could not be loaded (the previous version stays).",
-            s.list_reload_failures.load(Relaxed),
-        )?;
-        counters(
-            &mut e,
-            "model_batches",
-            "Model batches, by lane.",
-            "lane",
-            Lane::ALL.map(|l| (l.name(), s.batches[l.index()].load(Relaxed))),
-        )?;
-        counters(
-            &mut e,
-            "model_batch_items",
-            "Items in model batches, by lane.",
-            "lane",
-            Lane::ALL.map(|l| (l.name(), s.batch_items[l.index()].load(Relaxed))),
-        )?;
-        let (size, fill) = s.batch_histograms();
-        histograms(
-            &mut e,
-            "model_batch_size",
-            "Items per model batch, by lane.",
-            None,
-            "lane",
-            by_lane(size),
-        )?;
-        histograms(
-            &mut e,
-            "model_batch_fill_ratio",
-            "Items per model batch over the lane's max_items, by lane.",
-            None,
-            "lane",
-            by_lane(fill),
-        )?;
-        {
-            let (wait, latency) = s.lane_histograms();
-            for (name, help, h) in [
-                (
-                    "queue_wait",
-                    "Time a lane part waited for its model batch to start, by lane and priority.",
-                    wait,
-                ),
-                (
-                    "lane_latency",
-                    "Read to a lane's outputs acknowledged, by lane and priority.",
-                    latency,
-                ),
-            ] {
-                let mut f =
-                    e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
-                for lane in Lane::ALL {
-                    for p in Priority::ALL {
-                        h[lane.index()][p.level() as usize].encode(
-                            f.encode_family(&[("lane", lane.name()), ("priority", p.name())])?,
-                        )?;
-                    }
-                }
-            }
-        }
-        {
-            let mut f = e.encode_descriptor(
-                "scheduler_decisions",
-                "Batches the scheduler started, by lane and why the lane was ready (full, budget, urgent, waited, drain).",
-                None,
-                MetricType::Counter,
-            )?;
+                .iter()
+                .map(|a| (vec![a.name().to_owned()], load(&s.r.moderation[*a as usize])))
+                .collect()
+        }),
+    },
+    Metric {
+        name: "list_matches",
+        help: "Known-hash list entries matched on moderation records, by list.",
+        labels: &["list"],
+        read: Read::Counter(|s| by_key(&fusionstream_core::lock(&s.r.list_matches))),
+    },
+    Metric {
+        name: "list_reload_failures",
+        help: "Known-hash list versions that changed but could not be loaded (the previous version stays).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.list_reload_failures))),
+    },
+    Metric {
+        name: "model_batches",
+        help: "Model batches, by lane.",
+        labels: &["lane"],
+        read: Read::Counter(|s| per_lane(|l| load(&s.r.batches[l]))),
+    },
+    Metric {
+        name: "model_batch_items",
+        help: "Items in model batches, by lane.",
+        labels: &["lane"],
+        read: Read::Counter(|s| per_lane(|l| load(&s.r.batch_items[l]))),
+    },
+    Metric {
+        name: "model_batch_size",
+        help: "Items per model batch, by lane.",
+        labels: &["lane"],
+        read: Read::Histogram(None, |s| per_lane(|l| &s.r.batch_histograms().0[l])),
+    },
+    Metric {
+        name: "model_batch_fill_ratio",
+        help: "Items per model batch over the lane's max_items, by lane.",
+        labels: &["lane"],
+        read: Read::Histogram(None, |s| per_lane(|l| &s.r.batch_histograms().1[l])),
+    },
+    Metric {
+        name: "queue_wait",
+        help: "Time a lane part waited for its model batch to start, by lane and priority.",
+        labels: &["lane", "priority"],
+        read: Read::Histogram(Some(Unit::Seconds), |s| {
+            per_lane_priority(|l, p| &s.r.lane_histograms().0[l][p])
+        }),
+    },
+    Metric {
+        name: "lane_latency",
+        help: "Read to a lane's outputs acknowledged, by lane and priority.",
+        labels: &["lane", "priority"],
+        read: Read::Histogram(Some(Unit::Seconds), |s| {
+            per_lane_priority(|l, p| &s.r.lane_histograms().1[l][p])
+        }),
+    },
+    Metric {
+        name: "scheduler_decisions",
+        help: "Batches the scheduler started, by lane and why the lane was ready (full, budget, urgent, waited, drain).",
+        labels: &["lane", "ready"],
+        read: Read::Counter(|s| {
+            let mut out = Vec::new();
             for lane in Lane::ALL {
                 for (i, r) in Ready::ALL.iter().enumerate() {
-                    ConstCounter::new(s.decisions[lane.index()][i].load(Relaxed))
-                        .encode(f.encode_family(&[("lane", lane.name()), ("ready", r.name())])?)?;
+                    let labels = vec![lane.name().to_owned(), r.name().to_owned()];
+                    out.push((labels, load(&s.r.decisions[lane.index()][i])));
                 }
             }
-        }
-        counters(
-            &mut e,
-            "scheduler_slices",
-            "Batches the time slice cut short (the other lane had items waiting), by lane.",
-            "lane",
-            Lane::ALL.map(|l| (l.name(), s.slices[l.index()].load(Relaxed))),
-        )?;
-        gauge(
-            &mut e,
-            "in_flight_window",
-            "Events the source may have in flight now (the adaptive read-ahead).",
-            s.in_flight_window.load(Relaxed) as i64,
-        )?;
-        histograms(
-            &mut e,
-            "stage",
-            "Time spent per event in each stage (publish: per group of events).",
-            Some(&Unit::Seconds),
-            "stage",
+            out
+        }),
+    },
+    Metric {
+        name: "scheduler_slices",
+        help: "Batches the time slice cut short (the other lane had items waiting), by lane.",
+        labels: &["lane"],
+        read: Read::Counter(|s| per_lane(|l| load(&s.r.slices[l]))),
+    },
+    Metric {
+        name: "in_flight_window",
+        help: "Events the source may have in flight now (the adaptive read-ahead).",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::I(s.r.in_flight_window.load(Relaxed) as i64))),
+    },
+    Metric {
+        name: "stage",
+        help: "Time spent per event in each stage (publish: per group of events).",
+        labels: &["stage"],
+        read: Read::Histogram(Some(Unit::Seconds), |s| {
             Stage::ALL
                 .iter()
-                .map(|st| st.name())
-                .zip(s.stage_histograms()),
-        )?;
-        counter(
-            &mut e,
-            "model_busy_seconds",
-            "Time the model thread spent in forward passes.",
-            s.model_ns.load(Relaxed) as f64 / 1e9,
-        )?;
-        gauge(
-            &mut e,
-            "events_in_flight",
-            "Events read and not yet finished.",
-            s.in_flight() as i64,
-        )?;
-        gauge(
-            &mut e,
-            "fetches_in_flight",
-            "Media fetches running.",
-            s.fetches_in_flight.load(Relaxed),
-        )?;
-        {
-            let mut f = e.encode_descriptor(
-                "queue_depth",
-                "Items waiting between stages: batcher (events in open batches), model (batches queued for the model thread).",
-                None,
-                MetricType::Gauge,
-            )?;
-            ConstGauge::new(s.batcher_pending.load(Relaxed) as i64)
-                .encode(f.encode_family(&[("queue", "batcher")])?)?;
-            ConstGauge::new(s.model_queue.load(Relaxed))
-                .encode(f.encode_family(&[("queue", "model")])?)?;
+                .map(|st| (vec![st.name().to_owned()], &s.r.stage_histograms()[st.index()]))
+                .collect()
+        }),
+    },
+    Metric {
+        name: "model_busy_seconds",
+        help: "Time the model thread spent in forward passes.",
+        labels: &[],
+        read: Read::Counter(|s| one(Num::F(s.r.model_ns.load(Relaxed) as f64 / 1e9))),
+    },
+    Metric {
+        name: "events_in_flight",
+        help: "Events read and not yet finished.",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::I(s.r.in_flight() as i64))),
+    },
+    Metric {
+        name: "fetches_in_flight",
+        help: "Media fetches running.",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::I(s.r.fetches_in_flight.load(Relaxed)))),
+    },
+    Metric {
+        name: "queue_depth",
+        help: "Items waiting between stages: batcher (events in open batches), model (batches queued for the model thread).",
+        labels: &["queue"],
+        read: Read::Gauge(|s| {
+            vec![
+                (
+                    vec!["batcher".to_owned()],
+                    Num::I(s.r.batcher_pending.load(Relaxed) as i64),
+                ),
+                (
+                    vec!["model".to_owned()],
+                    Num::I(s.r.model_queue.load(Relaxed)),
+                ),
+            ]
+        }),
+    },
+    Metric {
+        name: "partitions_assigned",
+        help: "Kafka partitions assigned to this worker (-1: not a consumer-group source).",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::I(s.r.adapter.partitions_assigned.load(Relaxed)))),
+    },
+    Metric {
+        name: "consumer_lag",
+        help: "Events behind the end of the assigned partitions, from the last committed offsets (-1: unknown).",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::I(s.r.adapter.consumer_lag.load(Relaxed)))),
+    },
+    Metric {
+        name: "throughput_events_per_second",
+        help: "Events finished per second over the last minute.",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::F(s.r.recent_throughput()))),
+    },
+    Metric {
+        name: "seconds_to_drain",
+        help: "Consumer lag divided by the recent throughput (floor 1 event/s); the autoscaling signal (-1: lag unknown).",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::F(s.r.seconds_to_drain()))),
+    },
+    Metric {
+        name: "source_paused",
+        help: "1 while the source is paused because every in-flight slot is taken.",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::I(i64::from(s.r.adapter.paused.load(Relaxed))))),
+    },
+    Metric {
+        name: "source_pauses",
+        help: "Times the source paused for back-pressure.",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.adapter.pauses))),
+    },
+    Metric {
+        name: "commits",
+        help: "Position commits.",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.commits))),
+    },
+    Metric {
+        name: "commit_failures",
+        help: "Position commits that failed or were refused by the broker (each is retried).",
+        labels: &[],
+        read: Read::Counter(|s| one(Num::U(s.r.commit_failures()))),
+    },
+    Metric {
+        name: "uncommitted_partitions",
+        help: "Partitions whose done position is not yet confirmed as committed (alert if it stays above 0).",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::I(s.r.uncommitted_partitions.load(Relaxed)))),
+    },
+    Metric {
+        name: "publish_retries",
+        help: "Output groups sent again after the sink failed to acknowledge them.",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.publish_retries))),
+    },
+    Metric {
+        name: "outputs_too_large",
+        help: "Output records the broker refused as too large, replaced by output_too_large dead letters.",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.outputs_too_large))),
+    },
+    Metric {
+        name: "model_batch_splits",
+        help: "Model batches split in halves to isolate the items that fail them (or after out-of-memory).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.model_splits))),
+    },
+    Metric {
+        name: "model_item_failures",
+        help: "Items the model failed on alone; their events are dead-lettered (model_error, internal_error).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.model_item_failures))),
+    },
+    Metric {
+        name: "model_panics",
+        help: "Panics caught around model calls (each an internal_error dead letter).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.model_panics))),
+    },
+    Metric {
+        name: "intake_panics",
+        help: "Panics caught while decoding or preprocessing an event (each an internal_error dead letter).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.intake_panics))),
+    },
+    Metric {
+        name: "suspect_resumes",
+        help: "Partitions resumed after an unclean exit of their last owner (crash guard: their next events run alone).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.adapter.suspect_resumes))),
+    },
+    Metric {
+        name: "run_alone",
+        help: "Events run alone, their attempt recorded first, after an unclean exit (crash guard).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.adapter.run_alone))),
+    },
+    Metric {
+        name: "rebalances",
+        help: "Consumer-group rebalance callbacks (assign and revoke).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.adapter.rebalances))),
+    },
+    Metric {
+        name: "partitions_revoked",
+        help: "Partitions taken from this worker by consumer-group rebalances.",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.adapter.partitions_revoked))),
+    },
+    Metric {
+        name: "source_retries",
+        help: "Source requests retried after a retryable error (a backfill's listing of its prefix).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.adapter.source_retries))),
+    },
+    Metric {
+        name: "revoke_abandoned",
+        help: "In-flight events of revoked partitions not finished within kafka.revoke_timeout (replayed by the new owner).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.adapter.revoke_abandoned))),
+    },
+    Metric {
+        name: "model_loaded",
+        help: "1 once the model bundle is loaded.",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::I(i64::from(s.h.model_loaded.load(Relaxed))))),
+    },
+];
+
+impl Collector for RecorderCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let src = Src {
+            r: &self.recorder,
+            h: &self.health,
+        };
+        for m in CATALOGUE {
+            m.encode(&src, &mut e)?;
         }
-        gauge(
-            &mut e,
-            "partitions_assigned",
-            "Kafka partitions assigned to this worker (-1: not a consumer-group source).",
-            s.adapter.partitions_assigned.load(Relaxed),
-        )?;
-        gauge(
-            &mut e,
-            "consumer_lag",
-            "Events behind the end of the assigned partitions, from the last committed offsets (-1: unknown).",
-            s.adapter.consumer_lag.load(Relaxed),
-        )?;
-        gauge(
-            &mut e,
-            "throughput_events_per_second",
-            "Events finished per second over the last minute.",
-            s.recent_throughput(),
-        )?;
-        gauge(
-            &mut e,
-            "seconds_to_drain",
-            "Consumer lag divided by the recent throughput (floor 1 event/s); the autoscaling signal (-1: lag unknown).",
-            s.seconds_to_drain(),
-        )?;
-        gauge(
-            &mut e,
-            "source_paused",
-            "1 while the source is paused because every in-flight slot is taken.",
-            i64::from(s.adapter.paused.load(Relaxed)),
-        )?;
-        counter(
-            &mut e,
-            "source_pauses",
-            "Times the source paused for back-pressure.",
-            s.adapter.pauses.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "commits",
-            "Position commits.",
-            s.adapter.commits.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "commit_failures",
-            "Position commits that failed or were refused by the broker (each is retried).",
-            s.adapter.commit_failures.load(Relaxed),
-        )?;
-        gauge(
-            &mut e,
-            "uncommitted_partitions",
-            "Partitions whose done position is not yet confirmed as committed (alert if it stays above 0).",
-            s.uncommitted_partitions.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "publish_retries",
-            "Output groups sent again after the sink failed to acknowledge them.",
-            s.publish_retries.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "outputs_too_large",
-            "Output records the broker refused as too large, replaced by output_too_large dead letters.",
-            s.outputs_too_large.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "model_batch_splits",
-            "Model batches split in halves to isolate the items that fail them (or after out-of-memory).",
-            s.model_splits.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "model_item_failures",
-            "Items the model failed on alone; their events are dead-lettered (model_error, internal_error).",
-            s.model_item_failures.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "model_panics",
-            "Panics caught around model calls (each an internal_error dead letter).",
-            s.model_panics.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "intake_panics",
-            "Panics caught while decoding or preprocessing an event (each an internal_error dead letter).",
-            s.intake_panics.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "suspect_resumes",
-            "Partitions resumed after an unclean exit of their last owner (crash guard: their next events run alone).",
-            s.adapter.suspect_resumes.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "run_alone",
-            "Events run alone, their attempt recorded first, after an unclean exit (crash guard).",
-            s.adapter.run_alone.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "rebalances",
-            "Consumer-group rebalance callbacks (assign and revoke).",
-            s.adapter.rebalances.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "partitions_revoked",
-            "Partitions taken from this worker by consumer-group rebalances.",
-            s.adapter.partitions_revoked.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "source_retries",
-            "Source requests retried after a retryable error (a backfill's listing of its prefix).",
-            s.adapter.source_retries.load(Relaxed),
-        )?;
-        counter(
-            &mut e,
-            "revoke_abandoned",
-            "In-flight events of revoked partitions not finished within kafka.revoke_timeout (replayed by the new owner).",
-            s.adapter.revoke_abandoned.load(Relaxed),
-        )?;
-        gauge(
-            &mut e,
-            "model_loaded",
-            "1 once the model bundle is loaded.",
-            i64::from(self.health.model_loaded.load(Relaxed)),
-        )?;
+        Ok(())
+    }
+}
+
+impl Metric {
+    /// Its descriptor, then its series.
+    fn encode(&self, src: &Src<'_>, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let (kind, unit) = match &self.read {
+            Read::Counter(_) => (MetricType::Counter, None),
+            Read::Gauge(_) => (MetricType::Gauge, None),
+            Read::Histogram(unit, _) => (MetricType::Histogram, unit.as_ref()),
+        };
+        let family = e.encode_descriptor(self.name, self.help, unit, kind)?;
+        match &self.read {
+            Read::Counter(read) => self.each(family, read(src), |m, v| match v {
+                Num::U(v) => ConstCounter::new(v).encode(m),
+                Num::I(v) => ConstCounter::new(v.max(0) as u64).encode(m),
+                Num::F(v) => ConstCounter::new(v).encode(m),
+            }),
+            Read::Gauge(read) => self.each(family, read(src), |m, v| match v {
+                Num::U(v) => ConstGauge::new(v as i64).encode(m),
+                Num::I(v) => ConstGauge::new(v).encode(m),
+                Num::F(v) => ConstGauge::new(v).encode(m),
+            }),
+            Read::Histogram(_, read) => self.each(family, read(src), |m, h| h.encode(m)),
+        }
+    }
+
+    /// Each series under its labels; a metric without labels has one series, encoded
+    /// directly.
+    fn each<T>(
+        &self,
+        mut family: MetricEncoder<'_>,
+        series: Series<T>,
+        encode: impl Fn(MetricEncoder<'_>, T) -> std::fmt::Result,
+    ) -> std::fmt::Result {
+        if self.labels.is_empty() {
+            return match series.into_iter().next() {
+                Some((_, v)) => encode(family, v),
+                None => Ok(()),
+            };
+        }
+        for (values, v) in series {
+            let labels: Vec<(&str, &str)> = self
+                .labels
+                .iter()
+                .copied()
+                .zip(values.iter().map(String::as_str))
+                .collect();
+            encode(family.encode_family(&labels)?, v)?;
+        }
         Ok(())
     }
 }
@@ -449,45 +547,60 @@ impl Collector for StatsCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::stats::Outcome;
+    use crate::pipeline::{Outcome, Report, Reporter as _};
     use std::time::{Duration, Instant};
 
     #[test]
     fn exposition_carries_the_counters_of_the_run() {
-        let stats = Arc::new(Stats::default());
-        stats.read.store(3, Relaxed);
-        stats.finish(
-            &Outcome::Processed {
-                degraded: vec![fusionstream_core::ReasonCode::ImageNotFound],
-                skipped: vec!["caption:no_image".into()],
-            },
-            Duration::from_millis(12),
-        );
-        stats.published(&[Stream::Embeddings]);
-        stats.finish(
-            &Outcome::DeadLetter(fusionstream_core::ReasonCode::MalformedJson),
-            Duration::from_millis(1),
-        );
-        stats.published(&[Stream::DeadLetters]);
-        stats.queue_wait(
-            Lane::Generate,
-            fusionstream_core::Priority::High,
-            Duration::from_millis(7),
-        );
-        stats.lane_latency(
-            Lane::Encode,
-            fusionstream_core::Priority::Low,
-            Duration::from_millis(30),
-        );
-        stats.decision(
-            Lane::Generate,
-            fusionstream_core::schedule::Ready::Urgent,
-            true,
-        );
-        stats.lane_max_items[0].store(4, Relaxed);
-        stats.batch(Lane::Encode, 2, Duration::from_millis(5));
-        stats.stage(Stage::Fetch, Duration::from_millis(3));
-        let text = render(&registry(stats, Arc::default()));
+        let rec = Arc::new(Recorder::default());
+        for _ in 0..3 {
+            rec.report(Report::EventRead);
+        }
+        let degraded = Outcome::Processed {
+            degraded: vec![fusionstream_core::ReasonCode::ImageNotFound],
+            skipped: vec!["caption:no_image".into()],
+        };
+        rec.report(Report::EventFinished {
+            outcome: &degraded,
+            latency: Duration::from_millis(12),
+        });
+        rec.report(Report::RecordsAcked {
+            streams: &[Stream::Embeddings],
+        });
+        let dead = Outcome::DeadLetter(fusionstream_core::ReasonCode::MalformedJson);
+        rec.report(Report::EventFinished {
+            outcome: &dead,
+            latency: Duration::from_millis(1),
+        });
+        rec.report(Report::RecordsAcked {
+            streams: &[Stream::DeadLetters],
+        });
+        rec.report(Report::QueueWaited {
+            lane: Lane::Generate,
+            priority: Priority::High,
+            waited: Duration::from_millis(7),
+        });
+        rec.report(Report::LaneAcked {
+            lane: Lane::Encode,
+            priority: Priority::Low,
+            since_read: Duration::from_millis(30),
+        });
+        rec.report(Report::BatchScheduled {
+            lane: Lane::Generate,
+            ready: Ready::Urgent,
+            sliced: true,
+        });
+        rec.report(Report::LanesConfigured { max_items: [4, 8] });
+        rec.report(Report::BatchRan {
+            lane: Lane::Encode,
+            items: 2,
+            took: Duration::from_millis(5),
+        });
+        rec.report(Report::StageTimed {
+            stage: Stage::Fetch,
+            took: Duration::from_millis(3),
+        });
+        let text = render(&registry(rec, Arc::default()));
         for line in [
             "fusionstream_events_read_total 3",
             "fusionstream_events_total{outcome=\"degraded\"} 1",
@@ -517,10 +630,19 @@ mod tests {
 
     #[test]
     fn seconds_to_drain_is_lag_over_recent_throughput() {
-        let s = Stats::default();
+        let s = Recorder::default();
         let t0 = Instant::now();
         s.sample_throughput(t0);
-        s.finished.store(100, Relaxed);
+        let ok = Outcome::Processed {
+            degraded: vec![],
+            skipped: vec![],
+        };
+        for _ in 0..100 {
+            s.report(Report::EventFinished {
+                outcome: &ok,
+                latency: Duration::ZERO,
+            });
+        }
         s.sample_throughput(t0 + Duration::from_secs(10));
         assert!((s.recent_throughput() - 10.0).abs() < 1e-9);
         s.adapter.consumer_lag.store(500, Relaxed);
@@ -543,7 +665,7 @@ mod catalogue {
     #[test]
     fn every_metric_is_in_the_catalogue() {
         let doc = include_str!("../../../../docs/metrics.md");
-        let text = render(&registry(Arc::new(Stats::default()), Arc::default()));
+        let text = render(&registry(Arc::new(Recorder::default()), Arc::default()));
         let mut n = 0;
         for line in text.lines() {
             let Some(rest) = line.strip_prefix("# TYPE ") else {

@@ -1,15 +1,17 @@
-//! What the worker shows operators, and what it counts to show it.
+//! What the worker shows operators, and how it turns the engine's reports into it.
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`stats`] | the counters, gauges and histograms every stage updates; the run summary's numbers |
+//! | [`recorder`] | the engine's reports as counters, gauges and histograms; the run summary's numbers |
 //! | [`health`] | control state apart from the counters: model loaded, shutdown begun |
-//! | [`metrics`] | the Prometheus catalogue over stats, health and the adapters' counters (`docs/metrics.md`) |
+//! | [`metrics`] | the Prometheus catalogue over the recorder, health and the adapters' counters (`docs/metrics.md`) |
 //! | [`server`] | `/metrics`, `/healthz`, `/readyz` |
-//! | [`traces`] | logs and OpenTelemetry traces, W3C trace context through Kafka headers |
+//! | [`traces`] | the log subscriber and the OpenTelemetry span exporter (trace context itself is the engine's) |
 
 pub mod health;
 pub mod metrics;
+pub mod recorder;
 pub mod server;
-pub mod stats;
 pub mod traces;
+
+pub use recorder::{Recorder, Snapshot};

@@ -1,17 +1,22 @@
-//! Counters of a run, shared by every stage (lock-free where hot), and the summary.
+//! The engine's reports turned into numbers: the [`Recorder`] is the worker's
+//! [`Reporter`](crate::pipeline::Reporter), keeping the counters, gauges and histograms
+//! `/metrics` renders (`metrics.rs`) and the run summary reads ([`Recorder::snapshot`]).
+//! Nothing outside telemetry writes a figure: the engine reports what happened
+//! ([`Report`]), the adapters count in their own [`AdapterMetrics`].
 //!
-//! Long (~500 lines) because every counter, gauge and histogram of the worker lives here,
-//! next to the summary that reads them: one place to add a figure.
+//! Long because every figure of the worker lives here, beside the one `match` that fills it
+//! from the reports and the summary that reads it: one place to add a figure.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::pipeline::{Outcome, Report, Reporter, Stage};
 use fusionstream_core::lock;
 use fusionstream_core::record::Stream;
 use fusionstream_core::schedule::Ready;
-use fusionstream_core::{Lane, Priority, ReasonCode};
+use fusionstream_core::{Lane, Priority};
 use fusionstream_io::metrics::AdapterMetrics;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 
@@ -21,110 +26,70 @@ const LATENCY_SAMPLES: usize = 100_000;
 /// How long the throughput used for "seconds to drain" looks back.
 const THROUGHPUT_WINDOW: Duration = Duration::from_secs(60);
 
-/// Stages of an event whose durations are recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Media fetch (with retries).
-    Fetch,
-    /// Decode, resize, tokenise.
-    Preprocess,
-    /// Waiting in the batcher and the model queue.
-    Queue,
-    /// Forward passes (sum over the event's lanes).
-    Model,
-    /// Writing and acknowledging the outputs (per group of events).
-    Publish,
-    /// Read to acknowledged.
-    Total,
-}
-
-impl Stage {
-    /// Every stage, in index order.
-    pub const ALL: [Stage; 6] = [
-        Stage::Fetch,
-        Stage::Preprocess,
-        Stage::Queue,
-        Stage::Model,
-        Stage::Publish,
-        Stage::Total,
-    ];
-
-    /// Label value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Fetch => "fetch",
-            Stage::Preprocess => "preprocess",
-            Stage::Queue => "queue",
-            Stage::Model => "model",
-            Stage::Publish => "publish",
-            Stage::Total => "total",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
 /// Live counters, gauges and histograms of a worker: the run summary and `/metrics` both
-/// read them.
+/// read them; the engine's [`Report`]s fill them.
 #[derive(Debug)]
-pub struct Stats {
+pub struct Recorder {
     /// Events read from the source.
-    pub read: AtomicU64,
+    pub(super) read: AtomicU64,
     /// Events finished (outputs or dead letter acknowledged).
-    pub finished: AtomicU64,
+    pub(super) finished: AtomicU64,
     /// Finished with outputs.
-    pub processed: AtomicU64,
+    pub(super) processed: AtomicU64,
     /// Finished with outputs, flagged degraded.
-    pub degraded: AtomicU64,
+    pub(super) degraded: AtomicU64,
     /// Dead-lettered.
-    pub dead_lettered: AtomicU64,
+    pub(super) dead_lettered: AtomicU64,
     /// Records written per stream.
-    pub outputs: [AtomicU64; Stream::COUNT],
+    pub(super) outputs: [AtomicU64; Stream::COUNT],
     /// Model batches per lane.
-    pub batches: [AtomicU64; 2],
+    pub(super) batches: [AtomicU64; 2],
     /// Items in those batches per lane.
-    pub batch_items: [AtomicU64; 2],
+    pub(super) batch_items: [AtomicU64; 2],
     /// Time the model thread spent in forward passes, ns.
-    pub model_ns: AtomicU64,
+    pub(super) model_ns: AtomicU64,
     /// Events waiting in the batcher's open batches.
-    pub batcher_pending: AtomicU64,
+    pub(super) batcher_pending: AtomicU64,
     /// Batches queued for the model thread.
-    pub model_queue: AtomicI64,
+    pub(super) model_queue: AtomicI64,
     /// Media fetches running.
-    pub fetches_in_flight: AtomicI64,
+    pub(super) fetches_in_flight: AtomicI64,
+    /// Position commits sent.
+    pub(super) commits: AtomicU64,
+    /// Commits that failed as the engine saw them (the adapters count those the store
+    /// reports later).
+    pub(super) commit_failures: AtomicU64,
     /// Each lane's `max_items` (for the batch fill ratio).
-    pub lane_max_items: [AtomicU64; 2],
+    pub(super) lane_max_items: [AtomicU64; 2],
     /// Partitions whose done position is not yet confirmed as committed.
-    pub uncommitted_partitions: AtomicI64,
+    pub(super) uncommitted_partitions: AtomicI64,
     /// Output groups sent again after a failed acknowledgement.
-    pub publish_retries: AtomicU64,
+    pub(super) publish_retries: AtomicU64,
     /// Output records the broker refused as too large (replaced by `output_too_large` dead
     /// letters).
-    pub outputs_too_large: AtomicU64,
+    pub(super) outputs_too_large: AtomicU64,
     /// Model batches split to isolate failing items (or out-of-memory).
-    pub model_splits: AtomicU64,
+    pub(super) model_splits: AtomicU64,
     /// Items the model failed on alone (dead-lettered `model_error` / `internal_error`).
-    pub model_item_failures: AtomicU64,
+    pub(super) model_item_failures: AtomicU64,
     /// Panics caught around model calls.
-    pub model_panics: AtomicU64,
+    pub(super) model_panics: AtomicU64,
     /// Panics caught while an event was decoded or preprocessed.
-    pub intake_panics: AtomicU64,
+    pub(super) intake_panics: AtomicU64,
     /// Moderation decisions made, by action (`allow`, `review`, `block`).
-    pub moderation: [AtomicU64; 3],
+    pub(super) moderation: [AtomicU64; 3],
     /// Known-hash list matches on moderation records, by list.
-    pub list_matches: Mutex<BTreeMap<String, u64>>,
+    pub(super) list_matches: Mutex<BTreeMap<String, u64>>,
     /// Known-hash list versions that changed but could not be loaded.
-    pub list_reload_failures: AtomicU64,
+    pub(super) list_reload_failures: AtomicU64,
     /// What the source and committer adapters count.
-    pub adapter: Arc<AdapterMetrics>,
+    pub(super) adapter: Arc<AdapterMetrics>,
     /// Scheduler decisions per lane, by [`Ready`] reason.
-    pub decisions: [[AtomicU64; 5]; 2],
+    pub(super) decisions: [[AtomicU64; 5]; 2],
     /// Batches the time slice cut short, per lane.
-    pub slices: [AtomicU64; 2],
+    pub(super) slices: [AtomicU64; 2],
     /// The read-ahead window now (events in flight allowed).
-    pub in_flight_window: AtomicU64,
+    pub(super) in_flight_window: AtomicU64,
     stages: [Histogram; 6],
     queue_wait: [[Histogram; 3]; 2],
     lane_latency: [[Histogram; 3]; 2],
@@ -136,8 +101,15 @@ pub struct Stats {
     latencies: Mutex<Latencies>,
 }
 
-impl Default for Stats {
+impl Default for Recorder {
     fn default() -> Self {
+        Self::new(Arc::default())
+    }
+}
+
+impl Recorder {
+    /// A recorder that also renders what `adapter` counts.
+    pub fn new(adapter: Arc<AdapterMetrics>) -> Self {
         let stage = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let size = || Histogram::new(exponential_buckets(1.0, 2.0, 10));
         let fill = || Histogram::new(linear_buckets(0.1, 0.1, 10));
@@ -154,6 +126,8 @@ impl Default for Stats {
             batcher_pending: AtomicU64::new(0),
             model_queue: AtomicI64::new(0),
             fetches_in_flight: AtomicI64::new(0),
+            commits: AtomicU64::new(0),
+            commit_failures: AtomicU64::new(0),
             lane_max_items: Default::default(),
             uncommitted_partitions: AtomicI64::new(0),
             publish_retries: AtomicU64::new(0),
@@ -165,7 +139,7 @@ impl Default for Stats {
             moderation: Default::default(),
             list_matches: Mutex::default(),
             list_reload_failures: AtomicU64::new(0),
-            adapter: Arc::default(),
+            adapter,
             decisions: Default::default(),
             slices: Default::default(),
             in_flight_window: AtomicU64::new(0),
@@ -233,41 +207,128 @@ impl Latencies {
     }
 }
 
-/// A finished event, as the stats see it.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Outputs written.
-    Processed {
-        /// Degradation reason codes.
-        degraded: Vec<ReasonCode>,
-        /// Skipped `task:reason` pairs.
-        skipped: Vec<String>,
-    },
-    /// Dead-lettered with this reason.
-    DeadLetter(ReasonCode),
-}
-
-impl Outcome {
-    /// `ok`, `degraded` or `dead_letter`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Outcome::Processed { degraded, .. } if degraded.is_empty() => "ok",
-            Outcome::Processed { .. } => "degraded",
-            Outcome::DeadLetter(_) => "dead_letter",
+impl Reporter for Recorder {
+    fn report(&self, r: Report<'_>) {
+        match r {
+            Report::LanesConfigured { max_items } => {
+                for (m, v) in self.lane_max_items.iter().zip(max_items) {
+                    m.store(v as u64, Relaxed);
+                }
+            }
+            Report::EventRead => add(&self.read),
+            Report::EventFinished { outcome, latency } => self.finish(outcome, latency),
+            Report::RecordsAcked { streams } => self.published(streams),
+            Report::LaneAcked {
+                lane,
+                priority,
+                since_read,
+            } => self.lane_latency(lane, priority, since_read),
+            Report::StageTimed { stage, took } => self.stage(stage, took),
+            Report::FetchStarted => {
+                self.fetches_in_flight.fetch_add(1, Relaxed);
+            }
+            Report::FetchEnded => {
+                self.fetches_in_flight.fetch_sub(1, Relaxed);
+            }
+            Report::PartsWaiting(n) => self.batcher_pending.store(n as u64, Relaxed),
+            Report::BatchQueued => {
+                self.model_queue.fetch_add(1, Relaxed);
+            }
+            Report::BatchTaken => {
+                self.model_queue.fetch_sub(1, Relaxed);
+            }
+            Report::BatchScheduled {
+                lane,
+                ready,
+                sliced,
+            } => self.decision(lane, ready, sliced),
+            Report::BatchRan { lane, items, took } => self.batch(lane, items, took),
+            Report::QueueWaited {
+                lane,
+                priority,
+                waited,
+            } => self.queue_wait(lane, priority, waited),
+            other => self.failure_or_control(other),
         }
     }
 }
 
-impl Stats {
+/// One more.
+fn add(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+impl Recorder {
+    /// The reports of failures, moderation, the read-ahead and commits (the rest of
+    /// [`Reporter::report`]).
+    fn failure_or_control(&self, r: Report<'_>) {
+        match r {
+            Report::BatchSplit { splits } => {
+                self.model_splits.fetch_add(splits as u64, Relaxed);
+            }
+            Report::ItemFailed { panicked } => {
+                add(&self.model_item_failures);
+                if panicked {
+                    add(&self.model_panics);
+                }
+            }
+            Report::IntakePanicked => add(&self.intake_panics),
+            Report::ModerationDecided { action } => add(&self.moderation[action as usize]),
+            Report::ListMatched { list } => {
+                *lock(&self.list_matches).entry(list.to_owned()).or_default() += 1;
+            }
+            Report::ListReloadFailed => add(&self.list_reload_failures),
+            Report::WindowResized(n) => self.in_flight_window.store(n as u64, Relaxed),
+            Report::PublishRetried => add(&self.publish_retries),
+            Report::OutputTooLarge => add(&self.outputs_too_large),
+            Report::CommitSent => add(&self.commits),
+            Report::CommitFailed => add(&self.commit_failures),
+            Report::UncommittedPartitions(n) => {
+                self.uncommitted_partitions.store(n as i64, Relaxed)
+            }
+            // Taken by `report` itself (listed so that a new report cannot go unrecorded).
+            Report::LanesConfigured { .. }
+            | Report::EventRead
+            | Report::EventFinished { .. }
+            | Report::RecordsAcked { .. }
+            | Report::LaneAcked { .. }
+            | Report::StageTimed { .. }
+            | Report::FetchStarted
+            | Report::FetchEnded
+            | Report::PartsWaiting(_)
+            | Report::BatchQueued
+            | Report::BatchTaken
+            | Report::BatchScheduled { .. }
+            | Report::BatchRan { .. }
+            | Report::QueueWaited { .. } => {}
+        }
+    }
+
+    /// What the adapters count (handed to the engine, which shares it with its source and
+    /// committer).
+    pub fn adapter(&self) -> Arc<AdapterMetrics> {
+        self.adapter.clone()
+    }
+
+    /// Events finished so far.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Relaxed)
+    }
+
+    /// Commits that failed: those the engine saw fail and those the store reported later.
+    pub fn commit_failures(&self) -> u64 {
+        self.commit_failures.load(Relaxed) + self.adapter.commit_failures.load(Relaxed)
+    }
+
     /// Count acknowledged records.
-    pub fn published(&self, streams: &[Stream]) {
+    fn published(&self, streams: &[Stream]) {
         for s in streams {
             self.outputs[s.index()].fetch_add(1, Relaxed);
         }
     }
 
     /// Count a finished event.
-    pub fn finish(&self, outcome: &Outcome, latency: Duration) {
+    fn finish(&self, outcome: &Outcome, latency: Duration) {
         self.finished.fetch_add(1, Relaxed);
         let mut r = lock(&self.reasons);
         match outcome {
@@ -290,22 +351,23 @@ impl Stats {
         }
         drop(r);
         lock(&self.latencies).add(latency);
+        self.stage(Stage::Total, latency);
     }
 
     /// Record the time from an event's read to the acknowledgement of one lane's outputs.
-    pub fn lane_latency(&self, lane: Lane, priority: Priority, d: Duration) {
+    fn lane_latency(&self, lane: Lane, priority: Priority, d: Duration) {
         let (l, p) = (lane.index(), priority.level() as usize);
         self.lane_latency[l][p].observe(d.as_secs_f64());
         lock(&self.lane_samples)[l][p].add(d);
     }
 
     /// Record how long a lane part waited for its batch to start.
-    pub fn queue_wait(&self, lane: Lane, priority: Priority, d: Duration) {
+    fn queue_wait(&self, lane: Lane, priority: Priority, d: Duration) {
         self.queue_wait[lane.index()][priority.level() as usize].observe(d.as_secs_f64());
     }
 
     /// Count a scheduler decision.
-    pub fn decision(&self, lane: Lane, ready: Ready, sliced: bool) {
+    fn decision(&self, lane: Lane, ready: Ready, sliced: bool) {
         let r = Ready::ALL.iter().position(|x| *x == ready).unwrap_or(0);
         self.decisions[lane.index()][r].fetch_add(1, Relaxed);
         if sliced {
@@ -314,12 +376,12 @@ impl Stats {
     }
 
     /// Per-lane, per-priority histograms: queue wait, read to lane outputs acknowledged.
-    pub fn lane_histograms(&self) -> (&[[Histogram; 3]; 2], &[[Histogram; 3]; 2]) {
+    pub(super) fn lane_histograms(&self) -> (&[[Histogram; 3]; 2], &[[Histogram; 3]; 2]) {
         (&self.queue_wait, &self.lane_latency)
     }
 
     /// Count a model batch.
-    pub fn batch(&self, lane: Lane, items: usize, took: Duration) {
+    fn batch(&self, lane: Lane, items: usize, took: Duration) {
         let i = lane.index();
         self.batches[i].fetch_add(1, Relaxed);
         self.batch_items[i].fetch_add(items as u64, Relaxed);
@@ -332,17 +394,17 @@ impl Stats {
     }
 
     /// Record the duration of a stage.
-    pub fn stage(&self, stage: Stage, d: Duration) {
+    fn stage(&self, stage: Stage, d: Duration) {
         self.stages[stage.index()].observe(d.as_secs_f64());
     }
 
     /// Stage-duration histograms, in [`Stage::ALL`] order.
-    pub fn stage_histograms(&self) -> &[Histogram; 6] {
+    pub(super) fn stage_histograms(&self) -> &[Histogram; 6] {
         &self.stages
     }
 
     /// Batch size and fill-ratio histograms per lane.
-    pub fn batch_histograms(&self) -> (&[Histogram; 2], &[Histogram; 2]) {
+    pub(super) fn batch_histograms(&self) -> (&[Histogram; 2], &[Histogram; 2]) {
         (&self.batch_size, &self.batch_fill)
     }
 
@@ -385,13 +447,13 @@ impl Stats {
     }
 
     /// Count of each dead-letter reason, degradation reason and skipped `task:reason`.
-    pub fn reasons(&self) -> [BTreeMap<String, u64>; 3] {
+    pub(super) fn reasons(&self) -> [BTreeMap<String, u64>; 3] {
         let r = lock(&self.reasons);
         [r.dead_letter.clone(), r.degraded.clone(), r.skipped.clone()]
     }
 
     /// A consistent-enough copy for reporting.
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub fn snapshot(&self) -> Snapshot {
         let r = lock(&self.reasons);
         let (p50, p99, _) = lock(&self.latencies).percentiles();
         let mut latency_by_lane = BTreeMap::new();
@@ -412,7 +474,7 @@ impl Stats {
             }
         }
         drop(samples);
-        StatsSnapshot {
+        Snapshot {
             read: self.read.load(Relaxed),
             finished: self.finished.load(Relaxed),
             processed: self.processed.load(Relaxed),
@@ -441,7 +503,7 @@ impl Stats {
             source_pauses: self.adapter.pauses.load(Relaxed),
             source_retries: self.adapter.source_retries.load(Relaxed),
             partitions_revoked: self.adapter.partitions_revoked.load(Relaxed),
-            commit_failures: self.adapter.commit_failures.load(Relaxed),
+            commit_failures: self.commit_failures(),
         }
     }
 }
@@ -459,7 +521,7 @@ pub struct LaneLatency {
 
 /// Counters at one moment.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct StatsSnapshot {
+pub struct Snapshot {
     /// Events read.
     pub read: u64,
     /// Events finished.

@@ -15,13 +15,13 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::health::Health;
-use super::stats::Stats;
+use super::recorder::Recorder;
 
 /// How often the recent throughput is sampled.
 const THROUGHPUT_SAMPLE: Duration = Duration::from_secs(5);
 
 struct Endpoints {
-    stats: Arc<Stats>,
+    recorder: Arc<Recorder>,
     health: Arc<Health>,
     registry: Registry,
 }
@@ -30,7 +30,7 @@ struct Endpoints {
 /// "seconds to drain" gauge. Returns the bound address (port 0 picks a free one).
 pub async fn spawn(
     addr: SocketAddr,
-    stats: Arc<Stats>,
+    recorder: Arc<Recorder>,
     health: Arc<Health>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
@@ -39,8 +39,8 @@ pub async fn spawn(
         .with_context(|| format!("binding the metrics server to {addr}"))?;
     let bound = listener.local_addr()?;
     let state = Arc::new(Endpoints {
-        registry: super::metrics::registry(stats.clone(), health.clone()),
-        stats: stats.clone(),
+        registry: super::metrics::registry(recorder.clone(), health.clone()),
+        recorder: recorder.clone(),
         health,
     });
     let app = axum::Router::new()
@@ -53,7 +53,7 @@ pub async fn spawn(
         let mut tick = tokio::time::interval(THROUGHPUT_SAMPLE);
         loop {
             tokio::select! {
-                _ = tick.tick() => stats.sample_throughput(Instant::now()),
+                _ = tick.tick() => recorder.sample_throughput(Instant::now()),
                 _ = sampler_stop.cancelled() => return,
             }
         }
@@ -84,7 +84,7 @@ pub(crate) fn openmetrics(registry: &Registry) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Arc<Endpoints>>) -> impl IntoResponse {
-    match s.health.not_ready(&s.stats.adapter) {
+    match s.health.not_ready(&s.recorder.adapter()) {
         None => (StatusCode::OK, "ready\n".to_owned()),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
