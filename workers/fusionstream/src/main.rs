@@ -9,7 +9,7 @@ mod cli;
 
 /// The worker's allocator: jemalloc. With glibc's malloc (an arena per thread that allocates
 /// under contention, up to 8 per core, each keeping what was freed in it) the same flood at
-/// the limits peaked anywhere between 205 and 320 MiB, over the bound `pipeline::memory`
+/// the limits peaked anywhere between 205 and 320 MiB, over the bound `fusionstream_engine::memory`
 /// derives in one run of five; with jemalloc 204-212 MiB over four runs (`tests/memory.rs`;
 /// benches/README.md "Memory"). mimalloc was tried too: 343-373 MiB.
 #[global_allocator]

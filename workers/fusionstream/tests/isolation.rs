@@ -1,5 +1,5 @@
 //! Failure isolation in-process, on the bundled model and local files, with the test-only
-//! fault hook (`pipeline::faults`): a poison item costs its batch mates nothing and is
+//! fault hook (`fusionstream_engine::faults`): a poison item costs its batch mates nothing and is
 //! dead-lettered, a panic in the model or in preprocessing finishes its event, out-of-memory
 //! shrinks batches, a lost device stops the worker with nothing of its batch acknowledged, and
 //! with the hook off the markers mean nothing. A backend of the test's own (out of memory on
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use fusionstream::app::engine_settings;
 use fusionstream::config::Config;
-use fusionstream::pipeline::{self, Parts, RunEnd};
 use fusionstream::telemetry::{Recorder, Snapshot};
+use fusionstream_engine::{Parts, RunEnd};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
 use fusionstream_io::stores::Media;
@@ -74,7 +74,7 @@ async fn run_on(
         adapter_metrics: stats.adapter(),
         stopping: CancellationToken::new(),
     };
-    let end = pipeline::run(parts, stats.clone(), CancellationToken::new()).await;
+    let end = fusionstream_engine::run(parts, stats.clone(), CancellationToken::new()).await;
     (end, stats.snapshot())
 }
 

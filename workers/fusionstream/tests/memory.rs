@@ -1,4 +1,4 @@
-//! The memory bound (`pipeline::memory`): a worker flooded with events at its configured
+//! The memory bound (`fusionstream_engine::memory`): a worker flooded with events at its configured
 //! limits — inline images filling `events.max_inline_image_bytes`, fetched images filling
 //! `media.max_bytes`, images decoding to `image.max_pixels` — keeps its peak RSS under the
 //! bound it derives from that configuration. The bound is a sum of worst cases, so this is a

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use fusionstream::app::engine_settings;
 use fusionstream::config::Config;
-use fusionstream::pipeline::{self, Parts, RunEnd};
 use fusionstream::telemetry::{Recorder, Snapshot};
+use fusionstream_engine::{Parts, RunEnd};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
 use fusionstream_io::stores::Media;
@@ -82,7 +82,7 @@ async fn run(c: &Config, stop_after: Option<u64>) -> (RunEnd, Snapshot, u64) {
             }
         })
     };
-    let end = pipeline::run(parts, stats.clone(), cancel.clone())
+    let end = fusionstream_engine::run(parts, stats.clone(), cancel.clone())
         .await
         .expect("run");
     cancel.cancel();

@@ -18,8 +18,8 @@ use fusionstream_io::s3::{ObjectVersion, S3Media};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MatchingConfig;
-use crate::pipeline::lists::{KnownLists, ListBody, LoadedList};
-use crate::pipeline::{Report, Reporter};
+use fusionstream_engine::lists::{KnownLists, ListBody, LoadedList};
+use fusionstream_engine::{Report, Reporter};
 
 /// Where a list is.
 #[derive(Debug, Clone)]
@@ -389,7 +389,7 @@ mod tests {
         let err = load_and_watch(
             &c,
             Default::default(),
-            Arc::new(crate::pipeline::Discard),
+            Arc::new(fusionstream_engine::Discard),
             CancellationToken::new(),
         )
         .await
@@ -468,7 +468,7 @@ mod tests {
         let lists = load_and_watch(
             &c,
             settings,
-            Arc::new(crate::pipeline::Discard),
+            Arc::new(fusionstream_engine::Discard),
             cancel.clone(),
         )
         .await

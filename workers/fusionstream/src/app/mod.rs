@@ -27,10 +27,10 @@ use fusionstream_model::FusionModel;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{Config, SinkKind, SourceKind};
-use crate::pipeline::memory::{self, MemoryBound, SourceBuffers};
-use crate::pipeline::{self, Parts, RunEnd, Settings};
 use crate::telemetry::health::Health;
 use crate::telemetry::{Recorder, Snapshot};
+use fusionstream_engine::memory::{self, MemoryBound, SourceBuffers};
+use fusionstream_engine::{self, Parts, RunEnd, Settings};
 
 mod lists;
 pub mod model;
@@ -49,7 +49,7 @@ pub struct Summary {
     pub events_per_second: f64,
     /// Which backend and precision ran each part of the bundle.
     pub backends: String,
-    /// The memory bound derived from the configuration (bytes; `pipeline::memory`).
+    /// The memory bound derived from the configuration (bytes; `fusionstream_engine::memory`).
     pub memory_bound_bytes: u64,
     /// The process's peak resident set (bytes; Linux only).
     pub peak_rss_bytes: Option<u64>,
@@ -357,5 +357,5 @@ async fn run_with<S: Source, K: OutputSink, C: Committer>(
         adapter_metrics: recorder.adapter(),
         stopping: health.stopping.clone(),
     };
-    pipeline::run(parts, recorder, cancel).await
+    fusionstream_engine::run(parts, recorder, cancel).await
 }

@@ -9,7 +9,7 @@ use fusionstream_core::event::EventLimits;
 use fusionstream_core::schedule::{PriorityDefaults, SchedulePolicy};
 
 use crate::config::{Config, LaneConfig, SchedulerMode, SourceKind};
-use crate::pipeline::{faults, Settings};
+use fusionstream_engine::{faults, Settings};
 
 fn lane(c: &LaneConfig) -> LanePolicy {
     LanePolicy {
@@ -118,7 +118,7 @@ mod tests {
     #[test]
     #[allow(clippy::unwrap_used)]
     fn the_memory_bound_adds_every_term_and_grows_with_each_limit() {
-        use crate::pipeline::memory::{rss, MemoryBound, SourceBuffers};
+        use fusionstream_engine::memory::{rss, MemoryBound, SourceBuffers};
         let c = Config::load(&[], Vec::new()).unwrap();
         let s = engine_settings(&c);
         let b = MemoryBound::new(&s, SourceBuffers::Kafka, 400 << 20, 1 << 20, 0);

@@ -1,16 +1,16 @@
 //! Prometheus metrics: a collector that renders the [`Recorder`] (with the adapters'
 //! counters and [`Health`]) at scrape time, so the run summary and `/metrics` read the same
-//! figures. The catalogue is data: [`CATALOGUE`] lists every metric with its help text and
+//! figures. The catalogue is data: `CATALOGUE` lists every metric with its help text and
 //! how to read it, in the order of `docs/metrics.md` (a test keeps the two in step).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crate::pipeline::Stage;
 use fusionstream_core::moderation::Action;
 use fusionstream_core::record::Stream;
 use fusionstream_core::schedule::Ready;
 use fusionstream_core::{Lane, Priority};
+use fusionstream_engine::Stage;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -547,7 +547,7 @@ impl Metric {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{Outcome, Report, Reporter as _};
+    use fusionstream_engine::{Outcome, Report, Reporter as _};
     use std::time::{Duration, Instant};
 
     #[test]

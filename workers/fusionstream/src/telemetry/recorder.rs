@@ -1,5 +1,5 @@
 //! The engine's reports turned into numbers: the [`Recorder`] is the worker's
-//! [`Reporter`](crate::pipeline::Reporter), keeping the counters, gauges and histograms
+//! [`Reporter`], keeping the counters, gauges and histograms
 //! `/metrics` renders (`metrics.rs`) and the run summary reads ([`Recorder::snapshot`]).
 //! Nothing outside telemetry writes a figure: the engine reports what happened
 //! ([`Report`]), the adapters count in their own [`AdapterMetrics`].
@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::pipeline::{Outcome, Report, Reporter, Stage};
 use fusionstream_core::lock;
 use fusionstream_core::record::Stream;
 use fusionstream_core::schedule::Ready;
 use fusionstream_core::{Lane, Priority};
+use fusionstream_engine::{Outcome, Report, Reporter, Stage};
 use fusionstream_io::metrics::AdapterMetrics;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 

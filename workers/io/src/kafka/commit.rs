@@ -168,7 +168,7 @@ impl Committer for KafkaCommitter {
         self.guard.clone()
     }
 
-    /// The consumer leaves the group now (see [`KafkaShared::close`]).
+    /// The consumer leaves the group now (see `KafkaShared::close`).
     fn close(&mut self) {
         self.shared.close();
     }

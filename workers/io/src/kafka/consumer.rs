@@ -116,7 +116,7 @@ impl PartitionMap {
 /// through it until the run's last commit, after the source has ended).
 ///
 /// The consumer's context reaches this slot again (its crash guard keeps marks through the
-/// committer's consumer), so the slot is emptied by [`KafkaShared::close`] when the run is
+/// committer's consumer), so the slot is emptied by `KafkaShared::close` when the run is
 /// over: without that the consumer would never be dropped, never leave the group, and keep
 /// its partitions from the other members until `max.poll.interval.ms` (librdkafka heartbeats
 /// on its own thread).

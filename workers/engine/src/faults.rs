@@ -6,7 +6,7 @@
 //! Off unless the worker runs with `FUSIONSTREAM_TEST_FAULTS=1` (read once into
 //! [`Settings::test_faults`](super::Settings), which in-process tests set directly); then an
 //! event whose id contains `@fault:<kind>` triggers the fault at the stage it names. With it
-//! off, [`fault_for`] answers `None` for every event.
+//! off, `fault_for` answers `None` for every event.
 
 /// Environment variable that turns fault injection on.
 pub const ENV: &str = "FUSIONSTREAM_TEST_FAULTS";
