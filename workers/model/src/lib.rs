@@ -48,11 +48,11 @@ pub mod tags;
 pub mod tokenize;
 
 pub use backend::onnx::{OnnxOptions, Precision};
-pub use backend::{Backend, BackendKind};
+pub use backend::{Backend, BackendKind, InferOutput, Prepared, PreparedImage};
 pub use error::{ErrorClass, ImageError, ModelError};
 pub use runtime::{
-    BackendChoice, FusionModel, InferOutput, PartBackend, Prepared, PreparedImage, RuntimeOptions,
-    SkipReason, Skipped, Tag, Task, TaskSet,
+    BackendChoice, FusionModel, PartBackend, RuntimeOptions, SkipReason, Skipped, Tag, Task,
+    TaskSet,
 };
 
 /// Re-exported so callers name devices and dtypes without depending on candle directly.

@@ -15,22 +15,103 @@
 //! - [`BlipBackend`]: BLIP vision states, then generation from them (captions), or from the
 //!   questions encoded against them (VQA). Generation is [`crate::generate`]'s greedy and beam
 //!   search over the backend's [`crate::generate::StepDecoder`].
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | the traits, what crosses them ([`Prepared`], [`InferOutput`], [`PixelBatch`], [`EncoderStates`]) |
+//! | `candle.rs` | the parts on candle |
+//! | `onnx/` | the parts on ONNX Runtime: sessions and graphs (`mod.rs`), CLIP (`clip.rs`), BLIP and its decoder steps (`blip.rs`) |
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use crate::error::{ModelError, Result};
-use crate::generate::{self, GenerationParams};
-use crate::models::blip::{BlipCaptioner, BlipVqa};
-use crate::models::clip::ClipModel;
-use crate::models::siglip::SiglipModel;
-use crate::runtime::{FusionModel, InferOutput, Prepared};
+use crate::generate::GenerationParams;
+use crate::moderation::ModerationInput;
+use crate::pdq::Pdq;
+use crate::preprocess::Pixels;
+use crate::runtime::{FusionModel, Signals, Skipped, Tag, TaskSet};
 
+mod candle;
 pub mod onnx;
+
+pub use candle::{CandleBlip, CandleDualEncoder};
+
+/// Outputs for one item; fields that do not apply are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct InferOutput {
+    /// L2-normalised CLIP image embedding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_embedding: Option<Vec<f32>>,
+    /// L2-normalised CLIP text embedding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_embedding: Option<Vec<f32>>,
+    /// Gated fusion of the two (defined when either is present).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fused_embedding: Option<Vec<f32>>,
+    /// Cosine similarity of image and text embeddings, in [-1, 1].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub match_score: Option<f32>,
+    /// Generated caption.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+    /// Generated answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Tags at or above the bundle's threshold, best first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<Tag>>,
+    /// What the moderation models measured (the policy decides later).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<Signals>,
+    /// The image's PDQ hash (task `hash`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdq: Option<Pdq>,
+    /// The CLIP image embedding of a `moderate` item, for known-embedding lists (see
+    /// [`FusionModel::with_list_embeddings`]); not an output of its own.
+    #[serde(skip)]
+    pub list_embedding: Option<Vec<f32>>,
+    /// Requested tasks that produced nothing, with reasons.
+    pub skipped: Vec<Skipped>,
+}
+
+/// An image decoded once and preprocessed for every vision model of the bundle.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    /// One entry per distinct preprocessor of the bundle.
+    pub(crate) pixels: Vec<Arc<Pixels>>,
+}
+
+impl PreparedImage {
+    /// Pixels over every preprocessed copy (what the image costs a batch).
+    pub fn pixel_count(&self) -> u64 {
+        self.pixels
+            .iter()
+            .map(|p| (p.height * p.width) as u64)
+            .sum()
+    }
+}
+
+/// An item ready for the model thread: CPU work done.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// The image, if the item has a usable one.
+    pub image: Option<PreparedImage>,
+    /// CLIP token ids of the text.
+    pub text: Option<Vec<u32>>,
+    /// VQA token ids of the question.
+    pub question: Option<Vec<u32>>,
+    /// Requested tasks.
+    pub tasks: TaskSet,
+    /// The moderation models' inputs, when the item asks for `moderate`.
+    pub moderation: Option<ModerationInput>,
+    /// The image's PDQ hash, computed while preprocessing, when the item asks for `hash`.
+    pub pdq: Option<Pdq>,
+}
 
 /// Anything that runs a batch of prepared items.
 pub trait Backend: std::fmt::Debug + Send + Sync + 'static {
@@ -171,104 +252,6 @@ pub trait BlipBackend: fmt::Debug + Send + Sync {
     ) -> Result<Vec<Vec<u32>>>;
 }
 
-fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(t.to_dtype(DType::F32)?.to_vec2()?)
-}
-
-fn pixels_tensor(px: &PixelBatch, device: &Device, dtype: DType) -> Result<Tensor> {
-    Ok(Tensor::from_slice(&px.data, (px.n, 3, px.height, px.width), device)?.to_dtype(dtype)?)
-}
-
-/// The dual encoder on candle.
-#[derive(Debug)]
-pub enum CandleDualEncoder {
-    /// CLIP.
-    Clip(ClipModel, Device, DType),
-    /// SigLIP.
-    Siglip(SiglipModel, Device, DType),
-}
-
-impl DualEncoderBackend for CandleDualEncoder {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Candle
-    }
-
-    fn image_embeddings(&self, px: &PixelBatch) -> Result<Vec<Vec<f32>>> {
-        match self {
-            Self::Clip(m, d, t) => rows(&m.image_embeddings(&pixels_tensor(px, d, *t)?)?),
-            Self::Siglip(m, d, t) => rows(&m.image_embeddings(&pixels_tensor(px, d, *t)?)?),
-        }
-    }
-
-    fn text_embeddings(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        match self {
-            Self::Clip(m, d, _) => rows(&m.text_embeddings(ids, d)?),
-            Self::Siglip(m, d, _) => rows(&m.text_embeddings(ids, d)?),
-        }
-    }
-}
-
-/// BLIP on candle.
-#[derive(Debug)]
-pub enum CandleBlip {
-    /// Captioning.
-    Caption(BlipCaptioner, Device, DType),
-    /// Question answering.
-    Vqa(BlipVqa, Device, DType),
-}
-
-impl BlipBackend for CandleBlip {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Candle
-    }
-
-    fn image_states(&self, px: &PixelBatch) -> Result<EncoderStates> {
-        let (vision, d, t) = match self {
-            Self::Caption(m, d, t) => (&m.vision, d, t),
-            Self::Vqa(m, d, t) => (&m.vision, d, t),
-        };
-        Ok(EncoderStates::Tensor(
-            vision.forward(&pixels_tensor(px, d, *t)?)?,
-        ))
-    }
-
-    fn generate(
-        &self,
-        states: &EncoderStates,
-        questions: Option<&[Vec<u32>]>,
-        params: &GenerationParams,
-    ) -> Result<Vec<Vec<u32>>> {
-        let (d, t) = match self {
-            Self::Caption(_, d, t) | Self::Vqa(_, d, t) => (d, *t),
-        };
-        let states = match states {
-            EncoderStates::Tensor(x) => x.clone(),
-            EncoderStates::Host { data, shape } => {
-                Tensor::from_slice(data, (shape[0], shape[1], shape[2]), d)?.to_dtype(t)?
-            }
-        };
-        let b = states.dim(0)?;
-        match (self, questions) {
-            (Self::Caption(m, ..), None) => {
-                let cache = m.decoder.start(&states, None)?;
-                let prompt = [m.text_config.bos_token_id];
-                generate::generate(&m.decoder, cache, &prompt, b, params)
-            }
-            (Self::Vqa(m, ..), Some(qs)) => {
-                let q_states = m.encode_questions(&states, qs, d)?;
-                let lens: Vec<usize> = qs.iter().map(Vec::len).collect();
-                let cache = m.decoder.start(&q_states, Some(&lens))?;
-                let prompt = [m.text_config.bos_token_id];
-                generate::generate(&m.decoder, cache, &prompt, b, params)
-            }
-            (Self::Caption(..), Some(_)) => Err(ModelError::Input(
-                "a captioning model takes no questions".into(),
-            )),
-            (Self::Vqa(..), None) => Err(ModelError::Input("VQA needs questions".into())),
-        }
-    }
-}
-
 /// Right-pad token sequences (`pad`) into a row-major (B, T) i64 batch and its 0/1 mask.
 pub(crate) fn pad_ids(seqs: &[Vec<u32>], pad: u32) -> Result<(Vec<i64>, Vec<i64>, usize)> {
     let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
@@ -300,6 +283,7 @@ pub(crate) fn l2_normalize_rows(rows: &mut [Vec<f32>]) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn host_states_select_rows_in_order() {

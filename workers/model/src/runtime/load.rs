@@ -1,0 +1,463 @@
+//! Loading a bundle: where each part runs (candle or ONNX Runtime, [`Placement`]), each
+//! part with its tokenizer and preprocessing slot, the fusion head, the tag table.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+use super::{BlipPart, ClipPart, FusionModel, Scorer};
+use crate::backend::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
+use crate::backend::{BlipBackend, CandleBlip, CandleDualEncoder, DualEncoderBackend};
+use crate::bundle::{BundleManifest, GenerationSpec, TagSpec};
+use crate::error::{ModelError, Result};
+use crate::generate::GenerationParams;
+use crate::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
+use crate::models::clip::{ClipConfig, ClipModel};
+use crate::models::fusion::{FusionConfig, FusionHead};
+use crate::models::siglip::{SiglipConfig, SiglipModel};
+use crate::nn;
+use crate::preprocess::{DecodeOptions, ImageProcessorConfig, Preprocessor};
+use crate::tags::{HeadDims, TagRule, TagTable};
+use crate::tokenize::TextTokenizer;
+
+/// How to load a bundle.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where the model runs.
+    pub device: Device,
+    /// Weight and activation dtype (f32 on CPU; f16/bf16 on GPU).
+    pub dtype: DType,
+    /// Image limits and JPEG DCT scaling.
+    pub decode: DecodeOptions,
+    /// Overrides the bundle's generation settings.
+    pub generation: Option<GenerationSpec>,
+    /// Which library runs the parts.
+    pub backend: BackendChoice,
+    /// ONNX Runtime settings (library, precision, threads, CUDA device).
+    pub onnx: OnnxOptions,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            decode: DecodeOptions::default(),
+            generation: None,
+            backend: BackendChoice::Candle,
+            onnx: OnnxOptions::default(),
+        }
+    }
+}
+
+/// Which library runs the bundle's parts (`model.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// ONNX Runtime for every part that has graphs of the asked precision when the library
+    /// is configured (`model.onnxruntime_library` or `ORT_DYLIB_PATH`), candle otherwise.
+    #[default]
+    Auto,
+    /// candle for every part.
+    Candle,
+    /// ONNX Runtime for every part but the fusion head; a part without graphs is an error.
+    Onnx,
+}
+
+impl BackendChoice {
+    /// Parse `auto`, `candle` or `onnx`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "candle" => Ok(Self::Candle),
+            "onnx" => Ok(Self::Onnx),
+            other => Err(ModelError::Unsupported(format!(
+                "backend {other:?} (expected auto, candle or onnx)"
+            ))),
+        }
+    }
+}
+
+/// Where the parts run and with what.
+#[derive(Debug, Clone)]
+struct Placement {
+    device: Device,
+    dtype: DType,
+    /// `Some` when ONNX Runtime is loaded and asked for (`onnx`) or allowed (`auto`).
+    onnx: Option<OnnxOptions>,
+    /// `onnx` was asked for explicitly: a part without graphs is an error.
+    require_onnx: bool,
+}
+
+impl Placement {
+    fn new(opts: &RuntimeOptions) -> Result<Self> {
+        let onnx = match opts.backend {
+            BackendChoice::Candle => None,
+            BackendChoice::Auto | BackendChoice::Onnx => match opts.onnx.library_path() {
+                Some(lib) => {
+                    onnx::load_library(&lib)?;
+                    Some(opts.onnx.clone())
+                }
+                None if opts.backend == BackendChoice::Onnx => {
+                    return Err(ModelError::OnnxRuntime(
+                        "backend onnx needs the ONNX Runtime library: set \
+                         model.onnxruntime_library or ORT_DYLIB_PATH (the onnxruntime wheel's \
+                         onnxruntime/capi/libonnxruntime.so.*)"
+                            .into(),
+                    ))
+                }
+                None => None,
+            },
+        };
+        if onnx.is_none() && opts.onnx.cuda_device.is_some() && opts.device.is_cpu() {
+            return Err(ModelError::Unsupported(
+                "CUDA was asked for the ONNX backend, but no part runs on ONNX Runtime".into(),
+            ));
+        }
+        Ok(Self {
+            device: opts.device.clone(),
+            dtype: opts.dtype,
+            onnx,
+            require_onnx: opts.backend == BackendChoice::Onnx,
+        })
+    }
+
+    /// The ONNX options if this part runs on ONNX Runtime.
+    fn onnx_for(&self, part: &Path, name: &str) -> Result<Option<&OnnxOptions>> {
+        let Some(o) = &self.onnx else {
+            return Ok(None);
+        };
+        if onnx::has_graphs(part, o.precision) {
+            Ok(Some(o))
+        } else if self.require_onnx {
+            Err(ModelError::config(
+                part.join("onnx/manifest.json"),
+                format!(
+                    "the {name} part has no {} ONNX graphs (python -m models.export_onnx \
+                     --model {}{})",
+                    o.precision,
+                    part.display(),
+                    match o.precision {
+                        Precision::Int8 => " --int8",
+                        Precision::F16 => " --fp16",
+                        Precision::F32 => "",
+                    }
+                ),
+            ))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn candle_precision(&self) -> String {
+        format!("{:?}", self.dtype).to_lowercase()
+    }
+}
+
+/// A dual encoder part as loaded, before its tokenizer and preprocessor.
+struct LoadedEncoder {
+    engine: Box<dyn DualEncoderBackend>,
+    scorer: Scorer,
+    image_size: usize,
+    max_len: usize,
+    vocab_size: usize,
+    projection_dim: usize,
+    precision: String,
+}
+
+/// Load the dual encoder of a part on the backend its placement gives.
+fn load_dual_encoder(dir: &Path, place: &Placement) -> Result<LoadedEncoder> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        model_type: String,
+    }
+    let cfg_path = dir.join("config.json");
+    let head: Head = nn::read_json(&cfg_path)?;
+    let (device, dtype) = (&place.device, place.dtype);
+    match head.model_type.as_str() {
+        "siglip" => {
+            if place.require_onnx {
+                return Err(ModelError::Unsupported(format!(
+                    "{}: SigLIP has no ONNX export; use model.backend = \"candle\" or \"auto\"",
+                    dir.display()
+                )));
+            }
+            let cfg = SiglipConfig::from_file(&cfg_path)?;
+            let vb = nn::load_weights(&dir.join("model.safetensors"), dtype, device)?;
+            let m = SiglipModel::new(vb, &cfg)?;
+            let scorer = Scorer::Sigmoid(m.logit_scale, m.logit_bias);
+            let proj = m.projection_dim();
+            Ok(LoadedEncoder {
+                engine: Box::new(CandleDualEncoder::Siglip(m, device.clone(), dtype)),
+                scorer,
+                image_size: cfg.vision_config.image_size,
+                max_len: cfg.text_config.max_position_embeddings,
+                vocab_size: cfg.text_config.vocab_size,
+                projection_dim: proj,
+                precision: place.candle_precision(),
+            })
+        }
+        "clip" => {
+            let cfg = ClipConfig::from_file(&cfg_path)?;
+            let (image, text) = (
+                cfg.vision_config.image_size,
+                cfg.text_config.max_position_embeddings,
+            );
+            if let Some(o) = place.onnx_for(dir, "clip")? {
+                let scale = read_scalar(&dir.join("model.safetensors"), "logit_scale")?.exp();
+                let engine = OnnxClip::load(dir, cfg.text_config.eos_token_id, o)?;
+                return Ok(LoadedEncoder {
+                    engine: Box::new(engine),
+                    scorer: Scorer::Softmax(scale),
+                    image_size: image,
+                    max_len: text,
+                    vocab_size: cfg.text_config.vocab_size,
+                    projection_dim: cfg.projection_dim,
+                    precision: o.precision.to_string(),
+                });
+            }
+            let vb = nn::load_weights(&dir.join("model.safetensors"), dtype, device)?;
+            let m = ClipModel::new(vb, &cfg)?;
+            let scorer = Scorer::Softmax(m.logit_scale);
+            let proj = m.projection_dim();
+            Ok(LoadedEncoder {
+                engine: Box::new(CandleDualEncoder::Clip(m, device.clone(), dtype)),
+                scorer,
+                image_size: image,
+                max_len: text,
+                vocab_size: cfg.text_config.vocab_size,
+                projection_dim: proj,
+                precision: place.candle_precision(),
+            })
+        }
+        other => Err(ModelError::config(
+            cfg_path,
+            format!("model_type {other:?} is not a dual encoder (clip, siglip)"),
+        )),
+    }
+}
+
+/// One scalar tensor of a safetensors file, as f32.
+fn read_scalar(path: &Path, name: &str) -> Result<f32> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| ModelError::config(path, format!("no tensor {name}")))?;
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[0])
+}
+
+/// Load the CLIP (or SigLIP) part with its tokenizer and preprocessing slot.
+fn load_clip(dir: &Path, place: &Placement, pre: &mut Vec<Preprocessor>) -> Result<ClipPart> {
+    let LoadedEncoder {
+        engine,
+        scorer,
+        image_size,
+        max_len,
+        vocab_size,
+        projection_dim,
+        precision,
+    } = load_dual_encoder(dir, place)?;
+    let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), max_len)?;
+    let pcfg = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
+    check_image_size(&pcfg, image_size, dir)?;
+    Ok(ClipPart {
+        engine,
+        scorer,
+        projection_dim,
+        vocab_size,
+        max_len,
+        tokenizer,
+        slot: slot_for(pre, pcfg),
+        precision,
+    })
+}
+
+/// Load a BLIP captioning (`vqa` false) or VQA part on the backend its placement gives.
+fn load_blip(
+    dir: &Path,
+    vqa: bool,
+    place: &Placement,
+    pre: &mut Vec<Preprocessor>,
+) -> Result<BlipPart> {
+    let cfg = BlipConfig::from_file(&dir.join("config.json"))?;
+    let tokenizer = TextTokenizer::from_file(
+        &dir.join("tokenizer.json"),
+        cfg.text_config.max_position_embeddings,
+    )?;
+    let pcfg = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
+    check_image_size(&pcfg, cfg.vision_config.image_size, dir)?;
+    let slot = slot_for(pre, pcfg);
+    let name = if vqa { "vqa" } else { "caption" };
+    let t = &cfg.text_config;
+    let (engine, precision): (Box<dyn BlipBackend>, String) =
+        if let Some(o) = place.onnx_for(dir, name)? {
+            let dims = BlipTextDims {
+                layers: t.num_hidden_layers,
+                heads: t.num_attention_heads,
+                hidden: t.hidden_size,
+                bos: t.bos_token_id,
+                pad: t.pad_token_id,
+            };
+            let engine = OnnxBlip::load(dir, vqa, dims, o)?;
+            (Box::new(engine), o.precision.to_string())
+        } else {
+            let (device, dtype) = (&place.device, place.dtype);
+            let vb = nn::load_weights(&dir.join("model.safetensors"), dtype, device)?;
+            let engine = if vqa {
+                CandleBlip::Vqa(BlipVqa::new(vb, &cfg)?, device.clone(), dtype)
+            } else {
+                CandleBlip::Caption(BlipCaptioner::new(vb, &cfg)?, device.clone(), dtype)
+            };
+            (Box::new(engine), place.candle_precision())
+        };
+    Ok(BlipPart {
+        engine,
+        tokenizer,
+        slot,
+        eos: t.sep_token_id,
+        vision_hash: nn::weights_hash(&dir.join("model.safetensors"), "vision_model.")?,
+        vision_hidden: cfg.vision_config.hidden_size,
+        precision,
+    })
+}
+
+/// Load the fusion head (always on candle); its width must be CLIP's projection.
+fn load_fusion(dir: &Path, place: &Placement, clip: Option<&ClipPart>) -> Result<FusionHead> {
+    let cfg = FusionConfig::from_file(&dir.join("config.json"))?;
+    let vb = nn::load_weights(&dir.join("model.safetensors"), place.dtype, &place.device)?;
+    let head = FusionHead::new(vb, &cfg)?;
+    if clip.is_some_and(|c| c.projection_dim != head.embed_dim()) {
+        return Err(ModelError::config(
+            dir.join("config.json"),
+            "fusion embed_dim differs from the CLIP projection_dim",
+        ));
+    }
+    Ok(head)
+}
+
+fn slot_for(preprocessors: &mut Vec<Preprocessor>, cfg: ImageProcessorConfig) -> usize {
+    if let Some(i) = preprocessors.iter().position(|p| *p.config() == cfg) {
+        return i;
+    }
+    preprocessors.push(Preprocessor::new(cfg));
+    preprocessors.len() - 1
+}
+
+fn check_image_size(p: &ImageProcessorConfig, size: usize, dir: &Path) -> Result<()> {
+    let (h, w) = p.output_size(size as u32, size as u32);
+    if (h as usize, w as usize) != (size, size) {
+        return Err(ModelError::config(
+            dir.join("preprocessor_config.json"),
+            format!("produces {h}x{w} pixels but the model expects {size}x{size}"),
+        ));
+    }
+    Ok(())
+}
+
+impl FusionModel {
+    /// Load a bundle directory (with `bundle.toml`) or a single HF model directory.
+    pub fn load(dir: &Path, opts: &RuntimeOptions) -> Result<Self> {
+        let manifest = BundleManifest::load(dir)?;
+        let (device, dtype) = (opts.device.clone(), opts.dtype);
+        if device.is_cpu() && dtype == DType::BF16 {
+            return Err(ModelError::Unsupported(
+                "bf16 on CPU (candle's CPU matmul has no bf16): use f32 or f16, or a GPU".into(),
+            ));
+        }
+        let place = Placement::new(opts)?;
+        let mut preprocessors = Vec::new();
+        let clip = manifest
+            .clip
+            .as_ref()
+            .map(|p| load_clip(&p.path, &place, &mut preprocessors))
+            .transpose()?;
+        let caption = manifest
+            .caption
+            .as_ref()
+            .map(|p| load_blip(&p.path, false, &place, &mut preprocessors))
+            .transpose()?;
+        let vqa = manifest
+            .vqa
+            .as_ref()
+            .map(|p| load_blip(&p.path, true, &place, &mut preprocessors))
+            .transpose()?;
+        let shared_vision = match (&caption, &vqa) {
+            (Some(c), Some(v)) => c.slot == v.slot && c.vision_hash == v.vision_hash,
+            _ => false,
+        };
+        let fusion = match &manifest.fusion {
+            Some(part) => Some(load_fusion(&part.path, &place, clip.as_ref())?),
+            None => None,
+        };
+        let eos = caption
+            .as_ref()
+            .map(|c| c.eos)
+            .or(vqa.as_ref().map(|v| v.eos))
+            .unwrap_or(0);
+        let gen = opts.generation.as_ref().unwrap_or(&manifest.generation);
+        let mut model = Self {
+            generation: GenerationParams {
+                max_new_tokens: gen.max_new_tokens,
+                num_beams: gen.num_beams.max(1),
+                length_penalty: 1.0,
+                eos_token_id: eos,
+            },
+            manifest,
+            device,
+            dtype,
+            decode: opts.decode,
+            preprocessors,
+            clip,
+            caption,
+            vqa,
+            shared_vision,
+            fusion,
+            tags: None,
+            moderation: None,
+            list_embeddings: false,
+        };
+        if let Some(spec) = model.manifest.tags.clone() {
+            model.tags = Some(model.build_tags(&spec)?);
+        }
+        Ok(model)
+    }
+
+    fn build_tags(&self, spec: &TagSpec) -> Result<TagTable> {
+        let clip = self
+            .clip
+            .as_ref()
+            .ok_or_else(|| ModelError::Unsupported("tags need CLIP".into()))?;
+        if spec.labels.is_empty() {
+            return Err(ModelError::Unsupported("tags.labels is empty".into()));
+        }
+        let rule = match &spec.head {
+            Some(head) => TagTable::load_head(
+                head,
+                &spec.labels,
+                HeadDims {
+                    embedding: clip.projection_dim,
+                    caption_patch: self.caption.as_ref().map_or(0, |c| c.vision_hidden),
+                    vocab: clip.vocab_size,
+                    positions: clip.max_len,
+                },
+            )?,
+            None => {
+                let ids = spec
+                    .labels
+                    .iter()
+                    .map(|l| clip.tokenizer.encode(&spec.template.replace("{}", l)))
+                    .collect::<Result<Vec<_>>>()?;
+                TagRule::Prompts {
+                    embeddings: clip.engine.text_embeddings(&ids)?,
+                    threshold: spec.threshold,
+                }
+            }
+        };
+        Ok(TagTable {
+            labels: spec.labels.clone(),
+            rule,
+        })
+    }
+}
