@@ -2,13 +2,13 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`ports`] | `Source`, `SourceHandle`, `OutputSink`, `Committer`: what the engine needs of them |
+//! | [`ports`] | `Source`, `SourceHandle`, `OutputSink`, `Committer`: what the engine needs of them; `Feed`: what the live index reads |
 //! | [`source`] | the record a source hands to the pipeline |
 //! | [`metrics`] | what the adapters count (assignment, lag, pauses, commits, suspect partitions) |
 //! | [`retry`] | the one retry loop (jittered backoff) of fetches, publishing, listing, marks |
 //! | [`crash_guard`] | the crash-loop guard's waiting and its marks beside the committed positions |
-//! | [`local`] | JSONL file source, checkpoint file committer, JSONL output sink |
-//! | [`kafka`] | Kafka connection, consumer-group source, offset committer, output sink, topics |
+//! | [`local`] | JSONL file source, checkpoint file committer, JSONL output sink, a tailed JSONL file feed |
+//! | [`kafka`] | Kafka connection, consumer-group source, offset committer, output sink, assigned-partitions feed, topics |
 //! | [`s3`] | the S3 media store (aws-sdk-s3; MinIO through endpoint and path style) |
 //! | [`backfill`] | the backfill source (an S3 prefix listed page by page) and its checkpoint |
 //! | [`media`] | media fetch errors with reason codes; the local file-system store |

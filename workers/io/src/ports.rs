@@ -10,7 +10,11 @@
 //!   by their kind, never by looking at a client's error type.
 //! - A [`Committer`] records acknowledged positions; a position counts as committed only once
 //!   confirmed ([`CommitAck`]).
+//! - A [`Feed`] is the other kind of input: every record of a stream from positions its
+//!   reader saved itself, polled from a blocking thread, without permits or commits per
+//!   record (the live index reads the embeddings this way).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -196,4 +200,32 @@ pub trait Committer: Send + 'static {
     /// (a consumer group's consumer leaves the group now, not when its session times out).
     /// May block; the engine calls it off the async runtime, once, after the last commit.
     fn close(&mut self) {}
+}
+
+/// One record a [`Feed`] read.
+#[derive(Debug)]
+pub struct FeedRecord {
+    /// The key of its position: `topic/partition` or the file's name.
+    pub source: String,
+    /// The position of the next record.
+    pub next: u64,
+    /// The record.
+    pub payload: Vec<u8>,
+}
+
+/// Every record of a stream, from the positions its reader saved with its own state.
+pub trait Feed: Send + std::fmt::Debug {
+    /// Up to `max` records, waiting at most `wait` for the first.
+    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<FeedRecord>>;
+
+    /// Whether everything that existed when the feed was opened (Kafka: the high watermarks
+    /// then; a file: its end) has been read, given the reader's `positions`.
+    fn caught_up(&self, positions: &BTreeMap<String, u64>) -> bool;
+
+    /// The reader saved `positions` durably: record them where the stream keeps positions
+    /// (a group's offsets, for lag monitoring), if it does.
+    fn saved(&self, _positions: &BTreeMap<String, u64>) {}
+
+    /// What the feed reads, for logs.
+    fn describe(&self) -> String;
 }

@@ -10,12 +10,14 @@
 //! | file | owns |
 //! |---|---|
 //! | `ingest.rs` | the index's state: applying records, positions, the bundle's space, snapshot timing |
-//! | `feed.rs` | the embeddings topic (every partition, assigned) or a local `embeddings.jsonl` |
 //! | `query.rs` | embedding a query with the bundle, which graph each query vector searches |
 //! | `serve.rs` | `/search`, `/metrics`, `/healthz`; the index's metrics |
 //! | `remote.rs` | snapshots on S3: copied up after each save, down when starting behind |
+//!
+//! The index reads through `fusionstream_io`'s [`Feed`] port: the embeddings topic with every
+//! partition assigned (`io::kafka::AssignedFeed`) or a local `embeddings.jsonl` tailed
+//! (`io::local::FileFeed`). The bundle for `/search` is loaded by `app::model`, as for `run`.
 
-pub mod feed;
 pub mod ingest;
 pub mod query;
 pub mod remote;
@@ -32,8 +34,11 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SinkKind};
-use feed::{FileFeed, KafkaFeed};
+use fusionstream_io::kafka::AssignedFeed;
+use fusionstream_io::local::FileFeed;
+use fusionstream_io::ports::{Feed, FeedRecord};
 use ingest::Ingest;
+use remote::Remote;
 use serve::{IndexStats, Shared};
 
 /// Records taken per poll.
@@ -115,6 +120,150 @@ pub fn open(c: &Config, dir: &std::path::Path) -> anyhow::Result<(VectorIndex, S
     }
 }
 
+/// The embeddings the workers write, from the snapshot's positions: the topic (Kafka sink)
+/// or the local file.
+fn open_feed(c: &Config, meta: &SnapshotMeta) -> anyhow::Result<Box<dyn Feed>> {
+    Ok(match c.sink.kind {
+        SinkKind::Kafka => Box::new(AssignedFeed::open(
+            &c.kafka.connection(),
+            &c.kafka.embeddings_topic,
+            &c.index.group_id,
+            &meta.positions,
+        )?),
+        SinkKind::Local => Box::new(FileFeed::open(
+            &c.sink.dir.join("embeddings.jsonl"),
+            &meta.positions,
+        )),
+    })
+}
+
+/// Start `/search` (with the bundle to embed queries) when `index.listen` is set; its
+/// address.
+fn serve_search(
+    c: &Config,
+    rt: &tokio::runtime::Handle,
+    ingest: &Arc<RwLock<Ingest>>,
+    stats: &Arc<IndexStats>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<String>> {
+    if c.index.listen.is_empty() {
+        return Ok(None);
+    }
+    let bundle = rt.block_on(crate::app::model::resolve_bundle(c))?;
+    let model = crate::app::model::load(&c.model, &bundle, Default::default(), None)?;
+    let shared = Shared::new(
+        ingest.clone(),
+        Arc::new(Mutex::new(model)),
+        stats.clone(),
+        c.index.max_k,
+    );
+    let addr = c.index.listen.parse().context("index.listen")?;
+    let bound = rt.block_on(serve::spawn(addr, shared, stop.clone()))?;
+    Ok(Some(bound.to_string()))
+}
+
+/// Apply records read to the index, counting what they did.
+fn apply(ingest: &RwLock<Ingest>, stats: &IndexStats, reads: &[FeedRecord]) {
+    if reads.is_empty() {
+        return;
+    }
+    let mut g = write(ingest);
+    for r in reads {
+        let a = g.apply(&r.source, r.next, &r.payload);
+        stats.records.fetch_add(1, Relaxed);
+        stats.added.fetch_add(a.added as u64, Relaxed);
+        stats.replaced.fetch_add(a.replaced as u64, Relaxed);
+        if let Some(why) = a.refused {
+            stats.refused(why);
+        }
+    }
+}
+
+fn read(ingest: &RwLock<Ingest>) -> std::sync::RwLockReadGuard<'_, Ingest> {
+    ingest.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(ingest: &RwLock<Ingest>) -> std::sync::RwLockWriteGuard<'_, Ingest> {
+    ingest.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writing snapshots: locally, then to S3 when `index.dir` is there; the feed's positions
+/// are recorded as saved only once the snapshot is durable.
+struct Snapshots<'a> {
+    store: SnapshotDir,
+    remote: Option<Remote>,
+    rt: &'a tokio::runtime::Handle,
+    stats: &'a IndexStats,
+    /// The last snapshot while it is not on S3 yet (its offsets are then not committed).
+    unpushed: Option<fusionstream_index::snapshot::Written>,
+}
+
+impl Snapshots<'_> {
+    /// Write a snapshot of the index; its folder.
+    fn take(&mut self, ingest: &RwLock<Ingest>, feed: &dyn Feed) -> anyhow::Result<PathBuf> {
+        let started = Instant::now();
+        let guard = read(ingest);
+        let written = self.store.save(&guard.index, &guard.meta)?;
+        let positions = guard.meta.positions.clone();
+        drop(guard);
+        write(ingest).snapshotted(Instant::now());
+        let durable = match &self.remote {
+            None => true,
+            Some(r) => match self.rt.block_on(r.push(&written)) {
+                Ok(()) => {
+                    self.unpushed = None;
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "index snapshot not copied to S3; the next one will be (offsets not committed)");
+                    self.stats.push_failures.fetch_add(1, Relaxed);
+                    self.unpushed = Some(written.clone());
+                    false
+                }
+            },
+        };
+        if durable {
+            feed.saved(&positions);
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        self.stats.snapshots.fetch_add(1, Relaxed);
+        self.stats.snapshot_bytes.store(written.bytes, Relaxed);
+        self.stats.snapshot_ms.store(ms, Relaxed);
+        tracing::info!(
+            sequence = written.sequence,
+            bytes = written.bytes,
+            ms,
+            "index snapshot written"
+        );
+        Ok(written.dir)
+    }
+
+    /// At the end: a last snapshot when anything changed since the last (or there is none),
+    /// and the last one copied to S3 if it is not there yet. The current snapshot's folder.
+    fn finish(
+        &mut self,
+        ingest: &RwLock<Ingest>,
+        feed: &dyn Feed,
+        last: Option<PathBuf>,
+    ) -> anyhow::Result<Option<PathBuf>> {
+        let dirty = read(ingest).dirty();
+        let last = if dirty || last.is_none() && self.store.current()?.is_none() {
+            Some(self.take(ingest, feed)?)
+        } else if last.is_none() {
+            self.store.current()?.map(|(d, _)| d)
+        } else {
+            last
+        };
+        if let (Some(r), Some(w)) = (&self.remote, &self.unpushed) {
+            self.rt
+                .block_on(r.push(w))
+                .context("copying the last index snapshot to S3")?;
+            feed.saved(&read(ingest).meta.positions);
+        }
+        Ok(last)
+    }
+}
+
 /// Run the index until `stop` (or, with `once`, until it has read what existed when it
 /// started), then write a last snapshot. Blocking; `rt` serves HTTP.
 pub fn run(
@@ -124,128 +273,40 @@ pub fn run(
     stop: CancellationToken,
 ) -> anyhow::Result<IndexSummary> {
     let dir = index_dir(c);
-    let store = SnapshotDir::new(&dir);
     let remote = sync_down(c, rt)?;
     let (index, meta) = open(c, &dir)?;
     tracing::info!(dir = %dir.display(), entries = ?Kind::ALL.map(|k| index.len(k)), "index opened");
-    let mut feed = match c.sink.kind {
-        SinkKind::Kafka => feed::Feed::Kafka(KafkaFeed::open(
-            &c.kafka.connection(),
-            &c.kafka.embeddings_topic,
-            &c.index.group_id,
-            &meta.positions,
-        )?),
-        SinkKind::Local => feed::Feed::File(FileFeed::open(
-            &c.sink.dir.join("embeddings.jsonl"),
-            &meta.positions,
-        )),
-    };
+    let mut feed = open_feed(c, &meta)?;
     let ingest = Arc::new(RwLock::new(Ingest::new(index, meta, c.index.kinds.clone())));
     let stats = Arc::new(IndexStats::default());
-
-    let mut listen = None;
-    if !c.index.listen.is_empty() {
-        let bundle = rt.block_on(crate::app::model::resolve_bundle(c))?;
-        let model = crate::app::model::load(&c.model, &bundle, Default::default(), None)?;
-        let shared = Shared::new(
-            ingest.clone(),
-            Arc::new(Mutex::new(model)),
-            stats.clone(),
-            c.index.max_k,
-        );
-        let addr = c.index.listen.parse().context("index.listen")?;
-        let bound = rt.block_on(serve::spawn(addr, shared, stop.clone()))?;
-        listen = Some(bound.to_string());
-    }
-
-    let mut last = None;
-    // The last snapshot while it is not on S3 yet (its offsets are then not committed).
-    let mut unpushed = None;
-    let mut snapshot = |ingest: &RwLock<Ingest>, feed: &feed::Feed| -> anyhow::Result<PathBuf> {
-        let started = Instant::now();
-        let guard = ingest.read().unwrap_or_else(|p| p.into_inner());
-        let written = store.save(&guard.index, &guard.meta)?;
-        let positions = guard.meta.positions.clone();
-        drop(guard);
-        ingest
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .snapshotted(Instant::now());
-        let durable = match &remote {
-            None => true,
-            Some(r) => match rt.block_on(r.push(&written)) {
-                Ok(()) => {
-                    unpushed = None;
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "index snapshot not copied to S3; the next one will be (offsets not committed)");
-                    stats.push_failures.fetch_add(1, Relaxed);
-                    unpushed = Some(written.clone());
-                    false
-                }
-            },
-        };
-        if durable {
-            feed.committed(&positions);
-        }
-        stats.snapshots.fetch_add(1, Relaxed);
-        stats.snapshot_bytes.store(written.bytes, Relaxed);
-        stats
-            .snapshot_ms
-            .store(started.elapsed().as_millis() as u64, Relaxed);
-        tracing::info!(
-            sequence = written.sequence,
-            bytes = written.bytes,
-            ms = started.elapsed().as_millis() as u64,
-            "index snapshot written"
-        );
-        Ok(written.dir)
+    let listen = serve_search(c, rt, &ingest, &stats, &stop)?;
+    let mut snapshots = Snapshots {
+        store: SnapshotDir::new(&dir),
+        remote,
+        rt,
+        stats: &stats,
+        unpushed: None,
     };
+    let mut last = None;
     while !stop.is_cancelled() {
         let reads = feed.poll(POLL_MAX, POLL_WAIT)?;
-        if !reads.is_empty() {
-            let mut g = ingest.write().unwrap_or_else(|p| p.into_inner());
-            for r in &reads {
-                let a = g.apply(&r.source, r.next, &r.payload);
-                stats.records.fetch_add(1, Relaxed);
-                stats.added.fetch_add(a.added as u64, Relaxed);
-                stats.replaced.fetch_add(a.replaced as u64, Relaxed);
-                if let Some(why) = a.refused {
-                    stats.refused(why);
-                }
-            }
-        }
+        apply(&ingest, &stats, &reads);
         let (due, positions) = {
-            let g = ingest.read().unwrap_or_else(|p| p.into_inner());
-            let due = g.snapshot_due(
-                Instant::now(),
-                c.index.snapshot_interval,
-                c.index.snapshot_records,
-            );
+            let g = read(&ingest);
+            let interval = c.index.snapshot_interval;
+            let due = g.snapshot_due(Instant::now(), interval, c.index.snapshot_records);
             (due, g.meta.positions.clone())
         };
         if due {
-            last = Some(snapshot(&ingest, &feed)?);
+            last = Some(snapshots.take(&ingest, &*feed)?);
         }
         if once && reads.is_empty() && feed.caught_up(&positions) {
             break;
         }
     }
-    let dirty = ingest.read().unwrap_or_else(|p| p.into_inner()).dirty();
-    if dirty || last.is_none() && store.current()?.is_none() {
-        last = Some(snapshot(&ingest, &feed)?);
-    } else if last.is_none() {
-        last = store.current()?.map(|(d, _)| d);
-    }
-    if let (Some(r), Some(w)) = (&remote, &unpushed) {
-        rt.block_on(r.push(w))
-            .context("copying the last index snapshot to S3")?;
-        let g = ingest.read().unwrap_or_else(|p| p.into_inner());
-        feed.committed(&g.meta.positions);
-    }
+    let last = snapshots.finish(&ingest, &*feed, last)?;
     stop.cancel();
-    let g = ingest.read().unwrap_or_else(|p| p.into_inner());
+    let g = read(&ingest);
     Ok(IndexSummary {
         feed: feed.describe(),
         records: stats.records.load(Relaxed),

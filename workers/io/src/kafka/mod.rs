@@ -6,11 +6,14 @@
 //! | `consumer.rs` | the consumer-group source: rebalances, pausing, lag, held records |
 //! | `commit.rs` | the offset committer and the crash guard's marks in commit metadata |
 //! | `sink.rs` | the output sink: idempotent producer, `acks=all`, keyed by event id |
+//! | `assigned.rs` | [`AssignedFeed`]: every partition of a topic assigned, read as a [`crate::ports::Feed`] |
 
+mod assigned;
 mod commit;
 mod consumer;
 mod sink;
 
+pub use assigned::{partition_key, AssignedFeed};
 pub use commit::KafkaCommitter;
 pub use consumer::{GroupSettings, KafkaShared, KafkaSource};
 pub use sink::{KafkaSink, KafkaSinkError};

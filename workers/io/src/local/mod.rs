@@ -9,12 +9,15 @@
 //! | `checkpoint.rs` | the checkpoint file format (atomic JSON), also the backfill's |
 //! | `sink.rs` | the JSONL output sink, durable on flush |
 //! | `adapters.rs` | the source and committer ports over the above |
+//! | `tail.rs` | [`FileFeed`]: a JSONL file another process appends to, tailed as a [`crate::ports::Feed`] |
 
 mod adapters;
 pub mod checkpoint;
 pub mod sink;
 pub mod source;
+mod tail;
 
 pub use adapters::{LocalCheckpoint, LocalJsonl};
 pub use checkpoint::Checkpoint;
 pub use sink::JsonlSink;
+pub use tail::FileFeed;

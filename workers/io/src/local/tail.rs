@@ -1,210 +1,19 @@
-//! Where the index reads embeddings records from: the embeddings topic (every partition,
-//! assigned rather than balanced: each index replica reads the whole topic) or a local
-//! `embeddings.jsonl` that a worker appends to. Both start at the snapshot's positions.
+//! A local JSONL file that another process appends to, read by byte position as a
+//! [`Feed`] (the live index reads a worker's `embeddings.jsonl` this way): whole lines only,
+//! a line still being written is read once it is whole, a file replaced by a shorter one is
+//! read again from its start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
-/// One record read: its source key, the position after it, its bytes.
-#[derive(Debug)]
-pub struct Read {
-    /// `topic/partition` or the file's name.
-    pub source: String,
-    /// The position of the next record.
-    pub next: u64,
-    /// The record.
-    pub payload: Vec<u8>,
-}
+use crate::ports::{Feed, FeedRecord};
 
-/// A source of embeddings records.
-#[derive(Debug)]
-pub enum Feed {
-    /// The embeddings topic.
-    Kafka(KafkaFeed),
-    /// A local JSONL file.
-    File(FileFeed),
-}
-
-impl Feed {
-    /// Up to `max` records, waiting at most `wait` for the first.
-    pub fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<Read>> {
-        match self {
-            Feed::Kafka(k) => Ok(k.poll(max, wait)),
-            Feed::File(f) => f.poll(max, wait),
-        }
-    }
-
-    /// Whether everything that existed when the feed was opened (Kafka: the high
-    /// watermarks then; a file: its end) has been read, given `positions`.
-    pub fn caught_up(&self, positions: &BTreeMap<String, u64>) -> bool {
-        match self {
-            Feed::Kafka(k) => k.caught_up(positions),
-            Feed::File(f) => f.at_end,
-        }
-    }
-
-    /// After a snapshot: commit its positions (Kafka; for lag monitoring).
-    pub fn committed(&self, positions: &BTreeMap<String, u64>) {
-        if let Feed::Kafka(k) = self {
-            k.commit(positions);
-        }
-    }
-
-    /// What the feed reads, for logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Feed::Kafka(k) => format!("kafka topic {}", k.topic),
-            Feed::File(f) => format!("file {}", f.path.display()),
-        }
-    }
-}
-
-/// The embeddings topic, every partition assigned.
-pub struct KafkaFeed {
-    consumer: BaseConsumer,
-    topic: String,
-    /// (low, high) watermarks per partition when opened.
-    marks: HashMap<i32, (i64, i64)>,
-}
-
-impl std::fmt::Debug for KafkaFeed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaFeed")
-            .field("topic", &self.topic)
-            .field("marks", &self.marks)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The position key of a partition.
-pub fn partition_key(topic: &str, partition: i32) -> String {
-    format!("{topic}/{partition}")
-}
-
-impl KafkaFeed {
-    /// Assign every partition of `topic`, each at its position in `positions` (the
-    /// earliest offset where it has none).
-    pub fn open(
-        conn: &fusionstream_io::kafka::KafkaConnection,
-        topic: &str,
-        group_id: &str,
-        positions: &BTreeMap<String, u64>,
-    ) -> anyhow::Result<KafkaFeed> {
-        let consumer: BaseConsumer = conn
-            .client_config()
-            .set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .context("creating the index's Kafka consumer")?;
-        let timeout = Duration::from_secs(10);
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .with_context(|| format!("reading the metadata of topic {topic}"))?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        anyhow::ensure!(
-            !partitions.is_empty(),
-            "topic {topic} has no partitions (does it exist?)"
-        );
-        let mut tpl = TopicPartitionList::new();
-        let mut marks = HashMap::new();
-        for &p in &partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, timeout)
-                .with_context(|| format!("reading the offsets of {topic}/{p}"))?;
-            marks.insert(p, (low, high));
-            let offset = match positions.get(&partition_key(topic, p)) {
-                Some(&o) => Offset::Offset(o as i64),
-                None => Offset::Beginning,
-            };
-            tpl.add_partition_offset(topic, p, offset)?;
-        }
-        consumer.assign(&tpl).context("assigning the partitions")?;
-        tracing::info!(
-            topic,
-            partitions = partitions.len(),
-            "index reading the embeddings topic"
-        );
-        Ok(KafkaFeed {
-            consumer,
-            topic: topic.to_owned(),
-            marks,
-        })
-    }
-
-    fn poll(&mut self, max: usize, wait: Duration) -> Vec<Read> {
-        let mut out = Vec::new();
-        let mut timeout = wait;
-        while out.len() < max {
-            match self.consumer.poll(timeout) {
-                None => break,
-                Some(Ok(m)) => out.push(Read {
-                    source: partition_key(m.topic(), m.partition()),
-                    next: m.offset() as u64 + 1,
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                }),
-                // librdkafka retries broker errors itself; they are reported, not fatal.
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "index consumer");
-                    break;
-                }
-            }
-            timeout = Duration::ZERO;
-        }
-        out
-    }
-
-    fn caught_up(&self, positions: &BTreeMap<String, u64>) -> bool {
-        // The consumer's own position first: it steps over offsets that hold no record
-        // (transaction markers, compacted gaps), which the last record's cannot.
-        let fetched = self.consumer.position().ok();
-        self.marks.iter().all(|(&p, &(low, high))| {
-            let consumed = fetched
-                .as_ref()
-                .and_then(|t| t.find_partition(&self.topic, p))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                });
-            let recorded = positions
-                .get(&partition_key(&self.topic, p))
-                .map(|&o| o as i64);
-            consumed.max(recorded).unwrap_or(low) >= high
-        })
-    }
-
-    fn commit(&self, positions: &BTreeMap<String, u64>) {
-        let mut tpl = TopicPartitionList::new();
-        for &p in self.marks.keys() {
-            if let Some(&o) = positions.get(&partition_key(&self.topic, p)) {
-                let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(o as i64));
-            }
-        }
-        if tpl.count() == 0 {
-            return;
-        }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
-            // The snapshot holds the positions a restart uses; the group's are for lag.
-            tracing::warn!(error = %e, "committing the index's offsets (lag metrics only)");
-        }
-    }
-}
-
-/// A local JSONL file of embeddings records, read by byte position.
+/// A local JSONL file, tailed by byte position.
 #[derive(Debug)]
 pub struct FileFeed {
     path: PathBuf,
@@ -231,7 +40,7 @@ impl FileFeed {
         }
     }
 
-    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<Read>> {
+    fn read(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<FeedRecord>> {
         let mut out = Vec::new();
         if self.reader.is_none() {
             match File::open(&self.path) {
@@ -273,7 +82,7 @@ impl FileFeed {
             if trimmed.is_empty() {
                 continue;
             }
-            out.push(Read {
+            out.push(FeedRecord {
                 source: self.key.clone(),
                 next: self.position,
                 payload: trimmed.to_vec(),
@@ -283,6 +92,20 @@ impl FileFeed {
             std::thread::sleep(wait);
         }
         Ok(out)
+    }
+}
+
+impl Feed for FileFeed {
+    fn poll(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<FeedRecord>> {
+        self.read(max, wait)
+    }
+
+    fn caught_up(&self, _positions: &BTreeMap<String, u64>) -> bool {
+        self.at_end
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
     }
 }
 
