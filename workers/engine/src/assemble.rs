@@ -15,7 +15,9 @@ use fusionstream_model::InferOutput;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::envelope::{rfc3339, EventCtx, Finished, ModelDone, Partial};
+use super::envelope::{
+    rfc3339, EventCtx, Finished, ItemFailure, ModelDone, ModerationCtx, Partial,
+};
 use super::report::{Outcome, Report, Reporter, Stage};
 use super::window::Load;
 use fusionstream_core::lock;
@@ -136,45 +138,8 @@ fn piece(
     finished.permit = p.permit.take();
     let failure = p.failure.take();
     if p.published.is_empty() || failure.is_some() {
-        // The model failed on one of the event's parts alone (the dead letter is the event's
-        // replay unit; outputs of a lane done before it stay published), or every runnable
-        // task was skipped by the model (e.g. the bundle lacks the part): nothing may vanish
-        // silently.
-        let skipped = skipped(ctx, p);
-        let (reason, mut detail) = match failure {
-            Some(f) => (f.reason, f.detail),
-            None => (
-                skipped
-                    .iter()
-                    .find(|s| s.reason == SkipReason::ModelAbsent)
-                    .or(skipped.first())
-                    .map_or(ReasonCode::NoOutput, |s| s.reason.into()),
-                "no requested output could be produced".to_owned(),
-            ),
-        };
-        let before: Vec<&str> = p
-            .published
-            .iter()
-            .filter(|s| !finished.records.iter().any(|(r, _)| r == *s))
-            .map(|s| s.name())
-            .collect();
-        if !before.is_empty() {
-            detail.push_str(&format!(" (already published: {})", before.join(", ")));
-        }
-        let dl = DeadLetterRecord::new(
-            Some(ctx.event_id.clone()),
-            reason,
-            detail,
-            ctx.position.clone(),
-            ctx.bundle.clone(),
-            ctx.plan.degraded.clone(),
-            rfc3339(SystemTime::now()),
-        )
-        .with_payload(&ctx.payload.0, ctx.dead_letter_limit);
-        finished.records = vec![(
-            Stream::DeadLetters,
-            serde_json::to_vec(&dl).unwrap_or_default(),
-        )];
+        let (reason, record) = dead_letter(ctx, p, failure, &finished.records);
+        finished.records = vec![(Stream::DeadLetters, record)];
         finished.outcome = Some(Outcome::DeadLetter(reason));
         return Some(finished);
     }
@@ -188,6 +153,50 @@ fn piece(
     Some(finished)
 }
 
+/// The event's dead letter when the model failed on one of its parts alone (the dead letter
+/// is the event's replay unit; outputs of a lane done before it stay published, and it says
+/// which), or when every runnable task was skipped by the model (e.g. the bundle lacks the
+/// part): nothing may vanish silently.
+fn dead_letter(
+    ctx: &EventCtx,
+    p: &Partial,
+    failure: Option<ItemFailure>,
+    this_piece: &[(Stream, Vec<u8>)],
+) -> (ReasonCode, Vec<u8>) {
+    let skipped = skipped(ctx, p);
+    let (reason, mut detail) = match failure {
+        Some(f) => (f.reason, f.detail),
+        None => (
+            skipped
+                .iter()
+                .find(|s| s.reason == SkipReason::ModelAbsent)
+                .or(skipped.first())
+                .map_or(ReasonCode::NoOutput, |s| s.reason.into()),
+            "no requested output could be produced".to_owned(),
+        ),
+    };
+    let before: Vec<&str> = p
+        .published
+        .iter()
+        .filter(|s| !this_piece.iter().any(|(r, _)| r == *s))
+        .map(|s| s.name())
+        .collect();
+    if !before.is_empty() {
+        detail.push_str(&format!(" (already published: {})", before.join(", ")));
+    }
+    let dl = DeadLetterRecord::new(
+        Some(ctx.event_id.clone()),
+        reason,
+        detail,
+        ctx.position.clone(),
+        ctx.bundle.clone(),
+        ctx.plan.degraded.clone(),
+        rfc3339(SystemTime::now()),
+    )
+    .with_payload(&ctx.payload.0, ctx.dead_letter_limit);
+    (reason, serde_json::to_vec(&dl).unwrap_or_default())
+}
+
 /// The tasks skipped so far: by the plan, and by the model in the lanes done.
 fn skipped(ctx: &EventCtx, p: &Partial) -> Vec<fusionstream_core::Skipped> {
     let mut skipped = ctx.plan.skipped.clone();
@@ -196,15 +205,9 @@ fn skipped(ctx: &EventCtx, p: &Partial) -> Vec<fusionstream_core::Skipped> {
     skipped
 }
 
-/// The output records of one lane's outputs.
-fn outputs(
-    ctx: &EventCtx,
-    p: &Partial,
-    out: InferOutput,
-    reporter: &dyn Reporter,
-) -> Vec<(Stream, Vec<u8>)> {
-    let latency = ctx.started.elapsed();
-    let meta = RecordMeta {
+/// What every output record of the event says about it.
+fn record_meta(ctx: &EventCtx, p: &Partial) -> RecordMeta {
+    RecordMeta {
         schema_version: OUTPUT_SCHEMA_VERSION,
         event_id: ctx.event_id.clone(),
         bundle: ctx.bundle.clone(),
@@ -215,19 +218,65 @@ fn outputs(
             preprocess_ms: round(ctx.preprocess_ms),
             queue_ms: round(p.queue_ms),
             model_ms: round(p.model_ms),
-            total_ms: round(latency.as_secs_f64() * 1e3),
+            total_ms: round(ctx.started.elapsed().as_secs_f64() * 1e3),
         },
         degraded: ctx.plan.degraded.clone(),
         skipped: skipped(ctx, p),
         tenant: ctx.tenant.clone(),
         attributes: ctx.attributes.clone(),
-    };
+    }
+}
+
+/// The output records of one lane's outputs.
+fn outputs(
+    ctx: &EventCtx,
+    p: &Partial,
+    mut out: InferOutput,
+    reporter: &dyn Reporter,
+) -> Vec<(Stream, Vec<u8>)> {
+    let meta = record_meta(ctx, p);
     let mut records = Vec::new();
     let mut push = |stream: Stream, v: Result<Vec<u8>, serde_json::Error>| {
         if let Ok(json) = v {
             records.push((stream, json));
         }
     };
+    if let Some(r) = embedding_record(&meta, &mut out) {
+        push(Stream::Embeddings, serde_json::to_vec(&r));
+    }
+    if let Some(caption) = out.caption {
+        let meta = meta.clone();
+        push(
+            Stream::Captions,
+            serde_json::to_vec(&CaptionRecord { meta, caption }),
+        );
+    }
+    if let Some(answer) = out.answer {
+        let question = ctx.question.clone().unwrap_or_default();
+        let meta = meta.clone();
+        let r = AnswerRecord {
+            meta,
+            question,
+            answer,
+        };
+        push(Stream::Answers, serde_json::to_vec(&r));
+    }
+    if let Some(tags) = out.tags {
+        let tags = tags.into_iter().map(tag_score).collect();
+        let meta = meta.clone();
+        push(Stream::Tags, serde_json::to_vec(&TagRecord { meta, tags }));
+    }
+    if let (Some(signals), Some(m)) = (out.moderation, &ctx.moderation) {
+        let embedding = out.list_embedding.as_deref();
+        let r = moderation_record(ctx, m, meta, signals, embedding, reporter);
+        push(Stream::Moderation, serde_json::to_vec(&r));
+    }
+    records
+}
+
+/// The embeddings record: the embeddings, the match score and the PDQ hash the lane
+/// produced, if any.
+fn embedding_record(meta: &RecordMeta, out: &mut InferOutput) -> Option<EmbeddingRecord> {
     let dim = [
         &out.image_embedding,
         &out.text_embedding,
@@ -239,91 +288,67 @@ fn outputs(
         hash: p.hash.to_hex(),
         quality: p.quality,
     });
-    if dim.is_some() || out.match_score.is_some() || pdq.is_some() {
-        push(
-            Stream::Embeddings,
-            serde_json::to_vec(&EmbeddingRecord {
-                meta: meta.clone(),
-                dim: dim.unwrap_or(0),
-                image_embedding: out.image_embedding,
-                text_embedding: out.text_embedding,
-                fused_embedding: out.fused_embedding,
-                match_score: out.match_score,
-                pdq,
-            }),
-        );
+    if dim.is_none() && out.match_score.is_none() && pdq.is_none() {
+        return None;
     }
-    if let Some(caption) = out.caption {
-        push(
-            Stream::Captions,
-            serde_json::to_vec(&CaptionRecord {
-                meta: meta.clone(),
-                caption,
-            }),
-        );
-    }
-    if let Some(answer) = out.answer {
-        push(
-            Stream::Answers,
-            serde_json::to_vec(&AnswerRecord {
-                meta: meta.clone(),
-                question: ctx.question.clone().unwrap_or_default(),
-                answer,
-            }),
-        );
-    }
-    if let Some(tags) = out.tags {
-        let tags = tags
-            .into_iter()
-            .map(|t| TagScore {
-                label: t.label,
-                score: t.score,
-                source: match t.source {
-                    TagSource::Image => "image",
-                    TagSource::Text => "text",
-                }
-                .to_owned(),
-            })
-            .collect();
-        push(
-            Stream::Tags,
-            serde_json::to_vec(&TagRecord {
-                meta: meta.clone(),
-                tags,
-            }),
-        );
-    }
-    if let (Some(mut signals), Some(m)) = (out.moderation, &ctx.moderation) {
-        signals.terms.extend(m.terms.iter().cloned());
-        signals.matches.extend(m.matches.iter().cloned());
-        if let (Some(lists), Some(e)) = (&m.lists, &out.list_embedding) {
-            signals.embedding_matches = lists.embedding_matches(e);
+    Some(EmbeddingRecord {
+        meta: meta.clone(),
+        dim: dim.unwrap_or(0),
+        image_embedding: out.image_embedding.take(),
+        text_embedding: out.text_embedding.take(),
+        fused_embedding: out.fused_embedding.take(),
+        match_score: out.match_score,
+        pdq,
+    })
+}
+
+fn tag_score(t: fusionstream_model::Tag) -> TagScore {
+    TagScore {
+        label: t.label,
+        score: t.score,
+        source: match t.source {
+            TagSource::Image => "image",
+            TagSource::Text => "text",
         }
-        let hits = signals.matches.iter().map(|h| &h.list);
-        for list in hits.chain(signals.embedding_matches.iter().map(|h| &h.list)) {
-            reporter.report(Report::ListMatched { list });
-        }
-        let (policy, name) = m.policies.for_tenant(ctx.tenant.as_deref());
-        if let Some(text) = &signals.image_text {
-            let found = policy.find_terms(text, TextSource::ImageText);
-            signals.terms.extend(found);
-        }
-        let verdict = decide(policy, &signals);
-        reporter.report(Report::ModerationDecided {
-            action: verdict.action,
-        });
-        push(
-            Stream::Moderation,
-            serde_json::to_vec(&ModerationRecord {
-                meta: meta.clone(),
-                decision: verdict.action,
-                rules: verdict.rules,
-                signals,
-                policy: name.to_owned(),
-            }),
-        );
+        .to_owned(),
     }
-    records
+}
+
+/// The moderation record: the models' signals with the event's own (its text's terms, its
+/// image's list matches, matches of its embedding), the tenant's policy's verdict.
+fn moderation_record(
+    ctx: &EventCtx,
+    m: &ModerationCtx,
+    meta: RecordMeta,
+    mut signals: fusionstream_core::moderation::Signals,
+    list_embedding: Option<&[f32]>,
+    reporter: &dyn Reporter,
+) -> ModerationRecord {
+    signals.terms.extend(m.terms.iter().cloned());
+    signals.matches.extend(m.matches.iter().cloned());
+    if let (Some(lists), Some(e)) = (&m.lists, list_embedding) {
+        signals.embedding_matches = lists.embedding_matches(e);
+    }
+    let hits = signals.matches.iter().map(|h| &h.list);
+    for list in hits.chain(signals.embedding_matches.iter().map(|h| &h.list)) {
+        reporter.report(Report::ListMatched { list });
+    }
+    let (policy, name) = m.policies.for_tenant(ctx.tenant.as_deref());
+    if let Some(text) = &signals.image_text {
+        let found = policy.find_terms(text, TextSource::ImageText);
+        signals.terms.extend(found);
+    }
+    let verdict = decide(policy, &signals);
+    reporter.report(Report::ModerationDecided {
+        action: verdict.action,
+    });
+    ModerationRecord {
+        meta,
+        decision: verdict.action,
+        rules: verdict.rules,
+        signals,
+        policy: name.to_owned(),
+    }
 }
 
 fn ms_duration(ms: f64) -> Duration {

@@ -3,22 +3,26 @@
 //! dead letter to the sink (the fetch itself, with its retries, is `fetch.rs`; the CPU work,
 //! `preprocess.rs`).
 //!
-//! Long (~470 lines) because it is one event's path from payload to lane parts, read top to
-//! bottom, with every exit that dead-letters on the way; the steps with a life of their own
-//! (fetch, preprocess, the queue) are already their own files.
+//! Long because it is one event's path from payload to lane parts, read top to bottom
+//! (`process` and the steps it calls, in order), with every exit that dead-letters on the
+//! way; the steps with a life of their own (fetch, preprocess, the queue) are their own files.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fusionstream_core::batch::Cost;
-use fusionstream_core::degrade::{decide, Availability, Decision, Degradation, Modality, Plan};
+use fusionstream_core::degrade::{
+    decide, Availability, Decision, Degradation, Modality, OnImageFailure, Plan,
+};
 use fusionstream_core::event::{parse_event, Event, Input};
 use fusionstream_core::moderation::TextSource;
 use fusionstream_core::record::{BundleRef, DeadLetterRecord, SourcePosition, Stream};
 use fusionstream_core::{Lane, ReasonCode, Task};
+use fusionstream_model::moderation::ModerationInput;
+use fusionstream_model::pdq::Pdq;
 use fusionstream_model::tokenize::Tokens;
 use fusionstream_model::{FusionModel, Prepared, PreparedImage};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
 use super::envelope::{rfc3339, EventCtx, Finished, ModerationCtx, Part};
@@ -29,6 +33,9 @@ use super::scheduler::ToModel;
 use fusionstream_io::stores::Media;
 
 use super::{Settings, Taken};
+
+/// An event's image as fetched: `None` without one, the bytes or why they could not be had.
+type FetchedImage = Option<Result<Vec<u8>, ReasonCode>>;
 
 /// What every event task shares.
 pub(crate) struct Shared {
@@ -115,15 +122,37 @@ fn position(shared: &Shared, t: &Taken) -> SourcePosition {
     }
 }
 
-/// Send a dead letter for `t`: the original payload, the reason, the source position.
-async fn send_dead_letter(
-    shared: &Shared,
-    t: Taken,
+/// Why an event goes to the dead letters instead of on.
+struct Refused {
     event_id: Option<String>,
     reason: ReasonCode,
     detail: String,
     degraded: Vec<Degradation>,
-) {
+}
+
+impl Refused {
+    fn new(event_id: Option<&str>, reason: ReasonCode, detail: String) -> Self {
+        Self {
+            event_id: event_id.map(str::to_owned),
+            reason,
+            detail,
+            degraded: Vec::new(),
+        }
+    }
+
+    fn degraded(self, degraded: Vec<Degradation>) -> Self {
+        Self { degraded, ..self }
+    }
+}
+
+/// Send a dead letter for `t`: the original payload, the reason, the source position.
+async fn send_dead_letter(shared: &Shared, t: Taken, why: Refused) {
+    let Refused {
+        event_id,
+        reason,
+        detail,
+        degraded,
+    } = why;
     let mut rec = DeadLetterRecord::new(
         event_id.clone(),
         reason,
@@ -158,184 +187,181 @@ async fn send_dead_letter(
     let _ = shared.to_sink.send(f).await;
 }
 
+/// One event's path: admit it, decide whether it can produce anything, fetch its image,
+/// preprocess, decide again with what is usable, and hand its lane parts to the model's
+/// queue; every refusal on the way is the event's dead letter. Returns early without one
+/// only when the worker is stopping (a semaphore closed): the event replays.
 async fn process(shared: Arc<Shared>, t: Taken) {
-    let s = &shared.settings;
-    if let Some(attempts) = t.refused {
-        // Set aside by the crash guard: nothing of it runs again, not even its parsing.
-        let detail = format!(
-            "the worker died {attempts} time(s) while this event was processed alone; it is \
-             not run again (the payload is kept: replay it once the cause is fixed)"
-        );
-        return send_dead_letter(
-            &shared,
-            t,
-            None,
-            ReasonCode::PoisonSuspected,
-            detail,
-            vec![],
-        )
-        .await;
-    }
-    if t.rec.oversized {
-        let detail = format!("event longer than {} bytes", s.limits.max_event_bytes);
-        return send_dead_letter(&shared, t, None, ReasonCode::EventTooLarge, detail, vec![]).await;
-    }
-    let mut event = match parse_event(&t.rec.payload, &s.limits) {
-        Ok(e) => {
-            t.span.record("event.id", e.id.as_str());
-            e
-        }
-        Err(r) => {
-            let code = r.reason.code();
-            return send_dead_letter(&shared, t, r.event_id, code, r.detail, vec![]).await;
-        }
+    let mut event = match admit(&shared.settings, &t) {
+        Ok(e) => e,
+        Err(why) => return send_dead_letter(&shared, t, why).await,
     };
-    if s.enforce_deadlines {
-        if let Some(d) = event.deadline {
-            if d < SystemTime::now() {
-                let detail = format!("deadline {} passed", rfc3339(d));
-                let id = Some(event.id.clone());
-                return send_dead_letter(
-                    &shared,
-                    t,
-                    id,
-                    ReasonCode::DeadlineExceeded,
-                    detail,
-                    vec![],
-                )
-                .await;
-            }
-        }
-    }
-    if !event.tasks_named && s.moderate_unnamed {
+    if !event.tasks_named && shared.settings.moderate_unnamed {
         event.tasks.insert(Task::Moderate);
     }
-    let rule = s.policy.for_tenant(event.tenant.as_deref());
-    let (text, question) = (availability(&event.text), availability(&event.question));
+    let rule = shared.settings.policy.for_tenant(event.tenant.as_deref());
+    let declared = [
+        availability(&event.image),
+        availability(&event.text),
+        availability(&event.question),
+    ];
     // Decide once before fetching: if the event cannot produce anything even with its
     // image, do not fetch it.
-    if let Decision::DeadLetter { reason, detail } = decide(
-        event.tasks,
-        &availability(&event.image),
-        &text,
-        &question,
-        rule,
-    ) {
-        let degraded = degradations(&event);
-        let id = Some(event.id.clone());
-        return send_dead_letter(&shared, t, id, reason, detail, degraded).await;
+    if let Decision::DeadLetter { reason, detail } =
+        decide(event.tasks, &declared[0], &declared[1], &declared[2], rule)
+    {
+        let why = Refused::new(Some(&event.id), reason, detail).degraded(degradations(&event));
+        return send_dead_letter(&shared, t, why).await;
     }
-
-    // Fetch. The media slot is held until the bytes are decoded: at most
-    // `media.concurrency` encoded images are in memory, fetched or waiting for a CPU.
-    let media_slot = match &event.image {
-        Input::Present(_) => match shared.fetch_slots.clone().acquire_owned().await {
-            Ok(p) => Some(p),
-            Err(_) => return,
-        },
-        _ => None,
+    // The media slot is held until the bytes are decoded: at most `media.concurrency`
+    // encoded images are in memory, fetched or waiting for a CPU.
+    let Some((media_slot, image_bytes, fetch_ms)) = fetch_image(&shared, &event).await else {
+        return;
     };
-    let fetch_start = Instant::now();
-    let image_bytes = match &event.image {
-        Input::Present(src) => {
-            let r = fetch(&shared.media, &shared.settings, &*shared.reporter, src)
-                .instrument(tracing::info_span!(
-                    "fetch",
-                    otel.name = "fusionstream.fetch"
-                ))
-                .await;
-            shared.reporter.report(Report::StageTimed {
-                stage: Stage::Fetch,
-                took: fetch_start.elapsed(),
-            });
-            Some(r)
-        }
-        _ => None,
-    };
-    let fetch_ms = ms(fetch_start.elapsed());
-
-    // Preprocess on the CPU pool.
     let pre_start = Instant::now();
-    let prepared = {
-        let Ok(_slot) = shared.cpu_slots.acquire().await else {
-            return;
-        };
-        let model = shared.model.clone();
-        let moderate = event.tasks.contains(Task::Moderate);
-        let hash = event.tasks.contains(Task::Hash);
-        let lists = s.lists.clone();
-        let text = event.text.present().cloned();
-        let question = event.question.present().cloned();
-        let span = tracing::info_span!("preprocess", otel.name = "fusionstream.preprocess");
-        let fault = super::faults::fault_for(s.test_faults, &event.id);
-        tokio::task::spawn_blocking(move || {
-            if fault == Some(super::faults::Fault::PreprocessPanic) {
-                panic!("injected preprocess panic");
-            }
-            span.in_scope(|| {
-                prepare(
-                    &model,
-                    image_bytes,
-                    text,
-                    question,
-                    moderate,
-                    hash,
-                    lists.as_deref(),
-                )
-            })
-        })
-        .await
-    };
+    let prepared = preprocess(&shared, &event, image_bytes).await;
     drop(media_slot);
     let prep = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            // A panic in decoding or tokenising: this event's dead letter, never a stuck
-            // position.
-            let msg = if e.is_panic() {
-                super::model_thread::panic_message(e.into_panic().as_ref())
-            } else {
-                "preprocessing task cancelled".to_owned()
-            };
-            shared.reporter.report(Report::IntakePanicked);
-            tracing::error!(event_id = %event.id, panic = %msg, "preprocessing panicked");
-            let (id, detail) = (
-                Some(event.id.clone()),
-                format!("preprocessing panicked: {msg}"),
-            );
-            let degraded = degradations(&event);
-            return send_dead_letter(&shared, t, id, ReasonCode::InternalError, detail, degraded)
-                .await;
-        }
+        None => return,
+        Some(Ok(p)) => p,
+        Some(Err(why)) => return send_dead_letter(&shared, t, why).await,
     };
     let preprocess_ms = ms(pre_start.elapsed());
     shared.reporter.report(Report::StageTimed {
         stage: Stage::Preprocess,
         took: pre_start.elapsed(),
     });
+    let plan = match plan_with(&event, &declared, &prep, rule) {
+        Ok(p) => p,
+        Err(why) => return send_dead_letter(&shared, t, why).await,
+    };
+    let times = (fetch_ms, preprocess_ms);
+    enqueue(&shared, t, event, plan, prep, times).await;
+}
 
+/// The event, unless the crash guard set it aside, it is too large, it does not parse or
+/// its deadline passed (with `pipeline.enforce_deadlines`).
+fn admit(s: &Settings, t: &Taken) -> Result<Event, Refused> {
+    if let Some(attempts) = t.refused {
+        // Set aside by the crash guard: nothing of it runs again, not even its parsing.
+        let detail = format!(
+            "the worker died {attempts} time(s) while this event was processed alone; it is \
+             not run again (the payload is kept: replay it once the cause is fixed)"
+        );
+        return Err(Refused::new(None, ReasonCode::PoisonSuspected, detail));
+    }
+    if t.rec.oversized {
+        let detail = format!("event longer than {} bytes", s.limits.max_event_bytes);
+        return Err(Refused::new(None, ReasonCode::EventTooLarge, detail));
+    }
+    let event = match parse_event(&t.rec.payload, &s.limits) {
+        Ok(e) => e,
+        Err(r) => {
+            let (id, code) = (r.event_id.as_deref(), r.reason.code());
+            return Err(Refused::new(id, code, r.detail));
+        }
+    };
+    t.span.record("event.id", event.id.as_str());
+    match event.deadline {
+        Some(d) if s.enforce_deadlines && d < SystemTime::now() => {
+            let detail = format!("deadline {} passed", rfc3339(d));
+            let code = ReasonCode::DeadlineExceeded;
+            Err(Refused::new(Some(&event.id), code, detail))
+        }
+        _ => Ok(event),
+    }
+}
+
+/// The event's image fetched (with its media slot, and how long the fetch took in ms);
+/// `None` bytes without an image, `None` altogether when the worker is stopping.
+async fn fetch_image(
+    shared: &Shared,
+    event: &Event,
+) -> Option<(Option<OwnedSemaphorePermit>, FetchedImage, f64)> {
+    let Input::Present(src) = &event.image else {
+        return Some((None, None, 0.0));
+    };
+    let slot = shared.fetch_slots.clone().acquire_owned().await.ok()?;
+    let started = Instant::now();
+    let span = tracing::info_span!("fetch", otel.name = "fusionstream.fetch");
+    let r = fetch(&shared.media, &shared.settings, &*shared.reporter, src)
+        .instrument(span)
+        .await;
+    shared.reporter.report(Report::StageTimed {
+        stage: Stage::Fetch,
+        took: started.elapsed(),
+    });
+    Some((Some(slot), Some(r), ms(started.elapsed())))
+}
+
+/// Preprocess on the CPU pool (under a CPU slot); a panic in decoding or tokenising is this
+/// event's dead letter, never a stuck position. `None` when the worker is stopping.
+async fn preprocess(
+    shared: &Shared,
+    event: &Event,
+    image_bytes: FetchedImage,
+) -> Option<Result<Preprocessed, Refused>> {
+    let s = &shared.settings;
+    let _slot = shared.cpu_slots.acquire().await.ok()?;
+    let model = shared.model.clone();
+    let moderate = event.tasks.contains(Task::Moderate);
+    let hash = event.tasks.contains(Task::Hash);
+    let lists = s.lists.clone();
+    let text = event.text.present().cloned();
+    let question = event.question.present().cloned();
+    let span = tracing::info_span!("preprocess", otel.name = "fusionstream.preprocess");
+    let fault = super::faults::fault_for(s.test_faults, &event.id);
+    let joined = tokio::task::spawn_blocking(move || {
+        if fault == Some(super::faults::Fault::PreprocessPanic) {
+            panic!("injected preprocess panic");
+        }
+        span.in_scope(|| {
+            let lists = lists.as_deref();
+            prepare(&model, image_bytes, text, question, moderate, hash, lists)
+        })
+    })
+    .await;
+    Some(joined.map_err(|e| {
+        let msg = if e.is_panic() {
+            super::model_thread::panic_message(e.into_panic().as_ref())
+        } else {
+            "preprocessing task cancelled".to_owned()
+        };
+        shared.reporter.report(Report::IntakePanicked);
+        tracing::error!(event_id = %event.id, panic = %msg, "preprocessing panicked");
+        let detail = format!("preprocessing panicked: {msg}");
+        Refused::new(Some(&event.id), ReasonCode::InternalError, detail)
+            .degraded(degradations(event))
+    }))
+}
+
+/// Decide again with what preprocessing found usable: the plan, or the dead letter.
+fn plan_with(
+    event: &Event,
+    declared: &[Availability; 3],
+    prep: &Preprocessed,
+    rule: OnImageFailure,
+) -> Result<Plan, Refused> {
     let image = match (&event.image, &prep.image) {
         (Input::Present(_), Ok(Some(_))) => Availability::Usable,
         (Input::Present(_), Err(code)) => Availability::Unusable(*code),
         (other, _) => availability(other),
     };
-    let text = match (&text, &prep.text) {
+    let usable = |declared: &Availability, prepared: &Result<Option<Tokens>, ReasonCode>| match (
+        declared, prepared,
+    ) {
         (Availability::Usable, Err(code)) => Availability::Unusable(*code),
         (a, _) => a.clone(),
     };
-    let question = match (&question, &prep.question) {
-        (Availability::Usable, Err(code)) => Availability::Unusable(*code),
-        (a, _) => a.clone(),
-    };
-    let plan = match decide(event.tasks, &image, &text, &question, rule) {
-        Decision::Process(p) => p,
+    let text = usable(&declared[1], &prep.text);
+    let question = usable(&declared[2], &prep.question);
+    match decide(event.tasks, &image, &text, &question, rule) {
+        Decision::Process(p) => Ok(p),
         Decision::DeadLetter { reason, detail } => {
             let degraded = degradations_of(&image, &text, &question);
-            let id = Some(event.id.clone());
-            return send_dead_letter(&shared, t, id, reason, detail, degraded).await;
+            Err(Refused::new(Some(&event.id), reason, detail).degraded(degraded))
         }
-    };
-    enqueue(&shared, t, event, plan, prep, fetch_ms, preprocess_ms).await;
+    }
 }
 
 /// The policies and the exact terms of the event's text, when it is moderated.
@@ -367,14 +393,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The event's lane parts on the model's queue, with its context (plan, priority,
+/// deadline, moderation) shared by them.
 async fn enqueue(
     shared: &Shared,
     t: Taken,
     event: Event,
     mut plan: Plan,
     prep: Preprocessed,
-    fetch_ms: f64,
-    preprocess_ms: f64,
+    (fetch_ms, preprocess_ms): (f64, f64),
 ) {
     let image = if plan.image {
         prep.image.ok().flatten()
@@ -401,26 +428,17 @@ async fn enqueue(
         Modality::Question,
         ReasonCode::QuestionTruncated,
     );
-    let mut moderation = prep.moderation;
-    let mut matches = prep.matches;
     let lanes: Vec<Lane> = Lane::ALL
         .into_iter()
         .filter(|l| !plan.tasks.in_lane(*l).is_empty())
         .collect();
     let position = position(shared, &t);
-    let priority =
-        shared
-            .settings
-            .priorities
-            .resolve(event.priority, event.tenant.as_deref(), &t.rec.stream);
-    // The deadline on the worker's clock (the scheduler makes an item urgent near it).
-    let deadline = event.deadline.map(|d| {
-        let now = (Instant::now(), SystemTime::now());
-        match d.duration_since(now.1) {
-            Ok(left) => now.0 + left,
-            Err(_) => now.0,
-        }
-    });
+    let s = &shared.settings;
+    let priority = s
+        .priorities
+        .resolve(event.priority, event.tenant.as_deref(), &t.rec.stream);
+    let deadline = event.deadline.map(on_our_clock);
+    let moderation = moderation_ctx(s, &event, &plan, prep.matches);
     let ctx = Arc::new(EventCtx::new(
         t,
         &event,
@@ -430,49 +448,19 @@ async fn enqueue(
         fetch_ms,
         preprocess_ms,
         lanes.len(),
-        shared.settings.max_dead_letter_payload,
-        moderation_ctx(
-            &shared.settings,
-            &event,
-            &plan,
-            std::mem::take(&mut matches),
-        ),
+        s.max_dead_letter_payload,
+        moderation,
         priority,
     ));
-    for lane in lanes {
-        let tasks = plan.tasks.in_lane(lane);
-        let prepared = match lane {
-            Lane::Encode => Prepared {
-                image: image.clone(),
-                text: text.clone(),
-                question: None,
-                tasks,
-                moderation: if tasks.contains(Task::Moderate) {
-                    moderation.take()
-                } else {
-                    None
-                },
-                pdq: prep
-                    .pdq
-                    .filter(|_| tasks.contains(Task::Hash) && image.is_some()),
-            },
-            Lane::Generate => Prepared {
-                image: image.clone(),
-                text: None,
-                question: question.clone(),
-                tasks,
-                moderation: None,
-                pdq: None,
-            },
-        };
-        let cost = Cost {
-            pixels: prepared
-                .image
-                .as_ref()
-                .map_or(0, PreparedImage::pixel_count),
-            tokens: (prepared.text.as_ref().map_or(0, Vec::len)
-                + prepared.question.as_ref().map_or(0, Vec::len)) as u64,
-        };
+    let inputs = LaneInputs {
+        image,
+        text,
+        question,
+        moderation: prep.moderation,
+        pdq: prep.pdq,
+    };
+    for (lane, prepared) in inputs.split(&plan, &lanes) {
+        let cost = cost_of(&prepared);
         let part = Part {
             ctx: ctx.clone(),
             prepared,
@@ -481,5 +469,69 @@ async fn enqueue(
         if !shared.to_model.send(lane, part, cost, deadline).await {
             return;
         }
+    }
+}
+
+/// A deadline on the worker's clock (the scheduler makes an item urgent near it).
+fn on_our_clock(d: SystemTime) -> Instant {
+    let now = (Instant::now(), SystemTime::now());
+    match d.duration_since(now.1) {
+        Ok(left) => now.0 + left,
+        Err(_) => now.0,
+    }
+}
+
+/// What a part costs a batch: its pixels and its tokens.
+fn cost_of(p: &Prepared) -> Cost {
+    Cost {
+        pixels: p.image.as_ref().map_or(0, PreparedImage::pixel_count),
+        tokens: (p.text.as_ref().map_or(0, Vec::len) + p.question.as_ref().map_or(0, Vec::len))
+            as u64,
+    }
+}
+
+/// The event's usable inputs, before they are split by lane.
+struct LaneInputs {
+    image: Option<PreparedImage>,
+    text: Option<Vec<u32>>,
+    question: Option<Vec<u32>>,
+    moderation: Option<ModerationInput>,
+    pdq: Option<Pdq>,
+}
+
+impl LaneInputs {
+    /// One prepared item per lane: encode gets the image, the text, the moderation inputs
+    /// and the hash; generate gets the image and the question.
+    fn split(mut self, plan: &Plan, lanes: &[Lane]) -> Vec<(Lane, Prepared)> {
+        let mut out = Vec::with_capacity(lanes.len());
+        for &lane in lanes {
+            let tasks = plan.tasks.in_lane(lane);
+            let prepared = match lane {
+                Lane::Encode => Prepared {
+                    image: self.image.clone(),
+                    text: self.text.clone(),
+                    question: None,
+                    tasks,
+                    moderation: if tasks.contains(Task::Moderate) {
+                        self.moderation.take()
+                    } else {
+                        None
+                    },
+                    pdq: self
+                        .pdq
+                        .filter(|_| tasks.contains(Task::Hash) && self.image.is_some()),
+                },
+                Lane::Generate => Prepared {
+                    image: self.image.clone(),
+                    text: None,
+                    question: self.question.clone(),
+                    tasks,
+                    moderation: None,
+                    pdq: None,
+                },
+            };
+            out.push((lane, prepared));
+        }
+        out
     }
 }

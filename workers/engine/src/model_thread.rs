@@ -20,7 +20,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fusionstream_core::isolate::{isolate, Failure};
+use fusionstream_core::isolate::{isolate, Failure, Isolated};
 use fusionstream_core::{Lane, ReasonCode};
 use fusionstream_model::{Backend, InferOutput, ModelError, Prepared};
 use tokio::sync::mpsc;
@@ -260,80 +260,98 @@ fn run_isolated(
             "out of memory on a batch: ran it in smaller batches"
         );
     }
-    let failures = isolated.failures();
-    if failures == 0 {
-        guard.streak = 0;
-        if guard.canary.is_none() {
-            guard.canary = prepared.first().cloned();
+    guard.after(model, prepared, &isolated)?;
+    let results = isolated.results.into_iter().zip(parts);
+    Ok(results
+        .map(|(r, (ctx, _))| item_result(lane, ctx.event_id(), r, reporter))
+        .collect())
+}
+
+impl Guard {
+    /// After a batch: remember an item that ran (the canary), and tell a broken runtime from
+    /// bad items when nothing ran: the canary failing too, or a long streak of failures with
+    /// no success ever, is fatal.
+    fn after(
+        &mut self,
+        model: &dyn Backend,
+        prepared: &[Prepared],
+        isolated: &Isolated<InferOutput, CallError>,
+    ) -> anyhow::Result<()> {
+        let failures = isolated.failures();
+        if failures == 0 {
+            self.streak = 0;
+            if self.canary.is_none() {
+                self.canary = prepared.first().cloned();
+            }
+            return Ok(());
         }
-    } else if failures == n {
+        if failures < prepared.len() {
+            self.streak = 0;
+            if let Some(i) = isolated.results.iter().position(Result::is_ok) {
+                self.canary = Some(prepared[i].clone());
+            }
+            return Ok(());
+        }
         // Nothing ran: bad items, or a runtime that no longer runs anything?
-        match &guard.canary {
-            Some(c) => {
-                if let Err(e) = call(model, std::slice::from_ref(c), &[None]) {
-                    anyhow::bail!(
-                        "the model fails on an item it ran before, so the runtime is broken: {}",
-                        describe(&e)
-                    );
-                }
+        if let Some(c) = &self.canary {
+            if let Err(e) = call(model, std::slice::from_ref(c), &[None]) {
+                anyhow::bail!(
+                    "the model fails on an item it ran before, so the runtime is broken: {}",
+                    describe(&e)
+                );
             }
-            None => {
-                guard.streak += failures;
-                if guard.streak >= MAX_FAILURE_STREAK {
-                    anyhow::bail!(
-                        "{} items failed in a row and none has ever succeeded: the runtime is \
-                         broken; last error: {}",
-                        guard.streak,
-                        isolated
-                            .results
-                            .iter()
-                            .rev()
-                            .find_map(|r| r.as_ref().err().map(describe))
-                            .unwrap_or_default()
-                    );
-                }
-            }
+            return Ok(());
         }
-    } else {
-        guard.streak = 0;
-        if let Some(i) = isolated.results.iter().position(Result::is_ok) {
-            guard.canary = Some(prepared[i].clone());
+        self.streak += failures;
+        if self.streak >= MAX_FAILURE_STREAK {
+            let last = isolated.results.iter().rev();
+            anyhow::bail!(
+                "{} items failed in a row and none has ever succeeded: the runtime is broken; \
+                 last error: {}",
+                self.streak,
+                last.into_iter()
+                    .find_map(|r| r.as_ref().err().map(describe))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One item's result: its outputs, or its event's failure (the model failed on it alone, or
+/// its outputs are not finite), reported and logged.
+fn item_result(
+    lane: Lane,
+    id: &str,
+    r: Result<InferOutput, CallError>,
+    reporter: &dyn Reporter,
+) -> ItemResult {
+    if let Ok(out) = &r {
+        if let Some(field) = non_finite(out) {
+            // A NaN or infinity cannot be written as JSON and means nothing: the item's
+            // outputs are dropped and its event dead-lettered.
+            let detail = format!(
+                "{} lane: non-finite model output (NaN or infinity) in {field}",
+                lane.name()
+            );
+            reporter.report(Report::ItemFailed { panicked: false });
+            tracing::error!(event_id = %id, error = %detail, "model output not finite");
+            return Err(ItemFailure {
+                reason: ReasonCode::ModelError,
+                detail,
+            });
         }
     }
-    Ok(isolated
-        .results
-        .into_iter()
-        .zip(parts)
-        .map(|(r, (ctx, _))| {
-            let id = ctx.event_id();
-            if let Ok(out) = &r {
-                if let Some(field) = non_finite(out) {
-                    // A NaN or infinity cannot be written as JSON and means nothing: the
-                    // item's outputs are dropped and its event dead-lettered.
-                    let detail = format!(
-                        "{} lane: non-finite model output (NaN or infinity) in {field}",
-                        lane.name()
-                    );
-                    reporter.report(Report::ItemFailed { panicked: false });
-                    tracing::error!(event_id = %id, error = %detail, "model output not finite");
-                    return Err(ItemFailure {
-                        reason: ReasonCode::ModelError,
-                        detail,
-                    });
-                }
-            }
-            r.map_err(|e| {
-                let (reason, panicked) = match &e {
-                    CallError::Panic(_) => (ReasonCode::InternalError, true),
-                    CallError::Model(_) => (ReasonCode::ModelError, false),
-                };
-                let detail = format!("{} lane: {}", lane.name(), describe(&e));
-                reporter.report(Report::ItemFailed { panicked });
-                tracing::error!(event_id = %id, %reason, error = %detail, "model failed on an item alone");
-                ItemFailure { reason, detail }
-            })
-        })
-        .collect())
+    r.map_err(|e| {
+        let (reason, panicked) = match &e {
+            CallError::Panic(_) => (ReasonCode::InternalError, true),
+            CallError::Model(_) => (ReasonCode::ModelError, false),
+        };
+        let detail = format!("{} lane: {}", lane.name(), describe(&e));
+        reporter.report(Report::ItemFailed { panicked });
+        tracing::error!(event_id = %id, %reason, error = %detail, "model failed on an item alone");
+        ItemFailure { reason, detail }
+    })
 }
 
 /// The first output field holding a NaN or an infinity.

@@ -6,8 +6,9 @@ use fusionstream_core::degrade::{Availability, Degradation};
 use fusionstream_core::event::{Event, Input};
 use fusionstream_core::moderation::ListMatch;
 use fusionstream_core::ReasonCode;
-use fusionstream_model::moderation::ModerationInput;
+use fusionstream_model::moderation::{ModerationInput, ModerationModels};
 use fusionstream_model::pdq::Pdq;
+use fusionstream_model::preprocess::RgbImage;
 
 use super::lists::KnownLists;
 use fusionstream_model::tokenize::Tokens;
@@ -113,24 +114,8 @@ pub(crate) fn prepare(
                 .map(Some)
                 .map_err(|e| e.reason_code()),
         };
-        let moderation = moderation_models.map(|m| {
-            m.prepare(
-                decoded.as_ref().map(|d| d.as_ref().map_err(|c| *c)),
-                text.as_deref(),
-            )
-            .unwrap_or_else(|e| {
-                // Preparing the packs' inputs of a decoded image cannot fail on the image;
-                // should it, the signals are missing, not the event.
-                tracing::warn!(error = %e, "moderation inputs could not be prepared");
-                ModerationInput {
-                    missing: vec![(
-                        "moderation".into(),
-                        ReasonCode::InternalError.as_str().into(),
-                    )],
-                    ..ModerationInput::default()
-                }
-            })
-        });
+        let moderation =
+            moderation_models.map(|m| moderation_inputs(m, decoded.as_ref(), text.as_deref()));
         return Preprocessed {
             image: prepared_image,
             text: tokens(model, text),
@@ -155,6 +140,28 @@ pub(crate) fn prepare(
         text: tokens(model, text),
         question: question_tokens(model, question),
     }
+}
+
+/// The moderation packs' inputs of an event: its decoded image (or why it has none) and
+/// its text.
+fn moderation_inputs(
+    m: &ModerationModels,
+    decoded: Option<&Result<RgbImage, ReasonCode>>,
+    text: Option<&str>,
+) -> ModerationInput {
+    m.prepare(decoded.map(|d| d.as_ref().map_err(|c| *c)), text)
+        .unwrap_or_else(|e| {
+            // Preparing the packs' inputs of a decoded image cannot fail on the image; should
+            // it, the signals are missing, not the event.
+            tracing::warn!(error = %e, "moderation inputs could not be prepared");
+            ModerationInput {
+                missing: vec![(
+                    "moderation".into(),
+                    ReasonCode::InternalError.as_str().into(),
+                )],
+                ..ModerationInput::default()
+            }
+        })
 }
 
 fn tokens(model: &FusionModel, text: Option<String>) -> Result<Option<Tokens>, ReasonCode> {

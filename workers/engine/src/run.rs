@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use fusionstream_core::lock;
 use fusionstream_core::position::PositionTracker;
 use fusionstream_core::record::BundleRef;
+use fusionstream_io::metrics::AdapterMetrics;
 use fusionstream_io::ports::{Committer, OutputSink, Source, SourceContext};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -84,7 +85,8 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     end
 }
 
-/// Start every stage, from the sink back to the source; the sink's task apart.
+/// Start every stage, from the sink back to the source; the sink's task apart. Long: the
+/// wiring of every stage in one place, each channel's two ends side by side.
 fn start<S: Source, K: OutputSink, C: Committer>(
     parts: Parts<S, K, C>,
     reporter: &Arc<dyn Reporter>,
@@ -120,22 +122,7 @@ fn start<S: Source, K: OutputSink, C: Committer>(
     let (done_tx, done_rx) = mpsc::channel(settings.model_queue + 1);
     let (fin_tx, fin_rx) = mpsc::channel(cap);
     let input = model_input(&settings, reporter);
-    let acks = sink::Acks {
-        tracker: positions.tracker.clone(),
-        committer: positions.committer.clone(),
-        commits: commit::Commits::new(
-            settings.commit_interval,
-            adapter_metrics.clone(),
-            reporter.clone(),
-        ),
-        timing: commit::CommitTiming {
-            interval: settings.commit_interval,
-            final_timeout: settings.commit_timeout,
-            mark_clean: positions.mark_clean,
-        },
-        reporter: reporter.clone(),
-        load: load.clone(),
-    };
+    let acks = acks(&settings, &positions, &adapter_metrics, reporter, &load);
     let sink = tokio::spawn(sink::run(fin_rx, sink, acks));
     let assemble = tokio::spawn(assemble::run(
         done_rx,
@@ -199,6 +186,32 @@ fn start<S: Source, K: OutputSink, C: Committer>(
         model_thread,
     };
     Ok((stages, sink, positions))
+}
+
+/// What the sink needs to acknowledge and commit.
+fn acks<C: Committer>(
+    settings: &Settings,
+    positions: &Positions<C>,
+    adapter_metrics: &Arc<AdapterMetrics>,
+    reporter: &Arc<dyn Reporter>,
+    load: &Arc<Load>,
+) -> sink::Acks<C> {
+    sink::Acks {
+        tracker: positions.tracker.clone(),
+        committer: positions.committer.clone(),
+        commits: commit::Commits::new(
+            settings.commit_interval,
+            adapter_metrics.clone(),
+            reporter.clone(),
+        ),
+        timing: commit::CommitTiming {
+            interval: settings.commit_interval,
+            final_timeout: settings.commit_timeout,
+            mark_clean: positions.mark_clean,
+        },
+        reporter: reporter.clone(),
+        load: load.clone(),
+    }
 }
 
 /// The priority scheduler's queue, or the FIFO batcher task and its channels.

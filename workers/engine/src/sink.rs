@@ -91,39 +91,9 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
             stage: Stage::Publish,
             took: started.elapsed(),
         });
-        {
-            // Only an event's last piece completes its position: its earlier pieces were in
-            // this group or an earlier one, all acknowledged by now.
-            let mut t = lock(&tracker);
-            for f in group.iter().filter(|f| f.outcome.is_some()) {
-                if let Err(e) = t.complete(f.partition, f.offset) {
-                    // The partition was revoked while the event was in flight: its outputs
-                    // are published, its offset belongs to the new owner (who may repeat it).
-                    tracing::debug!(error = %e, "completion of a revoked position");
-                }
-            }
-        }
+        complete(&tracker, &group);
         for f in group.drain(..) {
-            let streams: Vec<_> = f.records.iter().map(|(s, _)| *s).collect();
-            reporter.report(Report::RecordsAcked { streams: &streams });
-            if let Some((lane, priority)) = f.lane {
-                reporter.report(Report::LaneAcked {
-                    lane,
-                    priority,
-                    since_read: f.started.elapsed(),
-                });
-            }
-            if let Some(outcome) = &f.outcome {
-                f.span.record("event.outcome", outcome.name());
-                load.finished.fetch_add(1, Relaxed);
-                reporter.report(Report::EventFinished {
-                    outcome,
-                    latency: f.latency,
-                });
-            }
-            // Returning the in-flight permit (the last piece holds it) lets the source read
-            // one more event; dropping the span ends the event's trace span.
-            drop(f.permit);
+            acknowledged(f, &*reporter, &load);
         }
         if last_commit.elapsed() >= interval {
             commits.commit(&tracker, &committer);
@@ -139,6 +109,43 @@ pub(crate) async fn run<K: OutputSink, C: Committer>(
     )
     .await;
     Ok(())
+}
+
+/// Complete the positions of the events whose last piece is in `group`: their earlier
+/// pieces were in this group or an earlier one, all acknowledged by now.
+fn complete(tracker: &Mutex<PositionTracker>, group: &[Finished]) {
+    let mut t = lock(tracker);
+    for f in group.iter().filter(|f| f.outcome.is_some()) {
+        if let Err(e) = t.complete(f.partition, f.offset) {
+            // The partition was revoked while the event was in flight: its outputs are
+            // published, its offset belongs to the new owner (who may repeat it).
+            tracing::debug!(error = %e, "completion of a revoked position");
+        }
+    }
+}
+
+/// Report an acknowledged piece; its last piece finishes the event.
+fn acknowledged(f: Finished, reporter: &dyn Reporter, load: &Load) {
+    let streams: Vec<_> = f.records.iter().map(|(s, _)| *s).collect();
+    reporter.report(Report::RecordsAcked { streams: &streams });
+    if let Some((lane, priority)) = f.lane {
+        reporter.report(Report::LaneAcked {
+            lane,
+            priority,
+            since_read: f.started.elapsed(),
+        });
+    }
+    if let Some(outcome) = &f.outcome {
+        f.span.record("event.outcome", outcome.name());
+        load.finished.fetch_add(1, Relaxed);
+        reporter.report(Report::EventFinished {
+            outcome,
+            latency: f.latency,
+        });
+    }
+    // Returning the in-flight permit (the last piece holds it) lets the source read one more
+    // event; dropping the span ends the event's trace span.
+    drop(f.permit);
 }
 
 /// A record to write: stream, key, JSON, traceparent.
