@@ -21,7 +21,7 @@
 //! | [`backfill`] | backfill over an object-store prefix: shards, object filter, events |
 //! | [`error`] | the retryable / poison / fatal taxonomy |
 
-pub mod backfill;
+pub mod backfill_shard;
 pub mod backoff;
 pub mod batch;
 pub mod crash_guard;

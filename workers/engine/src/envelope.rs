@@ -55,7 +55,7 @@ pub(crate) struct ModerationCtx {
     pub(crate) matches: Vec<fusionstream_core::moderation::ListMatch>,
     /// The known lists, for matching the image's embedding once the model has it (none
     /// without a usable image).
-    pub(crate) lists: Option<Arc<super::lists::KnownLists>>,
+    pub(crate) lists: Option<Arc<super::known_lists::KnownLists>>,
 }
 
 pub(crate) struct Partial {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use fusionstream_core::event::ImageSource;
 use fusionstream_core::{Classify, ErrorClass, ReasonCode};
 use fusionstream_io::media::FetchError;
+use fusionstream_io::media::MediaStores;
 use fusionstream_io::retry::retry;
-use fusionstream_io::stores::Media;
 
 use super::report::{Report, Reporter};
 use super::Settings;
@@ -16,7 +16,7 @@ use super::Settings;
 /// holds a slot of `media.concurrency` (the intake's `fetch_slots`) from before the fetch until
 /// the bytes are decoded, so fetched images waiting for a CPU are bounded too.
 pub(crate) async fn fetch(
-    media: &Media,
+    media: &MediaStores,
     s: &Settings,
     reporter: &dyn Reporter,
     src: &ImageSource,

@@ -27,10 +27,10 @@ use tracing::Instrument as _;
 
 use super::envelope::{rfc3339, EventCtx, Finished, ModerationCtx, Part};
 use super::fetch::fetch;
-use super::preprocess::{availability, degradations, degradations_of, prepare, Preprocessed};
+use super::modalities::{availability, degradations, degradations_of, prepare, Preprocessed};
 use super::report::{Outcome, Report, Reporter, Stage};
 use super::scheduler::ToModel;
-use fusionstream_io::stores::Media;
+use fusionstream_io::media::MediaStores;
 
 use super::{Settings, Taken};
 
@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     pub source_kind: &'static str,
     pub settings: Settings,
     pub model: Arc<FusionModel>,
-    pub media: Media,
+    pub media: MediaStores,
     pub bundle: BundleRef,
     pub fetch_slots: Arc<Semaphore>,
     pub cpu_slots: Arc<Semaphore>,

@@ -31,7 +31,7 @@
 //! | `emitter.rs` | the engine's [`fusionstream_io::ports::SourceHandle`]: permits, crash guard, tracking |
 //! | `intake.rs` | one task per event: decode, validate, fetch, preprocess, degrade or dead-letter |
 //! | `fetch.rs` | an image fetch with per-attempt timeout and retries |
-//! | `preprocess.rs` | modalities prepared for the model, or why each is unusable |
+//! | `modalities.rs` | modalities prepared for the model, or why each is unusable |
 //! | `scheduler.rs` | the `priority` scheduler's queue: the intake pushes, the model thread takes the batch `core::schedule` picks |
 //! | `batching.rs` | the `fifo` micro-batcher task over `core::batch` |
 //! | `model_thread.rs` | the model's OS thread, failure isolation around each call |
@@ -39,7 +39,7 @@
 //! | `assemble.rs` | each lane's outputs as records, as soon as the lane is done; the event's outcome |
 //! | `sink.rs` | writing and acknowledging outputs, completing positions |
 //! | `commit.rs` | the commit schedule: interval, backoff while failing, the last commit |
-//! | `lists.rs` | known-hash lists: the snapshot, swapped on reload, and an image's matches |
+//! | `known_lists.rs` | known-hash lists: the snapshot, swapped on reload, and an image's matches |
 //! | `oversize.rs` | records too large for the broker: cut dead letters, `output_too_large` |
 //! | `memory.rs` | the worker's memory bound, computed from the settings |
 //! | `faults.rs` | faults injected for tests (`FUSIONSTREAM_TEST_FAULTS`) |
@@ -52,11 +52,11 @@ mod envelope;
 pub mod faults;
 mod fetch;
 mod intake;
-pub mod lists;
+pub mod known_lists;
 pub mod memory;
+mod modalities;
 mod model_thread;
 mod oversize;
-mod preprocess;
 pub mod report;
 mod run;
 mod scheduler;
@@ -67,8 +67,8 @@ mod window;
 
 use std::sync::Arc;
 
+use fusionstream_io::media::MediaStores;
 use fusionstream_io::metrics::AdapterMetrics;
-use fusionstream_io::stores::Media;
 use fusionstream_model::{Backend, FusionModel};
 use tokio_util::sync::CancellationToken;
 
@@ -104,7 +104,7 @@ pub struct Parts<S, K, C> {
     /// [`Backend`] in tests.
     pub backend: Arc<dyn Backend>,
     /// Media stores.
-    pub media: Media,
+    pub media: MediaStores,
     /// Source.
     pub source: S,
     /// Sink.

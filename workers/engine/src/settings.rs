@@ -62,7 +62,7 @@ pub struct Settings {
     /// Add `moderate` to events that name no tasks.
     pub moderate_unnamed: bool,
     /// Known-hash lists `moderate` matches images against (loaded by the app; none here).
-    pub lists: Option<std::sync::Arc<super::lists::KnownLists>>,
+    pub lists: Option<std::sync::Arc<super::known_lists::KnownLists>>,
     /// Test-only fault injection ([`super::faults`]): `FUSIONSTREAM_TEST_FAULTS=1`.
     pub test_faults: bool,
 }

@@ -19,7 +19,7 @@ use fusionstream::telemetry::{Recorder, Snapshot};
 use fusionstream_engine::{Parts, RunEnd};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
-use fusionstream_io::stores::Media;
+use fusionstream_io::media::MediaStores;
 use fusionstream_model::{Backend, FusionModel, InferOutput, ModelError, Prepared};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +64,7 @@ async fn run_on(
         settings,
         model: common::bundle_model(),
         backend,
-        media: Media {
+        media: MediaStores {
             local: LocalMedia::new(&c.media.root, c.media.max_bytes),
             s3: None,
         },

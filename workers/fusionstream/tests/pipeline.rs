@@ -21,7 +21,7 @@ use fusionstream::telemetry::{Recorder, Snapshot};
 use fusionstream_engine::{Parts, RunEnd};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
-use fusionstream_io::stores::Media;
+use fusionstream_io::media::MediaStores;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +50,7 @@ async fn run(c: &Config, stop_after: Option<u64>) -> (RunEnd, Snapshot, u64) {
         settings: engine_settings(c),
         model: common::bundle_model(),
         backend: common::bundle_model(),
-        media: Media {
+        media: MediaStores {
             local: LocalMedia::new(&c.media.root, c.media.max_bytes),
             s3: match c.s3_settings() {
                 Some(s) => Some(fusionstream_io::s3::S3Media::new(s).await),

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use fusionstream_core::backfill::{in_shard, object_event, wanted};
+use fusionstream_core::backfill_shard::{in_shard, object_event, wanted};
 use fusionstream_core::backoff::Backoff;
 use fusionstream_core::position::PartitionId;
 use fusionstream_core::{Classify as _, ErrorClass, TaskSet};

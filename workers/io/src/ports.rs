@@ -25,7 +25,7 @@ use fusionstream_core::record::Stream;
 use fusionstream_core::{Classify, ErrorClass};
 use tokio_util::sync::CancellationToken;
 
-use crate::crash_guard::CrashGuard;
+use crate::crash_marks::CrashGuard;
 use crate::metrics::AdapterMetrics;
 use crate::SourceRecord;
 

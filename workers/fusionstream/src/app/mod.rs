@@ -20,8 +20,8 @@ use fusionstream_io::backfill::{backfill, BackfillCheckpoint, BackfillSource, Ba
 use fusionstream_io::kafka::{GroupSettings, KafkaCommitter, KafkaSink, KafkaSource};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
+use fusionstream_io::media::MediaStores;
 use fusionstream_io::ports::{Committer, OutputSink, Source};
-use fusionstream_io::stores::Media;
 use fusionstream_model::preprocess::{DecodeOptions, ImageLimits};
 use fusionstream_model::FusionModel;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -32,7 +32,7 @@ use crate::telemetry::{Recorder, Snapshot};
 use fusionstream_engine::memory::{self, MemoryBound, SourceBuffers};
 use fusionstream_engine::{self, Parts, RunEnd, Settings};
 
-mod lists;
+mod list_loader;
 pub mod model;
 mod settings;
 
@@ -78,7 +78,7 @@ pub async fn run_recorded(
     max_events: Option<u64>,
 ) -> anyhow::Result<Summary> {
     let mut settings = engine_settings(c);
-    settings.lists = lists::load_and_watch(
+    settings.lists = list_loader::load_and_watch(
         &c.matching,
         c.bundle_s3_settings(),
         recorder.clone(),
@@ -200,12 +200,12 @@ fn memory_bound(c: &Config, settings: &Settings, model: &FusionModel) -> MemoryB
 }
 
 /// The media stores: local files under `media.root`, and S3 when configured.
-async fn media_stores(c: &Config) -> Media {
+async fn media_stores(c: &Config) -> MediaStores {
     let s3 = match c.s3_settings() {
         Some(s) => Some(fusionstream_io::s3::S3Media::new(s).await),
         None => None,
     };
-    Media {
+    MediaStores {
         local: LocalMedia::new(&c.media.root, c.media.max_bytes),
         s3,
     }
@@ -299,7 +299,7 @@ fn backfill_source(
 struct Common {
     settings: Settings,
     model: Arc<FusionModel>,
-    media: Media,
+    media: MediaStores,
     recorder: Arc<Recorder>,
     health: Arc<Health>,
     cancel: CancellationToken,

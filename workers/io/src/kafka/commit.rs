@@ -13,7 +13,7 @@ use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::consumer::{set_mark, GroupContext, KafkaShared};
-use crate::crash_guard::{CrashGuard, MarkStore};
+use crate::crash_marks::{CrashGuard, MarkStore};
 use crate::ports::{CommitAck, Committer};
 
 /// Commits the done prefix as consumer-group offsets.

@@ -47,7 +47,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use fusionstream_core::crash_guard::Mark;
 
 use super::KafkaConnection;
-use crate::crash_guard::CrashGuard;
+use crate::crash_marks::CrashGuard;
 use crate::metrics::AdapterMetrics;
 use crate::ports::{Source, SourceHandle};
 use crate::SourceRecord;

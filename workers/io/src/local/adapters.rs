@@ -14,7 +14,7 @@ use fusionstream_core::position::PartitionId;
 use super::checkpoint::Checkpoint;
 use super::sink::{JsonlSink, SinkError};
 use super::source::LocalSource;
-use crate::crash_guard::{CrashGuard, MarkStore};
+use crate::crash_marks::{CrashGuard, MarkStore};
 use crate::ports::{CommitAck, Committer, OutputSink, PublishError, Source, SourceHandle};
 use fusionstream_core::record::Stream;
 

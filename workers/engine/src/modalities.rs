@@ -10,7 +10,7 @@ use fusionstream_model::moderation::{ModerationInput, ModerationModels};
 use fusionstream_model::pdq::Pdq;
 use fusionstream_model::preprocess::RgbImage;
 
-use super::lists::KnownLists;
+use super::known_lists::KnownLists;
 use fusionstream_model::tokenize::Tokens;
 use fusionstream_model::{FusionModel, PreparedImage};
 

@@ -3,19 +3,21 @@
 
 use fusionstream_core::event::ImageSource;
 
-use crate::media::{FetchError, LocalMedia};
+mod local;
+
 use crate::s3::S3Media;
+pub use local::{FetchError, LocalMedia};
 
 /// The media stores of a worker.
 #[derive(Debug, Clone)]
-pub struct Media {
+pub struct MediaStores {
     /// Local files.
     pub local: LocalMedia,
     /// S3, when configured.
     pub s3: Option<S3Media>,
 }
 
-impl Media {
+impl MediaStores {
     /// Fetch the bytes of an image reference (inline images need no fetch).
     pub async fn fetch(&self, src: &ImageSource) -> Result<Vec<u8>, FetchError> {
         match src {

@@ -18,7 +18,7 @@ use fusionstream_io::s3::{ObjectVersion, S3Media};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MatchingConfig;
-use fusionstream_engine::lists::{KnownLists, ListBody, LoadedList};
+use fusionstream_engine::known_lists::{KnownLists, ListBody, LoadedList};
 use fusionstream_engine::{Report, Reporter};
 
 /// Where a list is.
