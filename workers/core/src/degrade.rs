@@ -120,7 +120,7 @@ pub enum Decision {
 }
 
 /// Decide for one event.
-pub fn decide(
+pub fn plan_event(
     requested: TaskSet,
     image: &Availability,
     text: &Availability,
@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn row_image_and_text() {
-        let p = plan(decide(
+        let p = plan(plan_event(
             all(),
             &Usable,
             &Usable,
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn row_image_only() {
-        let p = plan(decide(
+        let p = plan(plan_event(
             all(),
             &Usable,
             &Absent,
@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn row_text_only() {
-        let p = plan(decide(
+        let p = plan(plan_event(
             all(),
             &Absent,
             &Usable,
@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn row_image_unusable_degrades_to_text_only() {
-        let p = plan(decide(
+        let p = plan(plan_event(
             all(),
             &bad(ReasonCode::ImageNotFound),
             &Usable,
@@ -297,7 +297,7 @@ mod tests {
                 reason: ReasonCode::ImageNotFound
             }]
         );
-        let r = dlq(decide(
+        let r = dlq(plan_event(
             all(),
             &bad(ReasonCode::ImageCorrupt),
             &Usable,
@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn row_nothing_usable() {
         assert_eq!(
-            dlq(decide(
+            dlq(plan_event(
                 all(),
                 &Absent,
                 &Absent,
@@ -320,7 +320,7 @@ mod tests {
             "no_usable_input"
         );
         assert_eq!(
-            dlq(decide(
+            dlq(plan_event(
                 all(),
                 &bad(ReasonCode::ImageCorrupt),
                 &Absent,
@@ -330,7 +330,7 @@ mod tests {
             "image_corrupt"
         );
         assert_eq!(
-            dlq(decide(
+            dlq(plan_event(
                 all(),
                 &Absent,
                 &Absent,
@@ -341,7 +341,7 @@ mod tests {
         );
         let caption_only = TaskSet::parse_list("caption").expect("ok");
         assert_eq!(
-            dlq(decide(
+            dlq(plan_event(
                 caption_only,
                 &Absent,
                 &Usable,
@@ -380,7 +380,7 @@ mod tests {
         ) {
             let req: TaskSet = Task::ALL.into_iter().filter(|t| bits & (1 << *t as u8) != 0).collect();
             let pol = if strict { OnImageFailure::DeadLetter } else { OnImageFailure::Degrade };
-            let d = decide(req, &img, &txt, &q, pol);
+            let d = plan_event(req, &img, &txt, &q, pol);
             let servable: TaskSet = req.iter()
                 .filter(|t| t.missing_input(img.usable(), txt.usable(), q.usable()).is_none())
                 .collect();

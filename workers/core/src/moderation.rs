@@ -395,7 +395,7 @@ pub struct Verdict {
 }
 
 /// Decide what `policy` does with an event whose signals are `signals`.
-pub fn decide(policy: &Policy, signals: &Signals) -> Verdict {
+pub fn verdict(policy: &Policy, signals: &Signals) -> Verdict {
     let mut rules = Vec::new();
     if let Some(score) = signals.nsfw {
         if let Some((action, threshold)) = policy.nsfw.action(score) {
@@ -548,13 +548,13 @@ mod tests {
     #[test]
     fn the_most_severe_fired_rule_decides() {
         let p = policy();
-        assert_eq!(decide(&p, &Signals::default()).action, Action::Allow);
+        assert_eq!(verdict(&p, &Signals::default()).action, Action::Allow);
         let s = Signals {
             nsfw: Some(0.6),
             similarity: vec![sim("threat", 0.75)],
             ..Signals::default()
         };
-        let v = decide(&p, &s);
+        let v = verdict(&p, &s);
         assert_eq!(v.action, Action::Block);
         assert_eq!(v.rules.len(), 2);
         assert_eq!(v.rules[0].rule, "similarity:threat");
@@ -566,13 +566,13 @@ mod tests {
             similarity: vec![sim("threat", 0.2)],
             ..Signals::default()
         };
-        assert_eq!(decide(&p, &s), Verdict::default());
+        assert_eq!(verdict(&p, &s), Verdict::default());
         // Exactly at a threshold fires.
         let s = Signals {
             nsfw: Some(0.8),
             ..Signals::default()
         };
-        assert_eq!(decide(&p, &s).action, Action::Block);
+        assert_eq!(verdict(&p, &s).action, Action::Block);
     }
 
     #[test]
@@ -589,7 +589,7 @@ mod tests {
         let mut q = policy();
         q.categories[1].terms = vec!["café".into()];
         assert_eq!(q.find_terms("Cafe!", TextSource::EventText).len(), 1);
-        let v = decide(
+        let v = verdict(
             &p,
             &Signals {
                 terms: p.find_terms("please wire transfer", TextSource::EventText),
@@ -663,7 +663,7 @@ mod tests {
                 similarity: vec![sim("threat", (t + bump).min(1.0))],
                 ..Signals::default()
             };
-            let (vl, vh) = (decide(&p, &lo), decide(&p, &hi));
+            let (vl, vh) = (verdict(&p, &lo), verdict(&p, &hi));
             prop_assert!(vh.action >= vl.action);
             prop_assert!(vh.rules.len() >= vl.rules.len());
             for rule in vl.rules.iter().chain(&vh.rules) {
@@ -673,7 +673,7 @@ mod tests {
             prop_assert_eq!(vl.rules.iter().any(|x| x.rule == "nsfw"), expect_nsfw);
             // A missing signal fires nothing.
             let none = Signals { nsfw: None, ..lo.clone() };
-            prop_assert!(decide(&p, &none).rules.iter().all(|x| x.rule != "nsfw"));
+            prop_assert!(verdict(&p, &none).rules.iter().all(|x| x.rule != "nsfw"));
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fusionstream_core::moderation::{decide, TextSource};
+use fusionstream_core::moderation::{verdict, TextSource};
 use fusionstream_core::record::{
     AnswerRecord, CaptionRecord, DeadLetterRecord, EmbeddingRecord, ModerationRecord, PdqRecord,
     RecordMeta, Stream, TagRecord, TagScore, Timings, OUTPUT_SCHEMA_VERSION,
@@ -338,7 +338,7 @@ fn moderation_record(
         let found = policy.find_terms(text, TextSource::ImageText);
         signals.terms.extend(found);
     }
-    let verdict = decide(policy, &signals);
+    let verdict = verdict(policy, &signals);
     reporter.report(Report::ModerationDecided {
         action: verdict.action,
     });

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fusionstream_core::batch::Cost;
 use fusionstream_core::degrade::{
-    decide, Availability, Decision, Degradation, Modality, OnImageFailure, Plan,
+    plan_event, Availability, Decision, Degradation, Modality, OnImageFailure, Plan,
 };
 use fusionstream_core::event::{parse_event, Event, Input};
 use fusionstream_core::moderation::TextSource;
@@ -208,7 +208,7 @@ async fn process(shared: Arc<Shared>, t: Taken) {
     // Decide once before fetching: if the event cannot produce anything even with its
     // image, do not fetch it.
     if let Decision::DeadLetter { reason, detail } =
-        decide(event.tasks, &declared[0], &declared[1], &declared[2], rule)
+        plan_event(event.tasks, &declared[0], &declared[1], &declared[2], rule)
     {
         let why = Refused::new(Some(&event.id), reason, detail).degraded(degradations(&event));
         return send_dead_letter(&shared, t, why).await;
@@ -355,7 +355,7 @@ fn plan_with(
     };
     let text = usable(&declared[1], &prep.text);
     let question = usable(&declared[2], &prep.question);
-    match decide(event.tasks, &image, &text, &question, rule) {
+    match plan_event(event.tasks, &image, &text, &question, rule) {
         Decision::Process(p) => Ok(p),
         Decision::DeadLetter { reason, detail } => {
             let degraded = degradations_of(&image, &text, &question);

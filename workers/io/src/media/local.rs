@@ -1,64 +1,9 @@
-//! Fetching media: typed errors with reason codes and classes, and the local store.
+//! The local store: media on the file system, below a root folder (paths that leave it
+//! are refused), size-checked before reading.
 
 use std::path::{Component, Path, PathBuf};
 
-use fusionstream_core::ReasonCode;
-use fusionstream_core::{Classify, ErrorClass};
-
-/// Why media could not be fetched. Every variant has a stable reason code.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// No such object or file.
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// Permission denied.
-    #[error("access denied: {0}")]
-    AccessDenied(String),
-    /// Larger than the limit (checked before reading).
-    #[error("{size} bytes, limit {limit}")]
-    TooLarge {
-        /// Size.
-        size: u64,
-        /// Limit.
-        limit: u64,
-    },
-    /// Outside what this worker may read (path escapes the media root, bucket not allowed).
-    #[error("refused: {0}")]
-    Forbidden(String),
-    /// No store for this kind of reference is configured.
-    #[error("no store configured for {0}")]
-    Unconfigured(String),
-    /// A fetch attempt took longer than its timeout.
-    #[error("timed out after {0:?}")]
-    Timeout(std::time::Duration),
-    /// Transient failure (connection reset, throttling, 5xx).
-    #[error("transient: {0}")]
-    Transient(String),
-}
-
-impl FetchError {
-    /// Stable reason code (used in degradation flags and dead letters).
-    pub fn reason_code(&self) -> ReasonCode {
-        match self {
-            FetchError::NotFound(_) => ReasonCode::ImageNotFound,
-            FetchError::AccessDenied(_) => ReasonCode::ImageAccessDenied,
-            FetchError::TooLarge { .. } => ReasonCode::ImageTooLarge,
-            FetchError::Forbidden(_) => ReasonCode::ImageRefForbidden,
-            FetchError::Unconfigured(_) => ReasonCode::ImageStoreUnconfigured,
-            FetchError::Timeout(_) => ReasonCode::ImageFetchTimeout,
-            FetchError::Transient(_) => ReasonCode::ImageFetchFailed,
-        }
-    }
-}
-
-impl Classify for FetchError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            FetchError::Timeout(_) | FetchError::Transient(_) => ErrorClass::Retryable,
-            _ => ErrorClass::Poison,
-        }
-    }
-}
+use super::FetchError;
 
 /// Media on the local file system, below a root folder.
 #[derive(Debug, Clone)]
@@ -132,6 +77,7 @@ impl LocalMedia {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fusionstream_core::{Classify, ErrorClass};
 
     #[tokio::test]
     async fn local_fetch_codes() {
