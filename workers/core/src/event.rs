@@ -189,8 +189,45 @@ fn reject(reason: RejectReason, detail: impl Into<String>, id: Option<&str>) -> 
     }
 }
 
-/// Parse and validate one payload.
+/// Parse and validate one payload: its size, its JSON, its id, its schema, then each field.
 pub fn parse_event(payload: &[u8], limits: &EventLimits) -> Result<Event, Rejection> {
+    let obj = json_object(payload, limits)?;
+    let id = event_id(&obj)?;
+    let f = Fields { obj: &obj, id: &id };
+    f.check_schema()?;
+    let text = bounded_text(
+        f.string("text")?,
+        limits.max_text_bytes,
+        ReasonCode::TextTooLong,
+    );
+    let question = bounded_text(
+        f.string("question")?,
+        limits.max_question_bytes,
+        ReasonCode::QuestionTooLong,
+    );
+    // Checked in the order of the schema: the first bad field is the one reported.
+    let image = f.image(limits)?;
+    let tasks = f.tasks()?;
+    let tenant = f.string("tenant")?.map(str::to_owned);
+    let attributes = f.attributes()?;
+    let priority = f.priority()?;
+    Ok(Event {
+        priority,
+        timestamp: f.time("timestamp")?,
+        deadline: f.time("deadline")?,
+        image,
+        text,
+        question,
+        tasks_named: !matches!(obj.get("tasks"), None | Some(Value::Null)),
+        tasks,
+        tenant,
+        attributes,
+        id,
+    })
+}
+
+/// The payload as a JSON object, unless it is too large, empty, not JSON or not an object.
+fn json_object(payload: &[u8], limits: &EventLimits) -> Result<Map<String, Value>, Rejection> {
     if payload.len() > limits.max_event_bytes {
         return Err(reject(
             RejectReason::EventTooLarge,
@@ -207,160 +244,162 @@ pub fn parse_event(payload: &[u8], limits: &EventLimits) -> Result<Event, Reject
     }
     let value: Value = serde_json::from_slice(payload)
         .map_err(|e| reject(RejectReason::MalformedJson, e.to_string(), None))?;
-    let Value::Object(obj) = value else {
-        return Err(reject(
+    match value {
+        Value::Object(obj) => Ok(obj),
+        other => Err(reject(
             RejectReason::NotAnObject,
-            format!("expected an object, got {}", kind(&value)),
+            format!("expected an object, got {}", kind(&other)),
             None,
-        ));
-    };
-    let id = match obj.get("id") {
-        None | Some(Value::Null) => {
-            return Err(reject(RejectReason::MissingId, "no \"id\"", None));
-        }
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ID_BYTES => s.clone(),
-        Some(Value::String(s)) if s.len() > MAX_ID_BYTES => {
-            return Err(reject(
-                RejectReason::InvalidField,
-                format!("\"id\" is {} bytes, limit {MAX_ID_BYTES}", s.len()),
-                None,
-            ))
-        }
-        Some(v) => {
-            return Err(reject(
-                RejectReason::InvalidField,
-                format!("\"id\" must be a non-empty string, got {}", kind(v)),
-                None,
-            ))
-        }
-    };
-    let idr = Some(id.as_str());
-    let bad = |detail: String| reject(RejectReason::InvalidField, detail, idr);
-
-    match obj.get("schema_version") {
-        None => {}
-        Some(Value::Number(n)) if n.as_u64() == Some(SCHEMA_VERSION) => {}
-        Some(Value::Number(n)) if n.as_u64().is_some() => {
-            return Err(reject(
-                RejectReason::UnsupportedSchemaVersion,
-                format!("schema_version {n}; this worker reads {SCHEMA_VERSION}"),
-                idr,
-            ))
-        }
-        Some(v) => {
-            return Err(bad(format!(
-                "\"schema_version\" must be a positive integer, got {}",
-                kind(v)
-            )))
-        }
+        )),
     }
-    let unknown: Vec<&str> = obj
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !FIELDS.contains(k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(reject(
-            RejectReason::UnknownField,
-            format!("unknown field(s) {unknown:?}"),
-            idr,
-        ));
+}
+
+/// The event's `id`: a non-empty string of at most [`MAX_ID_BYTES`].
+fn event_id(obj: &Map<String, Value>) -> Result<String, Rejection> {
+    match obj.get("id") {
+        None | Some(Value::Null) => Err(reject(RejectReason::MissingId, "no \"id\"", None)),
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ID_BYTES => Ok(s.clone()),
+        Some(Value::String(s)) if s.len() > MAX_ID_BYTES => Err(reject(
+            RejectReason::InvalidField,
+            format!("\"id\" is {} bytes, limit {MAX_ID_BYTES}", s.len()),
+            None,
+        )),
+        Some(v) => Err(reject(
+            RejectReason::InvalidField,
+            format!("\"id\" must be a non-empty string, got {}", kind(v)),
+            None,
+        )),
+    }
+}
+
+/// The fields of an event whose id is known (rejections carry it).
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    id: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    fn bad(&self, detail: String) -> Rejection {
+        reject(RejectReason::InvalidField, detail, Some(self.id))
     }
 
-    let string = |name: &str| -> Result<Option<&str>, Rejection> {
-        match obj.get(name) {
+    /// A `schema_version` this worker reads (or none), and no field the schema lacks.
+    fn check_schema(&self) -> Result<(), Rejection> {
+        match self.obj.get("schema_version") {
+            None => {}
+            Some(Value::Number(n)) if n.as_u64() == Some(SCHEMA_VERSION) => {}
+            Some(Value::Number(n)) if n.as_u64().is_some() => {
+                return Err(reject(
+                    RejectReason::UnsupportedSchemaVersion,
+                    format!("schema_version {n}; this worker reads {SCHEMA_VERSION}"),
+                    Some(self.id),
+                ))
+            }
+            Some(v) => {
+                return Err(self.bad(format!(
+                    "\"schema_version\" must be a positive integer, got {}",
+                    kind(v)
+                )))
+            }
+        }
+        let unknown: Vec<&str> = self
+            .obj
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !FIELDS.contains(k))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(reject(
+                RejectReason::UnknownField,
+                format!("unknown field(s) {unknown:?}"),
+                Some(self.id),
+            ));
+        }
+        Ok(())
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&'a str>, Rejection> {
+        match self.obj.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(v) => Err(bad(format!("\"{name}\" must be a string, got {}", kind(v)))),
+            Some(v) => Err(self.bad(format!("\"{name}\" must be a string, got {}", kind(v)))),
         }
-    };
+    }
 
-    let text = bounded_text(
-        string("text")?,
-        limits.max_text_bytes,
-        ReasonCode::TextTooLong,
-    );
-    let question = bounded_text(
-        string("question")?,
-        limits.max_question_bytes,
-        ReasonCode::QuestionTooLong,
-    );
-    let image = match (string("image")?, string("image_base64")?) {
-        (Some(_), Some(_)) => {
-            return Err(bad(
-                "\"image\" and \"image_base64\" are exclusive; give one".into(),
-            ))
-        }
-        (Some(r), None) => image_ref(r),
-        (None, Some(b)) => inline_image(b, limits.max_inline_image_bytes),
-        (None, None) => Input::Absent,
-    };
-    let tasks = match obj.get("tasks") {
-        None | Some(Value::Null) => TaskSet::unnamed(),
-        Some(Value::Array(a)) => {
-            let mut set = TaskSet::default();
-            for v in a {
-                let t = v
-                    .as_str()
-                    .ok_or_else(|| bad(format!("\"tasks\" holds {}, not a task name", kind(v))))?;
-                set.insert(t.parse::<Task>().map_err(&bad)?);
+    /// `image` (a reference) or `image_base64` (inline bytes), at most one of them.
+    fn image(&self, limits: &EventLimits) -> Result<Input<ImageSource>, Rejection> {
+        Ok(
+            match (self.string("image")?, self.string("image_base64")?) {
+                (Some(_), Some(_)) => {
+                    return Err(
+                        self.bad("\"image\" and \"image_base64\" are exclusive; give one".into())
+                    )
+                }
+                (Some(r), None) => image_ref(r),
+                (None, Some(b)) => inline_image(b, limits.max_inline_image_bytes),
+                (None, None) => Input::Absent,
+            },
+        )
+    }
+
+    /// The named tasks (non-empty), or every task the worker serves when none are named.
+    fn tasks(&self) -> Result<TaskSet, Rejection> {
+        match self.obj.get("tasks") {
+            None | Some(Value::Null) => Ok(TaskSet::unnamed()),
+            Some(Value::Array(a)) => {
+                let mut set = TaskSet::default();
+                for v in a {
+                    let t = v.as_str().ok_or_else(|| {
+                        self.bad(format!("\"tasks\" holds {}, not a task name", kind(v)))
+                    })?;
+                    set.insert(t.parse::<Task>().map_err(|e| self.bad(e))?);
+                }
+                if set.is_empty() {
+                    return Err(self.bad("\"tasks\" is empty".into()));
+                }
+                Ok(set)
             }
-            if set.is_empty() {
-                return Err(bad("\"tasks\" is empty".into()));
-            }
-            set
+            Some(v) => Err(self.bad(format!("\"tasks\" must be an array, got {}", kind(v)))),
         }
-        Some(v) => return Err(bad(format!("\"tasks\" must be an array, got {}", kind(v)))),
-    };
-    let tenant = string("tenant")?.map(str::to_owned);
-    let attributes = match obj.get("attributes") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m.clone()),
-        Some(v) => {
-            return Err(bad(format!(
-                "\"attributes\" must be an object, got {}",
-                kind(v)
-            )))
+    }
+
+    fn attributes(&self) -> Result<Option<Map<String, Value>>, Rejection> {
+        match self.obj.get("attributes") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m.clone())),
+            Some(v) => Err(self.bad(format!("\"attributes\" must be an object, got {}", kind(v)))),
         }
-    };
-    let time = |name: &str| -> Result<Option<SystemTime>, Rejection> {
-        string(name)?
+    }
+
+    fn time(&self, name: &str) -> Result<Option<SystemTime>, Rejection> {
+        self.string(name)?
             .map(|s| {
                 humantime::parse_rfc3339_weak(s)
-                    .map_err(|e| bad(format!("\"{name}\" is not an RFC 3339 time: {e}")))
+                    .map_err(|e| self.bad(format!("\"{name}\" is not an RFC 3339 time: {e}")))
             })
             .transpose()
-    };
-    let priority = match obj.get("priority") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.parse::<Priority>().map_err(&bad)?),
-        Some(Value::Number(n)) => {
-            Some(n.as_u64().and_then(Priority::from_level).ok_or_else(|| {
-                bad(format!(
-                    "\"priority\" {n}: expected 0 (high), 1 (normal) or 2 (low)"
-                ))
-            })?)
-        }
-        Some(v) => {
-            return Err(bad(format!(
+    }
+
+    /// `high`, `normal`, `low`, or the levels 0 to 2.
+    fn priority(&self) -> Result<Option<Priority>, Rejection> {
+        match self.obj.get("priority") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.parse::<Priority>().map_err(|e| self.bad(e))?)),
+            Some(Value::Number(n)) => {
+                let level = n.as_u64().and_then(Priority::from_level);
+                let why = || {
+                    self.bad(format!(
+                        "\"priority\" {n}: expected 0 (high), 1 (normal) or 2 (low)"
+                    ))
+                };
+                Ok(Some(level.ok_or_else(why)?))
+            }
+            Some(v) => Err(self.bad(format!(
                 "\"priority\" must be high, normal, low or 0-2, got {}",
                 kind(v)
-            )))
+            ))),
         }
-    };
-    Ok(Event {
-        priority,
-        timestamp: time("timestamp")?,
-        deadline: time("deadline")?,
-        id,
-        image,
-        text,
-        question,
-        tasks_named: !matches!(obj.get("tasks"), None | Some(Value::Null)),
-        tasks,
-        tenant,
-        attributes,
-    })
+    }
 }
 
 fn bounded_text(s: Option<&str>, max: usize, code: ReasonCode) -> Input<String> {

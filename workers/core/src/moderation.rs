@@ -394,7 +394,9 @@ pub struct Verdict {
     pub rules: Vec<FiredRule>,
 }
 
-/// Decide what `policy` does with an event whose signals are `signals`.
+/// What `policy` does with an event whose signals are `signals`. Long: one loop per kind
+/// of signal (model scores, phrase similarity, terms, hash-list and embedding-list
+/// matches), each with its own firing condition.
 pub fn verdict(policy: &Policy, signals: &Signals) -> Verdict {
     let mut rules = Vec::new();
     if let Some(score) = signals.nsfw {

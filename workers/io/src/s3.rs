@@ -272,7 +272,8 @@ impl S3Media {
     /// paths, unless a finished copy is already there (then nothing is fetched: a cached
     /// prefix is trusted as immutable). The copy is assembled in a temporary sibling folder
     /// and renamed into place, so a crash never leaves a half bundle that looks finished.
-    /// Returns whether anything was downloaded.
+    /// Returns whether anything was downloaded. Long: listing, copying and the atomic
+    /// rename with their error contexts, one step after the other.
     pub async fn download_prefix(
         &self,
         bucket: &str,

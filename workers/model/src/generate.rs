@@ -195,6 +195,97 @@ fn top_k(values: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// One step of beam search, for every row alike.
+struct Step<'a> {
+    k: usize,
+    vocab: usize,
+    prompt_len: usize,
+    cur_len: usize,
+    max_length: usize,
+    params: &'a GenerationParams,
+}
+
+impl Step<'_> {
+    /// One row's step, as transformers' beam scorer takes it: the best `2k` continuations of
+    /// its beams; the best `k` that did not stop run on (with the beam each continues), the
+    /// ones that stopped merge into the row's finished hypotheses (length-normalised). Also
+    /// whether every candidate stopped.
+    fn row(
+        &self,
+        logits: &[Vec<f32>],
+        running: &[Hyp],
+        finished: &mut Vec<Hyp>,
+        unsatisfied: bool,
+    ) -> (Vec<(usize, Hyp)>, bool) {
+        let (k, vocab) = (self.k, self.vocab);
+        // Accumulated log-probs of every continuation of every beam.
+        let mut acc = Vec::with_capacity(k * vocab);
+        for (beam, hyp) in running.iter().enumerate() {
+            let lp = log_softmax(&logits[beam]);
+            acc.extend(lp.into_iter().map(|x| x + hyp.score));
+        }
+        let cands = top_k(&acc, 2 * k);
+        let hits: Vec<bool> = cands
+            .iter()
+            .map(|&c| {
+                (c % vocab) as u32 == self.params.eos_token_id
+                    || self.cur_len + 1 >= self.max_length
+            })
+            .collect();
+        let all_hit = hits.iter().all(|&h| h);
+        let cand_seq = |c: usize| {
+            let mut t = running[c / vocab].tokens.clone();
+            t.push((c % vocab) as u32);
+            t
+        };
+        // Next running beams: the best K that did not stop.
+        let run_scores: Vec<f32> = cands
+            .iter()
+            .zip(&hits)
+            .map(|(&c, &h)| acc[c] + if h { NEG } else { 0.0 })
+            .collect();
+        let next_running: Vec<(usize, Hyp)> = top_k(&run_scores, k)
+            .into_iter()
+            .map(|j| {
+                let c = cands[j];
+                let hyp = Hyp {
+                    tokens: cand_seq(c),
+                    score: run_scores[j],
+                    finished: false,
+                };
+                (c / vocab, hyp)
+            })
+            .collect();
+        // Finished hypotheses: merge the old ones with candidates that just stopped.
+        let norm = ((self.cur_len + 1 - self.prompt_len) as f32).powf(self.params.length_penalty);
+        let mut merged: Vec<Hyp> = finished.clone();
+        for (j, (&c, &h)) in cands.iter().zip(&hits).enumerate() {
+            let just_finished = h && j < k;
+            let mut s = acc[c] / norm;
+            if !unsatisfied {
+                s += NEG;
+            }
+            if !just_finished {
+                s += NEG;
+            }
+            merged.push(Hyp {
+                tokens: cand_seq(c),
+                score: s,
+                finished: just_finished,
+            });
+        }
+        let scores: Vec<f32> = merged.iter().map(|h| h.score).collect();
+        *finished = top_k(&scores, k)
+            .into_iter()
+            .map(|i| merged[i].clone())
+            .collect();
+        (next_running, all_hit)
+    }
+}
+
+/// Beam search as transformers runs it (same candidates, scores, early stop), every row's
+/// `num_beams` beams in one batch. Long: the state of the search (running, finished,
+/// unsatisfied rows) lives across the loop; each row's step is [`Step::row`].
 fn beam_search<M: StepDecoder>(
     model: &M,
     mut state: M::State,
@@ -234,68 +325,18 @@ fn beam_search<M: StepDecoder>(
         let mut reorder = Vec::with_capacity(batch * k);
         let mut next_tokens = Vec::with_capacity(batch * k);
         let mut all_hit = true;
+        let step = Step {
+            k,
+            vocab,
+            prompt_len: p,
+            cur_len,
+            max_length,
+            params,
+        };
         for b in 0..batch {
-            // Accumulated log-probs of every continuation of every beam.
-            let mut acc = Vec::with_capacity(k * vocab);
-            for (beam, hyp) in running[b].iter().enumerate() {
-                let lp = log_softmax(&logits[b * k + beam]);
-                acc.extend(lp.into_iter().map(|x| x + hyp.score));
-            }
-            let cands = top_k(&acc, 2 * k);
-            let hits: Vec<bool> = cands
-                .iter()
-                .map(|&c| (c % vocab) as u32 == params.eos_token_id || cur_len + 1 >= max_length)
-                .collect();
-            all_hit &= hits.iter().all(|&h| h);
-            let cand_seq = |c: usize| {
-                let mut t = running[b][c / vocab].tokens.clone();
-                t.push((c % vocab) as u32);
-                t
-            };
-            // Next running beams: the best K that did not stop.
-            let run_scores: Vec<f32> = cands
-                .iter()
-                .zip(&hits)
-                .map(|(&c, &h)| acc[c] + if h { NEG } else { 0.0 })
-                .collect();
-            let next_running: Vec<(usize, Hyp)> = top_k(&run_scores, k)
-                .into_iter()
-                .map(|j| {
-                    let c = cands[j];
-                    (
-                        c / vocab,
-                        Hyp {
-                            tokens: cand_seq(c),
-                            score: run_scores[j],
-                            finished: false,
-                        },
-                    )
-                })
-                .collect();
-            // Finished hypotheses: merge the old ones with candidates that just stopped.
-            let norm = ((cur_len + 1 - p) as f32).powf(params.length_penalty);
-            let mut merged: Vec<Hyp> = finished[b].clone();
-            for (j, (&c, &h)) in cands.iter().zip(&hits).enumerate() {
-                let just_finished = h && j < k;
-                let mut s = acc[c] / norm;
-                if !unsatisfied[b] {
-                    s += NEG;
-                }
-                if !just_finished {
-                    s += NEG;
-                }
-                merged.push(Hyp {
-                    tokens: cand_seq(c),
-                    score: s,
-                    finished: just_finished,
-                });
-            }
-            let scores: Vec<f32> = merged.iter().map(|h| h.score).collect();
-            finished[b] = top_k(&scores, k)
-                .into_iter()
-                .map(|i| merged[i].clone())
-                .collect();
-
+            let rows = &logits[b * k..(b + 1) * k];
+            let (next_running, hit) = step.row(rows, &running[b], &mut finished[b], unsatisfied[b]);
+            all_hit &= hit;
             for (beam, hyp) in &next_running {
                 reorder.push(b * k + beam);
                 next_tokens.push(*hyp.tokens.last().unwrap_or(&0));

@@ -76,7 +76,19 @@ impl Config {
         }
     }
 
+    /// Every check of every section; `errors` collects what is wrong, all at once.
     fn validate(&self, errors: &mut Vec<String>) {
+        self.validate_limits(errors);
+        self.validate_model(errors);
+        self.validate_backfill(errors);
+        self.validate_kafka(errors);
+        self.validate_matching(errors);
+        self.validate_index(errors);
+        self.validate_telemetry(errors);
+    }
+
+    /// Sizes, counts and durations of the pipeline, media, lanes and scheduler.
+    fn validate_limits(&self, errors: &mut Vec<String>) {
         let mut positive = |name: &str, v: u64| {
             if v == 0 {
                 errors.push(format!("{name} must be at least 1"));
@@ -127,6 +139,10 @@ impl Config {
         if self.media.backoff_initial > self.media.backoff_max {
             errors.push("media.backoff_initial must not exceed media.backoff_max".into());
         }
+    }
+
+    /// The model: device, dtype, precision against the backend.
+    fn validate_model(&self, errors: &mut Vec<String>) {
         if let Err(e) = self.model.runtime_device() {
             errors.push(format!("model.device: {e}"));
         }
@@ -139,6 +155,10 @@ impl Config {
         if let Err(e) = fusionstream_model::dtype(&self.model.dtype) {
             errors.push(format!("model.dtype: {e}"));
         }
+    }
+
+    /// The backfill source, when it is the source.
+    fn validate_backfill(&self, errors: &mut Vec<String>) {
         if self.source.kind == SourceKind::Backfill {
             let b = &self.backfill;
             if b.bucket_and_prefix().is_none() {
@@ -163,6 +183,10 @@ impl Config {
                 errors.push(format!("backfill.tasks: {e}"));
             }
         }
+    }
+
+    /// Kafka, when the source or the sink is Kafka.
+    fn validate_kafka(&self, errors: &mut Vec<String>) {
         let uses_kafka = self.source.kind == SourceKind::Kafka || self.sink.kind == SinkKind::Kafka;
         if uses_kafka {
             let k = &self.kafka;
@@ -200,6 +224,10 @@ impl Config {
                 ));
             }
         }
+    }
+
+    /// Moderation policies and the known lists of `[matching]`.
+    fn validate_matching(&self, errors: &mut Vec<String>) {
         if let Err(e) = self.moderation.policies() {
             errors.extend(e);
         }
@@ -233,6 +261,10 @@ impl Config {
                     .into(),
             );
         }
+    }
+
+    /// The live index.
+    fn validate_index(&self, errors: &mut Vec<String>) {
         let ix = &self.index;
         if let Err(e) = ix.params().validate() {
             errors.push(format!("index: {e}"));
@@ -251,6 +283,10 @@ impl Config {
         if !ix.listen.is_empty() && ix.listen.parse::<std::net::SocketAddr>().is_err() {
             errors.push(format!("index.listen {:?} is not host:port", ix.listen));
         }
+    }
+
+    /// Logs, metrics and traces.
+    fn validate_telemetry(&self, errors: &mut Vec<String>) {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
             errors.push(format!("telemetry.log_level: {e}"));
         }

@@ -422,39 +422,15 @@ impl Source for KafkaSource {
             revoke_timeout: self.group.revoke_timeout,
             guard: cx.guard.clone(),
         };
-        let consumer: StreamConsumer<GroupContext> = self
-            .conn
-            .client_config()
-            .set("group.id", &self.group.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("queued.max.messages.kbytes", "16384")
-            .set(
-                "statistics.interval.ms",
-                self.group.statistics_interval.as_millis().to_string(),
-            )
-            .set(
-                "session.timeout.ms",
-                self.group.session_timeout.as_millis().to_string(),
-            )
-            // A third of the session (librdkafka's default 3 s at most): a few beats per
-            // session, however short it is set.
-            .set(
-                "heartbeat.interval.ms",
-                (self.group.session_timeout.as_millis() / 3)
-                    .clamp(1, 3000)
-                    .to_string(),
-            )
-            .create_with_context(ctx)
-            .context("creating the Kafka consumer")?;
-        let topics: Vec<&str> = self.group.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).context("subscribing")?;
-        let consumer = Arc::new(consumer);
+        let consumer = Arc::new(self.consumer(ctx)?);
         *lock(&self.shared.consumer) = Some(consumer.clone());
         let map = &self.shared.map;
-        let limit = cx.max_event_bytes;
+        let reader = Reader {
+            consumer: &consumer,
+            map,
+            limit: cx.max_event_bytes,
+            stats: &stats,
+        };
         let shutdown = cx.shutdown.clone();
         // Records that arrived while paused (a partition assigned during the pause):
         // at most one per newly assigned partition.
@@ -462,53 +438,20 @@ impl Source for KafkaSource {
         loop {
             let (rec, epoch) = match held.pop_front() {
                 Some(r) => r,
-                None => {
-                    let msg = tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => return Ok(false),
-                        m = consumer.recv() => m,
-                    };
-                    match msg {
-                        Ok(m) => record(map, &m, limit),
-                        Err(e) => {
-                            // librdkafka reconnects by itself (broker restarts); keep polling.
-                            tracing::warn!(error = %e, "kafka consumer error");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    }
-                }
+                None => match reader.next(&shutdown).await {
+                    Some(r) => r,
+                    None => return Ok(false),
+                },
             };
             let slot = match emit.try_slot() {
                 Some(s) => s,
                 None => match tokio::time::timeout(self.group.pause_after, emit.slot()).await {
                     Ok(Some(s)) => s,
                     Ok(None) => return Ok(false),
-                    Err(_) => {
-                        set_paused(&consumer, true);
-                        stats.paused.store(true, Relaxed);
-                        stats.pauses.fetch_add(1, Relaxed);
-                        tracing::debug!("every in-flight slot taken: partitions paused");
-                        let slot = loop {
-                            tokio::select! {
-                                biased;
-                                s = emit.slot() => break s,
-                                m = consumer.recv() => match m {
-                                    Ok(m) => {
-                                        held.push_back(record(map, &m, limit));
-                                        set_paused(&consumer, true);
-                                    }
-                                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
-                                },
-                            }
-                        };
-                        set_paused(&consumer, false);
-                        stats.paused.store(false, Relaxed);
-                        match slot {
-                            Some(s) => s,
-                            None => return Ok(false),
-                        }
-                    }
+                    Err(_) => match reader.paused_until_slot(&emit, &mut held).await {
+                        Some(s) => s,
+                        None => return Ok(false),
+                    },
                 },
             };
             // A revoke may have run while waiting: its records belong to the new owner (or
@@ -529,6 +472,93 @@ impl Source for KafkaSource {
                 return Ok(false);
             }
         }
+    }
+}
+
+impl KafkaSource {
+    /// The group's consumer: manual commits, cooperative-sticky assignment, a bounded
+    /// pre-fetch queue, the group's timings.
+    fn consumer(&self, ctx: GroupContext) -> anyhow::Result<StreamConsumer<GroupContext>> {
+        let ms = |d: Duration| d.as_millis().to_string();
+        self.conn
+            .client_config()
+            .set("group.id", &self.group.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("queued.max.messages.kbytes", "16384")
+            .set("statistics.interval.ms", ms(self.group.statistics_interval))
+            .set("session.timeout.ms", ms(self.group.session_timeout))
+            // A third of the session (librdkafka's default 3 s at most): a few beats per
+            // session, however short it is set.
+            .set(
+                "heartbeat.interval.ms",
+                (self.group.session_timeout.as_millis() / 3)
+                    .clamp(1, 3000)
+                    .to_string(),
+            )
+            .create_with_context(ctx)
+            .context("creating the Kafka consumer")
+    }
+}
+
+/// Reading records off the group's consumer.
+struct Reader<'a> {
+    consumer: &'a StreamConsumer<GroupContext>,
+    map: &'a PartitionMap,
+    limit: usize,
+    stats: &'a AdapterMetrics,
+}
+
+impl Reader<'_> {
+    /// The next record with its partition's epoch; `None` on shutdown. Consumer errors are
+    /// logged and polling goes on (librdkafka reconnects by itself: broker restarts).
+    async fn next(&self, shutdown: &CancellationToken) -> Option<(SourceRecord, u64)> {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return None,
+                m = self.consumer.recv() => m,
+            };
+            match msg {
+                Ok(m) => return Some(record(self.map, &m, self.limit)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Every in-flight slot is taken: pause the assignment (so the group sees a live member
+    /// and the pre-fetch stops) until a slot frees, holding what arrives meanwhile (a
+    /// partition assigned during the pause is not paused yet). `None` when the engine stops.
+    async fn paused_until_slot<H: SourceHandle>(
+        &self,
+        emit: &H,
+        held: &mut VecDeque<(SourceRecord, u64)>,
+    ) -> Option<H::Slot> {
+        set_paused(self.consumer, true);
+        self.stats.paused.store(true, Relaxed);
+        self.stats.pauses.fetch_add(1, Relaxed);
+        tracing::debug!("every in-flight slot taken: partitions paused");
+        let slot = loop {
+            tokio::select! {
+                biased;
+                s = emit.slot() => break s,
+                m = self.consumer.recv() => match m {
+                    Ok(m) => {
+                        held.push_back(record(self.map, &m, self.limit));
+                        set_paused(self.consumer, true);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                },
+            }
+        };
+        set_paused(self.consumer, false);
+        self.stats.paused.store(false, Relaxed);
+        slot
     }
 }
 

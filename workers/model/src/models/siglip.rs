@@ -205,7 +205,8 @@ pub struct SiglipModel {
 }
 
 impl SiglipModel {
-    /// Load from the root of a `SiglipModel` checkpoint.
+    /// Load from the root of a `SiglipModel` checkpoint. Long: one load per weight of the
+    /// Hugging Face module (both towers, the pooling head, the logit scalars), in its order.
     pub fn new(vb: VarBuilder<'_>, c: &SiglipConfig) -> Result<Self> {
         let (t, v) = (&c.text_config, &c.vision_config);
         if v.vision_use_head == Some(false) {

@@ -21,6 +21,8 @@ const MIN_REDUCTION: u32 = 4;
 /// Decode `bytes` (a JPEG) so that, after EXIF orientation, the image is at least `need`
 /// (height, width) of the displayed image, scaling in the DCT domain when that halves the
 /// size at least once. Returns `None` when no scaling applies (the caller decodes normally).
+/// Long: header, orientation, scale choice and the colour conversion of each JPEG colour
+/// type in one pass over the decoder's output.
 pub(super) fn decode(
     bytes: &[u8],
     limits: &ImageLimits,

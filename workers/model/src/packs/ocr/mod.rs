@@ -352,6 +352,8 @@ impl OcrReader {
     }
 
     /// Text boxes of `img` (integer corners, clockwise from top-left), in reading order.
+    /// Long: the reference's detection post-processing step for step (threshold, boxes,
+    /// unclip, filter, reading order), kept in its order to compare with it.
     fn detect(&self, img: &Img) -> Result<Vec<[Pt; 4]>> {
         let limit = self.s.det_limit_side_len as f64;
         let (h, w) = (img.h, img.w);
