@@ -7,7 +7,7 @@
 //! invalid base64, an unsupported image reference) only makes that modality unusable: the
 //! degradation matrix then decides what the event still gets.
 //!
-//! Long (~565 lines, half of them tests) because every field's parsing and its rejection
+//! Long because every field's parsing and its rejection
 //! codes read as one table; the tests cover each code.
 
 use std::path::PathBuf;

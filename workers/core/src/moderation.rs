@@ -2,7 +2,7 @@
 //! policy (thresholds per signal and category, actions, per-tenant overrides) and the
 //! decision with the rules that fired.
 //!
-//! Long (~680 lines: ~500 of code, the rest tests) because signals (list matches included),
+//! Long because signals (list matches included),
 //! policy, overrides, term matching and the decision are one rule set, tested together (unit
 //! and property tests).
 //!

@@ -1,8 +1,7 @@
 //! The model thread's scheduler: which batch runs next, across the lanes and the priorities
 //! (pure: the pipeline owns the clock and runs the model).
 //!
-//! Long (~845 lines: ~475 of code with the priority defaults and the read-ahead rule, the rest
-//! tests) because the rules, the argument that they never starve an item and the property
+//! Long because the rules, the argument that they never starve an item and the property
 //! tests that check that argument read best side by side.
 //!
 //! The rules (also in `docs/architecture.md`, "Scheduling"):

@@ -7,16 +7,15 @@
 //! `traceparent` through the worker's spans (received by an OTLP endpoint in this test) to
 //! the output headers, and the worker's /metrics and /readyz while it runs.
 //!
+//! Long because each real-broker scenario (crash, rebalance, SASL, TLS, back-pressure,
+//! traces) shares one broker, one serialising lock and the helpers of `common::kafka`.
+//!
 //! The workers run in the test process (`app::run`), except where the binary itself is under
 //! test: SIGKILL, what it logs (SASL and TLS refusals, a password that must not appear), and
 //! the process-wide trace exporter.
 //!
 //! Without `FUSIONSTREAM_TEST_KAFKA` these tests say so and pass, unless
 //! `FUSIONSTREAM_REQUIRE_SERVICES=1` (set by `.ci/run`), where they fail.
-//!
-//! Long (~600 lines) because each real-broker scenario (crash, rebalance, SASL, TLS,
-//! back-pressure, traces) shares one broker, one serialising lock and the helpers of
-//! `common::kafka`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

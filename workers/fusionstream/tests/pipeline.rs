@@ -3,7 +3,7 @@
 //! against the schemas and against the transformers reference, shutdown mid-stream and
 //! resume with nothing lost, drain timeouts, policy, bounded reads, S3 media from MinIO.
 //!
-//! Long (~690 lines) because the matrix test checks each of the 36 example events record by
+//! Long because the matrix test checks each of the 36 example events record by
 //! record in one place; the rest shares its helpers (running, reading and validating
 //! outputs). Failure isolation has its own file (`isolation.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -14,7 +14,7 @@
 //! the first, so that bit `k` (coefficient row `k / 16`, column `k % 16`) is bit `k` of the
 //! 256-bit number.
 //!
-//! Long (~485 lines, a quarter of them tests) because the filter, the DCT, the quality score
+//! Long because the filter, the DCT, the quality score
 //! and the dihedral rules are one algorithm whose arithmetic must stay in lockstep with the
 //! reference's.
 

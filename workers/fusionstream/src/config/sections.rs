@@ -1,7 +1,7 @@
 //! One struct per `[section]` of the configuration, in the order of `config/default.toml`
 //! (whose comments are the documentation of every key).
 //!
-//! Long (~670 lines) because it is the whole configuration surface, one small struct per
+//! Long because it is the whole configuration surface, one small struct per
 //! section; splitting it further would scatter a table that reads top to bottom.
 
 use std::collections::BTreeMap;

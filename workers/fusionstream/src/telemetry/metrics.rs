@@ -2,6 +2,9 @@
 //! counters and [`Health`]) at scrape time, so the run summary and `/metrics` read the same
 //! figures. The catalogue is data: `CATALOGUE` lists every metric with its help text and
 //! how to read it, in the order of `docs/metrics.md` (a test keeps the two in step).
+//!
+//! Long because the catalogue is the whole metrics surface, one entry per series with its
+//! help text beside how it is read; the code around it is short.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

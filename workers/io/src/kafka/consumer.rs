@@ -1,5 +1,9 @@
 //! The consumer-group source: its positions are Kafka offsets, committed by `commit.rs`.
 //!
+//! Long because the source, its consumer loop (pausing, held records, the crash guard's
+//! admission) and its rebalance, commit and statistics callbacks share the partition map,
+//! the tracker and the consumer: split apart they would need all of it public to each other.
+//!
 //! Offsets are never committed automatically (`enable.auto.commit=false`,
 //! `enable.auto.offset.store=false`): only what the position tracker says is done.
 //!
@@ -22,11 +26,6 @@
 //!   feeds `fusionstream_consumer_lag` and the seconds-to-drain gauge.
 //!
 //! The committer and the crash guard's marks in the commit metadata are `commit.rs`.
-//!
-//! Long (~530 lines before its tests) because the source, its consumer loop (pausing,
-//! held records, the crash guard's admission) and its rebalance, commit and statistics
-//! callbacks share the partition map, the tracker and the consumer: split apart they would
-//! need all of it public to each other.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;

@@ -6,6 +6,9 @@
 //! with either embedding), describe (one vision pass for captions, answers and patch tags;
 //! generation; tags), moderate (the packs' own batches), then one [`InferOutput`] per item
 //! with the tasks it could not get listed as skipped.
+//!
+//! Long because the steps share the batch's routing and their per-item results; each step
+//! is its own function, in the order they run.
 
 use candle_core::{DType, Tensor};
 

@@ -1,15 +1,15 @@
-//! Loading a bundle: where each part runs (candle or ONNX Runtime, [`Placement`]), each
-//! part with its tokenizer and preprocessing slot, the fusion head, the tag table.
+//! Loading a bundle: each part on the library its placement gives (`placement.rs`) with its
+//! tokenizer and preprocessing slot, the fusion head, the tag table.
 
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use serde::Serialize;
 
+use super::placement::{Placement, RuntimeOptions};
 use super::{BlipPart, ClipPart, FusionModel, Scorer};
-use crate::backend::onnx::{self, BlipTextDims, OnnxBlip, OnnxClip, OnnxOptions, Precision};
+use crate::backend::onnx::{BlipTextDims, OnnxBlip, OnnxClip};
 use crate::backend::{BlipBackend, CandleBlip, CandleDualEncoder, DualEncoderBackend};
-use crate::bundle::{BundleManifest, GenerationSpec, TagSpec};
+use crate::bundle::{BundleManifest, TagSpec};
 use crate::error::{ModelError, Result};
 use crate::generate::GenerationParams;
 use crate::models::blip::{BlipCaptioner, BlipConfig, BlipVqa};
@@ -17,143 +17,9 @@ use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::fusion::{FusionConfig, FusionHead};
 use crate::models::siglip::{SiglipConfig, SiglipModel};
 use crate::nn;
-use crate::preprocess::{DecodeOptions, ImageProcessorConfig, Preprocessor};
+use crate::preprocess::{ImageProcessorConfig, Preprocessor};
 use crate::tags::{HeadDims, TagRule, TagTable};
 use crate::tokenize::TextTokenizer;
-
-/// How to load a bundle.
-#[derive(Debug, Clone)]
-pub struct RuntimeOptions {
-    /// Where the model runs.
-    pub device: Device,
-    /// Weight and activation dtype (f32 on CPU; f16/bf16 on GPU).
-    pub dtype: DType,
-    /// Image limits and JPEG DCT scaling.
-    pub decode: DecodeOptions,
-    /// Overrides the bundle's generation settings.
-    pub generation: Option<GenerationSpec>,
-    /// Which library runs the parts.
-    pub backend: BackendChoice,
-    /// ONNX Runtime settings (library, precision, threads, CUDA device).
-    pub onnx: OnnxOptions,
-}
-
-impl Default for RuntimeOptions {
-    fn default() -> Self {
-        Self {
-            device: Device::Cpu,
-            dtype: DType::F32,
-            decode: DecodeOptions::default(),
-            generation: None,
-            backend: BackendChoice::Candle,
-            onnx: OnnxOptions::default(),
-        }
-    }
-}
-
-/// Which library runs the bundle's parts (`model.backend`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendChoice {
-    /// ONNX Runtime for every part that has graphs of the asked precision when the library
-    /// is configured (`model.onnxruntime_library` or `ORT_DYLIB_PATH`), candle otherwise.
-    #[default]
-    Auto,
-    /// candle for every part.
-    Candle,
-    /// ONNX Runtime for every part but the fusion head; a part without graphs is an error.
-    Onnx,
-}
-
-impl BackendChoice {
-    /// Parse `auto`, `candle` or `onnx`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "candle" => Ok(Self::Candle),
-            "onnx" => Ok(Self::Onnx),
-            other => Err(ModelError::Unsupported(format!(
-                "backend {other:?} (expected auto, candle or onnx)"
-            ))),
-        }
-    }
-}
-
-/// Where the parts run and with what.
-#[derive(Debug, Clone)]
-struct Placement {
-    device: Device,
-    dtype: DType,
-    /// `Some` when ONNX Runtime is loaded and asked for (`onnx`) or allowed (`auto`).
-    onnx: Option<OnnxOptions>,
-    /// `onnx` was asked for explicitly: a part without graphs is an error.
-    require_onnx: bool,
-}
-
-impl Placement {
-    fn new(opts: &RuntimeOptions) -> Result<Self> {
-        let onnx = match opts.backend {
-            BackendChoice::Candle => None,
-            BackendChoice::Auto | BackendChoice::Onnx => match opts.onnx.library_path() {
-                Some(lib) => {
-                    onnx::load_library(&lib)?;
-                    Some(opts.onnx.clone())
-                }
-                None if opts.backend == BackendChoice::Onnx => {
-                    return Err(ModelError::OnnxRuntime(
-                        "backend onnx needs the ONNX Runtime library: set \
-                         model.onnxruntime_library or ORT_DYLIB_PATH (the onnxruntime wheel's \
-                         onnxruntime/capi/libonnxruntime.so.*)"
-                            .into(),
-                    ))
-                }
-                None => None,
-            },
-        };
-        if onnx.is_none() && opts.onnx.cuda_device.is_some() && opts.device.is_cpu() {
-            return Err(ModelError::Unsupported(
-                "CUDA was asked for the ONNX backend, but no part runs on ONNX Runtime".into(),
-            ));
-        }
-        Ok(Self {
-            device: opts.device.clone(),
-            dtype: opts.dtype,
-            onnx,
-            require_onnx: opts.backend == BackendChoice::Onnx,
-        })
-    }
-
-    /// The ONNX options if this part runs on ONNX Runtime.
-    fn onnx_for(&self, part: &Path, name: &str) -> Result<Option<&OnnxOptions>> {
-        let Some(o) = &self.onnx else {
-            return Ok(None);
-        };
-        if onnx::has_graphs(part, o.precision) {
-            Ok(Some(o))
-        } else if self.require_onnx {
-            Err(ModelError::config(
-                part.join("onnx/manifest.json"),
-                format!(
-                    "the {name} part has no {} ONNX graphs (python -m models.export_onnx \
-                     --model {}{})",
-                    o.precision,
-                    part.display(),
-                    match o.precision {
-                        Precision::Int8 => " --int8",
-                        Precision::F16 => " --fp16",
-                        Precision::F32 => "",
-                    }
-                ),
-            ))
-        } else {
-            Ok(None)
-        }
-    }
-
-    fn candle_precision(&self) -> String {
-        format!("{:?}", self.dtype).to_lowercase()
-    }
-}
 
 /// A dual encoder part as loaded, before its tokenizer and preprocessor.
 struct LoadedEncoder {

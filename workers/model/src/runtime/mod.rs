@@ -9,7 +9,8 @@
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | [`FusionModel`] and its parts, what a loaded bundle tells about itself, the warm-up |
-//! | `load.rs` | [`FusionModel::load`]: where each part runs ([`RuntimeOptions`], [`BackendChoice`]), parts, fusion head, tag table |
+//! | `placement.rs` | how a bundle is loaded ([`RuntimeOptions`]) and where each part runs ([`BackendChoice`]) |
+//! | `load.rs` | [`FusionModel::load`]: each part, the fusion head, the tag table |
 //! | `prepare.rs` | the CPU side: [`FusionModel::prepare_image`], `prepare_text`, `prepare_question`, [`FusionModel::prepare`] |
 //! | `infer.rs` | the model thread's side: [`FusionModel::infer_batch`] (embed, fuse, describe, moderate, gather) |
 
@@ -31,10 +32,11 @@ use crate::tokenize::TextTokenizer;
 pub use crate::tags::{Tag, TagSource};
 pub use fusionstream_core::moderation::Signals;
 pub use fusionstream_core::task::{SkipReason, Skipped, Task, TaskSet};
-pub use load::{BackendChoice, RuntimeOptions};
+pub use placement::{BackendChoice, RuntimeOptions};
 
 mod infer;
 mod load;
+mod placement;
 mod prepare;
 
 /// Which backend and precision run one part of a loaded bundle.

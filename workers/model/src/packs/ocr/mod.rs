@@ -10,7 +10,7 @@
 //! and read in batches of six sorted by aspect ratio; lines under the text score are
 //! dropped.
 //!
-//! Long (~585 lines) because the pipeline is one reference function in rapidocr, followed
+//! Long because the pipeline is one reference function in rapidocr, followed
 //! step by step in one place (detection, crops, classification, recognition); the geometry
 //! and raster operations it calls are in their own files.
 //!
