@@ -18,7 +18,7 @@
 //! | [`record`] | output records v1 and the output streams |
 //! | [`reason`] | every reason code (degradations, dead letters, metric labels) |
 //! | [`backoff`] | retry schedule with full jitter |
-//! | [`backfill`] | backfill over an object-store prefix: shards, object filter, events |
+//! | [`backfill_shard`] | backfill over an object-store prefix: which objects a shard takes (object filter), the event each becomes |
 //! | [`error`] | the retryable / poison / fatal taxonomy |
 
 pub mod backfill_shard;

@@ -475,11 +475,12 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
-    /// The group's consumer: manual commits, cooperative-sticky assignment, a bounded
-    /// pre-fetch queue, the group's timings.
+    /// The group's consumer, subscribed to the input topics: manual commits,
+    /// cooperative-sticky assignment, a bounded pre-fetch queue, the group's timings.
     fn consumer(&self, ctx: GroupContext) -> anyhow::Result<StreamConsumer<GroupContext>> {
         let ms = |d: Duration| d.as_millis().to_string();
-        self.conn
+        let consumer: StreamConsumer<GroupContext> = self
+            .conn
             .client_config()
             .set("group.id", &self.group.group_id)
             .set("enable.auto.commit", "false")
@@ -498,7 +499,10 @@ impl KafkaSource {
                     .to_string(),
             )
             .create_with_context(ctx)
-            .context("creating the Kafka consumer")
+            .context("creating the Kafka consumer")?;
+        let topics: Vec<&str> = self.group.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).context("subscribing")?;
+        Ok(consumer)
     }
 }
 
