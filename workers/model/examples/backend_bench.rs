@@ -118,14 +118,7 @@ fn blip(dir: &Path, backend: &str, threads: usize) -> Box<dyn BlipBackend> {
             ))
         }
         b => {
-            let t = &cfg.text_config;
-            let dims = BlipTextDims {
-                layers: t.num_hidden_layers,
-                heads: t.num_attention_heads,
-                hidden: t.hidden_size,
-                bos: t.bos_token_id,
-                pad: t.pad_token_id,
-            };
+            let dims = BlipTextDims::from(&cfg.text_config);
             Box::new(OnnxBlip::load(dir, false, dims, &opts(b, threads)).unwrap())
         }
     }

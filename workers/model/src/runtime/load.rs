@@ -159,14 +159,7 @@ fn load_blip(
     let t = &cfg.text_config;
     let (engine, precision): (Box<dyn BlipBackend>, String) =
         if let Some(o) = place.onnx_for(dir, name)? {
-            let dims = BlipTextDims {
-                layers: t.num_hidden_layers,
-                heads: t.num_attention_heads,
-                hidden: t.hidden_size,
-                bos: t.bos_token_id,
-                pad: t.pad_token_id,
-            };
-            let engine = OnnxBlip::load(dir, vqa, dims, o)?;
+            let engine = OnnxBlip::load(dir, vqa, BlipTextDims::from(t), o)?;
             (Box::new(engine), o.precision.to_string())
         } else {
             let (device, dtype) = (&place.device, place.dtype);

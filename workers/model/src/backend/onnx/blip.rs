@@ -29,6 +29,18 @@ pub struct BlipTextDims {
     pub pad: u32,
 }
 
+impl From<&crate::models::blip::BlipTextConfig> for BlipTextDims {
+    fn from(t: &crate::models::blip::BlipTextConfig) -> Self {
+        Self {
+            layers: t.num_hidden_layers,
+            heads: t.num_attention_heads,
+            hidden: t.hidden_size,
+            bos: t.bos_token_id,
+            pad: t.pad_token_id,
+        }
+    }
+}
+
 /// A BLIP captioning or VQA part on ONNX Runtime.
 #[derive(Debug)]
 pub struct OnnxBlip {
