@@ -15,6 +15,7 @@
 //! | [`isolate`] | bisection of a failed batch down to the item(s) that fail it |
 //! | [`crash_guard`] | the crash-loop guard: marks beside commits, suspect mode, `poison_suspected` |
 //! | [`position`] | per-partition tracker of the contiguous done prefix |
+//! | [`held_back`] | exactly-once: outputs held until their events are in the done prefix |
 //! | [`record`] | output records v1 and the output streams |
 //! | [`reason`] | every reason code (degradations, dead letters, metric labels) |
 //! | [`backoff`] | retry schedule with full jitter |
@@ -30,6 +31,7 @@ pub mod embedlist;
 pub mod error;
 pub mod event;
 pub mod hashlist;
+pub mod held_back;
 pub mod isolate;
 pub mod moderation;
 pub mod position;

@@ -118,6 +118,13 @@ impl PositionTracker {
         }
     }
 
+    /// Whether `offset` of `partition` is tracked and not yet done.
+    pub fn is_pending(&self, partition: PartitionId, offset: u64) -> bool {
+        self.partitions
+            .get(&partition)
+            .is_some_and(|p| p.pending.contains(&offset))
+    }
+
     /// The committable position of one partition.
     pub fn committable(&self, partition: PartitionId) -> Option<u64> {
         self.partitions.get(&partition).map(|p| p.committable())

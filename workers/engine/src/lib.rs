@@ -38,6 +38,7 @@
 //! | `window.rs` | the adaptive read-ahead (in-flight permits sized by Little's law) |
 //! | `assemble.rs` | each lane's outputs as records, as soon as the lane is done; the event's outcome |
 //! | `sink.rs` | writing and acknowledging outputs, completing positions |
+//! | `transaction.rs` | exactly-once: outputs held back to the done prefix, committed with the offsets in one transaction |
 //! | `commit.rs` | the commit schedule: interval, backoff while failing, the last commit |
 //! | `known_lists.rs` | known-hash lists: the snapshot, swapped on reload, and an image's matches |
 //! | `oversize.rs` | records too large for the broker: cut dead letters, `output_too_large` |
@@ -63,6 +64,7 @@ mod scheduler;
 mod settings;
 mod sink;
 pub mod trace_context;
+mod transaction;
 mod window;
 
 use std::sync::Arc;
@@ -76,7 +78,7 @@ pub(crate) use emitter::Taken;
 pub use emitter::{Emitter, Slot};
 pub use report::{Discard, Outcome, Report, Reporter, Stage};
 pub use run::run;
-pub use settings::Settings;
+pub use settings::{Settings, TransactionTiming};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

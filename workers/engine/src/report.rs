@@ -197,6 +197,24 @@ pub enum Report<'a> {
     CommitFailed,
     /// Partitions whose done position is not yet confirmed as committed.
     UncommittedPartitions(usize),
+    /// Exactly-once: a transaction committed outputs and offsets.
+    TransactionCommitted {
+        /// Events whose outputs it holds (their last pieces).
+        events: usize,
+        /// Output records it holds.
+        records: usize,
+        /// Flush, offsets and commit.
+        took: Duration,
+    },
+    /// Exactly-once: a transaction was aborted (its records are sent again in the next one,
+    /// or replayed by the new owner of a revoked partition).
+    TransactionAborted,
+    /// Exactly-once: the transactional producer was recreated after a fatal error.
+    ProducerRecovered,
+    /// Exactly-once: a newer worker with the same transactional id fenced this one.
+    Fenced,
+    /// Exactly-once: output pieces held back (their events past a gap in the done prefix).
+    HeldBack(usize),
 }
 
 /// Where the engine's reports go. Called from async tasks and the model thread: it must not

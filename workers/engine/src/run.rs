@@ -8,7 +8,9 @@ use fusionstream_core::lock;
 use fusionstream_core::position::PositionTracker;
 use fusionstream_core::record::BundleRef;
 use fusionstream_io::metrics::AdapterMetrics;
-use fusionstream_io::ports::{Committer, OutputSink, Source, SourceContext};
+use fusionstream_io::ports::{
+    Committer, Handover, OutputSink, Source, SourceContext, Transactions,
+};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +19,8 @@ use crate::emitter::{Emitter, Taken};
 use crate::scheduler::{ModelQueue, ToModel};
 use crate::window::Load;
 use crate::{
-    assemble, batching, commit, intake, model_thread, sink, window, Parts, Report, Reporter,
-    RunEnd, Settings,
+    assemble, batching, commit, intake, model_thread, sink, transaction, window, Parts, Report,
+    Reporter, RunEnd, Settings,
 };
 
 type Task<T> = JoinHandle<anyhow::Result<T>>;
@@ -32,6 +34,8 @@ struct Positions<C> {
     committer: Arc<Mutex<C>>,
     /// The committer keeps crash-guard marks: the last commit marks partitions clean.
     mark_clean: bool,
+    /// Exactly-once: the sink's transactions (positions commit with the outputs).
+    txns: Option<Arc<dyn Transactions>>,
 }
 
 /// The model's input: the priority scheduler's queue, or the FIFO batcher and its channel.
@@ -64,14 +68,36 @@ pub async fn run<S: Source, K: OutputSink, C: Committer>(
     let (stages, sink, positions) = start(parts, &reporter, &cancel)?;
     // Wait for the sink to see every event through, or for shutdown and the drain.
     let (sink, timed_out) = wait_or_drain(sink, &cancel, &stopping, &settings).await;
+    if matches!(&sink, Some(Err(_) | Ok(Err(_)))) {
+        // The sink failed for good (fenced, a fatal store error): nothing more can be
+        // acknowledged, so the source stops reading and the run ends with the error.
+        cancel.cancel();
+    }
     let checked = stop(stages, sink, timed_out).await;
     let end = match checked {
         Err(e) => Err(e),
         Ok(_) if timed_out => {
-            // Commit the done prefix; the rest replays on the next start.
+            // Commit the done prefix; the rest replays on the next start. Exactly-once: the
+            // done prefix's outputs may be in the aborted sink's open transaction, so nothing
+            // is committed outside it: the transaction is aborted and all of it replays.
             let p = &positions;
             let timeout = settings.commit_timeout;
-            commit::final_commit(&p.tracker, &p.committer, &*reporter, timeout, p.mark_clean).await;
+            match &p.txns {
+                None => {
+                    commit::final_commit(
+                        &p.tracker,
+                        &p.committer,
+                        &*reporter,
+                        timeout,
+                        p.mark_clean,
+                    )
+                    .await
+                }
+                Some(t) => {
+                    let t = t.clone();
+                    let _ = tokio::task::spawn_blocking(move || t.abort(timeout)).await;
+                }
+            }
             let abandoned = lock(&positions.tracker).in_flight();
             Ok(RunEnd::DrainTimedOut { abandoned })
         }
@@ -115,6 +141,7 @@ fn start<S: Source, K: OutputSink, C: Committer>(
         tracker,
         mark_clean: guard.is_some(),
         committer: Arc::new(Mutex::new(committer)),
+        txns: sink.transactions(),
     };
     let cap = settings.channel_capacity;
     let load = Arc::new(Load::default());
@@ -122,8 +149,33 @@ fn start<S: Source, K: OutputSink, C: Committer>(
     let (done_tx, done_rx) = mpsc::channel(settings.model_queue + 1);
     let (fin_tx, fin_rx) = mpsc::channel(cap);
     let input = model_input(&settings, reporter);
-    let acks = acks(&settings, &positions, &adapter_metrics, reporter, &load);
-    let sink = tokio::spawn(sink::run(fin_rx, sink, acks));
+    let (sink, handover) = match positions.txns.clone() {
+        None => {
+            let acks = acks(&settings, &positions, &adapter_metrics, reporter, &load);
+            (tokio::spawn(sink::run(fin_rx, sink, acks)), None)
+        }
+        Some(txns) => {
+            let (tx, handovers) = mpsc::unbounded_channel();
+            let parts = transaction::TxnParts {
+                tracker: positions.tracker.clone(),
+                txns,
+                timing: transaction::TxnTiming {
+                    interval: settings.transactions.interval,
+                    max_events: settings.transactions.max_events,
+                    call_timeout: settings.transactions.call_timeout,
+                    final_timeout: settings.commit_timeout,
+                },
+                reporter: reporter.clone(),
+                load: load.clone(),
+                handovers,
+            };
+            let handover: Arc<dyn Handover> = Arc::new(transaction::EngineHandover { tx });
+            (
+                tokio::spawn(transaction::run(fin_rx, sink, parts)),
+                Some(handover),
+            )
+        }
+    };
     let assemble = tokio::spawn(assemble::run(
         done_rx,
         fin_tx.clone(),
@@ -170,6 +222,7 @@ fn start<S: Source, K: OutputSink, C: Committer>(
             shutdown: cancel.clone(),
             stopping,
             max_event_bytes: settings.limits.max_event_bytes,
+            handover,
         },
         permits,
         tx: taken_tx,

@@ -53,6 +53,8 @@ pub struct Settings {
     pub commit_interval: Duration,
     /// How long the last commit at shutdown may keep trying for a confirmation.
     pub commit_timeout: Duration,
+    /// Exactly-once transactions' timing (used when the sink is transactional).
+    pub transactions: TransactionTiming,
     /// Drain budget at shutdown.
     pub drain_timeout: Duration,
     /// The crash-loop guard, when on.
@@ -65,4 +67,25 @@ pub struct Settings {
     pub lists: Option<std::sync::Arc<super::known_lists::KnownLists>>,
     /// Test-only fault injection ([`super::faults`]): `FUSIONSTREAM_TEST_FAULTS=1`.
     pub test_faults: bool,
+}
+
+/// When an exactly-once sink's transactions commit.
+#[derive(Debug, Clone, Copy)]
+pub struct TransactionTiming {
+    /// Between commits (`kafka.transaction_interval`).
+    pub interval: Duration,
+    /// Commit early once this many events wait in the open transaction.
+    pub max_events: usize,
+    /// Bound on one transactional call, retries included (below `max.poll.interval.ms`).
+    pub call_timeout: Duration,
+}
+
+impl Default for TransactionTiming {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(100),
+            max_events: 1000,
+            call_timeout: Duration::from_secs(30),
+        }
+    }
 }

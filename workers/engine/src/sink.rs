@@ -125,7 +125,7 @@ fn complete(tracker: &Mutex<PositionTracker>, group: &[Finished]) {
 }
 
 /// Report an acknowledged piece; its last piece finishes the event.
-fn acknowledged(f: Finished, reporter: &dyn Reporter, load: &Load) {
+pub(crate) fn acknowledged(f: Finished, reporter: &dyn Reporter, load: &Load) {
     let streams: Vec<_> = f.records.iter().map(|(s, _)| *s).collect();
     reporter.report(Report::RecordsAcked { streams: &streams });
     if let Some((lane, priority)) = f.lane {
@@ -235,35 +235,43 @@ async fn publish_each<K: OutputSink>(
                     Err(PublishError::TooLarge(_)) => {}
                     Err(e) => return Err(e).context("acknowledging outputs"),
                 }
-                let replacement = if stream == Stream::DeadLetters {
-                    oversize::shrink_dead_letter(&json)
-                } else {
-                    reporter.report(Report::OutputTooLarge);
-                    let dl = oversize::output_too_large(stream, &json);
-                    tracing::warn!(
-                        event_id = %f.key,
-                        stream = stream.name(),
-                        bytes = json.len(),
-                        "output record too large for the broker: dead-lettered as output_too_large"
-                    );
-                    stream = Stream::DeadLetters;
-                    dl
-                };
-                match replacement {
-                    Some(r) => json = std::borrow::Cow::Owned(r),
-                    None => {
-                        // Not even a dead letter without payload fits: the broker's limit is
-                        // below any record this worker can write.
-                        anyhow::bail!(
-                            "the broker refuses even a {}-byte dead letter (event {}): raise \
-                             the dead-letter topic's max.message.bytes",
-                            json.len(),
-                            f.key
-                        );
-                    }
-                }
+                let (s, r) = replace_too_large(stream, &json, &f.key, reporter)?;
+                stream = s;
+                json = std::borrow::Cow::Owned(r);
             }
         }
     }
     Ok(())
+}
+
+/// What goes instead of a record the store refused as too large: a dead letter with its
+/// payload cut (halved until it fits, flagged), or for an output record its event's
+/// `output_too_large` dead letter. An error when not even a dead letter without payload fits.
+pub(crate) fn replace_too_large(
+    stream: Stream,
+    json: &[u8],
+    key: &str,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<(Stream, Vec<u8>)> {
+    let replacement = if stream == Stream::DeadLetters {
+        oversize::shrink_dead_letter(json)
+    } else {
+        reporter.report(Report::OutputTooLarge);
+        tracing::warn!(
+            event_id = %key,
+            stream = stream.name(),
+            bytes = json.len(),
+            "output record too large for the broker: dead-lettered as output_too_large"
+        );
+        oversize::output_too_large(stream, json)
+    };
+    match replacement {
+        Some(r) => Ok((Stream::DeadLetters, r)),
+        // The broker's limit is below any record this worker can write.
+        None => anyhow::bail!(
+            "the broker refuses even a {}-byte dead letter (event {key}): raise the \
+             dead-letter topic's max.message.bytes",
+            json.len()
+        ),
+    }
 }

@@ -3,7 +3,9 @@
 //! `crash_guard.max_attempts` crashes alone, then it is dead-lettered `poison_suspected` with
 //! the attempt count and every other event gets its outputs. Once with the local source (marks
 //! in the checkpoint file), once with the real Kafka broker (marks in the offset-commit
-//! metadata). Without the guard, the worker crash-loops: both tests fail on the code before it.
+//! metadata), and with an exactly-once Kafka worker (the marks inside its transactions; no
+//! caption twice). Without the guard, the worker crash-loops: these tests fail on the code
+//! before it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -135,9 +137,30 @@ fn an_event_that_aborts_the_local_worker_is_set_aside_after_a_few_restarts() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_aborts_a_kafka_worker_is_set_aside_after_a_few_restarts() {
+    aborting_event_set_aside(false).await;
+}
+
+/// Exactly-once: the marks travel inside the transactions; the aborting event is still found
+/// and set aside, and every other event's caption is written exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_worker_sets_an_aborting_event_aside_and_duplicates_nothing() {
+    aborting_event_set_aside(true).await;
+}
+
+async fn aborting_event_set_aside(exactly_once: bool) {
     let Some(broker) = broker() else { return };
     let _one = SERIAL.lock().await;
-    let t = topics("crashguard");
+    let t = topics(if exactly_once {
+        "crashguard-eos"
+    } else {
+        "crashguard"
+    });
+    let txn_id = format!("{}-w", t.group);
+    let mut settings = vec![("FUSIONSTREAM_TEST_FAULTS", "1")];
+    if exactly_once {
+        settings.push(("FUSIONSTREAM__KAFKA__DELIVERY", "exactly_once"));
+        settings.push(("FUSIONSTREAM__KAFKA__TRANSACTIONAL_ID", txn_id.as_str()));
+    }
     create(&broker, &t).await;
     let (n, poison) = (45, 22);
     produce(&broker, &t.input, &events(n, poison));
@@ -149,7 +172,7 @@ async fn an_event_that_aborts_a_kafka_worker_is_set_aside_after_a_few_restarts()
             "crash loop: {crashes} starts\n{}",
             logs.join("\n----\n")
         );
-        let mut w = worker(&broker, &t, &[("FUSIONSTREAM_TEST_FAULTS", "1")]);
+        let mut w = worker(&broker, &t, &settings);
         let started = Instant::now();
         let exit = loop {
             if let Some(s) = w.child.try_wait().unwrap() {
@@ -192,6 +215,10 @@ async fn an_event_that_aborts_a_kafka_worker_is_set_aside_after_a_few_restarts()
         .filter(|id| !captions.contains_key(id))
         .collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
+    if exactly_once {
+        let twice: Vec<_> = captions.iter().filter(|(_, c)| **c > 1).collect();
+        assert!(twice.is_empty(), "captions written twice: {twice:?}");
+    }
     // The clean stop marked every partition clean in the group's commit metadata.
     let marks = commit_metadata(&broker, &t);
     assert!(

@@ -4,6 +4,8 @@
 //!   `output_too_large` dead letter, a dead letter it refuses is sent again with its payload
 //!   cut (flagged), the event's other outputs are published and the worker keeps running with
 //!   every offset committed (before: the delivery error was fatal and the worker stopped);
+//!   (and with an exactly-once worker: the spoilt transaction aborted, the record replaced,
+//!   everything written once);
 //! - odd input records: a tombstone (null value), a non-UTF-8 value, a 100 KB key, a garbage
 //!   `traceparent` and a non-UTF-8 header: dead letters for the first two, outputs for the
 //!   others, every offset committed.
@@ -46,8 +48,28 @@ fn noise(n: usize, seed: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_over_the_brokers_limit_are_dead_lettered_and_the_worker_goes_on() {
+    over_the_limit(false).await;
+}
+
+/// Exactly-once: a refusal spoils the open transaction; it is aborted, the refused record
+/// found and replaced, and everything written again: each replacement exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_worker_replaces_records_over_the_limit_exactly_once() {
+    over_the_limit(true).await;
+}
+
+async fn over_the_limit(exactly_once: bool) {
     let Some(broker) = broker() else { return };
-    let t = topics("limits");
+    let t = topics(if exactly_once { "limits-eos" } else { "limits" });
+    let txn_id = format!("{}-w", t.group);
+    let settings: Vec<(&str, &str)> = if exactly_once {
+        vec![
+            ("FUSIONSTREAM__KAFKA__DELIVERY", "exactly_once"),
+            ("FUSIONSTREAM__KAFKA__TRANSACTIONAL_ID", txn_id.as_str()),
+        ]
+    } else {
+        vec![]
+    };
     // Embedding records (a few KB) can never fit; dead letters of 1.5 KB can.
     create_limited(&broker, &t.outputs[stream_index("embeddings")], 200).await;
     create_limited(&broker, &t.outputs[stream_index("dead_letters")], 1500).await;
@@ -63,7 +85,7 @@ async fn records_over_the_brokers_limit_are_dead_lettered_and_the_worker_goes_on
         ));
     }
     produce(&broker, &t.input, &lines);
-    let w = in_process(&broker, &t, &[]);
+    let w = in_process(&broker, &t, &settings);
     wait_for(
         || committed(&broker, &t) >= lines.len() as i64,
         "every offset committed",
@@ -85,6 +107,14 @@ async fn records_over_the_brokers_limit_are_dead_lettered_and_the_worker_goes_on
         captions >= n,
         "every event keeps its caption: {captions}\n{log}"
     );
+    if exactly_once {
+        assert_eq!(captions, n, "each caption once\n{log}");
+        assert_eq!(
+            by_stream.get("dead_letters").map_or(0, Vec::len),
+            n + 3,
+            "each dead letter once\n{log}"
+        );
+    }
     let dead = by_stream.get("dead_letters").cloned().unwrap_or_default();
     let too_large: Vec<_> = dead
         .iter()

@@ -41,6 +41,9 @@ pub struct CrashGuard {
     settings: GuardSettings,
     store: Box<dyn MarkStore>,
     parts: Mutex<HashMap<PartitionId, PartitionGuard>>,
+    /// Positions are committed in transactions with the outputs (exactly-once): an event run
+    /// alone also waits for everything before it to be committed.
+    transactional: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CrashGuard {
@@ -71,7 +74,15 @@ impl CrashGuard {
             settings,
             store: Box::new(store),
             parts: Mutex::new(HashMap::new()),
+            transactional: false.into(),
         })
+    }
+
+    /// Positions are committed in transactions together with the outputs: before an event
+    /// runs alone, what precedes it must be committed too (the mark's own commit of its
+    /// offset would otherwise move the group past outputs still in the open transaction).
+    pub fn commit_in_transactions(&self) {
+        self.transactional.store(true, Relaxed);
     }
 
     /// The mark a commit of `next` for `partition` carries (`clean` for the last commit of
@@ -92,7 +103,8 @@ impl CrashGuard {
     }
 
     /// Decide for the record at `offset` of `partition`; `None` when shutting down. For an
-    /// event to run alone this waits until nothing else of the partition is in flight, then
+    /// event to run alone this waits until nothing else of the partition is in flight or
+    /// uncommitted, then
     /// records the attempt (retrying until the store confirms it) unless `still_ours` says
     /// the partition was taken away meanwhile.
     pub async fn admit(
@@ -138,7 +150,14 @@ impl CrashGuard {
                  (poison_suspected)"
             ),
             Admit::RunAlone(a) => {
-                while lock(tracker).in_flight_of(partition) > 0 {
+                // Everything before it done (and, exactly-once, committed: see
+                // `commit_in_transactions`).
+                let committed_too = self.transactional.load(Relaxed);
+                let settled = |t: &PositionTracker| {
+                    t.in_flight_of(partition) == 0
+                        && (!committed_too || t.confirmed(partition).is_none_or(|c| c >= offset))
+                };
+                while !settled(&lock(tracker)) {
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return None,

@@ -10,6 +10,12 @@
 //!   by their kind, never by looking at a client's error type.
 //! - A [`Committer`] records acknowledged positions; a position counts as committed only once
 //!   confirmed ([`CommitAck`]).
+//! - [`Transactions`]: a sink that commits its outputs and the input positions in one
+//!   transaction (exactly-once, Kafka transactions) offers them through
+//!   [`OutputSink::transactions`]; the engine then holds outputs back until their events are
+//!   in the done prefix and commits through it instead of the committer. A source whose
+//!   partitions can be taken away mid-transaction asks the engine to settle it first
+//!   ([`Handover`]).
 //! - A [`Feed`] is the other kind of input: every record of a stream from positions its
 //!   reader saved itself, polled from a blocking thread, without permits or commits per
 //!   record (the live index reads the embeddings this way).
@@ -46,6 +52,64 @@ pub struct SourceContext {
     pub stopping: CancellationToken,
     /// Longest payload a record may carry (longer ones are cut and flagged `oversized`).
     pub max_event_bytes: usize,
+    /// Exactly-once: how the source hands revoked partitions over (their open transaction
+    /// settled first); `None`: the source commits what is done itself.
+    pub handover: Option<Arc<dyn Handover>>,
+}
+
+/// Revoked partitions handed over by the engine (exactly-once): the open transaction is
+/// committed with their done prefix, or aborted, and the engine forgets them, before the
+/// source gives them up. Blocking: called from a rebalance callback.
+pub trait Handover: Send + Sync + std::fmt::Debug {
+    /// Settle the open transaction for `partitions` and forget them, within `timeout`.
+    fn hand_over(&self, partitions: &[PartitionId], timeout: Duration) -> anyhow::Result<()>;
+}
+
+/// Why a transaction did not commit, by what the engine does next.
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    /// Abort the transaction and send its records again in a new one (a failed delivery,
+    /// `txn_requires_abort`).
+    #[error("transaction must be aborted: {0}")]
+    Abortable(BoxError),
+    /// The producer is unusable (unknown producer id, a commit that timed out: the outcome
+    /// is unknown): recreate it, find out from the committed positions whether the
+    /// transaction committed, send again if not.
+    #[error("transactional producer failed: {0}")]
+    Fatal(BoxError),
+    /// A newer worker with the same transactional id took over: this one must stop without
+    /// writing anything more.
+    #[error("fenced by a newer worker with the same transactional id: {0}")]
+    Fenced(BoxError),
+}
+
+/// The transactional side of a sink: blocking calls the engine makes off the async runtime.
+/// Records are written into the open transaction with [`OutputSink::write`] (which begins one
+/// if none is open) and their deliveries awaited with [`OutputSink::flush`].
+pub trait Transactions: Send + Sync + std::fmt::Debug {
+    /// Commit the open transaction with `positions` (the next position to read, per
+    /// partition) as the consumer group's offsets; the crash guard's marks of the `clean`
+    /// partitions say they were left in order (a handover, a clean stop). `last`: the clean
+    /// stop's commit, which also marks clean the assigned partitions this worker read nothing
+    /// from and that have nothing left to read.
+    fn commit(
+        &self,
+        positions: &[(PartitionId, u64)],
+        clean: &[PartitionId],
+        last: bool,
+        timeout: Duration,
+    ) -> Result<(), TxnError>;
+    /// Abort the open transaction (if any): nothing of it becomes visible.
+    fn abort(&self, timeout: Duration) -> Result<(), TxnError>;
+    /// Replace an unusable producer by a new one with the same transactional id (which
+    /// finishes or aborts what the old one left open).
+    fn recover(&self, timeout: Duration) -> Result<(), TxnError>;
+    /// The group's committed positions of `partitions` now (`None`: none committed).
+    fn committed(
+        &self,
+        partitions: &[PartitionId],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<(PartitionId, Option<u64>)>>;
 }
 
 /// The source's handle into the engine.
@@ -155,6 +219,13 @@ pub trait OutputSink: Send + 'static {
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
     /// Wait until everything written is acknowledged.
     fn flush(&mut self) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Exactly-once: the transactions this sink commits its outputs and the input positions
+    /// in; `None` (the default): outputs count as acknowledged at `flush`, positions go to
+    /// the committer.
+    fn transactions(&self) -> Option<Arc<dyn Transactions>> {
+        None
+    }
 }
 
 /// What a committer knows when [`Committer::commit`] returns.

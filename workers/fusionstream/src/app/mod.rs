@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use fusionstream_core::record::OUTPUT_SCHEMA_VERSION;
 use fusionstream_io::backfill::{backfill, BackfillCheckpoint, BackfillSource, BackfillSpec};
-use fusionstream_io::kafka::{GroupSettings, KafkaCommitter, KafkaSink, KafkaSource};
+use fusionstream_io::kafka::{
+    GroupSettings, KafkaCommitter, KafkaShared, KafkaSink, KafkaSource, KafkaTransactions,
+    TransactionSettings,
+};
 use fusionstream_io::local::{Checkpoint, JsonlSink, LocalCheckpoint, LocalJsonl};
 use fusionstream_io::media::LocalMedia;
 use fusionstream_io::media::MediaStores;
@@ -26,7 +29,7 @@ use fusionstream_model::preprocess::{DecodeOptions, ImageLimits};
 use fusionstream_model::FusionModel;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{Config, SinkKind, SourceKind};
+use crate::config::{Config, Delivery, SinkKind, SourceKind};
 use crate::telemetry::health::Health;
 use crate::telemetry::{Recorder, Snapshot};
 use fusionstream_engine::memory::{self, MemoryBound, SourceBuffers};
@@ -253,7 +256,11 @@ async fn with_source(c: &Config, common: Common) -> anyhow::Result<RunEnd> {
                     session_timeout: k.session_timeout,
                 },
             );
-            let committer = KafkaCommitter::new(shared, common.settings.crash_guard);
+            let committer = KafkaCommitter::new(shared.clone(), common.settings.crash_guard);
+            if k.delivery == Delivery::ExactlyOnce {
+                let sink = transactional_sink(c, &common, shared, &committer).await?;
+                return run_with(common, source, sink, committer).await;
+            }
             with_sink(c, common, source, committer).await
         }
     }
@@ -317,19 +324,51 @@ async fn with_sink<S: Source, C: Committer>(
             run_with(common, source, sink, committer).await
         }
         SinkKind::Kafka => {
-            let m = common.model.manifest();
-            let headers = vec![
-                (
-                    "schema_version".to_owned(),
-                    OUTPUT_SCHEMA_VERSION.to_string(),
-                ),
-                ("bundle_id".to_owned(), m.id.clone()),
-                ("bundle_version".to_owned(), m.version.clone()),
-            ];
+            let headers = output_headers(&common.model);
             let sink = KafkaSink::new(&c.kafka.connection(), c.kafka.output_topics(), headers)?;
             run_with(common, source, sink, committer).await
         }
     }
+}
+
+/// The headers on every output record: schema and bundle versions.
+fn output_headers(model: &FusionModel) -> Vec<(String, String)> {
+    let m = model.manifest();
+    vec![
+        (
+            "schema_version".to_owned(),
+            OUTPUT_SCHEMA_VERSION.to_string(),
+        ),
+        ("bundle_id".to_owned(), m.id.clone()),
+        ("bundle_version".to_owned(), m.version.clone()),
+    ]
+}
+
+/// Exactly-once: the transactional sink committing the offsets of `shared`'s consumer (with
+/// the crash guard's marks of `committer`). Its `init_transactions` fences an older worker
+/// with the same transactional id.
+async fn transactional_sink(
+    c: &Config,
+    common: &Common,
+    shared: KafkaShared,
+    committer: &KafkaCommitter,
+) -> anyhow::Result<KafkaTransactions> {
+    let k = &c.kafka;
+    let conn = k.connection();
+    let topics = k.output_topics();
+    let limits = conn.message_limits(&topics).await;
+    let settings = TransactionSettings {
+        transactional_id: k.transactional_id(),
+        transaction_timeout: k.transaction_timeout,
+        init_timeout: common.settings.transactions.call_timeout,
+        message_limits: std::array::from_fn(|i| limits.get(i).copied().flatten()),
+    };
+    let headers = output_headers(&common.model);
+    let guard = committer.crash_guard();
+    tokio::task::spawn_blocking(move || {
+        KafkaTransactions::new(&conn, settings, topics, headers, shared, guard)
+    })
+    .await?
 }
 
 async fn run_with<S: Source, K: OutputSink, C: Committer>(

@@ -9,7 +9,7 @@ use fusionstream_core::event::EventLimits;
 use fusionstream_core::schedule::{PriorityDefaults, SchedulePolicy};
 
 use crate::config::{Config, LaneConfig, SchedulerMode, SourceKind};
-use fusionstream_engine::{faults, Settings};
+use fusionstream_engine::{faults, Settings, TransactionTiming};
 
 fn lane(c: &LaneConfig) -> LanePolicy {
     LanePolicy {
@@ -72,6 +72,11 @@ pub fn engine_settings(c: &Config) -> Settings {
         },
         commit_interval: c.checkpoint.interval,
         commit_timeout: c.checkpoint.commit_timeout,
+        transactions: TransactionTiming {
+            interval: c.kafka.transaction_interval,
+            max_events: c.kafka.transaction_max_events,
+            ..TransactionTiming::default()
+        },
         drain_timeout: c.shutdown.drain_timeout,
         crash_guard: c.crash_guard.enabled.then(|| GuardSettings {
             suspect_events: match c.crash_guard.suspect_events {

@@ -193,6 +193,27 @@ impl Config {
             if k.bootstrap_servers.trim().is_empty() {
                 errors.push("kafka.bootstrap_servers is empty".into());
             }
+            if k.delivery == Delivery::ExactlyOnce {
+                if self.source.kind != SourceKind::Kafka || self.sink.kind != SinkKind::Kafka {
+                    errors.push(
+                        "kafka.delivery = \"exactly_once\" needs source.kind and sink.kind \
+                         \"kafka\" (offsets commit inside the output transaction)"
+                            .into(),
+                    );
+                }
+                if k.transaction_interval.is_zero() || k.transaction_max_events == 0 {
+                    errors.push(
+                        "kafka.transaction_interval and kafka.transaction_max_events must be > 0"
+                            .into(),
+                    );
+                }
+                if k.transaction_timeout <= k.transaction_interval {
+                    errors.push(
+                        "kafka.transaction_timeout must be longer than kafka.transaction_interval"
+                            .into(),
+                    );
+                }
+            }
             if self.source.kind == SourceKind::Kafka && k.input_topics.is_empty() {
                 errors.push("kafka.input_topics is empty".into());
             }

@@ -552,9 +552,49 @@ pub struct KafkaConfig {
     /// partitions to the others.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// At-least-once or exactly-once (Kafka transactions).
+    pub delivery: Delivery,
+    /// Exactly-once: the worker's `transactional.id` ("" = `<group_id>-<hostname>`).
+    pub transactional_id: String,
+    /// Exactly-once: between transaction commits.
+    #[serde(with = "humantime_serde")]
+    pub transaction_interval: Duration,
+    /// Exactly-once: commit early once this many events wait in the open transaction.
+    pub transaction_max_events: usize,
+    /// Exactly-once: `transaction.timeout.ms`.
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+}
+
+/// How outputs and offsets are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Outputs acknowledged, then offsets committed: duplicates possible, never a loss.
+    AtLeastOnce,
+    /// Outputs and offsets in one Kafka transaction.
+    ExactlyOnce,
 }
 
 impl KafkaConfig {
+    /// The `transactional.id`: the configured one, or `<group_id>-<hostname>` (under a
+    /// StatefulSet the hostname is the pod's stable name).
+    pub fn transactional_id(&self) -> String {
+        if !self.transactional_id.is_empty() {
+            return self.transactional_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .unwrap_or_else(|| "fusionstream".to_owned());
+        format!("{}-{host}", self.group_id)
+    }
+
     /// Output topics in [`fusionstream_core::record::Stream`] order.
     pub fn output_topics(&self) -> [String; fusionstream_core::record::Stream::COUNT] {
         [

@@ -404,6 +404,44 @@ static CATALOGUE: &[Metric] = &[
         read: Read::Gauge(|s| one(Num::I(s.r.uncommitted_partitions.load(Relaxed)))),
     },
     Metric {
+        name: "transactions_committed",
+        help: "Exactly-once: transactions committed (outputs and input offsets together).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.transactions.committed))),
+    },
+    Metric {
+        name: "transactions_aborted",
+        help: "Exactly-once: transactions aborted (their records are sent again, or replayed by a revoked partition's new owner).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.transactions.aborted))),
+    },
+    Metric {
+        name: "transactional_producers_recreated",
+        help: "Exactly-once: transactional producers recreated after a fatal error (unknown producer id, a commit without answer).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.transactions.recovered))),
+    },
+    Metric {
+        name: "transactions_fenced",
+        help: "Exactly-once: times a newer worker with the same transactional id fenced this one (it stops).",
+        labels: &[],
+        read: Read::Counter(|s| one(load(&s.r.transactions.fenced))),
+    },
+    Metric {
+        name: "transaction_seconds",
+        help: "Exactly-once: time to flush a transaction's records, send its offsets and commit it.",
+        labels: &[],
+        read: Read::Histogram(Some(Unit::Seconds), |s| {
+            vec![(Vec::new(), s.r.transaction_histogram())]
+        }),
+    },
+    Metric {
+        name: "held_back_outputs",
+        help: "Exactly-once: output pieces held back until their events join the done prefix (bounded by the in-flight window).",
+        labels: &[],
+        read: Read::Gauge(|s| one(Num::I(s.r.held_back.load(Relaxed)))),
+    },
+    Metric {
         name: "publish_retries",
         help: "Output groups sent again after the sink failed to acknowledge them.",
         labels: &[],

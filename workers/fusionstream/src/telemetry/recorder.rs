@@ -90,6 +90,11 @@ pub struct Recorder {
     pub(super) slices: [AtomicU64; 2],
     /// The read-ahead window now (events in flight allowed).
     pub(super) in_flight_window: AtomicU64,
+    /// Exactly-once: transactions committed and aborted, producers recreated, fencings.
+    pub(super) transactions: Transactions,
+    /// Exactly-once: output pieces held back behind a gap in the done prefix.
+    pub(super) held_back: AtomicI64,
+    transaction_seconds: Histogram,
     stages: [Histogram; 6],
     queue_wait: [[Histogram; 3]; 2],
     lane_latency: [[Histogram; 3]; 2],
@@ -130,6 +135,9 @@ impl Recorder {
             commit_failures: AtomicU64::new(0),
             lane_max_items: Default::default(),
             uncommitted_partitions: AtomicI64::new(0),
+            transactions: Transactions::default(),
+            held_back: AtomicI64::new(0),
+            transaction_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             publish_retries: AtomicU64::new(0),
             outputs_too_large: AtomicU64::new(0),
             model_splits: AtomicU64::new(0),
@@ -286,6 +294,14 @@ impl Recorder {
             Report::UncommittedPartitions(n) => {
                 self.uncommitted_partitions.store(n as i64, Relaxed)
             }
+            Report::TransactionCommitted { took, .. } => {
+                add(&self.transactions.committed);
+                self.transaction_seconds.observe(took.as_secs_f64());
+            }
+            Report::TransactionAborted => add(&self.transactions.aborted),
+            Report::ProducerRecovered => add(&self.transactions.recovered),
+            Report::Fenced => add(&self.transactions.fenced),
+            Report::HeldBack(n) => self.held_back.store(n as i64, Relaxed),
             // Taken by `report` itself (listed so that a new report cannot go unrecorded).
             Report::LanesConfigured { .. }
             | Report::EventRead
@@ -403,6 +419,11 @@ impl Recorder {
         &self.stages
     }
 
+    /// Exactly-once: time to flush, send the offsets and commit a transaction.
+    pub(super) fn transaction_histogram(&self) -> &Histogram {
+        &self.transaction_seconds
+    }
+
     /// Batch size and fill-ratio histograms per lane.
     pub(super) fn batch_histograms(&self) -> (&[Histogram; 2], &[Histogram; 2]) {
         (&self.batch_size, &self.batch_fill)
@@ -504,8 +525,36 @@ impl Recorder {
             source_retries: self.adapter.source_retries.load(Relaxed),
             partitions_revoked: self.adapter.partitions_revoked.load(Relaxed),
             commit_failures: self.commit_failures(),
+            transactions: TransactionCounts {
+                committed: self.transactions.committed.load(Relaxed),
+                aborted: self.transactions.aborted.load(Relaxed),
+                producers_recreated: self.transactions.recovered.load(Relaxed),
+                fenced: self.transactions.fenced.load(Relaxed),
+            },
         }
     }
+}
+
+/// Exactly-once transactions, as they happened.
+#[derive(Debug, Default)]
+pub(super) struct Transactions {
+    pub(super) committed: AtomicU64,
+    pub(super) aborted: AtomicU64,
+    pub(super) recovered: AtomicU64,
+    pub(super) fenced: AtomicU64,
+}
+
+/// Exactly-once transactions in the run summary (all zero at least-once).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TransactionCounts {
+    /// Committed (outputs and offsets together).
+    pub committed: u64,
+    /// Aborted (their records sent again, or replayed by a partition's new owner).
+    pub aborted: u64,
+    /// Transactional producers recreated after a fatal error.
+    pub producers_recreated: u64,
+    /// Times a newer worker with the same transactional id fenced this one.
+    pub fenced: u64,
 }
 
 /// Latency percentiles of one lane and priority.
@@ -568,4 +617,6 @@ pub struct Snapshot {
     pub partitions_revoked: u64,
     /// Position commits that failed (each retried).
     pub commit_failures: u64,
+    /// Exactly-once transactions.
+    pub transactions: TransactionCounts,
 }

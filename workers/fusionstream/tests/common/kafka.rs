@@ -187,7 +187,9 @@ pub fn in_process(broker: &str, t: &Topics, extra: &[(&str, &str)]) -> super::in
     ))
 }
 
-/// Every record of the output topics so far: (stream, value, headers).
+/// Every record of the output topics so far: (stream, value, headers), read as a downstream
+/// consumer of an exactly-once worker must (`read_committed`: records of aborted
+/// transactions are never seen; those of transactions still open are waited for).
 pub fn read_outputs(
     broker: &str,
     t: &Topics,
@@ -196,6 +198,7 @@ pub fn read_outputs(
         .client_config()
         .set("group.id", format!("{}-reader-{}", t.group, rand_suffix()))
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -211,10 +214,19 @@ pub fn read_outputs(
     let mut out = Vec::new();
     let mut seen: BTreeMap<String, i64> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ends
-        .iter()
-        .any(|(o, hi)| seen.get(o).copied().unwrap_or(0) < *hi)
-    {
+    // The position, not the last record's offset: transaction markers take offsets too and
+    // are never delivered.
+    let behind = |seen: &BTreeMap<String, i64>| {
+        let position = consumer.position().unwrap();
+        ends.iter().any(|(o, hi)| {
+            let at = match position.find_partition(o, 0).map(|e| e.offset()) {
+                Some(Offset::Offset(p)) => p,
+                _ => 0,
+            };
+            at.max(seen.get(o).copied().unwrap_or(0)) < *hi
+        })
+    };
+    while behind(&seen) {
         assert!(Instant::now() < deadline, "could not read the outputs back");
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             let stream = STREAMS[t.outputs.iter().position(|o| o == m.topic()).unwrap()];

@@ -43,17 +43,28 @@ impl KafkaCommitter {
         positions: &[(PartitionId, u64)],
         clean: bool,
     ) -> anyhow::Result<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
-        for (id, next) in positions {
-            if let Some((topic, p)) = self.shared.map.get(*id) {
-                tpl.add_partition_offset(&topic, p, Offset::Offset(*next as i64))?;
-                if let Some(g) = &self.guard {
-                    set_mark(&mut tpl, &topic, p, g.mark_for(*id, *next, clean));
-                }
+        offsets_list(&self.shared, self.guard.as_deref(), positions, |_| clean)
+    }
+}
+
+/// `positions` as a list of offsets, each carrying the crash guard's mark (`clean(p)`: the
+/// partition is left in order by this commit).
+pub(super) fn offsets_list(
+    shared: &KafkaShared,
+    guard: Option<&CrashGuard>,
+    positions: &[(PartitionId, u64)],
+    clean: impl Fn(PartitionId) -> bool,
+) -> anyhow::Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for (id, next) in positions {
+        if let Some((topic, p)) = shared.map.get(*id) {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(*next as i64))?;
+            if let Some(g) = guard {
+                set_mark(&mut tpl, &topic, p, g.mark_for(*id, *next, clean(*id)));
             }
         }
-        Ok(tpl)
     }
+    Ok(tpl)
 }
 
 /// How long a mark's read or write may wait for the group coordinator.
@@ -186,7 +197,7 @@ fn mark_of(e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>) -> Opt
 /// previous owner, with nothing left to read (committed offset at the high watermark): a
 /// clean stop may mark them clean, since no event of theirs is unprocessed. One with events
 /// left keeps its `running` mark (a killer may be among them), one with an attempt keeps it.
-fn drained_idle_partitions(
+pub(super) fn drained_idle_partitions(
     consumer: &StreamConsumer<GroupContext>,
     tracked: &TopicPartitionList,
     timeout: Duration,

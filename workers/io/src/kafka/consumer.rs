@@ -48,7 +48,7 @@ use fusionstream_core::crash_guard::Mark;
 use super::KafkaConnection;
 use crate::crash_marks::CrashGuard;
 use crate::metrics::AdapterMetrics;
-use crate::ports::{Source, SourceHandle};
+use crate::ports::{Handover, Source, SourceHandle};
 use crate::SourceRecord;
 use tokio_util::sync::CancellationToken;
 
@@ -185,9 +185,46 @@ pub struct GroupContext {
     stopping: CancellationToken,
     revoke_timeout: Duration,
     guard: Option<Arc<CrashGuard>>,
+    /// Exactly-once: the engine settles the open transaction for revoked partitions.
+    handover: Option<Arc<dyn Handover>>,
 }
 
 impl GroupContext {
+    /// Exactly-once revoke: the engine commits (or aborts) the open transaction with the
+    /// done prefix of the revoked partitions and forgets them; nothing is committed outside
+    /// a transaction (a plain offset commit could pass outputs still in the open one).
+    fn hand_over(&self, h: &dyn Handover, ids: &[PartitionId], abandoned: usize, started: Instant) {
+        let settle = || h.hand_over(ids, self.revoke_timeout.max(Duration::from_secs(5)));
+        let r = match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(settle)
+            }
+            _ => settle(),
+        };
+        if let Err(e) = r {
+            self.stats.commit_failures.fetch_add(1, Relaxed);
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "handing revoked partitions over: their open transaction did not commit; \
+                 their uncommitted events replay at the new owner"
+            );
+        }
+        for id in ids {
+            if let Some(g) = &self.guard {
+                g.forget(*id);
+            }
+        }
+        self.stats
+            .revoke_abandoned
+            .fetch_add(abandoned as u64, Relaxed);
+        tracing::info!(
+            partitions = ids.len(),
+            waited_ms = started.elapsed().as_millis() as u64,
+            abandoned,
+            "partitions revoked; their transaction settled"
+        );
+    }
+
     /// Wait (bounded) for the in-flight events of `ids`; returns how many are left. Once
     /// the worker is stopping (the consumer closes after the pipeline has drained or given
     /// up) nothing more will finish: no wait.
@@ -266,6 +303,10 @@ impl ConsumerContext for GroupContext {
         let ids: Vec<PartitionId> = revoked.iter().map(|r| r.0).collect();
         let started = Instant::now();
         let abandoned = self.wait_in_flight(&ids);
+        if let Some(h) = &self.handover {
+            self.hand_over(h.as_ref(), &ids, abandoned, started);
+            return;
+        }
         let mut commit = TopicPartitionList::new();
         for (id, topic, partition) in &revoked {
             if let Some(next) = lock(&self.tracker).revoke(*id) {
@@ -420,6 +461,7 @@ impl Source for KafkaSource {
             stopping: cx.stopping.clone(),
             revoke_timeout: self.group.revoke_timeout,
             guard: cx.guard.clone(),
+            handover: cx.handover.clone(),
         };
         let consumer = Arc::new(self.consumer(ctx)?);
         *lock(&self.shared.consumer) = Some(consumer.clone());
@@ -486,6 +528,9 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // Records of aborted upstream transactions are never read (librdkafka's
+            // default, stated: exactly-once pipelines chain).
+            .set("isolation.level", "read_committed")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("queued.max.messages.kbytes", "16384")
             .set("statistics.interval.ms", ms(self.group.statistics_interval))
@@ -578,6 +623,7 @@ mod tests {
             stopping: CancellationToken::new(),
             revoke_timeout: timeout,
             guard: None,
+            handover: None,
         }
     }
 

@@ -6,17 +6,20 @@
 //! | `consumer.rs` | the consumer-group source: rebalances, pausing, lag, held records |
 //! | `commit.rs` | the offset committer and the crash guard's marks in commit metadata |
 //! | `sink.rs` | the output sink: idempotent producer, `acks=all`, keyed by event id |
+//! | `transactions.rs` | exactly-once: the transactional producer, outputs and offsets in one transaction |
 //! | `assigned.rs` | [`AssignedFeed`]: every partition of a topic assigned, read as a [`crate::ports::Feed`] |
 
 mod assigned;
 mod commit;
 mod consumer;
 mod sink;
+mod transactions;
 
 pub use assigned::{partition_key, AssignedFeed};
 pub use commit::KafkaCommitter;
 pub use consumer::{GroupSettings, KafkaShared, KafkaSource};
 pub use sink::{KafkaSink, KafkaSinkError};
+pub use transactions::{KafkaTransactions, TransactionSettings};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,6 +61,36 @@ impl KafkaConnection {
             c.set(k, v);
         }
         c
+    }
+
+    /// Each topic's `max.message.bytes` (the broker's refusal limit for one record batch);
+    /// `None` where it cannot be read (the topic does not exist yet, no permission).
+    pub async fn message_limits(&self, topics: &[String]) -> Vec<Option<usize>> {
+        use rdkafka::admin::{ConfigResourceResult, ResourceSpecifier};
+        let Ok(admin) = self
+            .client_config()
+            .create::<AdminClient<DefaultClientContext>>()
+        else {
+            return vec![None; topics.len()];
+        };
+        let specs: Vec<ResourceSpecifier<'_>> =
+            topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let results: Vec<ConfigResourceResult> = match admin.describe_configs(&specs, &opts).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the output topics' max.message.bytes");
+                return vec![None; topics.len()];
+            }
+        };
+        results
+            .into_iter()
+            .map(|r| {
+                r.ok()
+                    .and_then(|c| c.get("max.message.bytes")?.value.clone())
+                    .and_then(|v| v.parse().ok())
+            })
+            .collect()
     }
 
     /// Create `topics` (name, partitions) with replication 1 if they do not exist.

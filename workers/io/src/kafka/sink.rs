@@ -137,68 +137,88 @@ impl KafkaSink {
         traceparent: Option<&str>,
     ) -> Result<(), KafkaSinkError> {
         let topic = &self.topics[stream.index()];
-        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len() + 1);
-        for (k, v) in &self.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
-        if let Some(tp) = traceparent {
-            headers = headers.insert(Header {
-                key: "traceparent",
-                value: Some(tp.as_bytes()),
-            });
-        }
-        let mut record = FutureRecord::to(topic)
-            .key(key)
-            .payload(json)
-            .headers(headers);
-        loop {
-            match self.producer.send_result(record) {
-                Ok(f) => {
-                    self.pending.push((stream.index(), f));
-                    return Ok(());
-                }
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                    r,
-                )) => {
-                    record = r;
-                    // Let deliveries drain, then try again: never drop.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((error, _)) => {
-                    return Err(KafkaSinkError::Delivery {
-                        topic: topic.clone(),
-                        error,
-                    })
-                }
-            }
-        }
+        let f = produce(&self.producer, topic, &self.headers, key, json, traceparent).await?;
+        self.pending.push((stream.index(), f));
+        Ok(())
     }
 
     /// Wait until every queued record is acknowledged by the brokers.
     pub async fn flush(&mut self) -> Result<(), KafkaSinkError> {
-        for (i, f) in self.pending.drain(..) {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => {
-                    return Err(KafkaSinkError::Delivery {
-                        topic: self.topics[i].clone(),
-                        error,
-                    })
-                }
-                Err(_) => return Err(KafkaSinkError::Canceled),
+        await_deliveries(&mut self.pending, &self.topics).await
+    }
+}
+
+/// Queue one record to `topic` with `headers` and the trace context; waits while
+/// librdkafka's queue is full (never drops).
+pub(super) async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    headers: &[(String, String)],
+    key: &str,
+    json: &[u8],
+    traceparent: Option<&str>,
+) -> Result<DeliveryFuture, KafkaSinkError> {
+    let mut owned = OwnedHeaders::new_with_capacity(headers.len() + 1);
+    for (k, v) in headers {
+        owned = owned.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    if let Some(tp) = traceparent {
+        owned = owned.insert(Header {
+            key: "traceparent",
+            value: Some(tp.as_bytes()),
+        });
+    }
+    let mut record = FutureRecord::to(topic)
+        .key(key)
+        .payload(json)
+        .headers(owned);
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                r,
+            )) => {
+                record = r;
+                // Let deliveries drain, then try again: never drop.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((error, _)) => {
+                return Err(KafkaSinkError::Delivery {
+                    topic: topic.to_owned(),
+                    error,
+                })
             }
         }
-        Ok(())
     }
+}
+
+/// Wait for every delivery of `pending` (stream index, delivery).
+pub(super) async fn await_deliveries(
+    pending: &mut Vec<(usize, DeliveryFuture)>,
+    topics: &[String; Stream::COUNT],
+) -> Result<(), KafkaSinkError> {
+    for (i, f) in pending.drain(..) {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => {
+                return Err(KafkaSinkError::Delivery {
+                    topic: topics[i].clone(),
+                    error,
+                })
+            }
+            Err(_) => return Err(KafkaSinkError::Canceled),
+        }
+    }
+    Ok(())
 }
 
 /// Delivery errors by what the engine does next: a record refused as too large can be cut
 /// or replaced; the rest by their class.
-fn publish_error(e: KafkaSinkError) -> PublishError {
+pub(super) fn publish_error(e: KafkaSinkError) -> PublishError {
     if e.is_too_large() {
         PublishError::TooLarge(Box::new(e))
     } else {
