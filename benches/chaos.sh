@@ -6,8 +6,10 @@
 # process, model errors, panics, NaN outputs, malformed JSON). At the end every output topic
 # is read back: events, lost (must be 0), duplicates, dead letters by reason, the worker's
 # peak RSS beside its memory bound. Exit 1 on a lost event or a poison item with the wrong
-# reason. Details in benches/chaos.py; figures in benches/README.md.
-# Usage (repository root): [BINARY=path] benches/chaos.sh [N=10000] [KILLS=20] [BROKER_RESTARTS=2] [MINIO_DOWN=30] [OUT=chaos.json]
+# reason. DELIVERY=exactly_once runs the worker with Kafka transactions (outputs read back
+# read_committed) and also fails on any duplicate. Details in benches/chaos.py; figures in
+# benches/README.md.
+# Usage (repository root): [BINARY=path] [DELIVERY=exactly_once] benches/chaos.sh [N=10000] [KILLS=20] [BROKER_RESTARTS=2] [MINIO_DOWN=30] [OUT=chaos.json]
 # BINARY defaults to the release build (built here); the worker runs with
 # FUSIONSTREAM_TEST_FAULTS=1 so that the poison items fire.
 set -euo pipefail

@@ -46,7 +46,7 @@ echo "== helm lint --strict"
 
 # readme: the `helm install` flags of the README's "Run in Kubernetes", verbatim, with the
 # shipped configuration (rendered by "defaults", which comes first) as my-worker.toml.
-for variant in defaults all-on keda backfill-only readme; do
+for variant in defaults all-on keda backfill-only readme exactly-once; do
   case $variant in
     defaults) args=() ;;
     readme)
@@ -56,6 +56,12 @@ for variant in defaults all-on keda backfill-only readme; do
     all-on) args=(-f "$work/values-all-on.yaml") ;;
     keda) args=(--set autoscaling.kind=keda) ;;
     backfill-only) args=(--set worker.enabled=false --set backfill.enabled=true) ;;
+    exactly-once)
+      # The shipped configuration with exactly-once delivery, on stable pod names.
+      sed 's/^\[kafka\]$/[kafka]\ndelivery = "exactly_once"/' \
+        "$work/defaults-cm/fs-fusionstream/config.toml" > "$work/eos.toml"
+      args=(--set worker.stableIdentity=true --set autoscaling.kind=keda
+      --set-file config="$work/eos.toml") ;;
   esac
   echo "== helm template ($variant)"
   "$helm" template fs "$chart" --namespace media "${args[@]}" > "$work/$variant.yaml"
@@ -67,6 +73,10 @@ grep -q "kind: ScaledObject" "$work/keda.yaml"
 grep -q "image: registry.example.com/media/fusionstream:$crate-cuda" "$work/readme.yaml"
 grep -q 'bootstrap_servers = "kafka:9092"' "$work/readme.yaml"
 ! grep -q "kind: Deployment" "$work/backfill-only.yaml"
+grep -q "kind: StatefulSet" "$work/exactly-once.yaml"
+! grep -q "kind: Deployment" "$work/exactly-once.yaml"
+grep -q 'delivery = "exactly_once"' "$work/exactly-once.yaml"
+[[ $(grep -c "kind: StatefulSet" "$work/exactly-once.yaml") == 2 ]] # the workers and KEDA's target
 
 echo "== the validator rejects a bad manifest"
 sed 's/terminationGracePeriodSeconds:/terminationGracePeriod:/' "$work/defaults.yaml" > "$work/bad.yaml"
@@ -81,4 +91,6 @@ echo "== the shipped worker configuration, as the worker reads it"
 # the device overridden (every other key is validated as shipped).
 FUSIONSTREAM__MODEL__DEVICE=cpu cargo run -q --locked -p fusionstream -- \
   config --config "$work/defaults-cm/fs-fusionstream/config.toml" > /dev/null
+FUSIONSTREAM__MODEL__DEVICE=cpu cargo run -q --locked -p fusionstream -- \
+  config --config "$work/exactly-once-cm/fs-fusionstream/config.toml" > /dev/null
 echo "chart checks passed"

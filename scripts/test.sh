@@ -5,7 +5,8 @@
 # real broker that scripts/dev-services.sh installs and starts), the Python tests (the ONNX
 # exporter on fresh checkpoints against transformers), a brief fuzzing run of the untrusted-input
 # paths (scripts/fuzz.sh), a short chaos soak (benches/chaos.sh: kills, a broker restart, a
-# MinIO outage, poison items; nothing may be lost), the Helm chart's checks, cargo-deny
+# MinIO outage, poison items; nothing may be lost; then with exactly-once delivery, where
+# nothing may be written twice either), the Helm chart's checks, cargo-deny
 # (licences, advisories, bans, sources) and the container image's smoke test
 # (scripts/test-image.sh: built from the test binary, run as the chart runs it).
 # Usage: scripts/test.sh            (from anywhere; the cargo target dir is cached)
@@ -68,6 +69,18 @@ if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
   else
     cat "$log.chaos"
     echo "chaos soak: FAILED"
+    status=1
+  fi
+  # The same soak with exactly-once delivery (Kafka transactions): it also fails on any
+  # duplicate a read_committed reader sees.
+  echo "== benches/chaos.sh, exactly-once (short: 600 events, 3 kills, 1 broker restart, MinIO down 5 s)"
+  if DELIVERY=exactly_once BINARY="$CARGO_TARGET_DIR/debug/fusionstream" \
+    benches/chaos.sh 600 3 1 5 "$(mktemp)" > "$log.chaos" 2>&1; then
+    grep -E '"(delivery|events|lost|duplicate_records|worker_starts|peak_rss_mib)"' "$log.chaos"
+    echo "exactly-once chaos soak: passed (nothing lost, nothing twice)"
+  else
+    cat "$log.chaos"
+    echo "exactly-once chaos soak: FAILED"
     status=1
   fi
 fi

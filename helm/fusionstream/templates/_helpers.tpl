@@ -73,3 +73,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: tmp
   mountPath: /tmp
 {{- end -}}
+
+{{/* The workers' kind: a StatefulSet when their identity must be stable (exactly-once). */}}
+{{- define "fusionstream.workerKind" -}}
+{{- if .Values.worker.stableIdentity }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}

@@ -30,8 +30,11 @@ type scaledObject struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata"`
 	Spec              struct {
+		// KEDA v2's ScaleTarget (apiVersion and kind default to apps/v1 Deployment).
 		ScaleTargetRef struct {
-			Name string `json:"name"`
+			APIVersion string `json:"apiVersion,omitempty"`
+			Kind       string `json:"kind,omitempty"`
+			Name       string `json:"name"`
 		} `json:"scaleTargetRef"`
 		MinReplicaCount *int32 `json:"minReplicaCount"`
 		MaxReplicaCount *int32 `json:"maxReplicaCount"`
@@ -54,6 +57,8 @@ func object(apiVersion, kind string) (any, error) {
 		return &corev1.ServiceAccount{}, nil
 	case "apps/v1/Deployment":
 		return &appsv1.Deployment{}, nil
+	case "apps/v1/StatefulSet":
+		return &appsv1.StatefulSet{}, nil
 	case "batch/v1/Job":
 		return &batchv1.Job{}, nil
 	case "policy/v1/PodDisruptionBudget":

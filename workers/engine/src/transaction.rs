@@ -6,8 +6,10 @@
 //!   (written at once) and kept until it commits. A commit carries the committable position
 //!   of every partition, so committed outputs are exactly those of the events below the
 //!   committed offsets (the argument: `fusionstream_core::held_back`, `docs/architecture.md`).
-//! - **Commit** every `interval`, or once `max_events` events wait in the open transaction,
-//!   and at the end (every partition marked clean). Only then is an event acknowledged: its
+//! - **Commit** every `interval`, or once `max_events` events wait in the open transaction, or
+//!   as soon as nothing else is in flight (a quiet stream; an event run alone by the crash
+//!   guard, which waits for everything before it to be committed), and at the end (every
+//!   partition marked clean). Only then is an event acknowledged: its
 //!   permit returns, its latency (read to committed) is reported.
 //! - **Abort** (a delivery failed, the transaction needs aborting): the kept records are
 //!   written again into a new transaction with the same offsets — what a replay from the
@@ -160,7 +162,11 @@ pub(crate) async fn run<K: OutputSink>(
                 next_commit = tokio::time::Instant::now() + interval;
             }
         }
-        if t.open_events() >= max_events {
+        // Commit early when the open transaction is full, or when nothing else is in flight
+        // (nothing would join it before the timer: a quiet stream, or an event the crash
+        // guard runs alone, which waits for this commit).
+        let idle = !t.open.is_empty() && lock(&t.parts.tracker).in_flight() == 0;
+        if t.open_events() >= max_events || idle {
             t.settle_or_stop(&[]).await?;
             next_commit = tokio::time::Instant::now() + interval;
         }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use fusionstream::app::{self, Summary};
-use fusionstream::config::{BackfillOverrides, Config, Overrides, Progress, SinkKind, SourceKind};
+use fusionstream::config::{
+    BackfillOverrides, Config, Delivery, Overrides, Progress, SinkKind, SourceKind,
+};
 use fusionstream::telemetry::Recorder;
 use fusionstream_io::local::JsonlSink;
 use tokio_util::sync::CancellationToken;
@@ -318,6 +320,14 @@ fn print_summary(s: &Summary, c: &Config) {
             "  written to  Kafka topics {}",
             c.kafka.output_topics().join(", ")
         )),
+    }
+    if c.kafka.delivery == Delivery::ExactlyOnce && c.sink.kind == SinkKind::Kafka {
+        let t = &st.transactions;
+        line(format!(
+            "  exactly-once {} transactions committed, {} aborted, {} producers recreated, \
+             {} fenced (read the outputs with isolation.level=read_committed)",
+            t.committed, t.aborted, t.producers_recreated, t.fenced
+        ));
     }
     if st.read == 0 && c.source.kind != SourceKind::Kafka {
         line(

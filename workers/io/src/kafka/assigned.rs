@@ -51,6 +51,9 @@ impl AssignedFeed {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // Only committed transactions' records (an exactly-once worker's aborted
+            // attempts are never indexed); librdkafka's default, stated.
+            .set("isolation.level", "read_committed")
             .create()
             .context("creating the Kafka consumer of assigned partitions")?;
         let timeout = Duration::from_secs(10);
