@@ -165,7 +165,7 @@ def read_all(bootstrap, prefix):
         c.assign([TopicPartition(topic, 0, lo)])
         recs = []
         deadline = time.time() + 300
-        while c.position([TopicPartition(topic, 0)])[0].offset < hi:
+        while hi > lo and c.position([TopicPartition(topic, 0)])[0].offset < hi:
             if time.time() > deadline:
                 raise SystemExit(f"could not read {topic} to its end ({hi})")
             for m in c.consume(500, timeout=1):

@@ -28,6 +28,7 @@ bucket="$run-media"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$py" benches/make_events.py "$n" "$work/events.jsonl" "$bucket"
+export INTERVALS="${INTERVALS:-100ms 500ms}"
 "$py" - "$run" "$bucket" "$work/events.jsonl" <<'PY'
 import os, sys, boto3
 from confluent_kafka import Producer
@@ -39,7 +40,11 @@ for i in range(6):
     s3.upload_file(f"examples/media/scene{i}.png", bucket, f"scene{i}.png")
 bootstrap = os.environ["FUSIONSTREAM_TEST_KAFKA"]
 admin = AdminClient({"bootstrap.servers": bootstrap})
-for f in admin.create_topics([NewTopic(f"{run}.events", 3, 1)]).values():
+modes = ["at_least_once"] + [f"exactly_once-{i}" for i in os.environ["INTERVALS"].split()]
+topics = [NewTopic(f"{run}.events", 3, 1)]
+topics += [NewTopic(f"{run}.{m}.{s}", 1, 1) for m in modes
+           for s in ("captions", "answers", "embeddings", "tags", "moderation", "dead_letters")]
+for f in admin.create_topics(topics).values():
     f.result()
 p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
 for i, line in enumerate(open(events).read().splitlines()):
@@ -49,7 +54,7 @@ assert p.flush(60) == 0
 PY
 counts() { # prefix
   "$py" - "$1" <<'PY'
-import os, sys
+import os, sys, time
 from confluent_kafka import Consumer, TopicPartition
 c = Consumer({"bootstrap.servers": os.environ["FUSIONSTREAM_TEST_KAFKA"], "group.id": "bench-counts",
               "isolation.level": "read_committed", "enable.auto.commit": False})
@@ -58,22 +63,22 @@ for s in ("captions", "answers", "embeddings", "tags", "dead_letters"):
     tp = TopicPartition(f"{sys.argv[1]}.{s}", 0)
     lo, hi = c.get_watermark_offsets(tp, timeout=10)
     c.assign([TopicPartition(tp.topic, 0, lo)])
-    k = 0
-    while c.position([tp])[0].offset < hi:
+    k, deadline = 0, time.time() + 120
+    while hi > lo and c.position([tp])[0].offset < hi and time.time() < deadline:
         k += sum(1 for m in c.consume(500, timeout=1) if m.error() is None)
-    out[s] = k
+    out[s] = k if hi <= lo or c.position([tp])[0].offset >= hi else f"{k} (unfinished: position {c.position([tp])[0].offset} < {hi})"
 print("   records (read_committed):", out)
 PY
 }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); backend $backend; binary $BINARY"
 echo "events: $n (1/3 image+text+question all tasks, 1/3 image caption+embed+tag, 1/3 text only; images from S3)"
 modes="at_least_once"
-for i in ${INTERVALS:-100ms 500ms}; do modes="$modes exactly_once:$i"; done
+for i in $INTERVALS; do modes="$modes exactly_once:$i"; done
 for mode in $modes; do
   delivery="${mode%%:*}"
   interval="${mode#*:}"
   [[ $interval == "$mode" ]] && interval=100ms
-  tag="${mode//[:]/-}"
+  tag="${mode//[:]/-}"  # the topics' names: at_least_once, exactly_once-100ms, …
   prefix="$run.$tag"
   echo "== fusionstream, kafka.delivery=$delivery$([[ $delivery == exactly_once ]] && echo ", transaction_interval=$interval")"
   FUSIONSTREAM__TELEMETRY__PROGRESS=never FUSIONSTREAM__TELEMETRY__LOG_LEVEL=warn \
@@ -87,6 +92,7 @@ for mode in $modes; do
     FUSIONSTREAM__KAFKA__ANSWERS_TOPIC="$prefix.answers" \
     FUSIONSTREAM__KAFKA__EMBEDDINGS_TOPIC="$prefix.embeddings" \
     FUSIONSTREAM__KAFKA__TAGS_TOPIC="$prefix.tags" \
+    FUSIONSTREAM__KAFKA__MODERATION_TOPIC="$prefix.moderation" \
     FUSIONSTREAM__KAFKA__DEAD_LETTERS_TOPIC="$prefix.dead_letters" \
     FUSIONSTREAM__S3__ENABLED=true FUSIONSTREAM__S3__ENDPOINT="$FUSIONSTREAM_TEST_S3_ENDPOINT" \
     FUSIONSTREAM__S3__FORCE_PATH_STYLE=true FUSIONSTREAM__S3__ALLOWED_BUCKETS="[\"$bucket\"]" \

@@ -1,6 +1,10 @@
 //! The exactly-once sink task: finished events' outputs and the input offsets of the done
 //! prefix committed together in one transaction of the sink ([`Transactions`]).
 //!
+//! Long because it is one state machine (held, kept and written records, the open
+//! transaction) whose steps — stage, commit, abort, recover, hand over, finish — all share
+//! that state.
+//!
 //! - **Held back**: an event's pieces wait ([`HeldBack`]) until its offset is below the
 //!   partition's committable position; then they are released into the open transaction
 //!   (written at once) and kept until it commits. A commit carries the committable position
@@ -22,8 +26,6 @@
 //! - **Handover** (a revoke): the open transaction is committed with the revoked partitions'
 //!   done prefix (marked clean), or aborted; their held and kept outputs are dropped and the
 //!   partitions forgotten, before the source gives them up.
-//!
-//! Long: one state machine (held, open, kept records) whose steps share all of it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
