@@ -161,20 +161,8 @@ mod tests {
             events in proptest::collection::vec((0u32..3, 1u64..3), 1..100),
             seed in any::<u64>(),
         ) {
-            let mut t = PositionTracker::new();
-            let mut next = [0u64; 3];
-            let mut all = Vec::new();
-            for (p, gap) in &events {
-                let o = next[*p as usize] + gap - 1;
-                t.track(*p, o).expect("increasing");
-                next[*p as usize] = o + 1;
-                all.push((*p, o));
-            }
-            let mut rng = seed | 1;
-            for i in (1..all.len()).rev() {
-                rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-                all.swap(i, (rng % (i as u64 + 1)) as usize);
-            }
+            let (mut t, all, _) =
+                crate::position::testing::tracked_in_random_order(&events, seed);
             let mut h = HeldBack::new();
             let mut released: Vec<(u32, u64)> = Vec::new();
             for (p, o) in &all {

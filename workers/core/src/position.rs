@@ -176,6 +176,38 @@ impl PositionTracker {
     }
 }
 
+/// What the property tests of the tracker and of its users share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A tracker with positions on partitions 0–2, each `(partition, gap)` placing the next
+    /// position `gap - 1` after the previous one, and every position in an order shuffled
+    /// deterministically from `seed`; with one past the last position per partition.
+    pub(crate) fn tracked_in_random_order(
+        gaps: &[(u32, u64)],
+        seed: u64,
+    ) -> (PositionTracker, Vec<(u32, u64)>, [u64; 3]) {
+        let mut t = PositionTracker::new();
+        let mut next = [0u64; 3];
+        let mut all = Vec::new();
+        for (p, gap) in gaps {
+            let o = next[*p as usize] + gap - 1;
+            t.track(*p, o).expect("increasing");
+            next[*p as usize] = o + 1;
+            all.push((*p, o));
+        }
+        let mut rng = seed | 1;
+        for i in (1..all.len()).rev() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            all.swap(i, (rng % (i as u64 + 1)) as usize);
+        }
+        (t, all, next)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,21 +291,7 @@ mod tests {
             gaps in proptest::collection::vec((0u32..3, 1u64..4), 1..120),
             seed in any::<u64>(),
         ) {
-            let mut t = PositionTracker::new();
-            let mut next = [0u64; 3];
-            let mut all = Vec::new();
-            for (p, gap) in &gaps {
-                let o = next[*p as usize] + gap - 1;
-                t.track(*p, o).expect("increasing");
-                next[*p as usize] = o + 1;
-                all.push((*p, o));
-            }
-            // Deterministic shuffle from the seed.
-            let mut rng = seed | 1;
-            for i in (1..all.len()).rev() {
-                rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-                all.swap(i, (rng % (i as u64 + 1)) as usize);
-            }
+            let (mut t, all, next) = testing::tracked_in_random_order(&gaps, seed);
             let mut done = std::collections::BTreeSet::new();
             let mut last = [0u64; 3];
             for (p, o) in &all {

@@ -194,13 +194,7 @@ impl GroupContext {
     /// done prefix of the revoked partitions and forgets them; nothing is committed outside
     /// a transaction (a plain offset commit could pass outputs still in the open one).
     fn hand_over(&self, h: &dyn Handover, ids: &[PartitionId], abandoned: usize, started: Instant) {
-        let settle = || h.hand_over(ids, self.revoke_timeout.max(Duration::from_secs(5)));
-        let r = match tokio::runtime::Handle::try_current() {
-            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(settle)
-            }
-            _ => settle(),
-        };
+        let r = off_runtime(|| h.hand_over(ids, self.revoke_timeout.max(Duration::from_secs(5))));
         if let Err(e) = r {
             self.stats.commit_failures.fetch_add(1, Relaxed);
             tracing::warn!(
@@ -245,14 +239,18 @@ impl GroupContext {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        // The callback runs inside the consumer's poll on a runtime worker: let the runtime
-        // move its other tasks away while this one blocks.
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
+        off_runtime(wait)
+    }
+}
+
+/// Run a blocking call from a rebalance callback, which runs inside the consumer's poll on
+/// a runtime worker: the runtime moves its other tasks away while this one blocks.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
         }
+        _ => f(),
     }
 }
 
