@@ -428,7 +428,7 @@ static CATALOGUE: &[Metric] = &[
         read: Read::Counter(|s| one(load(&s.r.transactions.fenced))),
     },
     Metric {
-        name: "transaction_seconds",
+        name: "transaction_commit",
         help: "Exactly-once: time to flush a transaction's records, send its offsets and commit it.",
         labels: &[],
         read: Read::Histogram(Some(Unit::Seconds), |s| {
