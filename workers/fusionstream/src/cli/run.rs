@@ -249,6 +249,35 @@ pub(super) async fn wait_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Where the outputs went, and (exactly-once) what the transactions did.
+fn destination(s: &Summary, c: &Config) -> Vec<String> {
+    let st = &s.stats;
+    let mut out = Vec::new();
+    match (c.sink.kind, c.source.kind) {
+        (SinkKind::Local, SourceKind::Local | SourceKind::Backfill) => out.push(format!(
+            "  written to  {}/ (checkpoint {})",
+            c.sink.dir.display(),
+            c.checkpoint.path.display()
+        )),
+        (SinkKind::Local, SourceKind::Kafka) => {
+            out.push(format!("  written to  {}/", c.sink.dir.display()))
+        }
+        (SinkKind::Kafka, _) => out.push(format!(
+            "  written to  Kafka topics {}",
+            c.kafka.output_topics().join(", ")
+        )),
+    }
+    if c.kafka.delivery == Delivery::ExactlyOnce && c.sink.kind == SinkKind::Kafka {
+        let t = &st.transactions;
+        out.push(format!(
+            "  exactly-once {} transactions committed, {} aborted, {} producers recreated, \
+             {} fenced (read the outputs with isolation.level=read_committed)",
+            t.committed, t.aborted, t.producers_recreated, t.fenced
+        ));
+    }
+    out
+}
+
 fn print_summary(s: &Summary, c: &Config) {
     let st = &s.stats;
     let mut out = String::new();
@@ -307,27 +336,8 @@ fn print_summary(s: &Summary, c: &Config) {
         "  throughput  {:.1} events/s over {:.1}s; model busy {:.1}s; latency p50 {:.0} ms, p99 {:.0} ms",
         s.events_per_second, s.seconds, st.model_seconds, st.latency_p50_ms, st.latency_p99_ms
     ));
-    match (c.sink.kind, c.source.kind) {
-        (SinkKind::Local, SourceKind::Local | SourceKind::Backfill) => line(format!(
-            "  written to  {}/ (checkpoint {})",
-            c.sink.dir.display(),
-            c.checkpoint.path.display()
-        )),
-        (SinkKind::Local, SourceKind::Kafka) => {
-            line(format!("  written to  {}/", c.sink.dir.display()))
-        }
-        (SinkKind::Kafka, _) => line(format!(
-            "  written to  Kafka topics {}",
-            c.kafka.output_topics().join(", ")
-        )),
-    }
-    if c.kafka.delivery == Delivery::ExactlyOnce && c.sink.kind == SinkKind::Kafka {
-        let t = &st.transactions;
-        line(format!(
-            "  exactly-once {} transactions committed, {} aborted, {} producers recreated, \
-             {} fenced (read the outputs with isolation.level=read_committed)",
-            t.committed, t.aborted, t.producers_recreated, t.fenced
-        ));
+    for l in destination(s, c) {
+        line(l);
     }
     if st.read == 0 && c.source.kind != SourceKind::Kafka {
         line(

@@ -208,14 +208,19 @@ impl GroupContext {
                 g.forget(*id);
             }
         }
+        self.revoked(ids.len(), abandoned, started, "their transaction settled");
+    }
+
+    /// Count and log a revoke of `n` partitions.
+    fn revoked(&self, n: usize, abandoned: usize, started: Instant, what: &str) {
         self.stats
             .revoke_abandoned
             .fetch_add(abandoned as u64, Relaxed);
         tracing::info!(
-            partitions = ids.len(),
+            partitions = n,
             waited_ms = started.elapsed().as_millis() as u64,
             abandoned,
-            "partitions revoked; their transaction settled"
+            "partitions revoked; {what}"
         );
     }
 
@@ -318,15 +323,7 @@ impl ConsumerContext for GroupContext {
                 g.forget(*id);
             }
         }
-        self.stats
-            .revoke_abandoned
-            .fetch_add(abandoned as u64, Relaxed);
-        tracing::info!(
-            partitions = revoked.len(),
-            waited_ms = started.elapsed().as_millis() as u64,
-            abandoned,
-            "partitions revoked; committing what is done"
-        );
+        self.revoked(revoked.len(), abandoned, started, "committing what is done");
         if commit.count() > 0 {
             if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
                 self.stats.commit_failures.fetch_add(1, Relaxed);
