@@ -119,6 +119,8 @@ struct Txn<K> {
     held: HeldBack<Finished>,
     /// Released pieces in the open transaction, kept until it commits.
     open: Vec<Finished>,
+    /// Events (last pieces) among them.
+    open_events: usize,
     /// The kept pieces' records are written into the producer's open transaction (false after
     /// an abort: they are written again before the next commit).
     written: bool,
@@ -138,6 +140,7 @@ pub(crate) async fn run<K: OutputSink>(
         parts,
         held: HeldBack::new(),
         open: Vec::new(),
+        open_events: 0,
         written: true,
         broken: false,
     };
@@ -183,7 +186,13 @@ impl<K: OutputSink> Txn<K> {
 
     /// Events (last pieces) in the open transaction.
     fn open_events(&self) -> usize {
-        self.open.iter().filter(|f| f.outcome.is_some()).count()
+        self.open_events
+    }
+
+    /// Keep a released piece until its transaction commits.
+    fn keep(&mut self, f: Finished) {
+        self.open_events += usize::from(f.outcome.is_some());
+        self.open.push(f);
     }
 
     /// A piece arrived: hold it, and release what the done prefix now covers (an error: a
@@ -225,7 +234,7 @@ impl<K: OutputSink> Txn<K> {
                     Err(Failed::Stop(e)) => return Err(e),
                 }
             }
-            self.open.push(f);
+            self.keep(f);
         }
         Ok(())
     }
@@ -342,6 +351,7 @@ impl<K: OutputSink> Txn<K> {
             records,
             took,
         });
+        self.open_events = 0;
         for mut f in self.open.drain(..) {
             // Read to committed: the moment its outputs became visible.
             f.latency = f.started.elapsed();
@@ -490,6 +500,7 @@ impl<K: OutputSink> Txn<K> {
             self.held.revoke(*p);
         }
         self.open.retain(|f| !partitions.contains(&f.partition));
+        self.open_events = self.open.iter().filter(|f| f.outcome.is_some()).count();
         self.reporter().report(Report::HeldBack(self.held.len()));
         r
     }

@@ -381,16 +381,13 @@ impl OutputSink for KafkaTransactions {
         // transaction, and that refusal (not a purged record's error) says what to do.
         let mut first: Option<PublishError> = None;
         for (i, f) in pending {
-            let mut one = vec![(i, f)];
-            if let Err(e) = await_deliveries(&mut one, &self.topics).await {
-                let e = publish_error(e);
-                let too_large = matches!(e, PublishError::TooLarge(_));
-                if first.is_none() || too_large {
-                    let keep = matches!(first, Some(PublishError::TooLarge(_)));
-                    if !keep {
-                        first = Some(e);
-                    }
-                }
+            let Err(e) = await_deliveries(&mut vec![(i, f)], &self.topics).await else {
+                continue;
+            };
+            let e = publish_error(e);
+            let first_too_large = matches!(first, Some(PublishError::TooLarge(_)));
+            if first.is_none() || (matches!(e, PublishError::TooLarge(_)) && !first_too_large) {
+                first = Some(e);
             }
         }
         first.map_or(Ok(()), Err)
