@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Development services on 127.0.0.1: a single-node Apache Kafka (KRaft) from Maven Central
-# jars and a MinIO S3 server built from the Go module proxy. Installs are cached under
+# jars, a MinIO S3 server built from the Go module proxy, and Apache Iceberg's REST catalog
+# (its reference server, from Maven Central jars) with its warehouse on that MinIO. Installs are cached under
 # $HOME/.cache/fusionstream/ (a second `up` starts in seconds); data and logs live under
 # $HOME/.cache/fusionstream/run/ and are wiped by `down`.
 #
@@ -8,14 +9,16 @@
 #   scripts/dev-services.sh down    stop what `up` started and remove its data
 #   scripts/dev-services.sh env     print the endpoints as shell exports (eval "$(... env)")
 #   scripts/dev-services.sh status  say what is running
-#   scripts/dev-services.sh stop kafka|minio   stop one service, keeping its data (fault tests)
-#   scripts/dev-services.sh start kafka|minio  start it again on its data
+#   scripts/dev-services.sh stop kafka|minio|iceberg   stop one service, keeping its data
+#   scripts/dev-services.sh start kafka|minio|iceberg  start it again on its data
 #   scripts/dev-services.sh kafka-tool CLASS ARGS...  run a Kafka tool (console producer, topics)
 #
 # Ports (override with the environment): FUSIONSTREAM_KAFKA_PORT (19092), its controller
 # port +1, a SASL_PLAINTEXT listener (PLAIN and SCRAM-SHA-256) +2 whose user and password
 # are MinIO's, a TLS listener +3 (certificate from a throw-away CA in run/tls/ca.pem),
-# FUSIONSTREAM_MINIO_PORT (19000), its console port +1.
+# FUSIONSTREAM_MINIO_PORT (19000), its console port +1, FUSIONSTREAM_ICEBERG_PORT (19120; the
+# reference server listens on every interface, as it cannot be told otherwise) with its
+# warehouse in the bucket "lake" (catalog state in run/iceberg-catalog.db, SQLite).
 set -euo pipefail
 
 CACHE="${FUSIONSTREAM_CACHE:-$HOME/.cache/fusionstream}"
@@ -31,6 +34,10 @@ MINIO_PORT="${FUSIONSTREAM_MINIO_PORT:-19000}"
 MINIO_CONSOLE_PORT=$((MINIO_PORT + 1))
 MINIO_USER=fusionstream
 MINIO_PASSWORD=fusionstream-dev-secret
+ICEBERG_VERSION=1.10.0
+ICEBERG_PORT="${FUSIONSTREAM_ICEBERG_PORT:-19120}"
+ICEBERG_HOME="$CACHE/iceberg-rest-$ICEBERG_VERSION"
+WAREHOUSE_BUCKET=lake
 KAFKA_HOME="$CACHE/kafka-$KAFKA_VERSION-r2"
 MINIO_BIN="$CACHE/minio-$MINIO_VERSION/minio"
 
@@ -84,6 +91,71 @@ install_kafka() {
 POM
   (cd "$KAFKA_HOME" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies -DoutputDirectory=lib -DincludeScope=runtime)
   touch "$KAFKA_HOME/.complete"
+}
+
+install_iceberg() {
+  if [[ -f "$ICEBERG_HOME/.complete" ]]; then return; fi
+  log "installing Apache Iceberg's REST catalog $ICEBERG_VERSION from Maven Central into $ICEBERG_HOME"
+  rm -rf "$ICEBERG_HOME"
+  mkdir -p "$ICEBERG_HOME"
+  # The reference server (RESTCatalogServer, in iceberg-open-api's test fixtures) with a JDBC
+  # catalog on SQLite and S3FileIO for the warehouse.
+  local dep
+  dep() { # group artifact version [classifier]
+    printf '<dependency><groupId>%s</groupId><artifactId>%s</artifactId><version>%s</version>%s</dependency>\n' \
+      "$1" "$2" "$3" "${4:+<classifier>$4</classifier>}"
+  }
+  {
+    echo '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+    echo '<groupId>dev.fusionstream</groupId><artifactId>iceberg-rest</artifactId><version>1</version>'
+    echo '<packaging>pom</packaging><dependencies>'
+    dep org.apache.iceberg iceberg-open-api "$ICEBERG_VERSION" test-fixtures
+    dep org.apache.iceberg iceberg-core "$ICEBERG_VERSION"
+    dep org.apache.iceberg iceberg-core "$ICEBERG_VERSION" tests
+    dep org.apache.iceberg iceberg-aws "$ICEBERG_VERSION"
+    dep software.amazon.awssdk s3 2.33.0
+    dep software.amazon.awssdk sts 2.33.0
+    dep software.amazon.awssdk kms 2.33.0
+    dep org.eclipse.jetty jetty-servlet 11.0.24
+    dep org.xerial sqlite-jdbc 3.50.3.0
+    dep org.apache.hadoop hadoop-client-api 3.4.1
+    dep org.apache.hadoop hadoop-client-runtime 3.4.1
+    dep org.slf4j slf4j-simple 2.0.16
+    echo '</dependencies></project>'
+  } > "$ICEBERG_HOME/pom.xml"
+  (cd "$ICEBERG_HOME" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies -DoutputDirectory=lib -DincludeScope=runtime)
+  touch "$ICEBERG_HOME/.complete"
+}
+
+# The warehouse bucket on MinIO (signed with curl's SigV4; idempotent).
+make_warehouse_bucket() {
+  curl -s -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$MINIO_USER:$MINIO_PASSWORD" \
+    -X PUT "http://127.0.0.1:$MINIO_PORT/$WAREHOUSE_BUCKET"
+}
+
+start_iceberg() { # [keep]: restart on the existing catalog
+  if running iceberg; then return; fi
+  if [[ "${1:-}" != keep ]]; then rm -f "$RUN/iceberg-catalog.db"; fi
+  make_warehouse_bucket
+  CATALOG_WAREHOUSE="s3://$WAREHOUSE_BUCKET/warehouse" \
+    CATALOG_URI="jdbc:sqlite:$RUN/iceberg-catalog.db" CATALOG_JDBC_USER=fusionstream \
+    CATALOG_JDBC_PASSWORD=fusionstream CATALOG_REST_PORT="$ICEBERG_PORT" \
+    CATALOG_IO__IMPL=org.apache.iceberg.aws.s3.S3FileIO \
+    CATALOG_S3_ENDPOINT="http://127.0.0.1:$MINIO_PORT" CATALOG_S3_PATH__STYLE__ACCESS=true \
+    CATALOG_S3_ACCESS__KEY__ID=$MINIO_USER CATALOG_S3_SECRET__ACCESS__KEY=$MINIO_PASSWORD \
+    CATALOG_CLIENT_REGION=us-east-1 AWS_REGION=us-east-1 \
+    nohup java -Xms64m -Xmx384m -XX:+UseSerialGC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
+    -cp "$ICEBERG_HOME/lib/*" org.apache.iceberg.rest.RESTCatalogServer \
+    > "$RUN/iceberg.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/iceberg.pid"
+  local i
+  for ((i = 0; i < 600; i++)); do
+    if curl -sf "http://127.0.0.1:$ICEBERG_PORT/v1/config" > /dev/null; then return 0; fi
+    sleep 0.1
+  done
+  log "iceberg REST catalog not ready after 60 s"
+  tail -n 30 "$RUN/iceberg.log" >&2
+  return 1
 }
 
 install_minio() {
@@ -213,6 +285,8 @@ export FUSIONSTREAM_TEST_S3_ENDPOINT=http://127.0.0.1:$MINIO_PORT
 export AWS_ACCESS_KEY_ID=$MINIO_USER
 export AWS_SECRET_ACCESS_KEY=$MINIO_PASSWORD
 export AWS_REGION=us-east-1
+export FUSIONSTREAM_TEST_ICEBERG_URI=http://127.0.0.1:$ICEBERG_PORT
+export FUSIONSTREAM_TEST_WAREHOUSE=s3://$WAREHOUSE_BUCKET/warehouse
 ENV
 }
 
@@ -223,15 +297,18 @@ case "${1:-}" in
     # writes colour resets to stdout even with -q).
     install_kafka >&2
     install_minio >&2
+    install_iceberg >&2
     start_kafka
     start_minio
-    log "kafka on 127.0.0.1:$KAFKA_PORT, minio on http://127.0.0.1:$MINIO_PORT (logs in $RUN)"
+    start_iceberg
+    log "kafka on 127.0.0.1:$KAFKA_PORT, minio on http://127.0.0.1:$MINIO_PORT, iceberg REST catalog on http://127.0.0.1:$ICEBERG_PORT (logs in $RUN)"
     print_env
     ;;
   down)
+    stop iceberg
     stop minio
     stop kafka
-    rm -rf "$RUN/kafka-data" "$RUN/minio-data"
+    rm -rf "$RUN/kafka-data" "$RUN/minio-data" "$RUN/iceberg-catalog.db"
     log "stopped"
     ;;
   env) print_env ;;
@@ -241,14 +318,14 @@ case "${1:-}" in
     ;;
   stop | start)
     case "${2:-}" in
-      kafka | minio) ;;
-      *) echo "usage: $0 $1 kafka|minio" >&2; exit 2 ;;
+      kafka | minio | iceberg) ;;
+      *) echo "usage: $0 $1 kafka|minio|iceberg" >&2; exit 2 ;;
     esac
     if [[ $1 == stop ]]; then stop "$2"; else "start_$2" keep; fi
     log "$2: $1"
     ;;
   status)
-    for s in kafka minio; do
+    for s in kafka minio iceberg; do
       if running "$s"; then echo "$s: running (pid $(cat "$RUN/$s.pid"))"; else echo "$s: stopped"; fi
     done
     ;;
