@@ -223,6 +223,7 @@ impl<K: OutputSink> Txn<K> {
         for mut f in released {
             if self.written && !self.broken {
                 match write_records(&mut self.sink, &mut f, &*self.parts.reporter).await {
+                    Ok(()) if self.parts.txns.release_on_write() => drop(f.permit.take()),
                     Ok(()) => {}
                     Err(Failed::Retry(e)) => {
                         tracing::warn!(

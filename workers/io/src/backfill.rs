@@ -21,7 +21,7 @@ use fusionstream_core::position::PartitionId;
 use fusionstream_core::{Classify as _, ErrorClass, TaskSet};
 
 use crate::local::checkpoint::{BackfillPosition, Checkpoint};
-use crate::ports::{CommitAck, Committer, Source, SourceHandle};
+use crate::ports::{CommitAck, Committer, PositionLabels, Source, SourceHandle};
 use crate::retry::retry;
 use crate::s3::S3Media;
 use crate::SourceRecord;
@@ -51,6 +51,26 @@ impl BackfillSpec {
     /// `s3://bucket/prefix`, the stream name of the records and the checkpoint's source.
     pub fn url(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    /// The name of this shard's position in a lake commit: `s3://bucket/prefix#shard/shards`.
+    pub fn source_key(&self) -> String {
+        format!("{}#{}/{}", self.url(), self.shard, self.shards)
+    }
+
+    /// Where an earlier run stopped, from a lake commit's durable position of this shard.
+    pub fn resume_from_label(&self, label: &str) -> anyhow::Result<BackfillPosition> {
+        let p: BackfillPosition = serde_json::from_str(label)
+            .with_context(|| format!("reading the lake's position of {}", self.source_key()))?;
+        anyhow::ensure!(
+            p.source == self.url() && p.shard == self.shard && p.shards == self.shards,
+            "the lake's position of {} names another backfill ({} shard {} of {})",
+            self.source_key(),
+            p.source,
+            p.shard,
+            p.shards
+        );
+        Ok(p)
     }
 
     /// Where an earlier run of this backfill stopped, from `checkpoint`; an error when the
@@ -194,31 +214,83 @@ impl Source for BackfillSource {
     }
 }
 
+/// The key of the last event below `next` (partition 0's next position), forgetting the
+/// keys before it; `None` when nothing is done yet.
+fn done_key(
+    keys: &InFlightKeys,
+    positions: &[(PartitionId, u64)],
+) -> anyhow::Result<Option<(String, u64)>> {
+    let Some(&(_, next)) = positions.iter().find(|(p, _)| *p == 0) else {
+        return Ok(None);
+    };
+    if next == 0 {
+        return Ok(None);
+    }
+    let mut keys = keys
+        .lock()
+        .map_err(|_| anyhow::anyhow!("backfill key map poisoned"))?;
+    let key = keys
+        .get(&(next - 1))
+        .cloned()
+        .context("commit of a backfill position that was never emitted")?;
+    // Keep the committed key: a later commit at the same position still finds it.
+    keys.retain(|&n, _| n + 1 >= next);
+    Ok(Some((key, next)))
+}
+
 impl Committer for BackfillCheckpoint {
     fn commit(&mut self, positions: &[(PartitionId, u64)]) -> anyhow::Result<CommitAck> {
-        let Some(&(_, next)) = positions.iter().find(|(p, _)| *p == 0) else {
+        let Some((key, next)) = done_key(&self.keys, positions)? else {
             return Ok(CommitAck::Confirmed);
         };
-        if next == 0 {
-            return Ok(CommitAck::Confirmed);
-        }
-        let mut keys = self
-            .keys
-            .lock()
-            .map_err(|_| anyhow::anyhow!("backfill key map poisoned"))?;
-        let key = keys
-            .get(&(next - 1))
-            .cloned()
-            .context("commit of a backfill position that was never emitted")?;
-        // Keep the committed key: a later commit at the same position still finds it.
-        keys.retain(|&n, _| n + 1 >= next);
-        drop(keys);
         if let Some(b) = &mut self.state.backfill {
             b.start_after = Some(key);
             b.done = self.done_before + next;
         }
         self.state.store(&self.path)?;
         Ok(CommitAck::Confirmed)
+    }
+}
+
+impl BackfillCheckpoint {
+    /// The durable names of this backfill's positions (a lake commit stores them instead of
+    /// the checkpoint file).
+    pub fn labels(&self) -> Arc<dyn PositionLabels> {
+        let resume = self.state.backfill.clone().unwrap_or_default();
+        Arc::new(BackfillLabels {
+            keys: self.keys.clone(),
+            done_before: self.done_before,
+            resume,
+        })
+    }
+}
+
+/// A backfill's positions as its shard's last key done ([`BackfillPosition`] as JSON).
+#[derive(Debug)]
+struct BackfillLabels {
+    keys: InFlightKeys,
+    done_before: u64,
+    resume: BackfillPosition,
+}
+
+impl PositionLabels for BackfillLabels {
+    fn durable(
+        &self,
+        positions: &[(PartitionId, u64)],
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        let key = format!(
+            "{}#{}/{}",
+            self.resume.source, self.resume.shard, self.resume.shards
+        );
+        let Some((last, next)) = done_key(&self.keys, positions)? else {
+            return Ok(BTreeMap::new());
+        };
+        let p = BackfillPosition {
+            start_after: Some(last),
+            done: self.done_before + next,
+            ..self.resume.clone()
+        };
+        Ok(BTreeMap::from([(key, serde_json::to_string(&p)?)]))
     }
 }
 

@@ -99,6 +99,13 @@ pub trait Transactions: Send + Sync + std::fmt::Debug {
         last: bool,
         timeout: Duration,
     ) -> Result<(), TxnError>;
+    /// Whether an event's in-flight permit may return once its outputs are written into the
+    /// open transaction, the transaction being bounded by its event count instead of the
+    /// in-flight window (a sink that stages what is written, the lake: its commits would
+    /// otherwise be as small as the window). Default: the permit returns at the commit.
+    fn release_on_write(&self) -> bool {
+        false
+    }
     /// Abort the open transaction (if any): nothing of it becomes visible.
     fn abort(&self, timeout: Duration) -> Result<(), TxnError>;
     /// Replace an unusable producer by a new one with the same transactional id (which
@@ -110,6 +117,15 @@ pub trait Transactions: Send + Sync + std::fmt::Debug {
         partitions: &[PartitionId],
         timeout: Duration,
     ) -> anyhow::Result<Vec<(PartitionId, Option<u64>)>>;
+}
+
+/// The durable names of a source's positions, for a sink that stores them with its outputs
+/// (the lake: in each commit): a position of this run (a backfill's ordinal) as what a
+/// later run resumes from (the last key done).
+pub trait PositionLabels: Send + Sync + std::fmt::Debug {
+    /// Source → durable position, for `positions` (the next position, per partition).
+    fn durable(&self, positions: &[(PartitionId, u64)])
+        -> anyhow::Result<BTreeMap<String, String>>;
 }
 
 /// The source's handle into the engine.

@@ -18,6 +18,6 @@ pub mod source;
 mod tail;
 
 pub use adapters::{LocalCheckpoint, LocalJsonl};
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{BackfillPosition, Checkpoint};
 pub use sink::JsonlSink;
 pub use tail::FileFeed;
