@@ -54,6 +54,7 @@ async fn backfill_in_process(
             shard: shard.map(|s| s.0),
             shards: shard.map(|s| s.1),
             tasks: tasks.map(|t| t.iter().map(|t| (*t).to_owned()).collect()),
+            sink: None,
         }),
         ..Overrides::default()
     };

@@ -9,6 +9,7 @@
 //! | `mod.rs` | [`run`]: the wiring of configuration, model, stores, source, sink and committer |
 //! | `settings.rs` | the engine's settings from the configuration |
 //! | `model.rs` | loading the model for every command (`run`, `backfill`, `infer`, `index`) |
+//! | `backfill.rs` | the backfill source, resumed from its checkpoint or from the lake |
 //! | `lists.rs` | loading the known lists of `[matching]` and reloading them when they change |
 
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fusionstream_core::record::OUTPUT_SCHEMA_VERSION;
-use fusionstream_io::backfill::{backfill, BackfillCheckpoint, BackfillSource, BackfillSpec};
 use fusionstream_io::kafka::{
     GroupSettings, KafkaCommitter, KafkaShared, KafkaSink, KafkaSource, KafkaTransactions,
     TransactionSettings,
@@ -32,9 +32,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::config::{Config, Delivery, SinkKind, SourceKind};
 use crate::telemetry::health::Health;
 use crate::telemetry::{Recorder, Snapshot};
+use backfill::{backfill_spec, lake_writer, open_lake, start_backfill};
 use fusionstream_engine::memory::{self, MemoryBound, SourceBuffers};
 use fusionstream_engine::{self, Parts, RunEnd, Settings};
 
+mod backfill;
 mod list_loader;
 pub mod model;
 mod settings;
@@ -239,8 +241,24 @@ async fn with_source(c: &Config, common: Common) -> anyhow::Result<RunEnd> {
             );
             with_sink(c, common, source, committer).await
         }
+        SourceKind::Backfill if c.sink.kind == SinkKind::Lake => {
+            let (spec, store) = backfill_spec(c, &common)?;
+            let lake = open_lake(c, store.client(), &lake_writer(c, &spec)).await?;
+            let resume = match lake
+                .last()
+                .and_then(|r| r.positions.get(&spec.source_key()))
+            {
+                Some(label) => spec.resume_from_label(label)?,
+                None => spec.resume_from(&Checkpoint::default())?,
+            };
+            let (source, committer) = start_backfill(c, store, spec, resume);
+            let sink = lake.into_sink(committer.labels());
+            run_with(common, source, sink, committer).await
+        }
         SourceKind::Backfill => {
-            let (source, committer) = backfill_source(c, &common)?;
+            let (spec, store) = backfill_spec(c, &common)?;
+            let resume = spec.resume_from(&Checkpoint::load(&c.checkpoint.path)?)?;
+            let (source, committer) = start_backfill(c, store, spec, resume);
             with_sink(c, common, source, committer).await
         }
         SourceKind::Kafka => {
@@ -264,42 +282,6 @@ async fn with_source(c: &Config, common: Common) -> anyhow::Result<RunEnd> {
             with_sink(c, common, source, committer).await
         }
     }
-}
-
-/// The backfill's listing source and checkpoint, resumed from the checkpoint file.
-fn backfill_source(
-    c: &Config,
-    common: &Common,
-) -> anyhow::Result<(BackfillSource, BackfillCheckpoint)> {
-    let (bucket, prefix) = c
-        .backfill
-        .bucket_and_prefix()
-        .context("backfill.prefix is not an s3:// URL")?;
-    let spec = BackfillSpec {
-        bucket: bucket.to_owned(),
-        prefix: prefix.to_owned(),
-        shard: c.backfill.shard,
-        shards: c.backfill.shards,
-        suffixes: c.backfill.include_suffixes.clone(),
-        tasks: c.backfill_tasks().map_err(anyhow::Error::msg)?,
-        page: c.backfill.list_page,
-        backoff: common.settings.fetch_backoff,
-    };
-    let resume = spec.resume_from(&Checkpoint::load(&c.checkpoint.path)?)?;
-    tracing::info!(
-        source = %spec.url(),
-        shard = spec.shard,
-        shards = spec.shards,
-        start_after = resume.start_after.as_deref().unwrap_or(""),
-        done_before = resume.done,
-        "backfill"
-    );
-    let store = common
-        .media
-        .s3
-        .clone()
-        .context("a backfill needs the S3 store (s3.enabled)")?;
-    Ok(backfill(store, spec, resume, &c.checkpoint.path))
 }
 
 /// What every source/sink combination shares.
@@ -328,6 +310,8 @@ async fn with_sink<S: Source, C: Committer>(
             let sink = KafkaSink::new(&c.kafka.connection(), c.kafka.output_topics(), headers)?;
             run_with(common, source, sink, committer).await
         }
+        // Validated: the lake takes a backfill source, wired in `with_source`.
+        SinkKind::Lake => anyhow::bail!("sink.kind = \"lake\" needs source.kind = \"backfill\""),
     }
 }
 

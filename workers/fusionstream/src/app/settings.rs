@@ -8,7 +8,7 @@ use fusionstream_core::degrade::Policy;
 use fusionstream_core::event::EventLimits;
 use fusionstream_core::schedule::{PriorityDefaults, SchedulePolicy};
 
-use crate::config::{Config, LaneConfig, SchedulerMode, SourceKind};
+use crate::config::{Config, LaneConfig, SchedulerMode, SinkKind, SourceKind};
 use fusionstream_engine::{faults, Settings, TransactionTiming};
 
 fn lane(c: &LaneConfig) -> LanePolicy {
@@ -20,7 +20,8 @@ fn lane(c: &LaneConfig) -> LanePolicy {
     }
 }
 
-/// The engine's settings from a validated configuration.
+/// The engine's settings from a validated configuration. Long because it is one struct
+/// literal, field by field from the sections it reads.
 pub fn engine_settings(c: &Config) -> Settings {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     Settings {
@@ -72,10 +73,18 @@ pub fn engine_settings(c: &Config) -> Settings {
         },
         commit_interval: c.checkpoint.interval,
         commit_timeout: c.checkpoint.commit_timeout,
-        transactions: TransactionTiming {
-            interval: c.kafka.transaction_interval,
-            max_events: c.kafka.transaction_max_events,
-            ..TransactionTiming::default()
+        transactions: if c.sink.kind == SinkKind::Lake {
+            TransactionTiming {
+                interval: c.lake.commit_interval,
+                max_events: c.lake.commit_max_events,
+                ..TransactionTiming::default()
+            }
+        } else {
+            TransactionTiming {
+                interval: c.kafka.transaction_interval,
+                max_events: c.kafka.transaction_max_events,
+                ..TransactionTiming::default()
+            }
         },
         drain_timeout: c.shutdown.drain_timeout,
         crash_guard: c.crash_guard.enabled.then(|| GuardSettings {

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::Args;
 use fusionstream::app::{self, Summary};
 use fusionstream::config::{
-    BackfillOverrides, Config, Delivery, Overrides, Progress, SinkKind, SourceKind,
+    BackfillOverrides, Config, Delivery, LakeFormatName, Overrides, Progress, SinkKind, SourceKind,
 };
 use fusionstream::telemetry::Recorder;
 use fusionstream_io::local::JsonlSink;
@@ -91,6 +91,10 @@ pub struct BackfillArgs {
     /// Tasks asked of every object, e.g. embed,caption (overrides backfill.tasks).
     #[arg(long, value_delimiter = ',')]
     tasks: Option<Vec<String>>,
+    /// Where the outputs go: local, kafka or lake (overrides sink.kind; the lake's tables
+    /// are set in [lake]).
+    #[arg(long, value_parser = parse_sink)]
+    sink: Option<SinkKind>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -112,10 +116,20 @@ pub fn backfill_run(args: BackfillArgs) -> anyhow::Result<()> {
             shard: args.shard,
             shards: args.shards,
             tasks: args.tasks,
+            sink: args.sink,
         }),
         ..args.common.overrides()
     };
     execute(&overrides, args.common)
+}
+
+fn parse_sink(s: &str) -> Result<SinkKind, String> {
+    match s {
+        "local" => Ok(SinkKind::Local),
+        "kafka" => Ok(SinkKind::Kafka),
+        "lake" => Ok(SinkKind::Lake),
+        _ => Err(format!("{s:?}: expected local, kafka or lake")),
+    }
 }
 
 impl CommonArgs {
@@ -265,6 +279,17 @@ fn destination(s: &Summary, c: &Config) -> Vec<String> {
         (SinkKind::Kafka, _) => out.push(format!(
             "  written to  Kafka topics {}",
             c.kafka.output_topics().join(", ")
+        )),
+        (SinkKind::Lake, _) => out.push(format!(
+            "  written to  {} tables in {} ({}), {} commits ({} aborted)",
+            match c.lake.format {
+                LakeFormatName::Iceberg => "Iceberg",
+                LakeFormatName::Parquet => "Parquet",
+            },
+            c.lake.warehouse,
+            c.lake.namespace,
+            st.transactions.committed,
+            st.transactions.aborted
         )),
     }
     if c.kafka.delivery == Delivery::ExactlyOnce && c.sink.kind == SinkKind::Kafka {

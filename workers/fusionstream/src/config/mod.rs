@@ -70,6 +70,7 @@ sections! {
     matching: MatchingConfig,
     index: IndexConfig,
     sink: SinkConfig,
+    lake: LakeConfig,
     kafka: KafkaConfig,
     backfill: BackfillConfig,
     checkpoint: CheckpointConfig,

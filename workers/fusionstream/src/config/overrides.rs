@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::{Config, SourceKind};
+use super::{Config, SinkKind, SourceKind};
 
 /// What a command line sets (each `None` leaves the layers below as they are).
 #[derive(Debug, Clone, Default)]
@@ -31,6 +31,8 @@ pub struct BackfillOverrides {
     pub shards: Option<u32>,
     /// Tasks asked of every object (`backfill.tasks`).
     pub tasks: Option<Vec<String>>,
+    /// Where the outputs go (`sink.kind`).
+    pub sink: Option<SinkKind>,
 }
 
 impl Overrides {
@@ -59,6 +61,9 @@ impl Overrides {
             if let Some(t) = &b.tasks {
                 c.backfill.tasks.clone_from(t);
             }
+            if let Some(k) = b.sink {
+                c.sink.kind = k;
+            }
         }
     }
 }
@@ -85,6 +90,7 @@ mod tests {
                 shard: Some(3),
                 shards: None,
                 tasks: Some(vec!["embed".into()]),
+                sink: None,
             }),
             ..Overrides::default()
         };

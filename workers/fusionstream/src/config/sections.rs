@@ -503,6 +503,45 @@ pub enum SinkKind {
     Local,
     /// Kafka topics.
     Kafka,
+    /// Tables on S3 (`[lake]`).
+    Lake,
+}
+
+/// `[lake]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// `iceberg` or `parquet`.
+    pub format: LakeFormatName,
+    /// Iceberg REST catalog.
+    pub catalog_uri: String,
+    /// `s3://bucket/prefix`.
+    pub warehouse: String,
+    /// Namespace (folder).
+    pub namespace: String,
+    /// Data file size to roll at.
+    pub target_file_bytes: u64,
+    /// Row group size.
+    pub row_group_bytes: u64,
+    /// Rows decoded at once.
+    pub batch_rows: usize,
+    /// Between commits.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Events per commit at most.
+    pub commit_max_events: usize,
+    /// Writer name (empty: derived).
+    pub writer: String,
+}
+
+/// Lake formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LakeFormatName {
+    /// Iceberg tables.
+    Iceberg,
+    /// Parquet files and manifests.
+    Parquet,
 }
 
 /// `[kafka]`.

@@ -134,6 +134,10 @@ fn open_feed(c: &Config, meta: &SnapshotMeta) -> anyhow::Result<Box<dyn Feed>> {
             &c.sink.dir.join("embeddings.jsonl"),
             &meta.positions,
         )),
+        SinkKind::Lake => anyhow::bail!(
+            "the index follows the embeddings of a kafka or local sink, not of sink.kind = \"lake\" \
+             (read the lake's embeddings table instead: docs/lake.md)"
+        ),
     })
 }
 
