@@ -10,9 +10,11 @@
 //! |---|---|
 //! | `sections.rs` | one struct per `[section]`, with its helpers |
 //! | `load.rs` | the layers, the per-section extraction, validation, derived settings |
+//! | `lake.rs` | validation of `[lake]` |
 //! | `overrides.rs` | the command line's layer (`--events`, `--out`, `--model`, backfill's flags) |
 //! | `reference.rs` | `docs/configuration.md`, generated from the defaults' comments |
 
+mod lake;
 mod load;
 mod overrides;
 mod reference;
