@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use fusionstream_core::lock;
-use fusionstream_core::position::PositionTracker;
+use fusionstream_core::position::{PartitionId, PositionTracker};
 use fusionstream_core::record::BundleRef;
 use fusionstream_io::metrics::AdapterMetrics;
 use fusionstream_io::ports::{
@@ -156,7 +156,16 @@ fn start<S: Source, K: OutputSink, C: Committer>(
         }
         Some(txns) => {
             let (tx, handovers) = mpsc::unbounded_channel();
+            let after_commit = txns.informs_committer().then(|| {
+                let committer = positions.committer.clone();
+                Box::new(move |p: &[(PartitionId, u64)]| {
+                    if let Err(e) = lock(&committer).commit(p) {
+                        tracing::debug!(error = format!("{e:#}"), "informational commit failed");
+                    }
+                }) as transaction::AfterCommit
+            });
             let parts = transaction::TxnParts {
+                after_commit,
                 tracker: positions.tracker.clone(),
                 txns,
                 timing: transaction::TxnTiming {

@@ -94,8 +94,13 @@ impl Handover for EngineHandover {
     }
 }
 
+/// Records a committed transaction's positions elsewhere, for information
+/// ([`Transactions::informs_committer`]).
+pub(crate) type AfterCommit = Box<dyn Fn(&[(PartitionId, u64)]) + Send + Sync>;
+
 /// What the transaction task shares with the run.
 pub(crate) struct TxnParts {
+    pub after_commit: Option<AfterCommit>,
     pub tracker: Arc<Mutex<PositionTracker>>,
     pub txns: Arc<dyn Transactions>,
     pub timing: TxnTiming,
@@ -344,6 +349,9 @@ impl<K: OutputSink> Txn<K> {
             for (p, o) in positions {
                 t.confirm(*p, *o);
             }
+        }
+        if let Some(inform) = &self.parts.after_commit {
+            inform(positions);
         }
         let records = self.open.iter().map(|f| f.records.len()).sum();
         let events = self.open_events();

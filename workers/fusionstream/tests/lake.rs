@@ -9,6 +9,9 @@
 //! - An older table (fewer columns) evolves: the new columns are added, the old row reads.
 //! - The Parquet mode, SIGKILLed once: the manifests list each object once; files of the
 //!   killed attempt are listed by none.
+//! - A Kafka stream into the tables, its worker SIGKILLed right after a commit and started
+//!   again: every event exactly once (the rows of events the group's informational offsets
+//!   replay are dropped: the lake has them).
 //! - Bad lake settings are refused with every error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -166,7 +169,7 @@ async fn kill_after_commit(mut child: Child, l: &Lake, ns: &str, writer: &str, a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn iceberg_every_object_once_after_sigkills_and_two_shards() {
+async fn iceberg_every_object_once_after_sigkills() {
     let Some(l) = lake() else { return };
     let pid = std::process::id();
     let bucket = format!("lake-src-{pid}");
@@ -354,6 +357,82 @@ async fn parquet_files_and_manifests_after_a_sigkill() {
         Some(&1)
     );
     assert!(t["manifests"].as_u64().unwrap() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_into_iceberg_exactly_once_after_a_sigkill() {
+    let Some(l) = lake() else { return };
+    let Some(broker) = common::kafka::broker() else {
+        return;
+    };
+    let topics = common::kafka::topics("lake");
+    common::kafka::create(&broker, &topics).await;
+    const N: usize = 60;
+    common::kafka::produce(&broker, &topics.input, &common::kafka::caption_events(N));
+    let ns = format!("kafka{}", std::process::id());
+    let extra = [
+        ("FUSIONSTREAM__SINK__KIND", "lake"),
+        ("FUSIONSTREAM__S3__ENABLED", "true"),
+        ("FUSIONSTREAM__S3__ENDPOINT", l.s3.as_str()),
+        ("FUSIONSTREAM__S3__FORCE_PATH_STYLE", "true"),
+        ("FUSIONSTREAM__LAKE__CATALOG_URI", l.catalog.as_str()),
+        ("FUSIONSTREAM__LAKE__WAREHOUSE", l.warehouse.as_str()),
+        ("FUSIONSTREAM__LAKE__NAMESPACE", ns.as_str()),
+        ("FUSIONSTREAM__LAKE__WRITER", "k1"),
+        ("FUSIONSTREAM__LAKE__COMMIT_INTERVAL", "200ms"),
+        ("FUSIONSTREAM__LAKE__COMMIT_MAX_EVENTS", "4"),
+    ];
+    let mut w = common::kafka::worker(&broker, &topics, &extra);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while intent_seq(&l, &ns, "k1").await < 2 {
+        assert!(Instant::now() < deadline, "no commit: {}", w.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.kill();
+    let w = common::kafka::worker(&broker, &topics, &extra);
+    let captions = |t: &Value| t["captions"]["event_ids"].as_array().map_or(0, Vec::len);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let t = read(&l, "iceberg", &ns);
+        if captions(&t) >= N {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} captions: {}",
+            captions(&t),
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    common::kafka::stop(w);
+    let t = read(&l, "iceberg", &ns);
+    for s in ["captions", "embeddings"] {
+        let c = counts(&t[s]["event_ids"]);
+        let want: BTreeMap<String, usize> = (0..N).map(|i| (format!("ev-{i:04}"), 1)).collect();
+        assert_eq!(c, want, "{s}: every event exactly once");
+    }
+    let pos: Value = serde_json::from_str(
+        t["captions"]["snapshots"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()["fusionstream.positions"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let total: u64 = (0..3)
+        .map(|p| {
+            pos[format!("kafka:{}/{p}", topics.input)]
+                .as_str()
+                .map_or(0, |s| s.parse::<u64>().unwrap())
+        })
+        .sum();
+    assert_eq!(
+        total, N as u64,
+        "the last commit covers every offset: {pos}"
+    );
 }
 
 #[test]

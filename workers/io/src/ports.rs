@@ -106,6 +106,13 @@ pub trait Transactions: Send + Sync + std::fmt::Debug {
     fn release_on_write(&self) -> bool {
         false
     }
+    /// Whether the engine also records each committed transaction's positions with the
+    /// run's committer, for information (the lake: its commits are the truth; a Kafka
+    /// group's offsets then show the lag to monitoring, a backfill's checkpoint file the
+    /// progress). Default: no, the transaction carries them.
+    fn informs_committer(&self) -> bool {
+        false
+    }
     /// Abort the open transaction (if any): nothing of it becomes visible.
     fn abort(&self, timeout: Duration) -> Result<(), TxnError>;
     /// Replace an unusable producer by a new one with the same transactional id (which
@@ -126,6 +133,12 @@ pub trait PositionLabels: Send + Sync + std::fmt::Debug {
     /// Source → durable position, for `positions` (the next position, per partition).
     fn durable(&self, positions: &[(PartitionId, u64)])
         -> anyhow::Result<BTreeMap<String, String>>;
+
+    /// The partition a durable source name stands for in this run, if the source can say
+    /// (Kafka: `kafka:<topic>/<partition>`); a backfill's shard has no use for it.
+    fn partition_of(&self, _source: &str) -> Option<PartitionId> {
+        None
+    }
 }
 
 /// The source's handle into the engine.

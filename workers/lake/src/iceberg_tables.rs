@@ -362,6 +362,29 @@ impl IcebergTables {
         Ok(())
     }
 
+    /// Every writer's last intent, each rolled forward (a writer that crashed mid-commit and
+    /// never came back included): the positions of every source in the lake.
+    pub async fn all_records(&mut self) -> anyhow::Result<Vec<CommitRecord>> {
+        let dir = match self.intent_url.rsplit_once('/') {
+            Some((d, _)) => format!("{d}/"),
+            None => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        for url in self.storage.list(&dir).await? {
+            if !url.ends_with(".json") {
+                continue;
+            }
+            let Some(bytes) = self.storage.get(&url).await? else {
+                continue;
+            };
+            let record: CommitRecord = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?;
+            self.apply(&record, true).await?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
     /// The writer's last intent, rolled forward: after this every table it names has its
     /// snapshot. `None`: the writer never committed.
     pub async fn resume(&mut self) -> anyhow::Result<Option<CommitRecord>> {

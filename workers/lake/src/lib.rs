@@ -143,14 +143,17 @@ impl Lake {
         self.last.as_ref()
     }
 
-    /// The sink, naming positions with `labels`.
-    pub fn into_sink(self, labels: Arc<dyn PositionLabels>) -> LakeSink {
+    /// The sink, naming positions with `labels`. `shared_sources`: sources move between
+    /// writers (a Kafka group's partitions): before a partition's first row, every writer's
+    /// last commit is read for how far the lake already has it.
+    pub fn into_sink(self, labels: Arc<dyn PositionLabels>, shared_sources: bool) -> LakeSink {
         LakeSink::new(
             self.tables,
             self.writer,
             self.last.as_ref(),
             self.settings.batch_rows,
             labels,
+            shared_sources,
         )
     }
 }

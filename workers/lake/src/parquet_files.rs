@@ -210,6 +210,31 @@ impl ParquetFiles {
         Ok(())
     }
 
+    /// Every writer's last manifest: the positions of every source in the lake.
+    pub async fn all_records(&mut self) -> anyhow::Result<Vec<CommitRecord>> {
+        let all = format!("{}/_manifests/", self.root);
+        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        for url in self.storage.list(&all).await? {
+            let Some((writer, _)) = url[all.len()..].split_once('/') else {
+                continue;
+            };
+            let e = last.entry(writer.to_owned()).or_default();
+            if url > *e {
+                *e = url;
+            }
+        }
+        let mut out = Vec::new();
+        for url in last.into_values() {
+            if let Some(bytes) = self.storage.get(&url).await? {
+                out.push(
+                    serde_json::from_slice(&bytes)
+                        .map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// The writer's last manifest; `None`: it never committed.
     pub async fn resume(&mut self) -> anyhow::Result<Option<CommitRecord>> {
         let Some(last) = self.storage.list(&self.manifests).await?.into_iter().max() else {

@@ -7,7 +7,7 @@
 //! engine writes its records again); `recover` rolls a commit whose outcome is unknown
 //! forward (or finds it was never started).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,8 +55,18 @@ struct Inner {
     seq: u64,
     /// The commit whose intent is out but whose outcome is unknown.
     in_doubt: Option<(CommitRecord, Vec<(PartitionId, u64)>)>,
-    /// Positions of the last commit known to be complete.
+    /// Per partition, the position below which every event's rows are in the lake (this
+    /// writer's commits, and with shared sources every writer's): rows of those events are
+    /// dropped, never written twice.
     committed: BTreeMap<PartitionId, u64>,
+    /// Every position this writer has committed, by durable name (each commit record carries
+    /// them all: a source this writer gave up keeps its last position in the lake).
+    known: BTreeMap<String, String>,
+    /// Sources move between writers (Kafka partitions): a partition's floor is read from
+    /// every writer's last commit before its first row is written here.
+    shared_sources: bool,
+    /// Partitions whose floor was read since this writer last took them.
+    fresh: BTreeSet<PartitionId>,
 }
 
 struct Shared {
@@ -89,6 +99,7 @@ impl LakeSink {
         last: Option<&CommitRecord>,
         batch_rows: usize,
         labels: Arc<dyn PositionLabels>,
+        shared_sources: bool,
     ) -> Self {
         let inner = Inner {
             tables,
@@ -99,6 +110,9 @@ impl LakeSink {
             seq: last.map_or(0, |r| r.seq),
             in_doubt: None,
             committed: BTreeMap::new(),
+            known: last.map(|r| r.positions.clone()).unwrap_or_default(),
+            shared_sources,
+            fresh: BTreeSet::new(),
         };
         Self {
             shared: Arc::new(Shared {
@@ -156,6 +170,8 @@ impl Inner {
 
     fn abort(&mut self) {
         self.pending.clear();
+        // A failed handover may have left partitions behind: read floors again.
+        self.fresh.clear();
         match &mut self.tables {
             Tables::Iceberg(t) => t.abort(),
             Tables::Parquet(t) => t.abort(),
@@ -206,7 +222,7 @@ impl Inner {
             writer: self.writer.clone(),
             seq: self.seq + 1,
             txn: self.txn.clone(),
-            positions: durable,
+            positions: merged(&self.known, durable),
             files: staged,
             rows,
             written_at: now_rfc3339(),
@@ -228,7 +244,7 @@ impl Inner {
                     .map_err(|e| TxnError::Fatal(BoxError::from(e)))?;
             }
         }
-        self.done(record.seq, positions);
+        self.done(&record, positions);
         counts.commits.fetch_add(1, Relaxed);
         counts.rows.fetch_add(rows, Relaxed);
         counts.files.fetch_add(files, Relaxed);
@@ -236,13 +252,33 @@ impl Inner {
         Ok(())
     }
 
-    fn done(&mut self, seq: u64, positions: &[(PartitionId, u64)]) {
-        self.seq = seq;
+    fn done(&mut self, record: &CommitRecord, positions: &[(PartitionId, u64)]) {
+        self.seq = record.seq;
+        self.known.clone_from(&record.positions);
         self.in_doubt = None;
         for (p, o) in positions {
-            self.committed.insert(*p, *o);
+            let floor = self.committed.entry(*p).or_insert(0);
+            *floor = (*floor).max(*o);
         }
         self.txn = new_txn();
+    }
+
+    /// Read every writer's last commit (rolled forward): raise the floors of the partitions
+    /// they name.
+    async fn refresh_floors(&mut self, labels: &dyn PositionLabels) -> anyhow::Result<()> {
+        let records = match &mut self.tables {
+            Tables::Iceberg(t) => t.all_records().await?,
+            Tables::Parquet(t) => t.all_records().await?,
+        };
+        for r in records {
+            for (source, at) in &r.positions {
+                if let (Some(p), Ok(next)) = (labels.partition_of(source), at.parse::<u64>()) {
+                    let floor = self.committed.entry(p).or_insert(0);
+                    *floor = (*floor).max(next);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A commit's outcome is unknown: read the writer's last record back (rolling an
@@ -254,13 +290,36 @@ impl Inner {
         };
         if let (Some(last), Some((doubt, positions))) = (last, self.in_doubt.take()) {
             if last.txn == doubt.txn {
-                self.done(last.seq, &positions);
+                self.done(&last, &positions);
                 return Ok(());
             }
         }
         self.abort();
         Ok(())
     }
+}
+
+/// This writer's positions after a commit: those it had, updated by the commit's; an offset
+/// never moves back (a partition taken over from a writer that had gone further: its rows
+/// up to there are dropped as already in the lake, its position stays).
+fn merged(
+    known: &BTreeMap<String, String>,
+    new: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out = known.clone();
+    for (source, at) in new {
+        let keep_old = match (
+            out.get(&source).map(|o| o.parse::<u64>()),
+            at.parse::<u64>(),
+        ) {
+            (Some(Ok(old)), Ok(n)) => old > n,
+            _ => false,
+        };
+        if !keep_old {
+            out.insert(source, at);
+        }
+    }
+    out
 }
 
 fn now_rfc3339() -> String {
@@ -288,6 +347,15 @@ impl OutputSink for LakeSink {
     ) -> Result<(), PublishError> {
         let row = prepare(stream, json).map_err(|e| PublishError::Fatal(Box::new(e)))?;
         let mut inner = self.shared.inner.lock().await;
+        if let (true, Some((p, _))) = (inner.shared_sources, row.at) {
+            if !inner.fresh.contains(&p) {
+                inner
+                    .refresh_floors(&*self.shared.labels)
+                    .await
+                    .map_err(retryable)?;
+                inner.fresh.insert(p);
+            }
+        }
         // An event a commit already covers (the engine writes an unknown-outcome commit's
         // records again when it cannot tell): its rows are in the tables.
         if let Some((p, o)) = row.at {
@@ -346,10 +414,14 @@ impl Transactions for LakeTxns {
         true
     }
 
+    fn informs_committer(&self) -> bool {
+        true
+    }
+
     fn commit(
         &self,
         positions: &[(PartitionId, u64)],
-        _clean: &[PartitionId],
+        clean: &[PartitionId],
         _last: bool,
         timeout: Duration,
     ) -> Result<(), TxnError> {
@@ -360,7 +432,14 @@ impl Transactions for LakeTxns {
             .map_err(|e| TxnError::Abortable(e.into()))?;
         self.within(timeout, async {
             let mut inner = self.shared.inner.lock().await;
-            inner.commit(positions, durable, &self.shared.counts).await
+            inner
+                .commit(positions, durable, &self.shared.counts)
+                .await?;
+            // Handed over (a revoke): if they come back, their floors are read again.
+            for p in clean {
+                inner.fresh.remove(p);
+            }
+            Ok(())
         })
     }
 
@@ -391,5 +470,36 @@ impl Transactions for LakeTxns {
             .iter()
             .map(|p| (*p, inner.committed.get(p).copied()))
             .collect())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn positions_accumulate_and_offsets_never_move_back() {
+        let known = map(&[("kafka:t/0", "10"), ("kafka:t/1", "5")]);
+        let m = merged(&known, map(&[("kafka:t/0", "8"), ("kafka:t/2", "3")]));
+        assert_eq!(
+            m,
+            map(&[("kafka:t/0", "10"), ("kafka:t/1", "5"), ("kafka:t/2", "3")])
+        );
+        let m = merged(&m, map(&[("kafka:t/0", "11")]));
+        assert_eq!(m["kafka:t/0"], "11");
+        // A backfill's position is not a number: the newer one wins.
+        let b = merged(
+            &map(&[("s3://b/p#0/1", r#"{"done":9}"#)]),
+            map(&[("s3://b/p#0/1", r#"{"done":12}"#)]),
+        );
+        assert_eq!(b["s3://b/p#0/1"], r#"{"done":12}"#);
     }
 }

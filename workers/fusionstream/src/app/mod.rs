@@ -252,7 +252,7 @@ async fn with_source(c: &Config, common: Common) -> anyhow::Result<RunEnd> {
                 None => spec.resume_from(&Checkpoint::default())?,
             };
             let (source, committer) = start_backfill(c, store, spec, resume);
-            let sink = lake.into_sink(committer.labels());
+            let sink = lake.into_sink(committer.labels(), false);
             run_with(common, source, sink, committer).await
         }
         SourceKind::Backfill => {
@@ -275,6 +275,18 @@ async fn with_source(c: &Config, common: Common) -> anyhow::Result<RunEnd> {
                 },
             );
             let committer = KafkaCommitter::new(shared.clone(), common.settings.crash_guard);
+            if c.sink.kind == SinkKind::Lake {
+                // Exactly-once through the lake's commits; the group's offsets follow them
+                // (informational).
+                let store = common
+                    .media
+                    .s3
+                    .clone()
+                    .context("the lake needs s3.enabled")?;
+                let lake = open_lake(c, store.client(), c.lake.writer.trim()).await?;
+                let sink = lake.into_sink(shared.labels(), true);
+                return run_with(common, source, sink, committer).await;
+            }
             if k.delivery == Delivery::ExactlyOnce {
                 let sink = transactional_sink(c, &common, shared, &committer).await?;
                 return run_with(common, source, sink, committer).await;
@@ -311,7 +323,9 @@ async fn with_sink<S: Source, C: Committer>(
             run_with(common, source, sink, committer).await
         }
         // Validated: the lake takes a backfill source, wired in `with_source`.
-        SinkKind::Lake => anyhow::bail!("sink.kind = \"lake\" needs source.kind = \"backfill\""),
+        SinkKind::Lake => {
+            anyhow::bail!("sink.kind = \"lake\" needs source.kind = \"backfill\" or \"kafka\"")
+        }
     }
 }
 

@@ -198,8 +198,15 @@ async fn progress(recorder: Arc<Recorder>) {
         tick.tick().await;
         let s = recorder.snapshot();
         let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let committed = match s.transactions.committed {
+            0 => String::new(),
+            n => format!(
+                ", {} records committed in {n} commits",
+                s.transactions.records
+            ),
+        };
         eprint!(
-            "\r\x1b[2K{} read, {} done ({} degraded, {} dead-lettered), {:.1} events/s, {:.0}s",
+            "\r\x1b[2K{} read, {} done ({} degraded, {} dead-lettered), {:.1} events/s, {:.0}s{committed}",
             s.read,
             s.finished,
             s.degraded,
@@ -281,13 +288,14 @@ fn destination(s: &Summary, c: &Config) -> Vec<String> {
             c.kafka.output_topics().join(", ")
         )),
         (SinkKind::Lake, _) => out.push(format!(
-            "  written to  {} tables in {} ({}), {} commits ({} aborted)",
+            "  written to  {} tables in {} ({}): {} rows in {} commits ({} aborted)",
             match c.lake.format {
                 LakeFormatName::Iceberg => "Iceberg",
                 LakeFormatName::Parquet => "Parquet",
             },
             c.lake.warehouse,
             c.lake.namespace,
+            st.transactions.records,
             st.transactions.committed,
             st.transactions.aborted
         )),

@@ -52,11 +52,18 @@ impl Config {
         if l.commit_interval.is_zero() {
             errors.push("lake.commit_interval must be more than 0".into());
         }
-        if self.source.kind != SourceKind::Backfill {
-            // A local source keeps its positions in the checkpoint file, which a lake commit
-            // does not update; a Kafka source would have to seek to the lake's positions on
-            // every assignment (not built yet: docs/lake.md).
-            errors.push("sink.kind = \"lake\" needs source.kind = \"backfill\"".into());
+        match self.source.kind {
+            SourceKind::Backfill => {}
+            SourceKind::Kafka if l.writer.trim().is_empty() => errors.push(
+                "sink.kind = \"lake\" with a Kafka source needs lake.writer (unique per \
+                 worker: the pod name under the chart's StatefulSet)"
+                    .into(),
+            ),
+            SourceKind::Kafka => {}
+            // A local source keeps its positions in the checkpoint file, which the lake's
+            // commits do not carry.
+            SourceKind::Local => errors
+                .push("sink.kind = \"lake\" needs source.kind = \"backfill\" or \"kafka\"".into()),
         }
         if l.writer.contains('/') {
             errors.push(format!("lake.writer {:?} must not contain '/'", l.writer));

@@ -294,8 +294,11 @@ impl Recorder {
             Report::UncommittedPartitions(n) => {
                 self.uncommitted_partitions.store(n as i64, Relaxed)
             }
-            Report::TransactionCommitted { took, .. } => {
+            Report::TransactionCommitted { took, records, .. } => {
                 add(&self.transactions.committed);
+                self.transactions
+                    .records
+                    .fetch_add(u64::try_from(records).unwrap_or(u64::MAX), Relaxed);
                 self.transaction_seconds.observe(took.as_secs_f64());
             }
             Report::TransactionAborted => add(&self.transactions.aborted),
@@ -527,6 +530,7 @@ impl Recorder {
             commit_failures: self.commit_failures(),
             transactions: TransactionCounts {
                 committed: self.transactions.committed.load(Relaxed),
+                records: self.transactions.records.load(Relaxed),
                 aborted: self.transactions.aborted.load(Relaxed),
                 producers_recreated: self.transactions.recovered.load(Relaxed),
                 fenced: self.transactions.fenced.load(Relaxed),
@@ -539,6 +543,7 @@ impl Recorder {
 #[derive(Debug, Default)]
 pub(super) struct Transactions {
     pub(super) committed: AtomicU64,
+    pub(super) records: AtomicU64,
     pub(super) aborted: AtomicU64,
     pub(super) recovered: AtomicU64,
     pub(super) fenced: AtomicU64,
@@ -549,6 +554,8 @@ pub(super) struct Transactions {
 pub struct TransactionCounts {
     /// Committed (outputs and offsets together).
     pub committed: u64,
+    /// Output records (lake: rows) in the committed transactions.
+    pub records: u64,
     /// Aborted (their records sent again, or replayed by a partition's new owner).
     pub aborted: u64,
     /// Transactional producers recreated after a fatal error.

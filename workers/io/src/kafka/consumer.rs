@@ -72,7 +72,7 @@ pub struct PartitionMap {
 }
 
 impl PartitionMap {
-    fn id(&self, topic: &str, partition: i32) -> PartitionId {
+    pub(super) fn id(&self, topic: &str, partition: i32) -> PartitionId {
         let mut m = lock(&self.ids);
         let key = (topic.to_owned(), partition);
         if let Some(id) = m.by_partition.get(&key) {

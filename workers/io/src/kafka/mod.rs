@@ -12,12 +12,14 @@
 mod assigned;
 mod commit;
 mod consumer;
+mod labels;
 mod sink;
 mod transactions;
 
 pub use assigned::{partition_key, AssignedFeed};
 pub use commit::KafkaCommitter;
 pub use consumer::{GroupSettings, KafkaShared, KafkaSource};
+pub use labels::source_name;
 pub use sink::{KafkaSink, KafkaSinkError};
 pub use transactions::{KafkaTransactions, TransactionSettings};
 
