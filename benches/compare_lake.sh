@@ -32,7 +32,7 @@ with ThreadPoolExecutor(16) as ex:
 PY
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "objects: $n PNG scenes under s3://$bucket/photos/ (tasks embed, caption, tag)"
-summary='import json,sys; s=json.load(sys.stdin); print(json.dumps({k: s[k] for k in ["finished","seconds","events_per_second"]}))'
+summary='import json,sys; s=json.load(sys.stdin); print(json.dumps({k: s[k] for k in ["finished","seconds","events_per_second","backends"]}))'
 run() { # label sink [VAR=value...]
   local label=$1 sink=$2
   shift 2

@@ -3,11 +3,13 @@
 //! (stream, day), and decoded column by column into an Arrow batch of the table's schema
 //! when a batch fills or the transaction flushes. Pure: no I/O.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::Schema as ArrowSchema;
 use fusionstream_core::record::Stream;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use crate::schema::{json_text_fields, partition_source};
@@ -44,8 +46,123 @@ pub struct Row {
     pub at: Option<(u32, u64)>,
 }
 
+/// What [`prepare`] reads of a record without building it: the partition timestamp, the
+/// source position, and whether a free-form field needs turning into JSON text. (Skipping
+/// the rest, embeddings included, costs a scan, not a tree.)
+#[derive(serde::Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    timings: Option<TimingsProbe<'a>>,
+    #[serde(borrow, default)]
+    failed_at: Option<Cow<'a, str>>,
+    #[serde(default)]
+    source: Option<SourceProbe>,
+    #[serde(default)]
+    attributes: Option<Free>,
+    #[serde(default)]
+    signals: Option<Free>,
+}
+
+#[derive(serde::Deserialize)]
+struct TimingsProbe<'a> {
+    #[serde(borrow, default)]
+    received_at: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct SourceProbe {
+    partition: Option<u64>,
+    offset: Option<u64>,
+}
+
+/// A free-form field: already text (or null), or a structure to write as JSON text.
+enum Free {
+    Text,
+    Structured,
+}
+
+impl<'de> serde::Deserialize<'de> for Free {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Free;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Free, E> {
+                Ok(Free::Text)
+            }
+            fn visit_unit<E>(self) -> Result<Free, E> {
+                Ok(Free::Text)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Free, E> {
+                Ok(Free::Structured)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Free, E> {
+                Ok(Free::Structured)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Free, E> {
+                Ok(Free::Structured)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Free, E> {
+                Ok(Free::Structured)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Free, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Free::Structured)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Free, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Free::Structured)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Prepare `json`, a record of `stream`, as a row.
 pub fn prepare(stream: Stream, json: &[u8]) -> Result<Row, RowError> {
+    let probe: Probe<'_> = serde_json::from_slice(json)
+        .map_err(|e| RowError::NotAnObject(stream.name(), e.to_string()))?;
+    let structured = |f: &Option<Free>| matches!(f, Some(Free::Structured));
+    let rewrite = json_text_fields(stream).iter().any(|f| match *f {
+        "attributes" => structured(&probe.attributes),
+        "signals" => structured(&probe.signals),
+        _ => false,
+    });
+    if rewrite {
+        return prepare_rewritten(stream, json);
+    }
+    let text = match stream {
+        Stream::DeadLetters => probe.failed_at.as_deref(),
+        _ => probe
+            .timings
+            .as_ref()
+            .and_then(|t| t.received_at.as_deref()),
+    }
+    .unwrap_or("");
+    let day = day_of(text).ok_or_else(|| no_timestamp(stream, text))?;
+    let at = probe
+        .source
+        .and_then(|s| Some((u32::try_from(s.partition?).ok()?, s.offset?)));
+    Ok(Row {
+        day,
+        json: json.to_vec(),
+        at,
+    })
+}
+
+fn no_timestamp(stream: Stream, text: &str) -> RowError {
+    RowError::NoTimestamp {
+        stream: stream.name(),
+        field: partition_source(stream).join("."),
+        value: text.chars().take(40).collect(),
+    }
+}
+
+/// [`prepare`] for a record whose free-form fields must become JSON text: built, changed
+/// and written again.
+fn prepare_rewritten(stream: Stream, json: &[u8]) -> Result<Row, RowError> {
     let mut v: Value = serde_json::from_slice(json)
         .map_err(|e| RowError::NotAnObject(stream.name(), e.to_string()))?;
     let Some(obj) = v.as_object_mut() else {
@@ -63,11 +180,7 @@ pub fn prepare(stream: Stream, json: &[u8]) -> Result<Row, RowError> {
     let path = partition_source(stream);
     let at = path.iter().try_fold(&v, |v, k| v.get(*k));
     let text = at.and_then(Value::as_str).unwrap_or("");
-    let day = day_of(text).ok_or_else(|| RowError::NoTimestamp {
-        stream: stream.name(),
-        field: path.join("."),
-        value: text.chars().take(40).collect(),
-    })?;
+    let day = day_of(text).ok_or_else(|| no_timestamp(stream, text))?;
     let at = v.get("source").and_then(|s| {
         let p = u32::try_from(s.get("partition")?.as_u64()?).ok()?;
         Some((p, s.get("offset")?.as_u64()?))
@@ -211,6 +324,24 @@ mod tests {
         let row = prepare(Stream::Tags, t.as_bytes()).unwrap();
         let b = decode(Stream::Tags, &arrow(Stream::Tags), &[row.clone(), row]).unwrap();
         assert_eq!(b.num_rows(), 2);
+    }
+
+    #[test]
+    fn a_record_without_free_form_fields_is_kept_as_it_is() {
+        let meta = META.split(r#""attributes""#).next().unwrap().trim_end();
+        let meta = meta.trim_end_matches(',');
+        let json = format!(r#"{{{meta},"caption":"a red circle"}}"#);
+        let row = prepare(Stream::Captions, json.as_bytes()).unwrap();
+        assert_eq!(row.json, json.as_bytes(), "not rewritten");
+        assert_eq!(
+            (row.day, row.at),
+            (day_of("2026-12-07").unwrap(), Some((0, 7)))
+        );
+        // The same as the rewriting path reads.
+        let slow = prepare_rewritten(Stream::Captions, json.as_bytes()).unwrap();
+        assert_eq!((slow.day, slow.at), (row.day, row.at));
+        let b = decode(Stream::Captions, &arrow(Stream::Captions), &[row]).unwrap();
+        assert!(b.column_by_name("attributes").unwrap().is_null(0));
     }
 
     #[test]

@@ -283,7 +283,11 @@ async fn with_source(c: &Config, common: Common) -> anyhow::Result<RunEnd> {
                     .s3
                     .clone()
                     .context("the lake needs s3.enabled")?;
-                let lake = open_lake(c, store.client(), c.lake.writer.trim()).await?;
+                let writer = match c.lake.writer.trim() {
+                    "" => k.transactional_id(),
+                    w => w.to_owned(),
+                };
+                let lake = open_lake(c, store.client(), &writer).await?;
                 let sink = lake.into_sink(shared.labels(), true);
                 return run_with(common, source, sink, committer).await;
             }

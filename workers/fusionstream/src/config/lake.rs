@@ -53,13 +53,7 @@ impl Config {
             errors.push("lake.commit_interval must be more than 0".into());
         }
         match self.source.kind {
-            SourceKind::Backfill => {}
-            SourceKind::Kafka if l.writer.trim().is_empty() => errors.push(
-                "sink.kind = \"lake\" with a Kafka source needs lake.writer (unique per \
-                 worker: the pod name under the chart's StatefulSet)"
-                    .into(),
-            ),
-            SourceKind::Kafka => {}
+            SourceKind::Backfill | SourceKind::Kafka => {}
             // A local source keeps its positions in the checkpoint file, which the lake's
             // commits do not carry.
             SourceKind::Local => errors
