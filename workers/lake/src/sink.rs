@@ -248,7 +248,7 @@ impl Inner {
         counts.commits.fetch_add(1, Relaxed);
         counts.rows.fetch_add(rows, Relaxed);
         counts.files.fetch_add(files, Relaxed);
-        tracing::debug!(seq = self.seq, rows, files, "lake commit");
+        tracing::info!(seq = self.seq, rows, files, "lake commit");
         Ok(())
     }
 
