@@ -1,5 +1,6 @@
 //! The lake sink against the dev services: a real Iceberg REST catalog with its warehouse on
-//! MinIO, read back by independent readers (pyiceberg, pyarrow: `lake_read.py`).
+//! MinIO, read back by independent readers (pyiceberg, pyarrow: `lake_read.py`). Long because
+//! every scenario needs the same real services, objects and readers (the helpers on top).
 //!
 //! - A backfill over a prefix with a broken object, SIGKILLed three times right after a
 //!   commit and resumed: every object exactly once in each table, the broken one in the

@@ -1,5 +1,8 @@
 //! The lake sink: the engine's [`OutputSink`] and [`Transactions`] over the tables.
 //!
+//! Long because the sink and its transactions share one state — the open commit's rows and
+//! files, the positions and floors, the commit in doubt — that every step touches.
+//!
 //! The engine drives it as it drives Kafka transactions (`fusionstream_engine::transaction`):
 //! outputs are written only once their events are in the done prefix; `flush` closes the
 //! open data files; `commit` writes the commit record with the durable source positions
