@@ -20,16 +20,7 @@ tag="$$_$(date +%s)"
 bucket="lake-bench-$$-$(date +%s)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$py" - "$bucket" "$n" <<'PY'
-import os, sys, boto3
-from concurrent.futures import ThreadPoolExecutor
-bucket, n = sys.argv[1], int(sys.argv[2])
-s3 = boto3.client("s3", endpoint_url=os.environ["FUSIONSTREAM_TEST_S3_ENDPOINT"])
-s3.create_bucket(Bucket=bucket)
-scenes = [open(f"examples/media/scene{i}.png", "rb").read() for i in range(6)]
-with ThreadPoolExecutor(16) as ex:
-    list(ex.map(lambda i: s3.put_object(Bucket=bucket, Key=f"photos/img-{i:06d}.png", Body=scenes[i % 6]), range(n)))
-PY
+"$py" benches/upload_scenes.py "$bucket" "$n"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "objects: $n PNG scenes under s3://$bucket/photos/ (tasks embed, caption, tag)"
 summary='import json,sys; s=json.load(sys.stdin); print(json.dumps({k: s[k] for k in ["finished","seconds","events_per_second","backends"]}))'

@@ -46,8 +46,9 @@ use parquet_files::ParquetFiles;
 use sink::Tables;
 use storage::S3Storage;
 
-/// Which table format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which table format (`lake.format`: `iceberg` or `parquet`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LakeFormat {
     /// Apache Iceberg tables in a REST catalog.
     Iceberg,
@@ -81,6 +82,16 @@ pub struct Lake {
     writer: String,
     last: Option<CommitRecord>,
     settings: LakeSettings,
+}
+
+impl LakeFormat {
+    /// Its name in messages.
+    pub fn title(self) -> &'static str {
+        match self {
+            LakeFormat::Iceberg => "Iceberg",
+            LakeFormat::Parquet => "Parquet",
+        }
+    }
 }
 
 impl Lake {

@@ -5,11 +5,11 @@ use anyhow::Context as _;
 use fusionstream_io::backfill::{backfill, BackfillCheckpoint, BackfillSource, BackfillSpec};
 use fusionstream_io::local::BackfillPosition;
 use fusionstream_io::s3::S3Media;
-use fusionstream_lake::{Lake, LakeFormat, LakeSettings};
+use fusionstream_lake::{Lake, LakeSettings};
 use sha2::Digest as _;
 
 use super::Common;
-use crate::config::{Config, LakeFormatName};
+use crate::config::Config;
 
 /// The backfill the configuration names, and the S3 store it lists.
 pub(super) fn backfill_spec(
@@ -74,10 +74,7 @@ pub(super) async fn open_lake(
 ) -> anyhow::Result<Lake> {
     let l = &c.lake;
     let settings = LakeSettings {
-        format: match l.format {
-            LakeFormatName::Iceberg => LakeFormat::Iceberg,
-            LakeFormatName::Parquet => LakeFormat::Parquet,
-        },
+        format: l.format,
         catalog_uri: l.catalog_uri.clone(),
         warehouse: l.warehouse.clone(),
         namespace: l.namespace.clone(),

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::Args;
 use fusionstream::app::{self, Summary};
 use fusionstream::config::{
-    BackfillOverrides, Config, Delivery, LakeFormatName, Overrides, Progress, SinkKind, SourceKind,
+    BackfillOverrides, Config, Delivery, Overrides, Progress, SinkKind, SourceKind,
 };
 use fusionstream::telemetry::Recorder;
 use fusionstream_io::local::JsonlSink;
@@ -289,10 +289,7 @@ fn destination(s: &Summary, c: &Config) -> Vec<String> {
         )),
         (SinkKind::Lake, _) => out.push(format!(
             "  written to  {} tables in {} ({}): {} rows in {} commits ({} aborted)",
-            match c.lake.format {
-                LakeFormatName::Iceberg => "Iceberg",
-                LakeFormatName::Parquet => "Parquet",
-            },
+            c.lake.format.title(),
             c.lake.warehouse,
             c.lake.namespace,
             st.transactions.records,

@@ -1,6 +1,8 @@
 //! Validation of `[lake]`, the lake sink's settings (docs/lake.md).
 
-use super::{Config, LakeFormatName, SinkKind, SourceKind};
+use fusionstream_lake::LakeFormat;
+
+use super::{Config, SinkKind, SourceKind};
 
 impl Config {
     /// The lake, when it is the sink.
@@ -22,7 +24,7 @@ impl Config {
                 l.warehouse
             ));
         }
-        if l.format == LakeFormatName::Iceberg
+        if l.format == LakeFormat::Iceberg
             && !(l.catalog_uri.starts_with("http://") || l.catalog_uri.starts_with("https://"))
         {
             errors.push(format!(

@@ -512,7 +512,7 @@ pub enum SinkKind {
 #[serde(deny_unknown_fields)]
 pub struct LakeConfig {
     /// `iceberg` or `parquet`.
-    pub format: LakeFormatName,
+    pub format: fusionstream_lake::LakeFormat,
     /// Iceberg REST catalog.
     pub catalog_uri: String,
     /// `s3://bucket/prefix`.
@@ -532,16 +532,6 @@ pub struct LakeConfig {
     pub commit_max_events: usize,
     /// Writer name (empty: derived).
     pub writer: String,
-}
-
-/// Lake formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LakeFormatName {
-    /// Iceberg tables.
-    Iceberg,
-    /// Parquet files and manifests.
-    Parquet,
 }
 
 /// `[kafka]`.
