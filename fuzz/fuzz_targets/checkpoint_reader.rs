@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = ImageProcessorConfig::from_json(text);
     }
-    let _ = serde_json::from_slice::<fusionstream_io::local::Checkpoint>(data);
+    let _ = serde_json::from_slice::<fusionstream_core::checkpoint::Checkpoint>(data);
 });
 
 fn candle_dtype() -> fusionstream_model::DType {

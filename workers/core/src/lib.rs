@@ -25,6 +25,7 @@
 pub mod backfill_shard;
 pub mod backoff;
 pub mod batch;
+pub mod checkpoint;
 pub mod crash_guard;
 pub mod degrade;
 pub mod embedlist;

@@ -6,13 +6,13 @@
 //! | file | owns |
 //! |---|---|
 //! | `source.rs` | reading a JSONL file or a folder of them, line by line, with positions |
-//! | `checkpoint.rs` | the checkpoint file format (atomic JSON), also the backfill's |
+//! | `checkpoint` | the checkpoint file format (atomic JSON), also the backfill's: re-exported from `fusionstream_core::checkpoint` |
 //! | `sink.rs` | the JSONL output sink, durable on flush |
 //! | `adapters.rs` | the source and committer ports over the above |
 //! | `tail.rs` | [`FileFeed`]: a JSONL file another process appends to, tailed as a [`crate::ports::Feed`] |
 
 mod adapters;
-pub mod checkpoint;
+pub use fusionstream_core::checkpoint;
 pub mod sink;
 pub mod source;
 mod tail;

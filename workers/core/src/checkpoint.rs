@@ -1,5 +1,7 @@
 //! The local position checkpoint: stream name → next position to read, written atomically
 //! (temporary file, fsync, rename) so a crash leaves the old or the new one, never a mix.
+//! Used by the local source and the backfill (`fusionstream-io` re-exports it); it lives here,
+//! free of I/O clients, so its reader can be fuzzed without building them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
