@@ -156,7 +156,7 @@ async fn aborting_event_set_aside(exactly_once: bool) {
         "crashguard"
     });
     let txn_id = format!("{}-w", t.group);
-    let mut settings = vec![("FUSIONSTREAM_TEST_FAULTS", "1")];
+    let mut settings = vec![("FUSIONSTREAM_TEST_FAULTS", "1"), SHORT_SESSION];
     if exactly_once {
         settings.push(("FUSIONSTREAM__KAFKA__DELIVERY", "exactly_once"));
         settings.push(("FUSIONSTREAM__KAFKA__TRANSACTIONAL_ID", txn_id.as_str()));

@@ -110,6 +110,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     let slow = [
         ("FUSIONSTREAM__GENERATE_LANE__MAX_ITEMS", "1"),
         ("FUSIONSTREAM__PIPELINE__MAX_IN_FLIGHT", "16"),
+        SHORT_SESSION,
     ];
     let mut kills = 0;
     for round in 0..3 {

@@ -187,6 +187,12 @@ pub fn in_process(broker: &str, t: &Topics, extra: &[(&str, &str)]) -> super::in
     ))
 }
 
+/// The group session of tests that kill or abort workers: the broker's shortest (not the 45 s
+/// default), since a dead worker holds its partitions until the group gives up on it and the
+/// next start waits that long for them. Not for tests with broker outages: a session shorter
+/// than the outage is lost during it.
+pub const SHORT_SESSION: (&str, &str) = ("FUSIONSTREAM__KAFKA__SESSION_TIMEOUT", "6s");
+
 /// Every record of the output topics so far: (stream, value, headers), read as a downstream
 /// consumer of an exactly-once worker must (`read_committed`: records of aborted
 /// transactions are never seen; those of transactions still open are waited for).
