@@ -1,17 +1,9 @@
 #!/usr/bin/env bash
-# Prints the path of the pinned Helm binary, building it once from the Go module proxy into
-# $HOME/.cache/fusionstream/bin (helm/test.sh and scripts/test-image.sh use it).
+# Prints the path of the pinned Helm binary, built once (scripts/go-bin.sh; helm/test.sh,
+# helm/test-cluster.sh and scripts/test-image.sh use it). Helm 4 (server-side apply, kstatus
+# waits); the version is stamped into the binary so `helm version` names it.
 # Usage: helm=$(scripts/helm-bin.sh)
 set -euo pipefail
-bin="${FUSIONSTREAM_CACHE:-$HOME/.cache/fusionstream}/bin"
-helm_version=v3.22.0
-helm="$bin/helm-$helm_version"
-mkdir -p "$bin"
-if [ ! -x "$helm" ]; then
-  echo "== building helm $helm_version (once)" >&2
-  tmp=$(mktemp -d)
-  GOBIN="$tmp" GOFLAGS=-mod=mod go install "helm.sh/helm/v3/cmd/helm@$helm_version" >&2
-  mv "$tmp/helm" "$helm"
-  rm -rf "$tmp"
-fi
-echo "$helm"
+version=v4.3.2
+exec "$(dirname "$0")/go-bin.sh" helm helm.sh/helm/v4/cmd/helm "$version" \
+  "-X helm.sh/helm/v4/internal/version.version=$version"

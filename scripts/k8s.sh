@@ -7,8 +7,9 @@
 #   scripts/k8s.sh build   build (once) and cache the pinned binaries; prints their folder
 #   scripts/k8s.sh up      build if needed, start a kwok cluster on 127.0.0.1 (a real
 #                          kube-apiserver, etcd, scheduler and controller-manager; kwok
-#                          simulates the nodes and the pods' lifecycle) with two CPU nodes and
-#                          one GPU node (nvidia.com/gpu: 2, tainted), print the kubeconfig export
+#                          simulates the nodes and the pods' lifecycle) with two CPU nodes
+#                          (8 vCPUs, 32 GiB) and two GPU nodes (4 vCPUs, 16 GiB,
+#                          nvidia.com/gpu: 1, tainted), print the kubeconfig export
 #   scripts/k8s.sh env     print the kubeconfig export
 #   scripts/k8s.sh down    delete the cluster
 #
@@ -66,22 +67,26 @@ build() {
   mkdir -p "$BIN"
   wrapper > /dev/null
   # Without the version, clients cannot parse the server's (kubectl refuses "v0.0.0-master").
-  local v="-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
+  # -s -w: no symbol table or DWARF (the links of these large binaries are much cheaper).
+  local v="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
   build_one k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$v"
   build_one k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$v"
   build_one k8s.io/kubernetes/cmd/kubectl kubectl "$v"
   build_one k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$v"
-  build_one go.etcd.io/etcd/server/v3 etcd
-  build_one sigs.k8s.io/kwok/cmd/kwok kwok
-  build_one sigs.k8s.io/kwok/cmd/kwokctl kwokctl
+  build_one go.etcd.io/etcd/server/v3 etcd "-s -w"
+  build_one sigs.k8s.io/kwok/cmd/kwok kwok "-s -w"
+  build_one sigs.k8s.io/kwok/cmd/kwokctl kwokctl "-s -w"
   echo "$BIN"
 }
 
-# A kwok node: NAME CPU MEMORY GPUS (GPU nodes are tainted as GPU nodes usually are).
+# A kwok node: NAME CPU MEMORY ALLOCATABLE_CPU ALLOCATABLE_MEMORY GPUS. GPU nodes carry what
+# the NVIDIA device plugin and GPU feature discovery give real ones: the nvidia.com/gpu
+# resource, the nvidia.com/gpu.present label and the usual taint.
 node() {
-  local gpu="" taint=""
-  if [[ $4 -gt 0 ]]; then
-    gpu="    nvidia.com/gpu: \"$4\""
+  local gpu="" taint="" label=""
+  if [[ $6 -gt 0 ]]; then
+    gpu="    nvidia.com/gpu: \"$6\""
+    label='    nvidia.com/gpu.present: "true"'
     taint=$'  taints:\n    - key: nvidia.com/gpu\n      value: present\n      effect: NoSchedule'
   fi
   cat <<NODE
@@ -96,21 +101,35 @@ metadata:
     kubernetes.io/os: linux
     kubernetes.io/arch: amd64
     type: kwok
+$label
 spec:
 $taint
 status:
-  allocatable: &capacity
+  capacity:
     cpu: "$2"
     memory: $3
     pods: "110"
 $gpu
-  capacity: *capacity
+  allocatable:
+    cpu: $4
+    memory: $5
+    pods: "110"
+$gpu
   nodeInfo:
     architecture: amd64
     operatingSystem: linux
     kubeletVersion: fake
 ---
 NODE
+}
+
+# The nodes: two CPU nodes (8 vCPUs, 32 GiB) and two of the smallest common GPU nodes
+# (4 vCPUs, 16 GiB, one GPU), with allocatable figures as a kubelet reserves them.
+nodes() {
+  node cpu-0 8 32Gi 7910m 29Gi 0
+  node cpu-1 8 32Gi 7910m 29Gi 0
+  node gpu-0 4 16Gi 3920m 14848Mi 1
+  node gpu-1 4 16Gi 3920m 14848Mi 1
 }
 
 up() {
@@ -128,9 +147,8 @@ up() {
       --kwok-controller-binary "$BIN/kwok" --wait 120s > "$KWOK_WORKDIR/create.log" 2>&1 \
       || { tail -n 20 "$KWOK_WORKDIR/create.log" >&2; return 1; }
   fi
-  { node cpu-0 16 64Gi 0; node cpu-1 16 64Gi 0; node gpu-0 32 256Gi 2; } \
-    | "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" apply -f - > /dev/null
-  log "cluster $CLUSTER up ($("$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" version 2> /dev/null | sed -n 's/^Server Version: //p')), nodes cpu-0 cpu-1 gpu-0"
+  nodes | "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" apply -f - > /dev/null
+  log "cluster $CLUSTER up ($("$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" version 2> /dev/null | sed -n 's/^Server Version: //p')), nodes cpu-0 cpu-1 gpu-0 gpu-1"
   print_env
 }
 
