@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Checks of the chart: `helm lint --strict`, renderings with the default values and with every
-# option on (HPA, KEDA, backfill Job, secrets, IRSA annotation), each decoded strictly into the
+# Static checks of the chart: `helm lint --strict`, renderings with the default values, with
+# every option on (HPA, KEDA, backfill Job, index, secrets, IRSA annotation) and with each
+# values file of helm/examples/, each decoded strictly into the
 # Kubernetes API types (helm/tests/validate: unknown fields, wrong types and bad quantities
-# fail), the validator shown to reject a bad manifest, and the worker configuration the chart
-# ships accepted by the worker itself (`fusionstream config`).
+# fail), the validator shown to reject a bad manifest, and every worker configuration the chart
+# and its examples ship accepted by the worker itself (`fusionstream config`).
+# helm/test-cluster.sh installs the same on a real API server.
 # The chart's appVersion is the crate version (the image tag it defaults to).
 # Helm (from the Go module proxy, scripts/helm-bin.sh) and the validator are built once into
 # $HOME/.cache/fusionstream/bin. Usage: helm/test.sh
@@ -23,6 +25,9 @@ autoscaling:
 backfill:
   enabled: true
   checkpointClaim: fusionstream-backfill
+index:
+  enabled: true
+  snapshots: s3://media/index/
 serviceAccount:
   annotations:
     eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/fusionstream
@@ -67,7 +72,17 @@ for variant in defaults all-on keda backfill-only readme exactly-once; do
   "$helm" template fs "$chart" --namespace media "${args[@]}" > "$work/$variant.yaml"
   "$validate" -configmaps "$work/$variant-cm" < "$work/$variant.yaml"
 done
+for values in helm/examples/*.yaml; do
+  variant=example-$(basename "$values" .yaml)
+  echo "== helm lint + template ($variant)"
+  "$helm" lint --strict --quiet "$chart" -f "$values"
+  "$helm" template fs "$chart" --namespace media -f "$values" > "$work/$variant.yaml"
+  "$validate" -configmaps "$work/$variant-cm" < "$work/$variant.yaml"
+done
 grep -q "kind: HorizontalPodAutoscaler" "$work/all-on.yaml"
+grep -q "name: fs-fusionstream-index" "$work/all-on.yaml"
+! grep -q "nvidia.com/gpu" "$work/example-cpu.yaml"
+[[ $(grep -c "nvidia.com/gpu: 1" "$work/defaults.yaml") == 2 ]] # requested and limited
 grep -q "completionMode: Indexed" "$work/all-on.yaml"
 grep -q "kind: ScaledObject" "$work/keda.yaml"
 grep -q "image: registry.example.com/media/fusionstream:$crate-cuda" "$work/readme.yaml"
@@ -86,11 +101,11 @@ if "$validate" < "$work/bad.yaml" > /dev/null 2> "$work/bad.err"; then
 fi
 grep -q 'unknown field' "$work/bad.err"
 
-echo "== the shipped worker configuration, as the worker reads it"
+echo "== the shipped worker configurations, as the worker reads them"
 # The defaults run the model on a GPU; this binary may be a CPU build, so the check runs with
 # the device overridden (every other key is validated as shipped).
-FUSIONSTREAM__MODEL__DEVICE=cpu cargo run -q --locked -p fusionstream -- \
-  config --config "$work/defaults-cm/fs-fusionstream/config.toml" > /dev/null
-FUSIONSTREAM__MODEL__DEVICE=cpu cargo run -q --locked -p fusionstream -- \
-  config --config "$work/exactly-once-cm/fs-fusionstream/config.toml" > /dev/null
+for cm in "$work"/*-cm/fs-fusionstream/config.toml; do
+  FUSIONSTREAM__MODEL__DEVICE=cpu cargo run -q --locked -p fusionstream -- \
+    config --config "$cm" > /dev/null || { echo "rejected: $cm" >&2; exit 1; }
+done
 echo "chart checks passed"

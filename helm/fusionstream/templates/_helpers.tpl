@@ -78,3 +78,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "fusionstream.workerKind" -}}
 {{- if .Values.worker.stableIdentity }}StatefulSet{{ else }}Deployment{{ end }}
 {{- end }}
+
+{{/* A container's resources: `resources` with `gpus` nvidia.com/gpu requested and limited
+     (none when gpus is 0). Called with (dict "resources" … "gpus" …). */}}
+{{- define "fusionstream.resources" -}}
+{{- $r := deepCopy (.resources | default dict) -}}
+{{- if gt (int .gpus) 0 -}}
+{{- $_ := set $r "requests" (merge (dict "nvidia.com/gpu" (int .gpus)) ($r.requests | default dict)) -}}
+{{- $_ := set $r "limits" (merge (dict "nvidia.com/gpu" (int .gpus)) ($r.limits | default dict)) -}}
+{{- end -}}
+{{- toYaml $r -}}
+{{- end -}}
