@@ -8,6 +8,8 @@
 #   config_loader      configuration files (a larger build: the worker crate with Kafka and S3)
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]   (default: 300 s, every target)
+#        scripts/fuzz.sh build   (compile the default targets only: scripts/test.sh starts it
+#                                 early, in the background)
 #        scripts/fuzz.sh 12 event_decoder image_preprocess tokenizer checkpoint_reader
 #                                                            (what scripts/test.sh runs)
 # Seeds come from the repository (examples, bundle files); the growing corpus is cached
@@ -24,6 +26,11 @@ export CARGO_TARGET_DIR="$CACHE/fuzz-target"
 CARGO_FUZZ_VERSION=0.13.2
 seconds="${1:-300}"
 shift || true
+build_only=0
+if [[ $seconds == build ]]; then
+  build_only=1
+  seconds=0
+fi
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
   targets=(event_decoder image_preprocess tokenizer checkpoint_reader hash_list embedding_list config_loader)
@@ -68,6 +75,11 @@ seed() { # target dir: copy the repository's seeds for `target` into `dir`
     config_loader) cp config/default.toml "$d/default.toml" ;;
   esac
 }
+
+if [[ $build_only == 1 ]]; then
+  # Every target without a feature: the same build `cargo fuzz run -O -s none` then reuses.
+  exec cargo +nightly fuzz build -O -s none
+fi
 
 status=0
 for t in "${targets[@]}"; do

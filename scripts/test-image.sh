@@ -36,13 +36,7 @@ echo "image test: built in $(($(date +%s) - t0)) s"
 # A registry on 127.0.0.1 (CNCF Distribution, built once from the Go module proxy): the image is
 # pushed as the README pushes it, and the smoke test pulls it back into an empty store, as a
 # node would. Plain HTTP on loopback, hence --tls-verify=false.
-registry_bin="$CACHE/bin/registry-v3.0.0"
-if [[ ! -x $registry_bin ]]; then
-  echo "== building the Distribution registry v3.0.0 (once)"
-  tmp=$(mktemp -d)
-  GOBIN="$tmp" GOFLAGS=-mod=mod go install github.com/distribution/distribution/v3/cmd/registry@v3.0.0
-  mkdir -p "$(dirname "$registry_bin")" && mv "$tmp/registry" "$registry_bin" && rm -rf "$tmp"
-fi
+registry_bin=$(scripts/registry-bin.sh)
 reg=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat > "$reg/config.yml" <<YAML

