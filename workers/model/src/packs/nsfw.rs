@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::Pack;
 use crate::backend::onnx::{f32_view, take_f32, Graph, OnnxOptions};
 use crate::error::{ModelError, Result};
-use crate::preprocess::{decode_like_pillow, packed_rgb, ImageLimits, RgbImage};
+use crate::preprocess::{decode_like_pillow, packed_rgb, pil, ImageLimits, RgbImage};
 
 #[derive(Debug, Deserialize)]
 struct Sections {
@@ -134,7 +134,7 @@ impl NsfwClassifier {
     pub fn prepare(&self, img: &RgbImage) -> Result<Vec<f32>> {
         let [rw, rh] = self.pre.resize;
         let [cw, ch] = self.pre.crop;
-        let resized = pil_bilinear(img, rw as usize, rh as usize);
+        let resized = pil::resize(img, rw as usize, rh as usize, pil::Filter::Bilinear);
         // Centre crop, as PIL's crop((16, 16, 240, 240)) of a 256×256 image.
         let (x0, y0) = (((rw - cw) / 2) as usize, ((rh - ch) / 2) as usize);
         let (cw, ch, rw) = (cw as usize, ch as usize, rw as usize);
@@ -192,105 +192,6 @@ impl NsfwClassifier {
             .map(|p| p[self.score_index])
             .collect())
     }
-}
-
-/// Fixed-point precision of PIL's 8-bit resampling (`Resample.c`: 32 - 8 - 2).
-const PRECISION_BITS: u32 = 22;
-
-/// PIL's bilinear resampling coefficients for one axis (`precompute_coeffs` then
-/// `normalize_coeffs_8bpc`): for each output position, the first input index and the
-/// fixed-point weights.
-fn pil_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = filterscale; // bilinear: support 1.0
-    (0..out_size)
-        .map(|xx| {
-            let center = (xx as f64 + 0.5) * scale;
-            let ss = 1.0 / filterscale;
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let w: Vec<f64> = (xmin..xmax)
-                .map(|x| {
-                    let t = ((x as f64 - center + 0.5) * ss).abs();
-                    if t < 1.0 {
-                        1.0 - t
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let sum: f64 = w.iter().sum();
-            let k = w
-                .iter()
-                .map(|&v| {
-                    let v = if sum != 0.0 { v / sum } else { v };
-                    let f = v * f64::from(1u32 << PRECISION_BITS);
-                    (if v < 0.0 { -0.5 + f } else { 0.5 + f }) as i32
-                })
-                .collect();
-            (xmin, k)
-        })
-        .collect()
-}
-
-fn clip8(v: i64) -> u8 {
-    if v >= (1i64 << PRECISION_BITS) * 256 {
-        255
-    } else if v <= 0 {
-        0
-    } else {
-        (v >> PRECISION_BITS) as u8
-    }
-}
-
-/// `Image.resize((width, height), Image.BILINEAR)` exactly as Pillow computes it: one pass
-/// per axis, each rounding to 8 bits, in PIL's fixed point; like Pillow, the pass that leaves
-/// the smaller intermediate image goes first (checked against Pillow 13: the other order
-/// differs by one level on hundreds of pixels). The worker's general resize (`preprocess`)
-/// stays within 1-2 levels of PIL; this model's score moves by up to 2e-3 with ±1 level of
-/// noise before its JPEG round trip, so it gets PIL's own arithmetic.
-fn pil_bilinear(img: &RgbImage, width: usize, height: usize) -> Vec<u8> {
-    let (iw, ih) = (img.width as usize, img.height as usize);
-    if width * ih <= iw * height {
-        let tmp = resample_axis(&img.data, iw, ih, width, true);
-        resample_axis(&tmp, width, ih, height, false)
-    } else {
-        let tmp = resample_axis(&img.data, iw, ih, height, false);
-        resample_axis(&tmp, iw, height, width, true)
-    }
-}
-
-/// One PIL resampling pass of a `w`×`h` RGB image to `out` columns (`horizontal`) or rows;
-/// the identity when the size does not change (Pillow skips the pass).
-fn resample_axis(src: &[u8], w: usize, h: usize, out: usize, horizontal: bool) -> Vec<u8> {
-    let (len, others) = if horizontal { (w, h) } else { (h, w) };
-    if len == out {
-        return src.to_vec();
-    }
-    let coeffs = pil_coeffs(len, out);
-    let (ow, oh) = if horizontal { (out, h) } else { (w, out) };
-    let mut dst = vec![0u8; ow * oh * 3];
-    // Index of (along, across) in the source and the destination.
-    let at = |along: usize, across: usize, width: usize| {
-        if horizontal {
-            (across * width + along) * 3
-        } else {
-            (along * width + across) * 3
-        }
-    };
-    for across in 0..others {
-        for (o, (first, k)) in coeffs.iter().enumerate() {
-            for c in 0..3 {
-                let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                for (i, weight) in k.iter().enumerate() {
-                    ss += i64::from(src[at(first + i, across, w) + c]) * i64::from(*weight);
-                }
-                dst[at(o, across, ow) + c] = clip8(ss);
-            }
-        }
-    }
-    dst
 }
 
 /// Encode and decode again with libjpeg-turbo at `quality`, 4:2:0, as PIL's `save(format=

@@ -12,6 +12,7 @@
 
 mod config;
 mod jpeg_scaled;
+pub(crate) mod pil;
 
 pub use config::{ImageProcessorConfig, Resample, ResizeTarget};
 
