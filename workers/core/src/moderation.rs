@@ -136,9 +136,23 @@ pub struct Signals {
     /// Entries of known-embedding lists the image matched (docs/matching.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub embedding_matches: Vec<EmbeddingMatch>,
+    /// The image classifier pack's labels of the image, when a category names labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_labels: Vec<ImageLabel>,
     /// Signals that could not be measured.
     #[serde(default)]
     pub missing: Vec<Missing>,
+}
+
+/// A label an image classifier pack gave the image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageLabel {
+    /// The class name.
+    pub label: String,
+    /// Its probability.
+    pub score: f32,
+    /// The pack.
+    pub source: String,
 }
 
 /// A match of the image against an entry of a known-hash list.
@@ -232,6 +246,13 @@ pub struct Category {
     /// What a term found does.
     #[serde(default = "review")]
     pub term_action: Action,
+    /// Labels of the image classifier pack (`[tags] packs`, e.g. ImageNet's "assault rifle")
+    /// that stand for the category in an image, matched case-insensitively.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Thresholds on the best such label's probability.
+    #[serde(default)]
+    pub label_score: Thresholds,
 }
 
 fn review() -> Action {
@@ -272,6 +293,9 @@ pub struct CategoryOverride {
     /// Term action.
     #[serde(default)]
     pub term_action: Option<Action>,
+    /// Label thresholds (each given value replaces the default's).
+    #[serde(default)]
+    pub label_score: Thresholds,
 }
 
 impl Policy {
@@ -286,8 +310,13 @@ impl Policy {
             if c.name.is_empty() || !seen.insert(c.name.as_str()) {
                 errors.push(format!("{at}: category names must be unique and non-empty"));
             }
-            if c.phrases.is_empty() && c.terms.is_empty() {
-                errors.push(format!("{at}: give phrases, terms or both"));
+            if c.phrases.is_empty() && c.terms.is_empty() && c.labels.is_empty() {
+                errors.push(format!("{at}: give phrases, terms or labels"));
+            }
+            if !c.labels.is_empty() && c.label_score == Thresholds::default() {
+                errors.push(format!(
+                    "{at}: labels without label_score thresholds never fire"
+                ));
             }
             if !c.phrases.is_empty() && c.similarity == Thresholds::default() {
                 errors.push(format!(
@@ -297,12 +326,15 @@ impl Policy {
             if c.phrases
                 .iter()
                 .chain(&c.terms)
+                .chain(&c.labels)
                 .any(|p| p.trim().is_empty())
             {
-                errors.push(format!("{at}: empty phrase or term"));
+                errors.push(format!("{at}: empty phrase, term or label"));
             }
             c.similarity
                 .check(&format!("{at}.similarity"), -1.0, 1.0, &mut errors);
+            c.label_score
+                .check(&format!("{at}.label_score"), 0.0, 1.0, &mut errors);
         }
         errors
     }
@@ -320,6 +352,8 @@ impl Policy {
                 .ok_or_else(|| format!("category {name:?} is not in the default policy"))?;
             c.similarity.review = co.similarity.review.or(c.similarity.review);
             c.similarity.block = co.similarity.block.or(c.similarity.block);
+            c.label_score.review = co.label_score.review.or(c.label_score.review);
+            c.label_score.block = co.label_score.block.or(c.label_score.block);
             if let Some(a) = co.term_action {
                 c.term_action = a;
             }
@@ -369,7 +403,8 @@ impl Policies {
 /// A rule that fired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FiredRule {
-    /// `nsfw`, `similarity:<category>`, `term:<category>`.
+    /// `nsfw`, `similarity:<category>`, `term:<category>`, `label:<category>`,
+    /// `list:<id>`.
     pub rule: String,
     /// The text it read, for text rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -457,6 +492,7 @@ pub fn verdict(policy: &Policy, signals: &Signals) -> Verdict {
             });
         }
     }
+    rules.extend(label_rules(policy, &signals.image_labels));
     for m in &signals.embedding_matches {
         if m.action > Action::Allow {
             rules.push(FiredRule {
@@ -477,6 +513,29 @@ pub fn verdict(policy: &Policy, signals: &Signals) -> Verdict {
         action: rules.first().map_or(Action::Allow, |r| r.action),
         rules,
     }
+}
+
+/// Each category with labels fires on the image's most probable label among them.
+fn label_rules(policy: &Policy, labels: &[ImageLabel]) -> Vec<FiredRule> {
+    let mut rules = Vec::new();
+    for c in policy.categories.iter().filter(|c| !c.labels.is_empty()) {
+        let best = labels
+            .iter()
+            .filter(|l| c.labels.iter().any(|w| w.eq_ignore_ascii_case(&l.label)))
+            .max_by(|a, b| a.score.total_cmp(&b.score));
+        let Some(l) = best else { continue };
+        if let Some((action, threshold)) = c.label_score.action(l.score) {
+            rules.push(FiredRule {
+                rule: format!("label:{}", c.name),
+                source: None,
+                score: l.score,
+                threshold,
+                action,
+                evidence: Some(format!("{} ({})", l.label, l.source)),
+            });
+        }
+    }
+    rules
 }
 
 /// Lower-cased words of `text` with accents folded for the common Latin letters: the unit
@@ -526,6 +585,8 @@ mod tests {
                     },
                     terms: vec![],
                     term_action: Action::Review,
+                    labels: vec![],
+                    label_score: Thresholds::default(),
                 },
                 Category {
                     name: "scam".into(),
@@ -533,6 +594,8 @@ mod tests {
                     similarity: Thresholds::default(),
                     terms: vec!["free crypto".into(), "wire transfer".into()],
                     term_action: Action::Block,
+                    labels: vec![],
+                    label_score: Thresholds::default(),
                 },
             ],
         }
@@ -612,6 +675,7 @@ mod tests {
             CategoryOverride {
                 similarity: Thresholds::default(),
                 term_action: Some(Action::Review),
+                label_score: Thresholds::default(),
             },
         );
         let t = p.with_override(&o).expect("valid");
@@ -635,11 +699,63 @@ mod tests {
             similarity: Thresholds::default(),
             terms: vec![],
             term_action: Action::Review,
+            labels: vec![],
+            label_score: Thresholds::default(),
         });
         let e = p.validate("moderation");
         // Out of range, block below review (twice), a duplicate name, a category of nothing.
         assert_eq!(e.len(), 5, "{e:?}");
         assert!(policy().validate("moderation").is_empty());
+    }
+
+    #[test]
+    fn a_category_of_labels_fires_on_the_best_label_among_them() {
+        let mut p = policy();
+        p.categories.push(Category {
+            name: "weapons".into(),
+            phrases: vec![],
+            similarity: Thresholds::default(),
+            terms: vec![],
+            term_action: Action::Review,
+            labels: vec!["assault rifle".into(), "Revolver".into()],
+            label_score: Thresholds {
+                review: Some(0.3),
+                block: Some(0.8),
+            },
+        });
+        assert!(p.validate("moderation").is_empty());
+        let label = |label: &str, score: f32| ImageLabel {
+            label: label.into(),
+            score,
+            source: "imagenet".into(),
+        };
+        let s = |labels| Signals {
+            image_labels: labels,
+            ..Signals::default()
+        };
+        // Case-insensitive; the best of the category's labels decides.
+        let v = verdict(&p, &s(vec![label("revolver", 0.4), label("tabby", 0.5)]));
+        assert_eq!(v.action, Action::Review);
+        assert_eq!(v.rules[0].rule, "label:weapons");
+        assert_eq!(v.rules[0].evidence.as_deref(), Some("revolver (imagenet)"));
+        let v = verdict(
+            &p,
+            &s(vec![label("assault rifle", 0.85), label("revolver", 0.4)]),
+        );
+        assert_eq!((v.action, v.rules.len()), (Action::Block, 1));
+        assert_eq!(v.rules[0].threshold, 0.8);
+        // Under the thresholds, or labels of no category: nothing.
+        assert_eq!(
+            verdict(&p, &s(vec![label("revolver", 0.2)])).action,
+            Action::Allow
+        );
+        assert_eq!(
+            verdict(&p, &s(vec![label("tabby", 0.99)])).action,
+            Action::Allow
+        );
+        // Labels without thresholds are refused.
+        p.categories[2].label_score = Thresholds::default();
+        assert_eq!(p.validate("moderation").len(), 1);
     }
 
     fn action_strategy() -> impl Strategy<Value = Option<f32>> {

@@ -155,7 +155,7 @@ pub struct EmbeddingRecord {
     /// Common fields.
     #[serde(flatten)]
     pub meta: RecordMeta,
-    /// Dimension of every vector.
+    /// Dimension of the bundle's vectors (image, text, fused).
     pub dim: usize,
     /// Image embedding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +172,10 @@ pub struct EmbeddingRecord {
     /// The image's PDQ perceptual hash (task `hash`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pdq: Option<PdqRecord>,
+    /// The photo pack's embedding of the image (unit length, the pack's own dimension: 1280
+    /// for `photo_embedding`), when the worker loads one (`[embeddings] photo_pack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photo_embedding: Option<Vec<f32>>,
 }
 
 /// A PDQ hash in a record.

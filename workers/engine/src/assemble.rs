@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use fusionstream_core::embedlist::EmbeddingKind;
 use fusionstream_core::moderation::{verdict, TextSource};
 use fusionstream_core::record::{
     AnswerRecord, CaptionRecord, DeadLetterRecord, EmbeddingRecord, ModerationRecord, PdqRecord,
@@ -261,14 +262,23 @@ fn outputs(
         };
         push(Stream::Answers, serde_json::to_vec(&r));
     }
-    if let Some(tags) = out.tags {
-        let tags = tags.into_iter().map(tag_score).collect();
+    if out.tags.is_some() || out.pack_tags.is_some() {
+        // The bundle's tags, then the photo pack's labels (source: the pack's name).
+        let mut tags: Vec<TagScore> = out.tags.into_iter().flatten().map(tag_score).collect();
+        tags.extend(out.pack_tags.into_iter().flatten().map(|t| TagScore {
+            label: t.label,
+            score: t.score,
+            source: t.source,
+        }));
         let meta = meta.clone();
         push(Stream::Tags, serde_json::to_vec(&TagRecord { meta, tags }));
     }
     if let (Some(signals), Some(m)) = (out.moderation, &ctx.moderation) {
-        let embedding = out.list_embedding.as_deref();
-        let r = moderation_record(ctx, m, meta, signals, embedding, reporter);
+        let embeddings = ListEmbeddings {
+            image: out.list_embedding.as_deref(),
+            photo: out.list_photo_embedding.as_deref(),
+        };
+        let r = moderation_record(ctx, m, meta, signals, embeddings, reporter);
         push(Stream::Moderation, serde_json::to_vec(&r));
     }
     records
@@ -288,7 +298,8 @@ fn embedding_record(meta: &RecordMeta, out: &mut InferOutput) -> Option<Embeddin
         hash: p.hash.to_hex(),
         quality: p.quality,
     });
-    if dim.is_none() && out.match_score.is_none() && pdq.is_none() {
+    if dim.is_none() && out.match_score.is_none() && pdq.is_none() && out.photo_embedding.is_none()
+    {
         return None;
     }
     Some(EmbeddingRecord {
@@ -299,6 +310,7 @@ fn embedding_record(meta: &RecordMeta, out: &mut InferOutput) -> Option<Embeddin
         fused_embedding: out.fused_embedding.take(),
         match_score: out.match_score,
         pdq,
+        photo_embedding: out.photo_embedding.take(),
     })
 }
 
@@ -314,6 +326,12 @@ fn tag_score(t: fusionstream_model::Tag) -> TagScore {
     }
 }
 
+/// An image's embeddings for the known-embedding lists, by kind.
+struct ListEmbeddings<'a> {
+    image: Option<&'a [f32]>,
+    photo: Option<&'a [f32]>,
+}
+
 /// The moderation record: the models' signals with the event's own (its text's terms, its
 /// image's list matches, matches of its embedding), the tenant's policy's verdict.
 fn moderation_record(
@@ -321,13 +339,26 @@ fn moderation_record(
     m: &ModerationCtx,
     meta: RecordMeta,
     mut signals: fusionstream_core::moderation::Signals,
-    list_embedding: Option<&[f32]>,
+    embeddings: ListEmbeddings<'_>,
     reporter: &dyn Reporter,
 ) -> ModerationRecord {
     signals.terms.extend(m.terms.iter().cloned());
     signals.matches.extend(m.matches.iter().cloned());
-    if let (Some(lists), Some(e)) = (&m.lists, list_embedding) {
-        signals.embedding_matches = lists.embedding_matches(e);
+    if let Some(lists) = &m.lists {
+        let kinds = [
+            (embeddings.image, EmbeddingKind::ImageEmbedding),
+            (embeddings.photo, EmbeddingKind::PhotoEmbedding),
+        ];
+        for (e, kind) in kinds {
+            if let Some(e) = e {
+                signals
+                    .embedding_matches
+                    .extend(lists.embedding_matches(e, kind));
+            }
+        }
+        signals
+            .embedding_matches
+            .sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
     }
     let hits = signals.matches.iter().map(|h| &h.list);
     for list in hits.chain(signals.embedding_matches.iter().map(|h| &h.list)) {

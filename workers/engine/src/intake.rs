@@ -20,6 +20,7 @@ use fusionstream_core::record::{BundleRef, DeadLetterRecord, SourcePosition, Str
 use fusionstream_core::{Lane, ReasonCode, Task};
 use fusionstream_model::moderation::ModerationInput;
 use fusionstream_model::pdq::Pdq;
+use fusionstream_model::photo::PhotoInput;
 use fusionstream_model::tokenize::Tokens;
 use fusionstream_model::{FusionModel, Prepared, PreparedImage};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -304,8 +305,7 @@ async fn preprocess(
     let s = &shared.settings;
     let _slot = shared.cpu_slots.acquire().await.ok()?;
     let model = shared.model.clone();
-    let moderate = event.tasks.contains(Task::Moderate);
-    let hash = event.tasks.contains(Task::Hash);
+    let tasks = event.tasks;
     let lists = s.lists.clone();
     let text = event.text.present().cloned();
     let question = event.question.present().cloned();
@@ -317,7 +317,7 @@ async fn preprocess(
         }
         span.in_scope(|| {
             let lists = lists.as_deref();
-            prepare(&model, image_bytes, text, question, moderate, hash, lists)
+            prepare(&model, image_bytes, text, question, tasks, lists)
         })
     })
     .await;
@@ -457,6 +457,7 @@ async fn enqueue(
         text,
         question,
         moderation: prep.moderation,
+        photo: prep.photo,
         pdq: prep.pdq,
     };
     for (lane, prepared) in inputs.split(&plan, &lanes) {
@@ -496,12 +497,13 @@ struct LaneInputs {
     text: Option<Vec<u32>>,
     question: Option<Vec<u32>>,
     moderation: Option<ModerationInput>,
+    photo: Option<PhotoInput>,
     pdq: Option<Pdq>,
 }
 
 impl LaneInputs {
-    /// One prepared item per lane: encode gets the image, the text, the moderation inputs
-    /// and the hash; generate gets the image and the question.
+    /// One prepared item per lane: encode gets the image, the text, the moderation and photo
+    /// packs' inputs and the hash; generate gets the image and the question.
     fn split(mut self, plan: &Plan, lanes: &[Lane]) -> Vec<(Lane, Prepared)> {
         let mut out = Vec::with_capacity(lanes.len());
         for &lane in lanes {
@@ -520,6 +522,7 @@ impl LaneInputs {
                     pdq: self
                         .pdq
                         .filter(|_| tasks.contains(Task::Hash) && self.image.is_some()),
+                    photo: self.photo.take(),
                 },
                 Lane::Generate => Prepared {
                     image: self.image.clone(),
@@ -528,6 +531,7 @@ impl LaneInputs {
                     tasks,
                     moderation: None,
                     pdq: None,
+                    photo: None,
                 },
             };
             out.push((lane, prepared));

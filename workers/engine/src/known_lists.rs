@@ -1,12 +1,12 @@
 //! Known lists as the pipeline sees them (`[matching]`, docs/matching.md): a snapshot of
 //! every list, replaced list by list when a file changes (`app/lists.rs` loads and reloads);
 //! the match of an image's 8 dihedral PDQ hashes against the hash lists (on the
-//! preprocessing pool), and of its CLIP embedding against the embedding lists (when the
-//! model's outputs are assembled).
+//! preprocessing pool), and of its embeddings (CLIP's, the photo pack's) against the
+//! embedding lists of their kind (when the model's outputs are assembled).
 
 use std::sync::{Arc, RwLock};
 
-use fusionstream_core::embedlist::EmbeddingList;
+use fusionstream_core::embedlist::{EmbeddingKind, EmbeddingList};
 use fusionstream_core::hashlist::HashList;
 use fusionstream_core::moderation::{Action, EmbeddingMatch, ListMatch};
 use fusionstream_model::pdq::Dihedral;
@@ -74,20 +74,25 @@ impl KnownLists {
         }
     }
 
-    /// Whether any list is of embeddings (the model then embeds `moderate` images).
-    pub fn has_embedding_lists(&self) -> bool {
+    /// Whether any list is of embeddings of `kind` (the model then gives `moderate` images
+    /// that embedding).
+    pub fn has_embedding_lists(&self, kind: EmbeddingKind) -> bool {
         self.snapshot()
             .iter()
-            .any(|l| matches!(l.list, ListBody::Embeddings(_)))
+            .any(|l| matches!(&l.list, ListBody::Embeddings(e) if e.kind() == kind))
     }
 
-    /// The embedding-list entries an image embedding matches, most similar first.
-    pub fn embedding_matches(&self, embedding: &[f32]) -> Vec<EmbeddingMatch> {
+    /// The entries of the lists of `kind` an image's embedding of that kind matches, most
+    /// similar first.
+    pub fn embedding_matches(&self, embedding: &[f32], kind: EmbeddingKind) -> Vec<EmbeddingMatch> {
         let mut out = Vec::new();
         for l in self.snapshot().iter() {
             let ListBody::Embeddings(list) = &l.list else {
                 continue;
             };
+            if list.kind() != kind {
+                continue;
+            }
             for hit in list.search(embedding, self.min_similarity) {
                 let e = &list.entries()[hit.entry];
                 out.push(EmbeddingMatch {

@@ -5,9 +5,11 @@
 use fusionstream_core::degrade::{Availability, Degradation};
 use fusionstream_core::event::{Event, Input};
 use fusionstream_core::moderation::ListMatch;
+use fusionstream_core::task::{Task, TaskSet};
 use fusionstream_core::ReasonCode;
 use fusionstream_model::moderation::{ModerationInput, ModerationModels};
 use fusionstream_model::pdq::Pdq;
+use fusionstream_model::photo::PhotoInput;
 use fusionstream_model::preprocess::RgbImage;
 
 use super::known_lists::KnownLists;
@@ -63,6 +65,9 @@ pub(crate) struct Preprocessed {
     pub(crate) text: Result<Option<Tokens>, ReasonCode>,
     pub(crate) question: Result<Option<Tokens>, ReasonCode>,
     pub(crate) moderation: Option<ModerationInput>,
+    /// The photo packs' inputs, when the event asks for `tag` or `embed`, the worker loads
+    /// the pack for it and the image is usable.
+    pub(crate) photo: Option<PhotoInput>,
     /// The image's PDQ hash, when the event asks for `hash` and has a usable image.
     pub(crate) pdq: Option<Pdq>,
     /// Known-hash list entries the image matches (with `moderate` and lists configured).
@@ -71,19 +76,23 @@ pub(crate) struct Preprocessed {
 
 /// Decode and resize the image, tokenise text and question (on the blocking pool, under a
 /// CPU slot): each prepared, or the reason code it is unusable. With `moderate` (and the
-/// worker's moderation models) or `hash`, the image is decoded once — as Pillow decodes it,
-/// the pixels the packs and PDQ's reference were measured on — for every model and the hash.
+/// worker's moderation models), `hash`, or `tag`/`embed` with a photo pack for them, the
+/// image is decoded once — as Pillow decodes it, the pixels the packs and PDQ's reference
+/// were measured on — for every model and the hash.
 pub(crate) fn prepare(
     model: &FusionModel,
     image: Option<Result<Vec<u8>, ReasonCode>>,
     text: Option<String>,
     question: Option<String>,
-    moderate: bool,
-    hash: bool,
+    tasks: TaskSet,
     lists: Option<&KnownLists>,
 ) -> Preprocessed {
-    let moderation_models = model.moderation().filter(|_| moderate);
-    if moderation_models.is_some() || hash {
+    let moderation_models = model
+        .moderation()
+        .filter(|_| tasks.contains(Task::Moderate));
+    let hash = tasks.contains(Task::Hash);
+    let photo_work = model.photo_work(tasks);
+    if moderation_models.is_some() || hash || photo_work.is_some() {
         let limits = &model.decode_options().limits;
         let decoded = image.map(|r| {
             r.and_then(|bytes| {
@@ -116,17 +125,23 @@ pub(crate) fn prepare(
         };
         let moderation =
             moderation_models.map(|m| moderation_inputs(m, decoded.as_ref(), text.as_deref()));
+        let photo = match (photo_work, &decoded) {
+            (Some((p, tag, embed)), Some(Ok(rgb))) => Some(p.prepare(rgb, tag, embed)),
+            _ => None,
+        };
         return Preprocessed {
             image: prepared_image,
             text: tokens(model, text),
             question: question_tokens(model, question),
             moderation,
+            photo,
             pdq,
             matches,
         };
     }
     Preprocessed {
         moderation: None,
+        photo: None,
         pdq: None,
         matches: Vec::new(),
         image: match image {

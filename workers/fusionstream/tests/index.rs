@@ -111,7 +111,7 @@ fn shapes_bundle_retrieves_each_scene_by_its_caption_and_back() {
     assert_eq!(summary["records"], 16, "{summary}");
     assert_eq!(
         summary["entries"],
-        json!([["image", 8], ["text", 8], ["fused", 16]])
+        json!([["image", 8], ["text", 8], ["fused", 16], ["photo", 0]])
     );
 
     for (i, c) in captions.iter().enumerate() {

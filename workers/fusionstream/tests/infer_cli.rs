@@ -162,6 +162,32 @@ fn the_onnx_backend_gives_the_candle_answer_and_says_so() {
 }
 
 #[test]
+fn the_library_in_the_cache_is_found_without_configuration() {
+    let Some(lib) = ort_library() else { return };
+    // Where scripts/fetch-onnxruntime.sh puts it, under the cache root.
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("onnxruntime/1.31.1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&lib, dir.join("libonnxruntime.so.1.31.1")).unwrap();
+    let bundle = common::root().join("models/shapes");
+    let out = Command::new(env!("CARGO_BIN_EXE_fusionstream"))
+        .args(["infer", "--model", bundle.to_str().unwrap()])
+        .args(["--text", "a red circle", "--precision", "int8"])
+        .env_remove("ORT_DYLIB_PATH")
+        .env("FUSIONSTREAM_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    // `auto` took ONNX Runtime, and says where the library came from.
+    assert!(stderr.contains("clip onnx/int8"), "{stderr}");
+    assert!(
+        stderr.contains("fetch-onnxruntime") && stderr.contains(dir.to_str().unwrap()),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_bad_onnx_runtime_library_is_one_clear_line() {
     let model = tiny("clip-a");
     let not_a_library = std::env::temp_dir().join(format!("fs-not-ort-{}.so", std::process::id()));
@@ -188,16 +214,21 @@ fn a_bad_onnx_runtime_library_is_one_clear_line() {
         );
     }
     std::fs::remove_file(&not_a_library).unwrap();
-    // Backend onnx with no library configured at all.
+    // Backend onnx with no library configured and none in the cache: the error says where it
+    // looked and how to get one.
+    let empty_cache = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fusionstream"))
         .args(["infer", "--model", model.to_str().unwrap(), "--text", "x"])
         .args(["--backend", "onnx"])
         .env_remove("ORT_DYLIB_PATH")
+        .env("FUSIONSTREAM_CACHE", empty_cache.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        !out.status.success() && stderr.contains("ORT_DYLIB_PATH"),
+        !out.status.success()
+            && stderr.contains("ORT_DYLIB_PATH")
+            && stderr.contains("scripts/fetch-onnxruntime.sh"),
         "{stderr}"
     );
 }

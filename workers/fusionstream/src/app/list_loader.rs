@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use fusionstream_core::embedlist::EmbeddingList;
+use fusionstream_core::embedlist::{EmbeddingKind, EmbeddingList};
 use fusionstream_core::event::split_s3_url;
 use fusionstream_core::hashlist::HashList;
 use fusionstream_core::moderation::Action;
@@ -39,21 +39,21 @@ enum Stamp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Hashes,
-    Embeddings,
+    Embeddings(EmbeddingKind),
 }
 
 impl Kind {
     fn key(self) -> &'static str {
         match self {
             Kind::Hashes => "hash_lists",
-            Kind::Embeddings => "embedding_lists",
+            Kind::Embeddings(_) => "embedding_lists",
         }
     }
 
     fn noun(self) -> &'static str {
         match self {
             Kind::Hashes => "hash list",
-            Kind::Embeddings => "embedding list",
+            Kind::Embeddings(_) => "embedding list",
         }
     }
 }
@@ -71,7 +71,7 @@ impl Sources {
         let embeddings = c
             .embedding_lists
             .iter()
-            .map(|(id, l)| (id, l, Kind::Embeddings));
+            .map(|(id, l)| (id, l, Kind::Embeddings(l.kind.unwrap_or_default())));
         for (id, l, kind) in hashes.chain(embeddings) {
             let text = l.path.to_string_lossy();
             let source = if text.starts_with("s3://") {
@@ -152,7 +152,7 @@ impl Sources {
             Kind::Hashes => HashList::parse(&text)
                 .map(ListBody::Hashes)
                 .map_err(|e| anyhow::anyhow!("{name}: {e}")),
-            Kind::Embeddings => EmbeddingList::parse(&text)
+            Kind::Embeddings(k) => EmbeddingList::parse(&text, k)
                 .map(ListBody::Embeddings)
                 .map_err(|e| anyhow::anyhow!("{name}: {e}")),
         })
@@ -288,6 +288,7 @@ mod tests {
                 HashListConfig {
                     path: path.clone(),
                     action: Action::Block,
+                    kind: None,
                 },
             )]
             .into(),
@@ -302,16 +303,22 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(lists.has_embedding_lists());
-        let hits = lists.embedding_matches(&[0.95, 0.05]);
+        let clip = EmbeddingKind::ImageEmbedding;
+        assert!(lists.has_embedding_lists(clip));
+        assert!(!lists.has_embedding_lists(EmbeddingKind::PhotoEmbedding));
+        let hits = lists.embedding_matches(&[0.95, 0.05], clip);
         assert_eq!(hits.len(), 1);
         assert_eq!(
             (hits[0].item.as_str(), hits[0].action),
             ("x", Action::Block)
         );
         assert!(hits[0].similarity > 0.99);
+        // A list of CLIP embeddings is not matched with photo embeddings.
+        assert!(lists
+            .embedding_matches(&[0.95, 0.05], EmbeddingKind::PhotoEmbedding)
+            .is_empty());
         assert!(
-            lists.embedding_matches(&[0.5, 0.5]).is_empty(),
+            lists.embedding_matches(&[0.5, 0.5], clip).is_empty(),
             "cosine 0.71 < 0.9"
         );
         std::fs::write(&path, entry("x", [1.0, 0.0]) + &entry("y", [0.0, 1.0])).unwrap();
@@ -343,6 +350,7 @@ mod tests {
                 HashListConfig {
                     path: path.clone(),
                     action: Action::Review,
+                    kind: None,
                 },
             )]
             .into(),
@@ -455,6 +463,7 @@ mod tests {
                 HashListConfig {
                     path: PathBuf::from(format!("s3://{bucket}/known/")),
                     action: Action::Block,
+                    kind: None,
                 },
             )]
             .into(),

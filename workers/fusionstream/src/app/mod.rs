@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use fusionstream_core::embedlist::EmbeddingKind;
 use fusionstream_core::record::OUTPUT_SCHEMA_VERSION;
 use fusionstream_io::kafka::{
     GroupSettings, KafkaCommitter, KafkaShared, KafkaSink, KafkaSource, KafkaTransactions,
@@ -54,6 +55,9 @@ pub struct Summary {
     pub events_per_second: f64,
     /// Which backend and precision ran each part of the bundle.
     pub backends: String,
+    /// When the bundle ran on candle for want of ONNX Runtime: how to get the faster backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faster_backend_hint: Option<String>,
     /// The memory bound derived from the configuration (bytes; `fusionstream_engine::memory`).
     pub memory_bound_bytes: u64,
     /// The process's peak resident set (bytes; Linux only).
@@ -101,6 +105,7 @@ pub async fn run_recorded(
         tokio::spawn(stop_after(n, recorder.clone(), cancel.clone()));
     }
     let backends = model.backend_summary();
+    let faster_backend_hint = faster_backend_hint(c, &model);
     let start = Instant::now();
     let common = Common {
         settings,
@@ -124,10 +129,19 @@ pub async fn run_recorded(
         seconds,
         events_per_second: snap.finished as f64 / seconds.max(1e-9),
         backends,
+        faster_backend_hint,
         memory_bound_bytes: bound.total(),
         peak_rss_bytes: memory::rss().map(|r| r.1),
         stats: snap,
     })
+}
+
+/// With `model.backend = "auto"` on the CPU and no ONNX Runtime found, where the worker
+/// looked and the command that installs the library (the bundle then ran on candle).
+fn faster_backend_hint(c: &Config, model: &FusionModel) -> Option<String> {
+    let auto = c.model.backend == fusionstream_model::BackendChoice::Auto;
+    (auto && model.onnx_library().is_none() && model.device().is_cpu())
+        .then(fusionstream_model::backend::onnx::library::not_found_hint)
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` when `telemetry.metrics_listen` is set, until
@@ -147,7 +161,7 @@ async fn serve_metrics(
     Ok(stop.drop_guard())
 }
 
-/// Load the model (and its moderation packs) off the runtime, and mark it loaded.
+/// Load the model (and its moderation and photo packs) off the runtime, and mark it loaded.
 async fn load_model(
     c: &Config,
     settings: &Settings,
@@ -164,14 +178,33 @@ async fn load_model(
     let bundle = model::resolve_bundle(c).await?;
     let model_config = c.model.clone();
     let moderation = c.moderation.enabled.then(|| c.moderation.clone());
-    // Known-embedding lists are matched against the image embedding of `moderate` items.
-    let list_embeddings = settings
-        .lists
-        .as_ref()
-        .is_some_and(|l| l.has_embedding_lists());
+    let photo = c.photo_options();
+    // Known-embedding lists are matched against the image embeddings (CLIP's, the photo
+    // pack's) of `moderate` items.
+    let lists_of = |kind| {
+        settings
+            .lists
+            .as_ref()
+            .is_some_and(|l| l.has_embedding_lists(kind))
+    };
+    let list_embeddings = lists_of(EmbeddingKind::ImageEmbedding);
+    let photo_list_embeddings = lists_of(EmbeddingKind::PhotoEmbedding);
+    // A policy category of image labels reads the classifier pack's labels.
+    let label_moderation = c.moderation.enabled
+        && c.moderation
+            .categories
+            .iter()
+            .any(|cat| !cat.labels.is_empty());
     let model = tokio::task::spawn_blocking(move || {
-        model::load(&model_config, &bundle, decode, moderation.as_ref())
-            .map(|m| m.with_list_embeddings(list_embeddings))
+        let packs = model::Packs {
+            moderation: moderation.as_ref(),
+            photo: photo.as_ref(),
+        };
+        model::load(&model_config, &bundle, decode, packs).map(|m| {
+            m.with_list_embeddings(list_embeddings)
+                .with_photo_list_embeddings(photo_list_embeddings)
+                .with_photo_label_moderation(label_moderation)
+        })
     })
     .await??;
     health
@@ -197,9 +230,12 @@ fn memory_bound(c: &Config, settings: &Settings, model: &FusionModel) -> MemoryB
             SourceKind::Local | SourceKind::Backfill => SourceBuffers::Local,
         },
         memory::rss().map_or(0, |r| r.0),
-        // What one event's prepared inputs hold: the bundle's pixels, and the moderation
-        // packs' inputs (the OCR image, up to 2000 px a side) when the worker moderates.
-        model.prepared_image_bytes() + model.moderation().map_or(0, |m| m.max_input_bytes()),
+        // What one event's prepared inputs hold: the bundle's pixels, the moderation packs'
+        // inputs (the OCR image, up to 2000 px a side) when the worker moderates, and the
+        // photo packs' inputs.
+        model.prepared_image_bytes()
+            + model.moderation().map_or(0, |m| m.max_input_bytes())
+            + model.photo_packs().map_or(0, |p| p.max_input_bytes()),
         model.moderation().map_or(0, |m| m.max_activation_bytes()),
     )
 }

@@ -9,19 +9,29 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use fusionstream_model::moderation::ModerationModels;
+use fusionstream_model::photo::{PhotoOptions, PhotoPacks};
 use fusionstream_model::preprocess::DecodeOptions;
 use fusionstream_model::{FusionModel, RuntimeOptions};
 
 use crate::config::{Config, ModelConfig, ModerationConfig, WarmUp};
 
-/// Load the bundle at `bundle` as `m` says (blocking: run it off the async runtime). The
-/// generation settings are the bundle's unless `m` overrides them; the model is warmed up
-/// when `m.warm_up` asks for it.
+/// The packs loaded beside the bundle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Packs<'a> {
+    /// `[moderation]`, when the worker serves `moderate`.
+    pub moderation: Option<&'a ModerationConfig>,
+    /// The photo packs of `[tags]` and `[embeddings]`.
+    pub photo: Option<&'a PhotoOptions>,
+}
+
+/// Load the bundle at `bundle` as `m` says (blocking: run it off the async runtime), with
+/// `packs`. The generation settings are the bundle's unless `m` overrides them; the model is
+/// warmed up when `m.warm_up` asks for it.
 pub fn load(
     m: &ModelConfig,
     bundle: &Path,
     decode: DecodeOptions,
-    moderation: Option<&ModerationConfig>,
+    packs: Packs<'_>,
 ) -> anyhow::Result<FusionModel> {
     let opts = RuntimeOptions {
         decode,
@@ -30,7 +40,19 @@ pub fn load(
     };
     let mut model = FusionModel::load(bundle, &opts)
         .with_context(|| format!("loading model bundle {}", bundle.display()))?;
-    if let Some(mc) = moderation {
+    log_onnx_library(&model);
+    if let Some(po) = packs.photo {
+        let started = Instant::now();
+        let photo =
+            PhotoPacks::load(po).context("loading the photo packs ([tags], [embeddings])")?;
+        tracing::info!(
+            packs = %photo.names().join(","),
+            seconds = started.elapsed().as_secs_f64(),
+            "photo packs loaded"
+        );
+        model = model.with_photo_packs(Arc::new(photo));
+    }
+    if let Some(mc) = packs.moderation {
         let started = Instant::now();
         let packs = ModerationModels::load(&mc.options(opts.onnx.clone()))
             .context("loading the moderation packs ([moderation])")?;
@@ -59,6 +81,22 @@ pub fn load(
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "model warmed up");
     }
     Ok(model)
+}
+
+/// Say which ONNX Runtime library runs the bundle and where it was found, or — when `auto`
+/// fell back to candle — how to get the faster backend.
+fn log_onnx_library(model: &FusionModel) {
+    match model.onnx_library() {
+        Some((lib, source)) => {
+            tracing::info!(library = %lib.display(), from = %source, "ONNX Runtime loaded");
+        }
+        None => tracing::info!(
+            "the bundle runs on candle: {}; with it, `model.backend = \"auto\"` runs the \
+             bundle's int8 graphs (on the embedded default's mix ~2x a Python worker's speed, \
+             candle ~0.6x: benches/README.md)",
+            fusionstream_model::backend::onnx::library::not_found_hint()
+        ),
+    }
 }
 
 /// A local bundle folder: `model.bundle` itself, or for an `s3://bucket/prefix` its copy in

@@ -154,7 +154,15 @@ pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let bundle = rt.block_on(fusionstream::app::model::resolve_bundle(&c))?;
-    let model = fusionstream::app::model::load(&c.model, &bundle, Default::default(), None)?;
+    let model = fusionstream::app::model::load(
+        &c.model,
+        &bundle,
+        Default::default(),
+        fusionstream::app::model::Packs {
+            moderation: None,
+            photo: fusionstream::indexer::query::query_photo_options(&c).as_ref(),
+        },
+    )?;
     query::check_space(&model, meta.bundle.as_deref())?;
     let image = match &args.image {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),

@@ -83,7 +83,12 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         queue: 1,
         warm_up: WarmUp::Never,
     };
-    let model = fusionstream::app::model::load(&m, &args.model, DecodeOptions::default(), None)?;
+    let model = fusionstream::app::model::load(
+        &m,
+        &args.model,
+        DecodeOptions::default(),
+        Default::default(),
+    )?;
 
     let image = match &args.image {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
@@ -106,5 +111,12 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(&out)?);
     // Which backend ran each part, on stderr so that stdout stays one JSON object.
     eprintln!("model: {}", model.backend_summary());
+    match model.onnx_library() {
+        Some((lib, source)) => eprintln!("onnxruntime: {} (from {source})", lib.display()),
+        None => eprintln!(
+            "onnxruntime: {}",
+            fusionstream_model::backend::onnx::library::not_found_hint()
+        ),
+    }
     Ok(())
 }

@@ -355,6 +355,11 @@ fn print_summary(s: &Summary, c: &Config) {
         .collect();
     line(format!("  batches     {}", batches.join(", ")));
     line(format!("  model       {}", s.backends));
+    if let Some(hint) = &s.faster_backend_hint {
+        line(format!(
+            "  faster      {hint} (ONNX int8 ran ~3x candle's speed here: benches/README.md)"
+        ));
+    }
     if let Some(peak) = s.peak_rss_bytes {
         line(format!(
             "  memory      peak RSS {} MiB; bound {} MiB",

@@ -84,6 +84,7 @@ impl Config {
         self.validate_kafka(errors);
         self.validate_lake(errors);
         self.validate_matching(errors);
+        self.validate_photo_packs(errors);
         self.validate_index(errors);
         self.validate_telemetry(errors);
     }
@@ -277,11 +278,54 @@ impl Config {
         if !(-1.0..=1.0).contains(&m.min_similarity) {
             errors.push("matching.min_similarity must be between -1 and 1".into());
         }
+        for (id, l) in &m.hash_lists {
+            if l.kind.is_some() {
+                errors.push(format!(
+                    "matching.hash_lists.{id}: kind is for embedding lists"
+                ));
+            }
+        }
+        let photo = Some(fusionstream_core::embedlist::EmbeddingKind::PhotoEmbedding);
+        for (id, l) in &m.embedding_lists {
+            if l.kind == photo && self.embeddings.photo_pack.trim().is_empty() {
+                errors.push(format!(
+                    "matching.embedding_lists.{id} lists photo embeddings: set embeddings.photo_pack"
+                ));
+            }
+        }
         if all_lists().next().is_some() && !self.moderation.enabled {
             errors.push(
                 "matching.hash_lists and embedding_lists are matched by the moderate task: set moderation.enabled = true"
                     .into(),
             );
+        }
+    }
+
+    /// `[tags]` and `[embeddings]`: the photo packs.
+    fn validate_photo_packs(&self, errors: &mut Vec<String>) {
+        let t = &self.tags;
+        if t.packs.len() > 1 {
+            errors.push(format!(
+                "tags.packs names {} packs: one image_classifier pack at most",
+                t.packs.len()
+            ));
+        }
+        if t.packs.iter().any(|p| p.trim().is_empty()) {
+            errors.push("tags.packs: a pack name is empty".into());
+        }
+        if t.top_k == 0 {
+            errors.push("tags.top_k must be at least 1".into());
+        }
+        for c in &self.moderation.categories {
+            if !c.labels.is_empty() && t.packs.is_empty() {
+                errors.push(format!(
+                    "moderation.categories[{}] names image labels: set tags.packs (e.g. [\"imagenet\"])",
+                    c.name
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&t.min_score) {
+            errors.push("tags.min_score must be between 0 and 1".into());
         }
     }
 

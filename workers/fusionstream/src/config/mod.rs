@@ -69,6 +69,8 @@ sections! {
     scheduler: SchedulerConfig,
     degradation: DegradationConfig,
     moderation: ModerationConfig,
+    tags: TagsConfig,
+    embeddings: EmbeddingsConfig,
     matching: MatchingConfig,
     index: IndexConfig,
     sink: SinkConfig,

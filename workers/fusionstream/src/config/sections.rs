@@ -330,6 +330,55 @@ pub struct HashListConfig {
     pub path: PathBuf,
     /// What a match asks for.
     pub action: fusionstream_core::moderation::Action,
+    /// Embedding lists: which embedding they hold (`image_embedding`, the default: the
+    /// bundle's CLIP image embedding; `photo_embedding`: the photo pack's). Not for hash lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<fusionstream_core::embedlist::EmbeddingKind>,
+}
+
+/// `[tags]`: labels of an image-classifier pack among the tags.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagsConfig {
+    /// `image_classifier` packs whose labels join the tags (at most one).
+    pub packs: Vec<String>,
+    /// Labels kept per image, most probable first.
+    pub top_k: usize,
+    /// Least probability of a label kept.
+    pub min_score: f32,
+}
+
+impl TagsConfig {
+    /// The photo packs' options ([`Config::photo_options`] adds the embedder).
+    fn classifier(&self) -> Option<String> {
+        self.packs.first().map(|p| p.trim().to_owned())
+    }
+}
+
+impl super::Config {
+    /// What the model loader needs for the photo packs (`None`: neither `[tags] packs` nor
+    /// `[embeddings] photo_pack` is set). Packs are installed in `moderation.packs_dir`.
+    pub fn photo_options(&self) -> Option<fusionstream_model::photo::PhotoOptions> {
+        let embedder = Some(self.embeddings.photo_pack.trim().to_owned()).filter(|p| !p.is_empty());
+        let classifier = self.tags.classifier();
+        (classifier.is_some() || embedder.is_some()).then(|| {
+            fusionstream_model::photo::PhotoOptions {
+                packs_dir: self.moderation.packs_dir(),
+                classifier,
+                top_k: self.tags.top_k,
+                min_score: self.tags.min_score,
+                embedder,
+            }
+        })
+    }
+}
+
+/// `[embeddings]`: the photo pack's embedding on the embeddings record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// `image_embedding` pack written as `photo_embedding` ("" = none).
+    pub photo_pack: String,
 }
 
 /// `[index]`: the live vector index (`fusionstream index`, `fusionstream search`).

@@ -90,6 +90,7 @@ impl Ingest {
                 Kind::Image => record.image_embedding.as_deref(),
                 Kind::Text => record.text_embedding.as_deref(),
                 Kind::Fused => record.fused_embedding.as_deref(),
+                Kind::Photo => record.photo_embedding.as_deref(),
             };
             let Some(v) = vector else { continue };
             match self.index.upsert(kind, &record.meta.event_id, v) {
@@ -187,6 +188,30 @@ mod tests {
         assert_eq!(ingest.meta.positions["t/1"], 7);
         assert_eq!((ingest.meta.records, ingest.meta.refused), (5, 3));
         assert_eq!(ingest.index.len(Kind::Image), 1);
+    }
+
+    #[test]
+    fn photo_embeddings_are_indexed_in_their_own_graph() {
+        let ix = VectorIndex::new(Params::default()).unwrap();
+        let mut ingest = Ingest::new(ix, SnapshotMeta::default(), vec![Kind::Image, Kind::Photo]);
+        let mut r: serde_json::Value =
+            serde_json::from_slice(&record("p", "b", Some(vec![1.0, 0.0]), None)).unwrap();
+        // The photo pack's vector has its own dimension.
+        r["photo_embedding"] = json!([0.0, 0.6, 0.8]);
+        let a = ingest.apply("t/0", 1, &serde_json::to_vec(&r).unwrap());
+        assert_eq!((a.added, a.refused), (2, None));
+        assert_eq!(ingest.index.len(Kind::Photo), 1);
+        assert_eq!(ingest.index.dim(Kind::Photo), Some(3));
+        let hit = &ingest
+            .index
+            .search(Kind::Photo, &[0.0, 0.6, 0.8], 1)
+            .unwrap()[0];
+        assert_eq!(hit.event_id, "p");
+        // Not indexed when the kind is not configured.
+        let ix = VectorIndex::new(Params::default()).unwrap();
+        let mut only_image = Ingest::new(ix, SnapshotMeta::default(), vec![Kind::Image]);
+        only_image.apply("t/0", 1, &serde_json::to_vec(&r).unwrap());
+        assert_eq!(only_image.index.len(Kind::Photo), 0);
     }
 
     #[test]

@@ -154,7 +154,15 @@ fn serve_search(
         return Ok(None);
     }
     let bundle = rt.block_on(crate::app::model::resolve_bundle(c))?;
-    let model = crate::app::model::load(&c.model, &bundle, Default::default(), None)?;
+    let model = crate::app::model::load(
+        &c.model,
+        &bundle,
+        Default::default(),
+        crate::app::model::Packs {
+            moderation: None,
+            photo: query::query_photo_options(c).as_ref(),
+        },
+    )?;
     let shared = Shared::new(
         ingest.clone(),
         Arc::new(Mutex::new(model)),

@@ -7,6 +7,8 @@
 use fusionstream_core::task::{Task, TaskSet};
 use fusionstream_index::{Hit, Kind, VectorIndex};
 use fusionstream_model::FusionModel;
+
+use crate::config::Config;
 use serde::Serialize;
 
 /// A query's embeddings.
@@ -18,6 +20,8 @@ pub struct QueryVectors {
     pub text: Option<Vec<f32>>,
     /// Fusion head's embedding.
     pub fused: Option<Vec<f32>>,
+    /// The photo pack's embedding of the image (when the model has the pack).
+    pub photo: Option<Vec<f32>>,
 }
 
 impl QueryVectors {
@@ -29,8 +33,23 @@ impl QueryVectors {
             Kind::Image => image.or(text),
             Kind::Text => text.or(image),
             Kind::Fused => self.fused.as_deref().map(|v| (v, "fused")),
+            // Photo embeddings are of images only: no text → photo search.
+            Kind::Photo => self.photo.as_deref().map(|v| (v, "photo")),
         }
     }
+}
+
+/// The photo pack queries need: the embeddings' pack, when the index holds photo
+/// embeddings (`index.kinds` has `photo`).
+pub fn query_photo_options(c: &Config) -> Option<fusionstream_model::photo::PhotoOptions> {
+    let photo = c.index.kinds.contains(&Kind::Photo);
+    c.photo_options()
+        .filter(|_| photo)
+        .map(|o| fusionstream_model::photo::PhotoOptions {
+            classifier: None,
+            ..o
+        })
+        .filter(|o| o.embedder.is_some())
 }
 
 /// Embed a query with the model (blocking).
@@ -55,6 +74,7 @@ pub fn embed(
         image: out.image_embedding,
         text: out.text_embedding,
         fused: out.fused_embedding,
+        photo: out.photo_embedding,
     })
 }
 

@@ -30,6 +30,12 @@ pub fn config(files: &[PathBuf], pairs: &[(&str, &str)], overrides: &Overrides) 
     ] {
         *p = root.join(&*p);
     }
+    let lists = c.matching.hash_lists.values_mut();
+    for l in lists.chain(c.matching.embedding_lists.values_mut()) {
+        if !l.path.to_string_lossy().starts_with("s3://") {
+            l.path = root.join(&l.path);
+        }
+    }
     c.telemetry.progress = Progress::Never;
     c
 }

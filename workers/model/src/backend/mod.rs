@@ -71,10 +71,21 @@ pub struct InferOutput {
     /// The image's PDQ hash (task `hash`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pdq: Option<Pdq>,
+    /// Labels of the `image_classifier` pack (task `tag`, with `[tags] packs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pack_tags: Option<Vec<crate::photo::PackTag>>,
+    /// The `image_embedding` pack's unit-length vector (task `embed`, with
+    /// `[embeddings] photo_pack`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub photo_embedding: Option<Vec<f32>>,
     /// The CLIP image embedding of a `moderate` item, for known-embedding lists (see
     /// [`FusionModel::with_list_embeddings`]); not an output of its own.
     #[serde(skip)]
     pub list_embedding: Option<Vec<f32>>,
+    /// The photo embedding of a `moderate` item, for known lists of photo embeddings; not
+    /// an output of its own.
+    #[serde(skip)]
+    pub list_photo_embedding: Option<Vec<f32>>,
     /// Requested tasks that produced nothing, with reasons.
     pub skipped: Vec<Skipped>,
 }
@@ -111,6 +122,8 @@ pub struct Prepared {
     pub moderation: Option<ModerationInput>,
     /// The image's PDQ hash, computed while preprocessing, when the item asks for `hash`.
     pub pdq: Option<Pdq>,
+    /// The photo packs' inputs, when the item has an image and asks for `tag` or `embed`.
+    pub photo: Option<crate::photo::PhotoInput>,
 }
 
 /// Anything that runs a batch of prepared items.

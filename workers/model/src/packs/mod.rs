@@ -10,12 +10,18 @@
 //!
 //! | file | kind |
 //! |---|---|
+//! | `classifier.rs` | `image_classifier`: ImageNet labels of photos as tags (EfficientNet-Lite0) |
+//! | `image_input.rs` | the candle image packs' preprocessing (Pillow's arithmetic) |
 //! | `nsfw.rs` | `nsfw`: an image classifier's not-safe-for-work probability (open_nsfw) |
 //! | `ocr/` | `ocr`: text detection, angle classification and recognition (PP-OCR) |
+//! | `photo_embedding.rs` | `image_embedding`: a photo embedding for near duplicates (MobileNetV2) |
 //! | `sentence.rs` | `sentence_embedding`: a BERT sentence encoder (all-MiniLM-L6-v2) |
 
+pub mod classifier;
+pub mod image_input;
 pub mod nsfw;
 pub mod ocr;
+pub mod photo_embedding;
 pub mod sentence;
 
 use std::path::{Path, PathBuf};
@@ -39,8 +45,9 @@ pub struct PackSource {
 pub struct PackFile {
     /// Name in the pack folder.
     pub name: String,
-    /// Path inside the wheel.
-    pub from: String,
+    /// Path inside the wheel (absent for a file converted from another at install time).
+    #[serde(default)]
+    pub from: Option<String>,
     /// SHA-256 (hex) the file must have, where the manifest gives one.
     pub sha256: Option<String>,
 }
@@ -145,7 +152,8 @@ impl Pack {
 pub(crate) fn onnx_runtime(kind: &str, opts: &crate::backend::onnx::OnnxOptions) -> Result<()> {
     let lib = opts.library_path().ok_or_else(|| {
         ModelError::OnnxRuntime(format!(
-            "an {kind} pack runs on ONNX Runtime: set model.onnxruntime_library or ORT_DYLIB_PATH"
+            "an {kind} pack runs on ONNX Runtime: {}",
+            crate::backend::onnx::library::not_found_hint()
         ))
     })?;
     crate::backend::onnx::load_library(&lib)

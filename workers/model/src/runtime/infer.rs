@@ -4,7 +4,8 @@
 //!
 //! The steps, in order: embed (CLIP image and text rows), fuse (the fusion head over rows
 //! with either embedding), describe (one vision pass for captions, answers and patch tags;
-//! generation; tags), moderate (the packs' own batches), then one [`InferOutput`] per item
+//! generation; tags), moderate (the packs' own batches), the photo packs (ImageNet labels,
+//! photo embeddings), then one [`InferOutput`] per item
 //! with the tasks it could not get listed as skipped.
 //!
 //! Long because the steps share the batch's routing and their per-item results; each step
@@ -95,6 +96,7 @@ impl FusionModel {
         let mut fused = self.fuse(items, &emb)?;
         let mut described = self.describe(&routes, &emb)?;
         let mut moderation = self.moderate(items)?;
+        let mut photo = self.photo(items)?;
         let out = items.iter().enumerate().map(|(i, item)| {
             let mut o = InferOutput {
                 pdq: item.pdq.filter(|_| item.tasks.contains(Task::Hash)),
@@ -110,6 +112,25 @@ impl FusionModel {
                 }
             }
             o.tags = described.tags[i].take();
+            let labels = photo[i].tags.take();
+            if self.photo_label_moderation && item.tasks.contains(Task::Moderate) {
+                if let (Some(signals), Some(labels)) = (o.moderation.as_mut(), &labels) {
+                    signals.image_labels = labels
+                        .iter()
+                        .map(crate::photo::PackTag::to_image_label)
+                        .collect();
+                }
+            }
+            if item.tasks.contains(Task::Tag) {
+                o.pack_tags = labels;
+            }
+            let photo_embedding = photo[i].embedding.take();
+            if self.photo_list_embeddings && item.tasks.contains(Task::Moderate) {
+                o.list_photo_embedding = photo_embedding.clone();
+            }
+            if item.tasks.contains(Task::Embed) {
+                o.photo_embedding = photo_embedding;
+            }
             if routes.wants_list_embedding(item) {
                 o.list_embedding = emb.image[i].clone();
             }
@@ -139,10 +160,11 @@ impl FusionModel {
             item.question.is_some(),
         );
         let present = |task| match task {
-            Task::Embed | Task::Match => self.clip.is_some(),
+            Task::Embed => self.clip.is_some() || self.photo.as_ref().is_some_and(|p| p.embeds()),
+            Task::Match => self.clip.is_some(),
             Task::Caption => self.caption.is_some(),
             Task::Answer => self.vqa.is_some(),
-            Task::Tag => self.tags.is_some(),
+            Task::Tag => self.tags.is_some() || self.photo.as_ref().is_some_and(|p| p.tags()),
             Task::Moderate => self.moderation.is_some(),
             Task::Hash => true,
         };
@@ -344,6 +366,14 @@ impl FusionModel {
         }?;
         let scorer = clip.scorer;
         table.tags(input, source, |e, labels| scorer.label_probs(e, labels))
+    }
+
+    /// The photo packs: one batch per pack over the items that carry its input.
+    fn photo(&self, items: &[Prepared]) -> Result<Vec<crate::photo::PhotoOutput>> {
+        match &self.photo {
+            Some(p) => p.run(&items.iter().map(|it| it.photo.as_ref()).collect::<Vec<_>>()),
+            None => Ok(vec![Default::default(); items.len()]),
+        }
     }
 
     /// Moderation: the packs' own batches over the items that ask for it.

@@ -275,7 +275,11 @@ impl FusionModel {
             fusion,
             tags: None,
             moderation: None,
+            photo: None,
             list_embeddings: false,
+            photo_list_embeddings: false,
+            photo_label_moderation: false,
+            onnx_library: place.library.clone(),
         };
         if let Some(spec) = model.manifest.tags.clone() {
             model.tags = Some(model.build_tags(&spec)?);

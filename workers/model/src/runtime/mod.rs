@@ -25,6 +25,7 @@ use crate::error::{ModelError, Result};
 use crate::generate::GenerationParams;
 use crate::models::fusion::FusionHead;
 use crate::moderation::ModerationModels;
+use crate::photo::PhotoPacks;
 use crate::preprocess::{DecodeOptions, Preprocessor};
 use crate::tags::{dot, TagTable};
 use crate::tokenize::TextTokenizer;
@@ -122,9 +123,19 @@ pub struct FusionModel {
     generation: GenerationParams,
     /// The packs behind the `moderate` task, when the worker serves it.
     moderation: Option<Arc<ModerationModels>>,
+    /// The photo packs (ImageNet tags, photo embeddings), when the worker loads them.
+    photo: Option<Arc<PhotoPacks>>,
     /// Whether `moderate` items also get the CLIP image embedding (for known-embedding
     /// lists), as [`InferOutput::list_embedding`].
     list_embeddings: bool,
+    /// Whether `moderate` items also get the photo embedding (for known lists of photo
+    /// embeddings), as [`InferOutput::list_photo_embedding`].
+    photo_list_embeddings: bool,
+    /// Whether `moderate` items also get the classifier pack's labels (a policy category
+    /// names labels), as their signals' `image_labels`.
+    photo_label_moderation: bool,
+    /// The ONNX Runtime library the bundle's parts run on, and where it was found.
+    onnx_library: Option<(std::path::PathBuf, crate::backend::onnx::LibrarySource)>,
 }
 
 impl FusionModel {
@@ -212,6 +223,52 @@ impl FusionModel {
     /// The moderation models, when the worker serves `moderate`.
     pub fn moderation(&self) -> Option<&Arc<ModerationModels>> {
         self.moderation.as_ref()
+    }
+
+    /// Load the photo packs' outputs with the bundle's: ImageNet labels among an item's tags,
+    /// the photo embedding on its embeddings record.
+    pub fn with_photo_packs(mut self, packs: Arc<PhotoPacks>) -> Self {
+        self.photo = Some(packs);
+        self
+    }
+
+    /// The photo packs, when the worker loads them.
+    pub fn photo_packs(&self) -> Option<&Arc<PhotoPacks>> {
+        self.photo.as_ref()
+    }
+
+    /// Give `moderate` items the photo embedding too (the worker matches it against lists of
+    /// known photo embeddings), whether or not they ask for `embed`.
+    pub fn with_photo_list_embeddings(mut self, on: bool) -> Self {
+        self.photo_list_embeddings = on;
+        self
+    }
+
+    /// Give `moderate` items the classifier pack's labels as signals (the policy has a
+    /// category of labels), whether or not they ask for `tag`.
+    pub fn with_photo_label_moderation(mut self, on: bool) -> Self {
+        self.photo_label_moderation = on;
+        self
+    }
+
+    /// What the photo packs do for an item asking for `tasks`: the packs, whether it gets
+    /// labels, whether it gets the photo embedding; `None` when they do nothing for it.
+    pub fn photo_work(&self, tasks: TaskSet) -> Option<(&PhotoPacks, bool, bool)> {
+        let p = self.photo.as_deref()?;
+        let moderate = tasks.contains(Task::Moderate);
+        let tag =
+            p.tags() && (tasks.contains(Task::Tag) || (self.photo_label_moderation && moderate));
+        let embed =
+            p.embeds() && (tasks.contains(Task::Embed) || (self.photo_list_embeddings && moderate));
+        (tag || embed).then_some((p, tag, embed))
+    }
+
+    /// The ONNX Runtime library the bundle runs on (`None`: candle alone), and where the
+    /// lookup found it (configuration, environment, cache).
+    pub fn onnx_library(
+        &self,
+    ) -> Option<&(std::path::PathBuf, crate::backend::onnx::LibrarySource)> {
+        self.onnx_library.as_ref()
     }
 
     /// Run one synthetic item (a generated image, a text, a question, every task) through

@@ -47,7 +47,8 @@ impl Default for RuntimeOptions {
 #[serde(rename_all = "snake_case")]
 pub enum BackendChoice {
     /// ONNX Runtime for every part that has graphs of the asked precision when the library
-    /// is configured (`model.onnxruntime_library` or `ORT_DYLIB_PATH`), candle otherwise.
+    /// is found (`model.onnxruntime_library`, `ORT_DYLIB_PATH` or the cache of
+    /// `scripts/fetch-onnxruntime.sh`), candle otherwise.
     #[default]
     Auto,
     /// candle for every part.
@@ -79,24 +80,27 @@ pub(super) struct Placement {
     pub(super) onnx: Option<OnnxOptions>,
     /// `onnx` was asked for explicitly: a part without graphs is an error.
     pub(super) require_onnx: bool,
+    /// The ONNX Runtime library loaded, and where the lookup found it.
+    pub(super) library: Option<(std::path::PathBuf, onnx::LibrarySource)>,
 }
 
 impl Placement {
     pub(super) fn new(opts: &RuntimeOptions) -> Result<Self> {
+        let mut library = None;
         let onnx = match opts.backend {
             BackendChoice::Candle => None,
-            BackendChoice::Auto | BackendChoice::Onnx => match opts.onnx.library_path() {
-                Some(lib) => {
+            BackendChoice::Auto | BackendChoice::Onnx => match opts.onnx.find_library() {
+                Some((lib, source)) => {
                     onnx::load_library(&lib)?;
+                    library = Some((lib, source));
                     Some(opts.onnx.clone())
                 }
                 None if opts.backend == BackendChoice::Onnx => {
-                    return Err(ModelError::OnnxRuntime(
-                        "backend onnx needs the ONNX Runtime library: set \
-                         model.onnxruntime_library or ORT_DYLIB_PATH (the onnxruntime wheel's \
-                         onnxruntime/capi/libonnxruntime.so.*)"
-                            .into(),
-                    ))
+                    return Err(ModelError::OnnxRuntime(format!(
+                        "backend onnx needs the ONNX Runtime library: {} (or set \
+                         model.onnxruntime_library or ORT_DYLIB_PATH)",
+                        onnx::library::not_found_hint()
+                    )))
                 }
                 None => None,
             },
@@ -111,6 +115,7 @@ impl Placement {
             dtype: opts.dtype,
             onnx,
             require_onnx: opts.backend == BackendChoice::Onnx,
+            library,
         })
     }
 

@@ -1,6 +1,6 @@
 //! The CPU side, on any thread: an image decoded once and preprocessed for every vision model
 //! of the bundle, texts and questions tokenised, a whole item [`Prepared`] with its moderation
-//! inputs and PDQ hash.
+//! and photo packs' inputs and PDQ hash.
 
 use std::sync::Arc;
 
@@ -105,34 +105,42 @@ impl FusionModel {
             None => None,
         };
         let moderate = self.moderation.is_some() && tasks.contains(Task::Moderate);
-        let (image, moderation, pdq) = if moderate || tasks.contains(Task::Hash) {
-            // One decode, as Pillow decodes (the packs' and PDQ's reference pixels), for
-            // every model.
-            let limits = &self.decode.limits;
-            let rgb = image
-                .map(|b| match (&self.moderation, moderate) {
-                    (Some(m), true) => m.decode(b, limits),
-                    _ => crate::preprocess::decode_like_pillow(b, limits),
-                })
-                .transpose()?;
-            let moderation = match (&self.moderation, moderate) {
-                (Some(m), true) => Some(m.prepare(rgb.as_ref().map(Ok), text)?),
-                _ => None,
+        let photo = self.photo_work(tasks);
+        let (image, moderation, pdq, photo) =
+            if moderate || photo.is_some() || tasks.contains(Task::Hash) {
+                // One decode, as Pillow decodes (the packs' and PDQ's reference pixels), for
+                // every model.
+                let limits = &self.decode.limits;
+                let rgb = image
+                    .map(|b| match (&self.moderation, moderate) {
+                        (Some(m), true) => m.decode(b, limits),
+                        _ => crate::preprocess::decode_like_pillow(b, limits),
+                    })
+                    .transpose()?;
+                let moderation = match (&self.moderation, moderate) {
+                    (Some(m), true) => Some(m.prepare(rgb.as_ref().map(Ok), text)?),
+                    _ => None,
+                };
+                let photo = match (photo, &rgb) {
+                    (Some((p, tag, embed)), Some(r)) => Some(p.prepare(r, tag, embed)),
+                    _ => None,
+                };
+                (
+                    rgb.as_ref().map(|r| self.prepare_decoded(r)).transpose()?,
+                    moderation,
+                    rgb.as_ref()
+                        .filter(|_| tasks.contains(Task::Hash))
+                        .map(crate::pdq::hash_image),
+                    photo,
+                )
+            } else {
+                (
+                    image.map(|b| self.prepare_image(b)).transpose()?,
+                    None,
+                    None,
+                    None,
+                )
             };
-            (
-                rgb.as_ref().map(|r| self.prepare_decoded(r)).transpose()?,
-                moderation,
-                rgb.as_ref()
-                    .filter(|_| tasks.contains(Task::Hash))
-                    .map(crate::pdq::hash_image),
-            )
-        } else {
-            (
-                image.map(|b| self.prepare_image(b)).transpose()?,
-                None,
-                None,
-            )
-        };
         Ok(Prepared {
             image,
             text: text_ids,
@@ -140,6 +148,7 @@ impl FusionModel {
             tasks,
             moderation,
             pdq,
+            photo,
         })
     }
 }

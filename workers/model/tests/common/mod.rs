@@ -108,3 +108,30 @@ pub fn max_abs_diff_vec(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// The folder of the installed pack `name`.
+pub fn pack_dir(name: &str) -> PathBuf {
+    std::env::var_os("FUSIONSTREAM_PACKS")
+        .map_or_else(
+            || PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/fusionstream/packs"),
+            PathBuf::from,
+        )
+        .join(name)
+}
+
+/// Whether a pack is there; panics when it is not and the test command requires packs.
+pub fn installed(dir: &std::path::Path) -> bool {
+    if dir.join("pack.toml").is_file() {
+        return true;
+    }
+    assert!(
+        std::env::var("FUSIONSTREAM_REQUIRE_PACKS").as_deref() != Ok("1"),
+        "FUSIONSTREAM_REQUIRE_PACKS=1 but the pack {} is missing: run scripts/fetch-packs.sh",
+        dir.display()
+    );
+    eprintln!(
+        "skipped: no pack {} (scripts/fetch-packs.sh)",
+        dir.display()
+    );
+    false
+}

@@ -2,8 +2,8 @@
 //! `onnx/` folder, run through `ort` with the library loaded at run time (`load-dynamic`).
 //!
 //! Nothing links against ONNX Runtime: a build runs without it (the candle backend), and the
-//! library is loaded once per process from `model.onnxruntime_library` or `ORT_DYLIB_PATH`
-//! (the `onnxruntime` wheel ships it as `onnxruntime/capi/libonnxruntime.so.*`). A missing,
+//! library is loaded once per process from `model.onnxruntime_library`, `ORT_DYLIB_PATH` or
+//! the cache `scripts/fetch-onnxruntime.sh` fills (`library.rs`: the lookup order). A missing,
 //! unloadable or too old library (ONNX Runtime < 1.22), a graph whose inputs or outputs are not
 //! the ones the runtime drives, or a CUDA provider that does not register is an error at load
 //! — never a panic, never a silent fall-back to the CPU.
@@ -14,6 +14,7 @@
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | the library (loaded once), [`OnnxOptions`], the graphs of a part and the [`Graph`] wrapper, tensor helpers |
+//! | `library.rs` | where the library is found: configuration, environment, cache |
 //! | `clip.rs` | [`OnnxClip`]: CLIP's `vision` and `text` graphs |
 //! | `blip.rs` | [`OnnxBlip`]: BLIP's vision, question and decoder graphs, the decoder's steps with their cache |
 
@@ -30,9 +31,11 @@ use serde::{Deserialize, Serialize};
 
 mod blip;
 mod clip;
+pub mod library;
 
 pub use blip::{BlipTextDims, OnnxBlip};
 pub use clip::OnnxClip;
+pub use library::{LibrarySource, ONNXRUNTIME_VERSION};
 
 use crate::error::{ModelError, Result};
 use crate::nn;
@@ -85,7 +88,7 @@ impl std::fmt::Display for Precision {
 /// How to run ONNX graphs.
 #[derive(Debug, Clone, Default)]
 pub struct OnnxOptions {
-    /// The ONNX Runtime shared library (`None`: `ORT_DYLIB_PATH`).
+    /// The ONNX Runtime shared library (`None`: `ORT_DYLIB_PATH`, else the cache).
     pub library: Option<PathBuf>,
     /// Which graphs to load.
     pub precision: Precision,
@@ -100,13 +103,20 @@ pub struct OnnxOptions {
 }
 
 impl OnnxOptions {
-    /// The library this configuration names, if any (`library`, else `ORT_DYLIB_PATH`).
+    /// The library to load, if any, and where it was found (`library.rs`: `library`, else
+    /// `ORT_DYLIB_PATH`, else the cache of `scripts/fetch-onnxruntime.sh`).
+    pub fn find_library(&self) -> Option<(PathBuf, LibrarySource)> {
+        library::lookup(
+            self.library.as_deref(),
+            std::env::var_os("ORT_DYLIB_PATH"),
+            library::cache_root().as_deref(),
+            Path::is_file,
+        )
+    }
+
+    /// The library to load, if any (see [`OnnxOptions::find_library`]).
     pub fn library_path(&self) -> Option<PathBuf> {
-        self.library.clone().or_else(|| {
-            std::env::var_os("ORT_DYLIB_PATH")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
+        self.find_library().map(|(p, _)| p)
     }
 }
 
@@ -140,8 +150,9 @@ pub fn load_library(path: &Path) -> Result<()> {
     }
     if !path.is_file() {
         return Err(ModelError::OnnxRuntime(format!(
-            "library {} not found (install the onnxruntime wheel and point \
-             model.onnxruntime_library or ORT_DYLIB_PATH at its capi/libonnxruntime.so.*)",
+            "library {} not found (scripts/fetch-onnxruntime.sh installs it into the cache, \
+             where it is found without configuration; or point model.onnxruntime_library or \
+             ORT_DYLIB_PATH at an onnxruntime wheel's capi/libonnxruntime.so.*)",
             path.display()
         )));
     }
