@@ -10,6 +10,18 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 
 use crate::media::FetchError;
 
+/// The SDK's HTTP(S) client: hyper with rustls on ring, the system's trusted roots. (The SDK's
+/// own default is the same client on aws-lc; ring is already in the build for Parquet.) Plain
+/// `http://` endpoints such as a local MinIO work too.
+pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
 /// How to reach the store.
 #[derive(Debug, Clone, Default)]
 pub struct S3Settings {
@@ -36,6 +48,7 @@ impl S3Media {
     /// A client with credentials from the standard chain.
     pub async fn new(settings: S3Settings) -> Self {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https_client())
             .region(aws_config::Region::new(settings.region.clone()))
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .load()

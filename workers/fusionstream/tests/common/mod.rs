@@ -146,6 +146,7 @@ pub fn s3_endpoint() -> Option<String> {
 pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .http_client(fusionstream_io::s3::https_client())
         .endpoint_url(endpoint)
         .force_path_style(true)
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
