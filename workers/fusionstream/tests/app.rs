@@ -3,7 +3,7 @@
 //! call resumes from the checkpoint the first one left, and a cancelled call drains.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use fusionstream::app;
 use fusionstream::config::Config;

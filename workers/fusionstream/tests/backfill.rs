@@ -7,7 +7,7 @@
 //! a bucket outside the allowed list is refused before anything is listed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

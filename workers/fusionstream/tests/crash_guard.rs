@@ -8,7 +8,7 @@
 //! before it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};

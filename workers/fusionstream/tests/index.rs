@@ -8,7 +8,7 @@
 //!   positions; at the end it holds every event exactly once, each under its own vector.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

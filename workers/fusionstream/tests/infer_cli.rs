@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-mod common;
+use crate::common;
 
 fn tiny(name: &str) -> PathBuf {
     common::root().join("models/fixtures/tiny").join(name)

@@ -6,7 +6,7 @@
 //! any batch over two items) drives the pipeline too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -16,7 +16,7 @@
 //! - Bad lake settings are refused with every error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Output};

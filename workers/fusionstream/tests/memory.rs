@@ -5,7 +5,7 @@
 //! generous ceiling; the figures are printed for the record.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 use std::process::Command;

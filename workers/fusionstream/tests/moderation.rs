@@ -16,7 +16,7 @@
 //! `FUSIONSTREAM_REQUIRE_PACKS=1`, so that they fail, not skip, without them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

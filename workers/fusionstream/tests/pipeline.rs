@@ -8,7 +8,7 @@
 //! outputs). Failure isolation has its own file (`isolation.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

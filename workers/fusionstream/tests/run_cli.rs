@@ -5,7 +5,7 @@
 //! S3 (the dev MinIO) once and then served from the cache.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -9,7 +9,7 @@
 //! `FUSIONSTREAM_REQUIRE_SERVICES=1` (set by `.ci/run`), where it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;

@@ -2,7 +2,7 @@
 //! not, and the event parser agrees with the event schema on every example.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use fusionstream_core::event::{parse_event, EventLimits};
 use serde_json::Value;
