@@ -136,19 +136,20 @@ async fn sigkill_between_an_embedding_and_its_caption_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let t = topics("per-stream");
     create(&broker, &t).await;
-    let mut lines = caption_events(5);
-    lines.insert(
-        0,
-        serde_json::json!({
-            "id": "slow@fault:slow-generate-600",
-            "image": "media/scene2.png",
-            "text": "a blue square",
-            "tasks": ["caption", "embed"],
-        })
-        .to_string(),
-    );
-    let n = lines.len();
-    produce(&broker, &t.input, &lines);
+    let slow = serde_json::json!({
+        "id": "slow@fault:slow-generate-600",
+        "image": "media/scene2.png",
+        "text": "a blue square",
+        "tasks": ["caption", "embed"],
+    })
+    .to_string();
+    let others = caption_events(5);
+    let n = others.len() + 1;
+    // The slow event alone first: its embedding and caption reach the scheduler together and
+    // the embedding, due first, runs first. (Produced with the others, a caption batch that
+    // was ready while the slow event's embedding still lingered took its caption along, and
+    // the model slept before the embedding ran.)
+    produce(&broker, &t.input, &[slow]);
     let mut w = worker(&broker, &t, &[("FUSIONSTREAM_TEST_FAULTS", "1")]);
     let has = |recs: &[(String, serde_json::Value, _)], stream: &str, id: &str| {
         recs.iter()
@@ -168,6 +169,8 @@ async fn sigkill_between_an_embedding_and_its_caption_loses_nothing() {
         "the slow event's embedding",
         180,
     );
+    // The others wait behind the sleeping caption batch.
+    produce(&broker, &t.input, &others);
     let recs = read_outputs(&broker, &t);
     assert_eq!(has(&recs, "captions", "slow@fault:slow-generate-600"), 0);
     // Its position is not committed: the caption is not acknowledged.
