@@ -101,7 +101,8 @@ scripts/deny.sh
 # Clippy rides on the test build: clippy-driver wraps rustc for the workspace's own crates
 # (cargo's RUSTC_WORKSPACE_WRAPPER, the mechanism `cargo clippy` itself uses), so one compile
 # lints every target with -D warnings and produces the test binaries. A separate `cargo clippy`
-# checked all ~600 dependencies a second time: 14 minutes of a cold run on two cores.
+# checked all ~600 dependencies a second time (its step was 14 minutes of a cold run on two
+# cores, though part of that was build scripts the test build then reused).
 # Both cargo test commands below run with it (the same wrapper keeps the second's build fresh).
 clippy_driver=$(rustup which clippy-driver 2> /dev/null || command -v clippy-driver)
 linted=(env RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
